@@ -1,0 +1,1 @@
+"""The procedure: amplification (Amp, Amp′), debate rollouts, losses and their optax combinations."""
