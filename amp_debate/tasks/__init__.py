@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from amp_debate.tasks.base import Batch, Task, check_option
 from amp_debate.tasks.tokenizer import PAD, PROTOCOL_TOKENS, SEP, Tokenizer, protocol_id
 from amp_debate.tasks.permutation import Permutation
@@ -24,7 +26,7 @@ def get(name: str, **options) -> Task:
   if name not in REGISTRY:
     raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(names())}")
   cls = REGISTRY[name]
-  fields = {f for f in cls.__dataclass_fields__}
+  fields = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(options) - fields)
   if unknown:
     raise ValueError(f"{name}: unknown option(s) {unknown}; allowed options: {sorted(fields)}")

@@ -1,0 +1,1 @@
+"""Training: train state, jitted step, sharding, checkpointing, metrics, evaluation (side effects live here)."""
