@@ -33,8 +33,18 @@ def main(argv):
     sys.exit(f"error: {e}")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with user mistakes in --config reported as one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # errors raised by the config file itself (e.g. a bad task name)
+    sys.exit(f"error: {str(e).strip().splitlines()[-1]}")
+  except (AttributeError, KeyError) as e:  # --config.x.y=v naming a field that does not exist
+    sys.exit(f"error: a --config override names a field the config does not have: {e}")
+
+
 def run_main():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from amp_debate import tasks
+
 MODES = ("hybrid", "amplification", "debate", "supervised")
 ARG_KEYS = ("task", "mode", "runlocal")
 
@@ -39,7 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   config.task = str(args.get("task", "permutation"))
-  config.task_options = ml_collections.ConfigDict()  # empty: the task's defaults
+  # The task's difficulty options, at its defaults (each overridable from the command line).
+  config.task_options = ml_collections.ConfigDict(tasks.get(config.task).options())
   config.mode = mode
   config.runlocal = runlocal
   config.seed = 0
