@@ -67,13 +67,27 @@ def amplify(task: Task, answer_fn: AnswerFn, questions: jax.Array, rng: jax.Arra
   """
   chex.assert_rank(questions, 2)
   chex.assert_type(questions, jnp.int32)
+  batch = questions.shape[0]
+  call_rng, direct_rng, sub_rng = jax.random.split(rng, 3)
+  amplified, is_leaf, subquestions, subanswers, sub_valid = _amp(task, answer_fn, questions, sub_rng)
+  direct = answer_fn(questions, direct_rng).astype(jnp.int32)
+  chex.assert_equal_shape([direct, amplified])
+  called = jax.random.uniform(call_rng, (batch,)) < call_prob
+  answers = jnp.where(called[:, None], amplified, direct)
+  return AmpOutput(
+      answers=answers, amplified=amplified, direct=direct, called=called,
+      human_calls=called.sum().astype(jnp.int32), is_leaf=is_leaf,
+      subquestions=subquestions, subanswers=subanswers, sub_valid=sub_valid)
+
+
+def _amp(task: Task, answer_fn: AnswerFn, questions: jax.Array, rng: jax.Array):
+  """Amp(H, M) on a batch: (amplified [B, La], is_leaf [B], subquestions [B, S, Lq],
+  subanswers [B, S, La], sub_valid [B, S])."""
   batch, question_len = questions.shape
   if question_len != task.question_len:
     raise ValueError(f"amplify: questions have length {question_len}, task {task.name} expects "
                      f"{task.question_len}")
   num_sub, answer_len = task.num_subquestions, task.answer_len
-  call_rng, direct_rng, sub_rng = jax.random.split(rng, 3)
-
   is_leaf = task.batch_is_leaf(questions)
 
   def ask(subanswers, step):
@@ -87,20 +101,13 @@ def amplify(task: Task, answer_fn: AnswerFn, questions: jax.Array, rng: jax.Arra
     return subanswers, (subq, valid)
 
   init = jnp.full((batch, num_sub, answer_len), PAD, jnp.int32)
-  steps = (jnp.arange(num_sub), jax.random.split(sub_rng, num_sub))
+  steps = (jnp.arange(num_sub), jax.random.split(rng, num_sub))
   subanswers, (subquestions, sub_valid) = jax.lax.scan(ask, init, steps)
   subquestions = jnp.swapaxes(subquestions, 0, 1)  # [B, S, Lq]
   sub_valid = jnp.swapaxes(sub_valid, 0, 1)  # [B, S]
-
   recombined = task.batch_recombine(questions, subanswers, sub_valid)
   amplified = jnp.where(is_leaf[:, None], task.batch_leaf_answer(questions), recombined)
-  direct = answer_fn(questions, direct_rng).astype(jnp.int32)
-  called = jax.random.uniform(call_rng, (batch,)) < call_prob
-  answers = jnp.where(called[:, None], amplified, direct)
-  return AmpOutput(
-      answers=answers, amplified=amplified, direct=direct, called=called,
-      human_calls=called.sum().astype(jnp.int32), is_leaf=is_leaf,
-      subquestions=subquestions, subanswers=subanswers, sub_valid=sub_valid)
+  return amplified, is_leaf, subquestions, subanswers, sub_valid
 
 
 # ---- reference answerers (tests, baselines) -----------------------------------------------------
@@ -122,5 +129,5 @@ def human_tree_fn(task: Task, depth: int) -> AnswerFn:
   """
   fn = human_alone_fn(task)
   for _ in range(depth):
-    fn = (lambda inner: lambda q, rng: amplify(task, inner, q, rng).amplified)(fn)
+    fn = (lambda inner: lambda q, rng: _amp(task, inner, q, rng)[0])(fn)
   return fn

@@ -10,9 +10,13 @@ import dataclasses
 from amp_debate.tasks.base import Batch, Task, check_option
 from amp_debate.tasks.tokenizer import PAD, PROTOCOL_TOKENS, SEP, Tokenizer, protocol_id
 from amp_debate.tasks.permutation import Permutation
+from amp_debate.tasks.assignments import Assignments
+from amp_debate.tasks.wildcard import Wildcard
+from amp_debate.tasks.shortest_path import ShortestPath
+from amp_debate.tasks.union_find import UnionFind
 
 REGISTRY: dict[str, type[Task]] = {
-    cls.name: cls for cls in (Permutation,)
+    cls.name: cls for cls in (Permutation, Assignments, Wildcard, ShortestPath, UnionFind)
 }
 
 

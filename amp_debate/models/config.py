@@ -1,0 +1,140 @@
+"""Model configuration: a frozen, validated dataclass, named size presets, logical sharding rules.
+
+One model M plays every role (answerer, supporter, challenger, stop, verdict, review), so one
+``ModelConfig`` describes it. Sizes are chosen deeper rather than wider: a question like σ^k(x) needs
+about one chained look-up per layer, so depth helps these tasks more than width.
+
+| preset | layers | d_model | heads | d_ff | use |
+|---|---|---|---|---|---|
+| tiny  | 2  | 32   | 2  | 64   | unit tests (seconds on a CPU) |
+| small | 6  | 128  | 4  | 512  | CPU runs |
+| base  | 8  | 256  | 8  | 1024 | one accelerator |
+| large | 24 | 1024 | 16 | 4096 | pod slices (sharded via ``partitioning.LOGICAL_AXIS_RULES``) |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+POSITIONS = ("learned", "rotary")
+MASKS = ("causal", "prefix")
+NORMS = ("layernorm", "rmsnorm")
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = (None, "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Decoder-only transformer over a task's token language.
+
+  Attributes:
+    vocab_size: number of token ids (the task tokenizer's ``vocab_size``).
+    num_layers: transformer blocks.
+    d_model: residual width.
+    num_heads: attention heads; must divide ``d_model``.
+    d_ff: hidden width of each block's MLP.
+    max_len: longest sequence (prompt + answer - 1) the model is ever run on; learned position
+      tables have this many rows.
+    positions: "learned" (a position embedding table) or "rotary" (RoPE on queries and keys).
+    tie_embeddings: output logits use the input embedding table (else a separate head).
+    mask: "causal" (every token sees only earlier ones) or "prefix" (prefix-LM: bidirectional over
+      the prompt, causal over the answer).
+    norm: "layernorm" or "rmsnorm" (pre-norm blocks either way).
+    dtype: compute dtype ("bfloat16" on accelerators); logits are returned in float32.
+    param_dtype: parameter dtype (keep "float32").
+    dropout: dropout rate on the residual branches and embeddings (only when a dropout key is given).
+    attention_impl: ``implementation`` of ``jax.nn.dot_product_attention``: None (JAX chooses),
+      "xla", or "cudnn" (fused kernel on NVIDIA GPUs; needs a half-precision ``dtype``).
+  """
+
+  vocab_size: int
+  num_layers: int = 2
+  d_model: int = 32
+  num_heads: int = 2
+  d_ff: int = 64
+  max_len: int = 64
+  positions: str = "learned"
+  tie_embeddings: bool = True
+  mask: str = "prefix"
+  norm: str = "layernorm"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  dropout: float = 0.0
+  attention_impl: str | None = None
+
+  def __post_init__(self):
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len"):
+      _check_positive_int(name, getattr(self, name))
+    if self.vocab_size < 2:
+      raise ValueError(f"ModelConfig.vocab_size must be >= 2, got {self.vocab_size}")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by "
+                       f"ModelConfig.num_heads={self.num_heads}")
+    _check_choice("positions", self.positions, POSITIONS)
+    _check_choice("mask", self.mask, MASKS)
+    _check_choice("norm", self.norm, NORMS)
+    _check_choice("dtype", self.dtype, DTYPES)
+    _check_choice("param_dtype", self.param_dtype, DTYPES)
+    _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    if self.positions == "rotary" and self.head_dim % 2:
+      raise ValueError(f"ModelConfig.positions='rotary' needs an even head_dim "
+                       f"(d_model / num_heads), got {self.head_dim}")
+    if not isinstance(self.tie_embeddings, bool):
+      raise ValueError(f"ModelConfig.tie_embeddings must be a bool, got {self.tie_embeddings!r}")
+    if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (
+        0.0 <= self.dropout < 1.0):
+      raise ValueError(f"ModelConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **changes) -> "ModelConfig":
+    """A copy with ``changes`` applied (validated again)."""
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+    if unknown:
+      raise ValueError(f"ModelConfig: unknown field(s) {unknown}")
+    return dataclasses.replace(self, **changes)
+
+
+# Sizes only; vocab_size and max_len come from the task.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(num_layers=2, d_model=32, num_heads=2, d_ff=64),
+    "small": dict(num_layers=6, d_model=128, num_heads=4, d_ff=512),
+    "base": dict(num_layers=8, d_model=256, num_heads=8, d_ff=1024),
+    "large": dict(num_layers=24, d_model=1024, num_heads=16, d_ff=4096, dtype="bfloat16"),
+}
+
+
+def preset(name: str, vocab_size: int, max_len: int, **overrides) -> ModelConfig:
+  """The named size preset for a task's vocabulary and sequence length, with field overrides.
+
+  Example: ``preset("small", task.vocab_size, task.question_len + task.answer_len, mask="causal")``.
+  """
+  if name not in PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; available presets: {', '.join(PRESETS)}")
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"ModelConfig: unknown field(s) {unknown}; fields: {sorted(fields)}")
+  return ModelConfig(vocab_size=vocab_size, max_len=max_len, **{**PRESETS[name], **overrides})
+
+
+def _check_positive_int(name, value):
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"ModelConfig.{name}={value!r} is not one of {choices}")
