@@ -16,6 +16,26 @@ from amp_debate.tasks.tokenizer import PAD
 BATCH = 1000
 
 
+# Jitted helpers, cached per task so each shape compiles once across tests.
+@functools.lru_cache(None)
+def _sampler(task):
+  return jax.jit(lambda key, levels: task.sample(key, levels.shape[0], difficulty=levels))
+
+
+@functools.lru_cache(None)
+def _amplify(task):
+  return jax.jit(lambda q, key: amplify(task, oracle_fn(task), q, key))
+
+
+@functools.lru_cache(None)
+def _tree(task, depth):
+  return jax.jit(human_tree_fn(task, depth))
+
+
+def _levels(task):
+  return jnp.repeat(jnp.arange(task.max_difficulty + 1), BATCH)
+
+
 def _encode(task, text):
   return jnp.asarray(task.tokenizer.encode(text))
 
@@ -25,7 +45,7 @@ def _value(task, answer):
 
 
 def _reference(task, question):
-  """Host-side parse -> (values or None if cyclic/malformed, depth per variable, query)."""
+  """Host-side parse of a well-formed acyclic question -> ([(value, depth)] per var, query)."""
   tok, n = task.tokenizer, task.num_vars
   q = np.asarray(question)
   defs = []
@@ -72,7 +92,7 @@ def test_hand_built_question():
   np.testing.assert_array_equal(q0[:-1], q[:-1])
   np.testing.assert_array_equal(q1[:-1], q[:-1])
   assert _value(task, task.solve(q0)) == 6 and _value(task, task.solve(q1)) == 5
-  subanswers = jnp.stack([task.tokenizer.number(jnp.array([6])), task.tokenizer.number(jnp.array([5]))])
+  subanswers = task.tokenizer.number(jnp.array([[6], [5]]))
   assert _value(task, task.recombine(q, subanswers, jnp.array([True, True]))) == 1
   # Traced i works too.
   q1_traced, _ = jax.jit(task.subquestion)(q, sub, jnp.int32(1))
@@ -89,7 +109,7 @@ def test_deep_chain_and_cycle_terminate():
   # v3 := 1, v2 := v3 + v3 = 2, v1 := v2 + v3 = 3, v0 := v1 + v2 = 5 (depth 3).
   q = _encode(task, "add v1 v2 add v2 v3 add v3 v3 const 1 <pad> v0")
   assert _value(task, task.solve(q)) == 5
-  assert _value(task, human_tree_fn(task, 3)(q[None], jax.random.PRNGKey(0))[0]) == 5
+  assert _value(task, jax.jit(human_tree_fn(task, 3))(q[None], jax.random.PRNGKey(0))[0]) == 5
   # Cyclic malformed definitions: solve still terminates with some number token.
   cyc = _encode(task, "add v1 v1 add v0 v3 add v2 v2 const 1 <pad> v0")
   assert task.tokenizer.is_number(jax.jit(task.solve)(cyc)).all()
@@ -100,17 +120,15 @@ def test_deep_chain_and_cycle_terminate():
                 ids=["default", "n12_d8"])
 def sampled(request):
   task = Assignments(**request.param)
-  levels = jnp.repeat(jnp.arange(task.max_difficulty + 1), BATCH)
-  batch = jax.jit(lambda key: task.sample(key, levels.shape[0], difficulty=levels))(
-      jax.random.PRNGKey(1))
-  return task, batch
+  return task, _sampler(task)(jax.random.PRNGKey(1), _levels(task))
 
 
 def test_generator_depth_and_wellformed(sampled):
   task, batch = sampled
   assert batch.questions.shape == (batch.questions.shape[0], 3 * task.num_vars + 1)
   assert batch.questions.dtype == jnp.int32 and batch.answers.shape[1:] == (1,)
-  q, a, levels = np.asarray(batch.questions), np.asarray(batch.answers), np.asarray(batch.difficulty)
+  q, a = np.asarray(batch.questions), np.asarray(batch.answers)
+  levels = np.asarray(batch.difficulty)
   rows = np.random.default_rng(0).choice(len(q), 300, replace=False)
   for r in rows:
     values, query = _reference(task, q[r])
@@ -120,15 +138,19 @@ def test_generator_depth_and_wellformed(sampled):
   for d in range(task.max_difficulty + 1):  # the renaming spreads queries over all variables
     queries = q[levels == d, -1]
     assert len(np.unique(queries)) == task.num_vars
-  # Both operand orders and all constants occur.
-  assert len(np.unique(q[:, 1:-1:3][q[:, 0:-1:3] == task.tokenizer.symbol("const")])) == task.modulus
+  # All constants occur, and at every difficulty every answer value occurs (the query draws on
+  # several constants, not a multiple of a single one).
+  consts = q[:, 1:-1:3][q[:, 0:-1:3] == task.tokenizer.symbol("const")]
+  assert len(np.unique(consts)) == task.modulus
+  for d in range(task.max_difficulty + 1):
+    assert len(np.unique(a[levels == d])) == task.modulus, d
 
 
 def test_solve_amplify_leaves(sampled):
   task, batch = sampled
   q, a, levels = batch.questions, batch.answers, batch.difficulty
   np.testing.assert_array_equal(jax.jit(task.batch_solve)(q), a)
-  out = jax.jit(lambda q, k: amplify(task, oracle_fn(task), q, k))(q, jax.random.PRNGKey(2))
+  out = _amplify(task)(q, jax.random.PRNGKey(2))
   np.testing.assert_array_equal(out.answers, a)  # Amp(H, oracle) is exact
   leaf = task.batch_is_leaf(q)
   np.testing.assert_array_equal(leaf, levels == 0)
@@ -148,7 +170,7 @@ def test_human_tree_depth(sampled):
   q, a, levels = batch.questions, batch.answers, np.asarray(batch.difficulty)
   depths = range(task.max_difficulty + 1) if task.max_difficulty <= 4 else (0, 3, 7, 8)
   for depth in depths:
-    ok = np.asarray((jax.jit(human_tree_fn(task, depth))(q, jax.random.PRNGKey(3)) == a).all(-1))
+    ok = np.asarray((_tree(task, depth)(q, jax.random.PRNGKey(3)) == a).all(-1))
     assert ok[levels <= depth].all(), depth
     if depth < task.max_difficulty:
       assert not ok[levels == depth + 1].all(), depth
@@ -157,27 +179,32 @@ def test_human_tree_depth(sampled):
 
 # ---- robustness --------------------------------------------------------------------------------
 def test_garbage_questions():
+  """Any int32 array (in-vocabulary or not): no crash under jit/vmap, number-token answers."""
   task = Assignments()
-  key = jax.random.PRNGKey(4)
-  for lo, hi in [(0, task.vocab_size), (-1000, 1000)]:
-    g = jax.random.randint(key, (500, task.question_len), lo, hi)
-    answers = jax.jit(task.batch_solve)(g)
-    assert task.tokenizer.is_number(answers).all()
-    out = amplify(task, oracle_fn(task), g, key)
-    assert task.tokenizer.is_number(out.amplified).all()
-    sub = jnp.full((500, 2, 1), -7, jnp.int32)
+  k1, k2 = jax.random.split(jax.random.PRNGKey(4))
+  g = jnp.concatenate([jax.random.randint(k1, (500, task.question_len), 0, task.vocab_size),
+                       jax.random.randint(k2, (500, task.question_len), -1000, 1000)])
+  sub = jnp.full((1000, 2, 1), -7, jnp.int32)
+
+  @jax.jit
+  def run(g):
     subq, _ = task.batch_subquestion(g, sub, 1)
-    assert subq.shape == g.shape
-    assert task.tokenizer.is_number(task.batch_recombine(g, sub, jnp.ones((500, 2), bool))).all()
-  g = jax.random.randint(key, (50, task.question_len), 0, task.vocab_size)
-  for row in np.asarray(g):
+    recombined = task.batch_recombine(g, sub, jnp.ones((1000, 2), bool))
+    return task.batch_solve(g), amplify(task, oracle_fn(task), g, k1).amplified, subq, recombined
+
+  answers, amplified, subq, recombined = run(g)
+  for tokens in (answers, amplified, recombined):
+    assert task.tokenizer.is_number(tokens).all()
+  assert subq.shape == g.shape
+  for row in np.asarray(g[:50]):
     assert task.format_question(row).endswith("?")
 
 
 def test_difficulty_is_clipped():
   task = Assignments()
-  batch = task.sample(jax.random.PRNGKey(5), 8, difficulty=99)
-  for row in np.asarray(batch.questions):
+  levels = jnp.full_like(_levels(task), 99)  # same shape as the fixture: no new compile
+  batch = _sampler(task)(jax.random.PRNGKey(5), levels)
+  for row in np.asarray(batch.questions[::250]):
     values, query = _reference(task, row)
     assert values[query][1] == task.max_depth
 
@@ -200,5 +227,5 @@ def test_layout_and_tokenizer():
   assert task.question_len == 16 and task.answer_len == 1 and task.num_subquestions == 2
   assert task.max_difficulty == 4
   tok = task.tokenizer
-  assert tok.num_lo == 0 and tok.num_hi == 12 and tok.num_vars == 5 and tok.symbols == ("const", "add")
+  assert (tok.num_lo, tok.num_hi, tok.num_vars, tok.symbols) == (0, 12, 5, ("const", "add"))
   assert task.options() == {"num_vars": 5, "modulus": 13, "max_depth": 4}

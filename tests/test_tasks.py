@@ -15,11 +15,16 @@ PER_LEVEL = 256  # questions per difficulty level; >= 1,000 per task across leve
 TREE_OPTIONS = {"shortest_path": dict(num_nodes=6, max_hops=4)}
 
 
+def _sample(task, seed, batch, **kwargs):
+  """Jitted ``task.sample`` (eager sampling dispatches op by op and is slow)."""
+  return jax.jit(task.sample, static_argnums=1)(jax.random.key(seed), batch, **kwargs)
+
+
 def _levels_batch(task, seed=0, per_level=PER_LEVEL):
   levels = task.max_difficulty + 1
   per_level = max(per_level, -(-1000 // levels))
   difficulty = jnp.repeat(jnp.arange(levels, dtype=jnp.int32), per_level)
-  return task.sample(jax.random.key(seed), levels * per_level, difficulty=difficulty)
+  return _sample(task, seed, levels * per_level, difficulty=difficulty)
 
 
 @pytest.fixture(params=tasks.names(), scope="module")
@@ -33,9 +38,9 @@ def test_registry_lists_the_five_tasks():
 
 
 def test_ground_truth_and_amp_with_oracle_are_exact(task):
-  batch = jax.jit(lambda key: _levels_batch(task))(jax.random.key(0))
+  batch = _levels_batch(task)
   assert batch.questions.shape[0] >= 1000
-  np.testing.assert_array_equal(task.batch_solve(batch.questions), batch.answers)
+  np.testing.assert_array_equal(jax.jit(task.batch_solve)(batch.questions), batch.answers)
   out = jax.jit(lambda q, k: amplify(task, oracle_fn(task), q, k))(batch.questions, jax.random.key(1))
   np.testing.assert_array_equal(out.answers, batch.answers)
   assert int(out.human_calls) == batch.questions.shape[0]
@@ -43,9 +48,9 @@ def test_ground_truth_and_amp_with_oracle_are_exact(task):
 
 def test_leaf_answer_is_exact_at_leaves(task):
   batch = _levels_batch(task, seed=2)
-  leaf = np.asarray(task.batch_is_leaf(batch.questions))
+  leaf = np.asarray(jax.jit(task.batch_is_leaf)(batch.questions))
   assert leaf[np.asarray(batch.difficulty) == 0].all(), "difficulty 0 must be a leaf"
-  alone = np.asarray(task.batch_leaf_answer(batch.questions))
+  alone = np.asarray(jax.jit(task.batch_leaf_answer)(batch.questions))
   np.testing.assert_array_equal(alone[leaf], np.asarray(batch.answers)[leaf])
   # H alone is not an oracle: somewhere above the leaves it must be wrong.
   assert (alone[~leaf] != np.asarray(batch.answers)[~leaf]).any()
@@ -71,7 +76,7 @@ def test_wrong_answer_fn_makes_amp_wrong(task):
     return jax.random.randint(key, (questions.shape[0], task.answer_len),
                               tok.num_offset, tok.var_offset)
 
-  out = amplify(task, wrong, batch.questions, jax.random.key(5))
+  out = jax.jit(lambda q, k: amplify(task, wrong, q, k))(batch.questions, jax.random.key(5))
   correct = np.asarray((out.answers == batch.answers).all(-1))
   leaf = np.asarray(out.is_leaf)
   assert correct[leaf].all()  # H answers leaves alone
@@ -79,7 +84,7 @@ def test_wrong_answer_fn_makes_amp_wrong(task):
 
 
 def test_jit_vmap_and_static_shapes(task):
-  batch = task.sample(jax.random.key(6), 64)
+  batch = _sample(task, 6, 64)
   assert batch.questions.shape == (64, task.question_len) and batch.questions.dtype == jnp.int32
   assert batch.answers.shape == (64, task.answer_len) and batch.answers.dtype == jnp.int32
   assert ((batch.questions >= 0) & (batch.questions < task.vocab_size)).all()
@@ -101,15 +106,17 @@ def test_robust_to_garbage_tokens(task):
   questions = jnp.asarray(rng.integers(0, task.vocab_size, (256, task.question_len)), jnp.int32)
   subanswers = jnp.asarray(
       rng.integers(0, task.vocab_size, (256, task.num_subquestions, task.answer_len)), jnp.int32)
-  outs = [task.batch_solve(questions), task.batch_leaf_answer(questions),
-          task.batch_recombine(questions, subanswers, jnp.ones(subanswers.shape[:2], bool))]
-  outs += [task.batch_subquestion(questions, subanswers, i)[0] for i in range(task.num_subquestions)]
+  valid = jnp.ones(subanswers.shape[:2], bool)
+  outs = [jax.jit(task.batch_solve)(questions), jax.jit(task.batch_leaf_answer)(questions),
+          jax.jit(task.batch_recombine)(questions, subanswers, valid)]
+  outs += [jax.jit(task.batch_subquestion)(questions, subanswers, i)[0]
+           for i in range(task.num_subquestions)]
   for out in outs:
     assert ((np.asarray(out) >= 0) & (np.asarray(out) < task.vocab_size)).all()
 
 
 def test_tokenizer_round_trip(task):
-  batch = task.sample(jax.random.key(8), 200)
+  batch = _sample(task, 8, 200)
   tok = task.tokenizer
   for q, a in zip(np.asarray(batch.questions), np.asarray(batch.answers)):
     np.testing.assert_array_equal(tok.encode(tok.decode(q)), q)
@@ -120,7 +127,7 @@ def test_tokenizer_round_trip(task):
 
 
 def test_difficulty_levels_are_used(task):
-  batch = task.sample(jax.random.key(9), 2000)
+  batch = _sample(task, 9, 2000)
   levels = np.bincount(np.asarray(batch.difficulty), minlength=task.max_difficulty + 1)
   assert (levels > 0).all() and len(levels) == task.max_difficulty + 1
 

@@ -1,4 +1,4 @@
-"""Sequential assignments: given definitions v_i := c or v_i := v_j + v_k (mod P), what is value(v_x)?
+"""Sequential assignments: definitions v_i := c or v_i := v_j + v_k (mod P); what is value(v_x)?
 
 Question (Lq = 3N + 1): N entries of 3 tokens, entry i defining v_i, then the queried variable:
   ``[const, c, <pad>]``   v_i := c            (c a number token in [0, P))
@@ -10,10 +10,12 @@ Depth: a constant has depth 0, ``v_j + v_k`` has depth 1 + max(depth(v_j), depth
 is the depth of the queried variable, the depth of H's tree.
 H: at a constant reads it off; otherwise asks value(v_j), then value(v_k), and adds them mod P.
 
-Parsing is total, so any token array is a question: an entry whose first token is not ``const`` is an
-``add``; operand and value tokens are clipped into range (``Tokenizer.to_variable``/``to_number``).
-Amp(H, oracle) == solve on every question whose definitions are acyclic (every generated question and
-every subquestion of one); on cyclic malformed input ``solve`` still terminates (static loop).
+Parsing is total, so any token array is a question: an entry whose first token is not ``const`` is
+an ``add``; operand and value tokens are clipped into range (``Tokenizer.to_variable`` and
+``to_number``).
+Amp(H, oracle) == solve on every question whose definitions are acyclic (every generated question
+and every subquestion of one); on cyclic malformed input ``solve`` still terminates (static loop),
+but no answer can be consistent with H there (v := v + 1 has no value mod P).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Assignments(Task):
 
   name = "assignments"
   num_vars: int = 8
-  modulus: int = 10
+  modulus: int = 11
   max_depth: int = 4
 
   def __post_init__(self):
@@ -61,7 +63,7 @@ class Assignments(Task):
 
   # ---- parsing -------------------------------------------------------------------------------
   def _parse(self, question):
-    """-> (is_const bool[N], const int32[N] in [0, P), lhs int32[N], rhs int32[N], query int32[])."""
+    """-> (is_const bool[N], const int32[N] in [0, P), lhs, rhs int32[N], query int32[])."""
     tok = self.tokenizer
     n = self.num_vars
     entries = question[: 3 * n].reshape(n, 3)
@@ -86,7 +88,7 @@ class Assignments(Task):
 
   # ---- D -------------------------------------------------------------------------------------
   def sample_one(self, rng, difficulty):
-    """A question whose queried variable has depth exactly ``difficulty`` (clipped to [0, max_depth]).
+    """A question whose queried variable has depth exactly ``difficulty`` (clipped to [0, max]).
 
     Depths: d + 1 of them are 0, 1, ..., d (so every level up to d occurs), the other N - d - 1 are
     uniform in [0, d]. Generation order (positions 0..N-1) sorts them by depth. A depth-0 position
@@ -140,6 +142,7 @@ class Assignments(Task):
     return self._with_query(question, target), ~is_const[query] & (i >= 0) & (i < 2)
 
   def recombine(self, question, subanswers, valid):
+    """(a0 + a1) mod P; answers are decoded with ``to_number`` (non-numbers are clipped)."""
     del question, valid
     values = self.tokenizer.to_number(subanswers[:, 0])
     return self.tokenizer.number((values[0] + values[1]) % self.modulus)[None]

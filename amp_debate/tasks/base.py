@@ -119,7 +119,8 @@ class Task(abc.ABC):
       top = self.max_difficulty if max_difficulty is None else max_difficulty
       top = jnp.clip(jnp.asarray(top, jnp.int32), 0, self.max_difficulty)
       difficulty = jax.random.randint(level_rng, (batch,), 0, top + 1)
-    difficulty = jnp.broadcast_to(jnp.asarray(difficulty, jnp.int32), (batch,))
+    difficulty = jnp.clip(jnp.asarray(difficulty, jnp.int32), 0, self.max_difficulty)
+    difficulty = jnp.broadcast_to(difficulty, (batch,))
     keys = jax.random.split(question_rng, batch)
     questions, answers = jax.vmap(self.sample_one)(keys, difficulty)
     chex.assert_shape(questions, (batch, self.question_len))

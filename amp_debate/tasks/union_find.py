@@ -10,9 +10,10 @@ Difficulty d is the number of ``=`` steps from v_x to its root, the depth of H's
 H: at a root reads its value off; otherwise asks value(parent(v_x)) and returns that answer.
 
 Parsing is total, so any token array is a question: a fact whose first token is not ``:=`` is an
-``=`` fact; parent and value tokens are clipped into range (``Tokenizer.to_variable``/``to_number``).
-A variable whose ``=`` chain never reaches a root (a cycle in malformed input) has value 0; with that
-convention Amp(H, oracle) == solve on EVERY token array, not only on generated questions.
+``=`` fact; parent and value tokens are clipped into range (``Tokenizer.to_variable`` and
+``to_number``).
+A variable whose ``=`` chain never reaches a root (a cycle in malformed input) has value 0; with
+that convention Amp(H, oracle) == solve on EVERY token array, not only on generated questions.
 """
 
 from __future__ import annotations
@@ -79,12 +80,12 @@ class UnionFind(Task):
 
   # ---- D -------------------------------------------------------------------------------------
   def sample_one(self, rng, difficulty):
-    """A question whose queried variable is exactly ``difficulty`` (clipped) ``=`` steps from its root.
+    """A question whose queried variable is ``difficulty`` (clipped) ``=`` steps from its root.
 
-    Built in generation order (positions 0..N-1): position 0 is a root, positions 1..d each equal the
-    previous one (a chain); later positions are roots with probability 1/3, else equal a uniformly
-    chosen earlier position. The query is position d; variables are then renamed by a random
-    permutation.
+    Built in generation order (positions 0..N-1): position 0 is a root, positions 1..d each equal
+    the previous one (a chain); later positions are roots with probability 1/3, else equal a
+    uniformly chosen earlier position. The query is position d; variables are then renamed by a
+    random permutation.
     """
     n = self.num_vars
     root_rng, value_rng, parent_rng, perm_rng = jax.random.split(rng, 4)
@@ -121,6 +122,7 @@ class UnionFind(Task):
     return subq, ~is_root[query] & (i == 0)
 
   def recombine(self, question, subanswers, valid):
+    """The answer to value(parent), re-encoded as a number token (garbage is clipped)."""
     del question, valid
     return self.tokenizer.number(self.tokenizer.to_number(subanswers[0, 0]))[None]
 
