@@ -1,5 +1,7 @@
 """Amp′(H, M): the stochastic call decision, human-call counting and the trace."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,15 +20,21 @@ def _sample(task, seed, batch):
   return jax.jit(task.sample, static_argnums=1)(jax.random.key(seed), batch)
 
 
-def _amplify(task, answer_fn, questions, seed, call_prob=1.0):
-  run = jax.jit(lambda q, k, p: amplify(task, answer_fn, q, k, call_prob=p))
-  return run(questions, jax.random.key(seed), call_prob)
+@functools.cache
+def _jitted_amplify(task, answerer):
+  answer_fn = answerer(task)
+  return jax.jit(lambda q, k, p: amplify(task, answer_fn, q, k, call_prob=p))
+
+
+def _amplify(task, answerer, questions, seed, call_prob=1.0):
+  """Amp′ with M = answerer(task); one compilation per (task, answerer, batch shape)."""
+  return _jitted_amplify(task, answerer)(questions, jax.random.key(seed), call_prob)
 
 
 @pytest.mark.parametrize("call_prob", [0.0, 0.1, 0.5, 0.9, 1.0])
 def test_call_fraction_matches_probability(task, call_prob):
   batch = _sample(task, 0, 8192)
-  out = _amplify(task, oracle_fn(task), batch.questions, 1, call_prob)
+  out = _amplify(task, oracle_fn, batch.questions, 1, call_prob)
   fraction = float(out.called.mean())
   sigma = np.sqrt(call_prob * (1 - call_prob) / 8192)
   assert abs(fraction - call_prob) <= 4 * sigma + 1e-9
@@ -36,7 +44,7 @@ def test_call_fraction_matches_probability(task, call_prob):
 def test_amp_prime_mixes_amplified_and_direct_answers(task):
   """Where H is called the answer is Amp(H, M); elsewhere it is M's own answer."""
   batch = _sample(task, 2, 2048)
-  out = _amplify(task, human_alone_fn(task), batch.questions, 3, 0.5)
+  out = _amplify(task, human_alone_fn, batch.questions, 3, 0.5)
   called = np.asarray(out.called)
   answers, amplified, direct = map(np.asarray, (out.answers, out.amplified, out.direct))
   np.testing.assert_array_equal(answers[called], amplified[called])
@@ -50,16 +58,16 @@ def test_amp_prime_mixes_amplified_and_direct_answers(task):
 
 def test_call_decisions_depend_on_the_key(task):
   batch = _sample(task, 4, 512)
-  a = _amplify(task, oracle_fn(task), batch.questions, 5, 0.5).called
-  b = _amplify(task, oracle_fn(task), batch.questions, 5, 0.5).called
-  c = _amplify(task, oracle_fn(task), batch.questions, 6, 0.5).called
+  a = _amplify(task, oracle_fn, batch.questions, 5, 0.5).called
+  b = _amplify(task, oracle_fn, batch.questions, 5, 0.5).called
+  c = _amplify(task, oracle_fn, batch.questions, 6, 0.5).called
   np.testing.assert_array_equal(a, b)
   assert (np.asarray(a) != np.asarray(c)).any()
 
 
 def test_trace_records_every_subquestion(task):
   batch = _sample(task, 7, 256)
-  out = _amplify(task, oracle_fn(task), batch.questions, 8)
+  out = _amplify(task, oracle_fn, batch.questions, 8)
   b, s = 256, task.num_subquestions
   assert out.subquestions.shape == (b, s, task.question_len)
   assert out.subanswers.shape == (b, s, task.answer_len)

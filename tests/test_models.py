@@ -98,7 +98,8 @@ def test_presets_build_and_count(name):
 
 
 def test_small_preset_is_deeper_than_tiny_and_sizes_grow():
-  counts = [models.param_count(models.preset(n, VOCAB, 32)) for n in ("tiny", "small", "base", "large")]
+  counts = [models.param_count(models.preset(n, VOCAB, 32))
+            for n in ("tiny", "small", "base", "large")]
   assert counts == sorted(counts)
   assert models.preset("small", VOCAB, 32).num_layers >= 4
 
@@ -328,7 +329,8 @@ def test_bfloat16_compute_runs_with_float32_params():
   teacher = fns["log_prob"](params, prompts, out.tokens)
   chex.assert_tree_all_finite([out.log_probs, teacher])
   np.testing.assert_allclose(out.log_probs, teacher, atol=0.1)  # bfloat16: ~3 significant digits
-  _, cache = jax.eval_shape(functools.partial(model.prefill, answer_len=ANSWER_LEN), params, prompts)
+  prefill = functools.partial(model.prefill, answer_len=ANSWER_LEN)
+  _, cache = jax.eval_shape(prefill, params, prompts)
   assert cache.layers[0][0].dtype == jnp.bfloat16
   chex.assert_shape(cache.layers[0][0], (prompts.shape[0], PROMPT_LEN + ANSWER_LEN - 1, 2, 16))
 
@@ -358,7 +360,7 @@ def test_block_outputs_can_be_captured():
 
 # ---- sharding annotations ------------------------------------------------------------------------
 def all_axis_names(specs):
-  return [spec for spec in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))]
+  return jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -413,7 +415,7 @@ def test_rules_for_mesh_drops_missing_axes():
 def test_transcript_judge_learns_a_verdict_rule_and_ignores_padding():
   """J imitates a simple 'H': verdict = whether token 3 appears more often than token 4 among the
   valid tokens; the last two tokens are padding (invalid) and hold random junk."""
-  judge = models.TranscriptJudge(tiny(), num_classes=2)
+  judge = models.TranscriptJudge(tiny(num_layers=1), num_classes=2)
   tokens = jax.random.randint(key(0), (64, 10), 3, 5)
   valid = jnp.tile(jnp.arange(10) < 8, (64, 1))
   labels = ((tokens[:, :8] == 3).sum(1) > (tokens[:, :8] == 4).sum(1)).astype(jnp.int32)

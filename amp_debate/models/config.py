@@ -1,8 +1,8 @@
 """Model configuration: a frozen, validated dataclass, named size presets, logical sharding rules.
 
 One model M plays every role (answerer, supporter, challenger, stop, verdict, review), so one
-``ModelConfig`` describes it. Sizes are chosen deeper rather than wider: a question like σ^k(x) needs
-about one chained look-up per layer, so depth helps these tasks more than width.
+``ModelConfig`` describes it. Sizes are chosen deeper rather than wider: a question like σ^k(x)
+needs about one chained look-up per layer, so depth helps these tasks more than width.
 
 | preset | layers | d_model | heads | d_ff | use |
 |---|---|---|---|---|---|
@@ -44,7 +44,8 @@ class ModelConfig:
     norm: "layernorm" or "rmsnorm" (pre-norm blocks either way).
     dtype: compute dtype ("bfloat16" on accelerators); logits are returned in float32.
     param_dtype: parameter dtype (keep "float32").
-    dropout: dropout rate on the residual branches and embeddings (only when a dropout key is given).
+    dropout: dropout rate on the residual branches and embeddings (applied only when a dropout
+      key is given).
     attention_impl: ``implementation`` of ``jax.nn.dot_product_attention``: None (JAX chooses),
       "xla", or "cudnn" (fused kernel on NVIDIA GPUs; needs a half-precision ``dtype``).
   """

@@ -64,7 +64,8 @@ class TranscriptJudge(nn.Module):
     pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # mean over valid tokens
     logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=cfg.params_dtype,
                       name="head",
-                      kernel_init=_partitioned(nn.initializers.lecun_normal(), ("embed", "classes")),
+                      kernel_init=_partitioned(nn.initializers.lecun_normal(),
+                                               ("embed", "classes")),
                       bias_init=_partitioned(nn.initializers.zeros, ("classes",)))(pooled)
     chex.assert_shape(logits, (batch, self.num_classes))
     return logits
@@ -120,7 +121,8 @@ class ImageJudge(nn.Module):
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="SAME")
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.hidden, dtype=dtype, name="dense",
-                 kernel_init=_partitioned(nn.initializers.lecun_normal(), ("image_features", "mlp")),
+                 kernel_init=_partitioned(nn.initializers.lecun_normal(),
+                                          ("image_features", "mlp")),
                  bias_init=_partitioned(nn.initializers.zeros, ("mlp",)))(x)
     x = nn.relu(x)
     x = nn.Dropout(self.dropout)(x, deterministic=deterministic)

@@ -71,7 +71,7 @@ class Embedder(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention through ``jax.nn.dot_product_attention``, optionally over a KV cache."""
+  """Multi-head self-attention via ``jax.nn.dot_product_attention``, optionally over a KV cache."""
 
   config: ModelConfig
 

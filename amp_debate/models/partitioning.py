@@ -26,7 +26,7 @@ import jax
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
+    ("vocab", None),  # vocabularies here are tiny (~20-300): replicate, never split unevenly
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv", None),
@@ -41,17 +41,14 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def rules_for_mesh(mesh_axis_names: Sequence[str],
-                   rules=LOGICAL_AXIS_RULES) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
-  """``rules`` with mesh axes the mesh lacks dropped (a logical axis left with none is replicated)."""
+def rules_for_mesh(mesh_axis_names: Sequence[str], rules=LOGICAL_AXIS_RULES):
+  """``rules`` without the mesh axes the mesh lacks; a logical axis left with none is replicated."""
   present = set(mesh_axis_names)
   out = []
   for logical, mesh_axes in rules:
-    if mesh_axes is None:
-      out.append((logical, None))
-      continue
-    kept = tuple(a for a in ((mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes)
-                 if a in present)
+    if isinstance(mesh_axes, str):
+      mesh_axes = (mesh_axes,)
+    kept = tuple(a for a in (mesh_axes or ()) if a in present)
     out.append((logical, kept[0] if len(kept) == 1 else (kept or None)))
   return tuple(out)
 

@@ -4,13 +4,13 @@ One model plays every role (answerer, supporter, challenger, stop, verdict, revi
 prompt (a protocol question) and M answers it with ``answer_len`` tokens.
 
 Conventions (all functions are pure and jittable; shapes are static):
-  prompts   int32[B, Lp]  LEFT-padded with PAD (= 0): a prompt's real tokens are right-aligned, so
-                          the answer always starts at index Lp. Only the leading run of PAD tokens is
-                          padding (a PAD inside a prompt is an ordinary token); pass
+  prompts   int32[B, Lp]  LEFT-padded with PAD (= 0): a prompt's real tokens are right-aligned,
+                          so the answer always starts at index Lp. Only the leading run of PAD
+                          tokens is padding (a PAD inside a prompt is an ordinary token); pass
                           ``prompt_lengths`` int32[B] to state the real lengths explicitly instead.
-                          Padding keys are never attended to and position ids start at 0 on the first
-                          real token, so the amount of padding does not change answers. Every prompt
-                          needs at least one real token.
+                          Padding keys are never attended to and position ids start at 0 on the
+                          first real token, so the amount of padding does not change answers.
+                          Every prompt needs at least one real token.
   answers   int32[B, La]  fixed length La (static); ``answer_mask`` bool[B, La] marks scored tokens.
   sequence  prompts ++ answers[:, :-1], length Lp + La - 1 <= config.max_len.
   mask      "causal": token i sees real tokens j <= i. "prefix": prompt tokens see the whole (real)
@@ -162,13 +162,13 @@ class LanguageModel:
     return partitioning.init_params(self.module, rng, *self._init_inputs())
 
   def logical_axes(self):
-    """PartitionSpecs of logical axis names, same tree as ``init``'s result (computed abstractly)."""
+    """PartitionSpecs of logical axis names, shaped like ``init``'s result (computed abstractly)."""
     return partitioning.logical_axes(self.module, *self._init_inputs())
 
   # ---- teacher forcing ----------------------------------------------------------------------
   def _check_lengths(self, prompt_len: int, answer_len: int):
-    if answer_len < 1:
-      raise ValueError(f"answer length must be >= 1, got {answer_len}")
+    if prompt_len < 1 or answer_len < 1:
+      raise ValueError(f"prompt and answer lengths must be >= 1, got {prompt_len}, {answer_len}")
     if prompt_len + answer_len - 1 > self.config.max_len:
       raise ValueError(f"prompt length {prompt_len} + answer length {answer_len} - 1 exceeds "
                        f"ModelConfig.max_len={self.config.max_len}")
@@ -183,7 +183,7 @@ class LanguageModel:
       prompt_lengths: optional int32[B] real prompt lengths (default: leading PADs are padding).
       dropout_rng: optional key; dropout is applied only when given (and config.dropout > 0).
     Returns:
-      float32[B, La, vocab]: row t is the distribution of answers[:, t] given prompts, answers[:, :t].
+      float32[B, La, vocab]: row t scores answers[:, t] given the prompt and answers[:, :t].
     """
     chex.assert_rank([prompts, answers], 2)
     chex.assert_type([prompts, answers], jnp.int32)
