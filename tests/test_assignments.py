@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import task_helpers
 
 from amp_debate.procedure.amplify import amplify, human_tree_fn, oracle_fn
 from amp_debate.tasks.assignments import Assignments
@@ -16,32 +17,15 @@ from amp_debate.tasks.tokenizer import PAD
 BATCH = 1000
 
 
-# Jitted helpers, cached per task so each shape compiles once across tests.
-@functools.lru_cache(None)
-def _sampler(task):
-  return jax.jit(lambda key, levels: task.sample(key, levels.shape[0], difficulty=levels))
-
-
-@functools.lru_cache(None)
-def _amplify(task):
-  return jax.jit(lambda q, key: amplify(task, oracle_fn(task), q, key))
-
-
-@functools.lru_cache(None)
-def _tree(task, depth):
-  return jax.jit(human_tree_fn(task, depth))
+_sampler = task_helpers.sampler
+_amplify = task_helpers.amplify_oracle
+_tree = task_helpers.tree
+_encode = task_helpers.encode
+_value = task_helpers.value
 
 
 def _levels(task):
-  return jnp.repeat(jnp.arange(task.max_difficulty + 1), BATCH)
-
-
-def _encode(task, text):
-  return jnp.asarray(task.tokenizer.encode(text))
-
-
-def _value(task, answer):
-  return int(task.tokenizer.to_number(answer[0]))
+  return task_helpers.levels(task, BATCH)
 
 
 def _reference(task, question):
