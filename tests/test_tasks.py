@@ -91,8 +91,9 @@ def test_jit_vmap_and_static_shapes(task):
   for fn in (task.is_leaf, task.leaf_answer, task.solve):
     np.testing.assert_array_equal(jax.jit(jax.vmap(fn))(batch.questions), jax.vmap(fn)(batch.questions))
   subanswers = jnp.zeros((64, task.num_subquestions, task.answer_len), jnp.int32)
+  subquestion = jax.jit(task.batch_subquestion)  # i is traced: one compilation for every i
   for i in range(task.num_subquestions):
-    sub, valid = jax.jit(task.batch_subquestion)(batch.questions, subanswers, i)
+    sub, valid = subquestion(batch.questions, subanswers, i)
     assert sub.shape == batch.questions.shape and valid.shape == (64,)
   # the curriculum passes a traced level
   sampled = jax.jit(lambda k, top: task.sample(k, 256, max_difficulty=top))(jax.random.key(7), 1)
