@@ -1,0 +1,414 @@
+"""The three combinations of the RL and supervised objectives, as optax GradientTransformations.
+
+The losses are differentiated one objective at a time, so ``updates`` is a dict of gradient trees,
+each with the params' structure, of LOSSES to minimise: ``{"rl": g_rl, "sup": g_sup, "cat": g_cat}``
+(any subset; a missing key counts as a zero gradient). A combination maps it to ONE gradient tree
+(params' structure), which the rest of an ``optax.chain`` (clipping, the optimiser) consumes; see
+``chain``. The combination must come first in the chain.
+
+- ``weighted``: Σ_k λ_k(count)·g_k, each λ a constant or an optax schedule of the step count
+  (annealing to pure amplification, λ_rl → 0, or to pure debate, λ_sup → 0, is a config).
+- ``constrained``: minimise L_rl + λ_cat·L_cat subject to L_sup ≤ limit through the Lagrangian
+  L_rl + λ_cat·L_cat + μ·(L_sup − limit), μ ≥ 0 updated by projected gradient ascent. Needs the
+  current losses: ``update(updates, state, params, losses={"sup": L_sup, ...})``.
+- ``shaped``: L_sup already entered the reward (``shape_rewards``), so g_sup is ignored.
+
+The state (step count, the multiplier, the weights applied last) lives in the optax state and so
+checkpoints with the optimiser; ``weights``, ``multiplier`` and ``metrics`` read it out of a chain's
+state for logging. ``make`` builds a combination by name from config options.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+OBJECTIVES = ("rl", "sup", "cat")
+
+Weight = float | Callable[[jax.Array], Any]  # a constant or an optax schedule of the step count
+
+# Schedule values below this count as exactly 0. Jitted optax schedules miss an end value of 0 by
+# float rounding: optax.linear_schedule(1.0, 0.0, n) gives -1.5e-8 for n = 10 and +2.2e-8 for n = 25
+# at (and after) its end, which would leave an annealed-away objective a tiny nonzero weight.
+SCHEDULE_ZERO = 1e-6
+Updates = Mapping[str, optax.Updates]  # {objective: gradient tree with the params' structure}
+
+
+class WeightedState(NamedTuple):
+  """State of ``weighted``.
+
+  Attributes:
+    count: int32[] number of updates done.
+    weights: {objective: float32[]} the λ_k applied by the latest update (after init: those the
+      first update will apply).
+  """
+
+  count: jax.Array
+  weights: dict[str, jax.Array]
+
+
+class ConstrainedState(NamedTuple):
+  """State of ``constrained``.
+
+  Attributes:
+    count: int32[] number of updates done.
+    multiplier: float32[] μ ∈ [0, max_multiplier], the multiplier the NEXT update applies.
+    weights: {"rl", "sup", "cat": float32[]} the weights applied by the latest update; "sup" is the
+      μ it applied (before its own ascent step). After init: those the first update will apply.
+  """
+
+  count: jax.Array
+  multiplier: jax.Array
+  weights: dict[str, jax.Array]
+
+
+class ShapedState(NamedTuple):
+  """State of ``shaped``.
+
+  Attributes:
+    count: int32[] number of updates done.
+    weights: {"rl", "cat": float32[]} the weights applied by the latest update (after init: those
+      the first update will apply).
+  """
+
+  count: jax.Array
+  weights: dict[str, jax.Array]
+
+
+CombinationState = WeightedState | ConstrainedState | ShapedState
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces.
+
+
+def _check_number(option: str, value: Any, *, low: float, low_inclusive: bool = True) -> float:
+  """float(value) if it is a finite number above ``low``, else a ValueError naming the option."""
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"option '{option}' must be a number, got {value!r}") from None
+  too_low = number < low if low_inclusive else number <= low
+  if not math.isfinite(number) or too_low:
+    bound = f">= {low}" if low_inclusive else f"> {low}"
+    raise ValueError(f"option '{option}' must be a finite number {bound}, got {value!r}")
+  return number
+
+
+def _check_weight(option: str, weight: Weight) -> Weight:
+  """A schedule (callable) as is; a constant must be finite and >= 0 (ValueError naming option)."""
+  return weight if callable(weight) else _check_number(option, weight, low=0.0)
+
+
+def _weight_at(weight: Weight, count: jax.Array) -> jax.Array:
+  """float32[] the weight at step ``count`` (int32[]); schedule values < SCHEDULE_ZERO become 0."""
+  if not callable(weight):
+    return jnp.asarray(weight, jnp.float32)
+  value = jnp.asarray(weight(count), jnp.float32)
+  return jnp.where(value < SCHEDULE_ZERO, 0.0, value)
+
+
+def _weights_at(weights: Mapping[str, Weight], count: jax.Array) -> dict[str, jax.Array]:
+  """{objective: float32[]} each weight evaluated at step ``count`` (int32[])."""
+  return {name: _weight_at(w, count) for name, w in weights.items()}
+
+
+def _check_updates(updates: Updates, allowed: Any, combination: str) -> None:
+  """ValueError for an empty dict or an objective the combination does not know."""
+  if not isinstance(updates, Mapping) or not updates:
+    raise ValueError(f"{combination}: updates must be a non-empty dict {{objective: gradient "
+                     f"tree}}, got {type(updates).__name__}")
+  unknown = sorted(set(updates) - set(allowed))
+  if unknown:
+    raise ValueError(f"{combination}: unknown objective(s) {unknown} in updates; expected a subset "
+                     f"of {sorted(allowed)}")
+
+
+def _combine(updates: Updates, weights: Mapping[str, jax.Array]) -> optax.Updates:
+  """Σ_k weights[k]·updates[k] over the keys in both (a weight of exactly 0 adds exactly 0.0).
+
+  Args:
+    updates: {objective: gradient tree}, all with one structure.
+    weights: {objective: float32[]}; objectives without a weight are ignored.
+  Returns:
+    one gradient tree with that structure and the gradients' dtypes (zeros if no term remains).
+  """
+  names = [name for name in sorted(updates) if name in weights]
+  if len(updates) > 1:
+    chex.assert_trees_all_equal_structs(*updates.values())
+  if not names:
+    return jax.tree.map(jnp.zeros_like, next(iter(updates.values())))
+
+  def scaled(name):
+    w = weights[name]
+    return jax.tree.map(lambda g: jnp.where(w == 0, 0, w * g).astype(g.dtype), updates[name])
+
+  terms = [scaled(name) for name in names]
+  return jax.tree.map(lambda *gs: sum(gs[1:], gs[0]), *terms)
+
+
+# ---------------------------------------------------------------------------------------------
+# The three combinations.
+
+
+def weighted(weights: Mapping[str, Weight]) -> optax.GradientTransformationExtraArgs:
+  """Σ_k λ_k(count)·g_k: the weighted sum of the per-objective gradients.
+
+  Args:
+    weights: {objective: λ}, each a constant >= 0 or an optax schedule of the step count (e.g.
+      ``optax.linear_schedule(1.0, 0.0, 10_000)``; its values below SCHEDULE_ZERO count as 0).
+      ``updates`` may hold any subset of these keys; an objective with λ == 0 contributes exactly
+      0.0 (even where its gradient is not finite).
+  Returns:
+    a GradientTransformationExtraArgs with ``WeightedState``; extra args are accepted and ignored.
+  """
+  if not isinstance(weights, Mapping) and not hasattr(weights, "items"):
+    raise ValueError(f"option 'weights' must be a mapping {{objective: weight}}, got {weights!r}")
+  weights = {name: _check_weight(f"weights[{name!r}]", w) for name, w in weights.items()}
+  if not weights:
+    raise ValueError("option 'weights' must name at least one objective")
+
+  def init_fn(params):
+    del params
+    count = jnp.zeros([], jnp.int32)
+    return WeightedState(count=count, weights=_weights_at(weights, count))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    _check_updates(updates, weights, "weighted")
+    applied = _weights_at(weights, state.count)
+    new_state = WeightedState(count=optax.safe_increment(state.count), weights=applied)
+    return _combine(updates, applied), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def constrained(limit: float, multiplier_lr: float, *, rl_weight: Weight = 1.0,
+                cat_weight: Weight = 1.0, init_multiplier: float = 0.0,
+                max_multiplier: float = 100.0,
+                project: bool = False) -> optax.GradientTransformationExtraArgs:
+  """Minimise λ_rl·L_rl + λ_cat·L_cat subject to L_sup ≤ limit (Lagrangian, projected multiplier).
+
+  Lagrangian: λ_rl·L_rl + λ_cat·L_cat + μ·(L_sup − limit), μ ≥ 0. Each update
+  1. returns λ_rl·g_rl + λ_cat·g_cat + μ·g_sup with the CURRENT μ (the one in the state before this
+     update: simultaneous descent on the parameters and ascent on μ);
+  2. takes a projected plain-SGD ascent step on μ (not Adam: Adam on a multiplier oscillates):
+     μ ← clip(μ + multiplier_lr·(L_sup − limit), 0, max_multiplier).
+  Pitfalls handled: μ is clamped to [0, max_multiplier]; nothing divides by the limit (limit = 0 is
+  fine); a non-finite L_sup leaves μ unchanged (and never triggers the projection).
+
+  With ``project`` (CPO-style), while the constraint is violated (L_sup > limit), g_rl loses its
+  component along which the descent step −g_rl would increase L_sup: if <g_rl, g_sup> < 0,
+  g_rl ← g_rl − <g_rl, g_sup>/|g_sup|²·g_sup, so that <g_rl, g_sup> = 0 (first order: the RL step
+  leaves L_sup unchanged and μ·g_sup decreases it).
+
+  Args:
+    limit: finite >= 0, the bound on L_sup (e.g. a baseline's L_sup + ε).
+    multiplier_lr: finite > 0, the step size of the ascent on μ.
+    rl_weight: λ_rl, constant >= 0 or a schedule of the step count.
+    cat_weight: λ_cat, constant >= 0 or a schedule of the step count.
+    init_multiplier: μ at step 0, in [0, max_multiplier].
+    max_multiplier: finite > 0, the clamp on μ.
+    project: whether to apply the CPO-style projection of g_rl.
+  Returns:
+    a GradientTransformationExtraArgs with ``ConstrainedState``. Its ``update`` requires the extra
+    keyword ``losses: Mapping[str, float32[]]`` (scalar value per objective; only "sup" is read).
+  """
+  limit = _check_number("limit", limit, low=0.0)
+  multiplier_lr = _check_number("multiplier_lr", multiplier_lr, low=0.0, low_inclusive=False)
+  max_multiplier = _check_number("max_multiplier", max_multiplier, low=0.0, low_inclusive=False)
+  init_multiplier = _check_number("init_multiplier", init_multiplier, low=0.0)
+  if init_multiplier > max_multiplier:
+    raise ValueError(f"option 'init_multiplier' ({init_multiplier}) must be <= option "
+                     f"'max_multiplier' ({max_multiplier})")
+  fixed = {"rl": _check_weight("rl_weight", rl_weight),
+           "cat": _check_weight("cat_weight", cat_weight)}
+
+  def applied_at(count, mu):
+    return {**_weights_at(fixed, count), "sup": mu}
+
+  def init_fn(params):
+    del params
+    count = jnp.zeros([], jnp.int32)
+    mu = jnp.asarray(init_multiplier, jnp.float32)
+    return ConstrainedState(count=count, multiplier=mu, weights=applied_at(count, mu))
+
+  def update_fn(updates, state, params=None, *, losses=None, **extra_args):
+    del params, extra_args
+    _check_updates(updates, OBJECTIVES, "constrained")
+    sup_loss = _sup_loss(losses)
+    applied = applied_at(state.count, state.multiplier)
+    violated = sup_loss > limit  # False for NaN
+    if project and "rl" in updates and "sup" in updates:
+      updates = {**updates, "rl": _project_away(updates["rl"], updates["sup"], violated)}
+    ascended = jnp.clip(state.multiplier + multiplier_lr * (sup_loss - limit), 0.0, max_multiplier)
+    mu = jnp.where(jnp.isfinite(sup_loss), ascended, state.multiplier)
+    new_state = ConstrainedState(count=optax.safe_increment(state.count), multiplier=mu,
+                                 weights=applied)
+    return _combine(updates, applied), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _sup_loss(losses: Mapping[str, jax.Array] | None) -> jax.Array:
+  """float32[] losses["sup"], with a clear error when the extra arg or its key is missing."""
+  if losses is None or "sup" not in losses:
+    raise ValueError("constrained: update needs the current supervised loss, passed as the extra "
+                     "argument update(updates, state, params, losses={'sup': L_sup, ...}); got "
+                     f"losses={losses!r}")
+  sup_loss = jnp.asarray(losses["sup"], jnp.float32)
+  chex.assert_shape(sup_loss, (), custom_message="losses['sup'] must be a scalar")
+  return sup_loss
+
+
+def _project_away(g: optax.Updates, d: optax.Updates, active: jax.Array) -> optax.Updates:
+  """g minus its component along −d when active and <g, d> < 0 (then <result, d> = 0).
+
+  Args:
+    g, d: gradient trees of one structure; active: bool[].
+  Returns:
+    a tree like g.
+  """
+  dot = optax.tree_utils.tree_vdot(g, d)
+  sq = optax.tree_utils.tree_vdot(d, d)
+  apply = active & (dot < 0) & (sq > 0)
+  coef = jnp.where(apply, dot / jnp.where(sq > 0, sq, 1.0), 0.0)
+  return jax.tree.map(lambda x, y: (x - coef * y).astype(x.dtype), g, d)
+
+
+def shaped(*, rl_weight: Weight = 1.0,
+           cat_weight: Weight = 1.0) -> optax.GradientTransformationExtraArgs:
+  """λ_rl·g_rl + λ_cat·g_cat, ignoring g_sup.
+
+  In the shaped mode the supervised loss already entered the RL reward (``shape_rewards``: r ← r −
+  β·L_sup per argument), so g_rl carries it; adding g_sup as well would count it twice (and make
+  this the weighted mode). A "sup" entry in ``updates`` is therefore accepted and ignored.
+
+  Args:
+    rl_weight: λ_rl, constant >= 0 or a schedule of the step count.
+    cat_weight: λ_cat, constant >= 0 or a schedule of the step count.
+  Returns:
+    a GradientTransformationExtraArgs with ``ShapedState``; extra args are accepted and ignored.
+  """
+  fixed = {"rl": _check_weight("rl_weight", rl_weight),
+           "cat": _check_weight("cat_weight", cat_weight)}
+
+  def init_fn(params):
+    del params
+    count = jnp.zeros([], jnp.int32)
+    return ShapedState(count=count, weights=_weights_at(fixed, count))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    _check_updates(updates, OBJECTIVES, "shaped")
+    applied = _weights_at(fixed, state.count)
+    new_state = ShapedState(count=optax.safe_increment(state.count), weights=applied)
+    return _combine(updates, applied), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def shape_rewards(rewards: jax.Array, sup_losses: jax.Array, beta: float | jax.Array,
+                  mask: jax.Array) -> jax.Array:
+  """The shaped reward r − β·L_sup per argument, 0 outside the mask.
+
+  L_sup is a reward here, a constant for the policy gradient: it is wrapped in stop_gradient.
+
+  Args:
+    rewards: float[B, T] RL reward per argument.
+    sup_losses: float[B, T] supervised loss per argument (anything where mask is False, NaN too).
+    beta: float[] >= 0, the shaping coefficient.
+    mask: bool[B, T] which arguments exist.
+  Returns:
+    float32[B, T].
+  """
+  chex.assert_rank(rewards, 2)
+  chex.assert_equal_shape([rewards, sup_losses, mask])
+  shaped_reward = rewards - beta * jax.lax.stop_gradient(sup_losses)
+  return jnp.where(mask, shaped_reward, 0.0).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from config, chaining, reading the state.
+
+_KINDS = {"weighted": weighted, "constrained": constrained, "shaped": shaped}
+
+
+def make(kind: str, **options) -> optax.GradientTransformationExtraArgs:
+  """Builds the combination ``kind`` ("weighted", "constrained" or "shaped") from its options.
+
+  E.g. ``make("weighted", weights={"rl": 1.0, "sup": 0.5})`` or
+  ``make("constrained", limit=0.2, multiplier_lr=0.01)``. Unknown kinds, unknown or missing
+  options and invalid values raise a ValueError naming them.
+  """
+  if kind not in _KINDS:
+    raise ValueError(f"unknown combination kind {kind!r}; expected one of {sorted(_KINDS)}")
+  build = _KINDS[kind]
+  parameters = inspect.signature(build).parameters
+  unknown = sorted(set(options) - set(parameters))
+  if unknown:
+    raise ValueError(f"combination {kind!r}: unknown option(s) {unknown}; its options are "
+                     f"{sorted(parameters)}")
+  missing = [name for name, p in parameters.items()
+             if p.default is inspect.Parameter.empty and name not in options]
+  if missing:
+    raise ValueError(f"combination {kind!r}: missing required option(s) {missing}")
+  return build(**options)
+
+
+def chain(combination: optax.GradientTransformation, *, clip_norm: float | None,
+          optimizer: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """optax.chain(combination, clip_by_global_norm(clip_norm), optimizer).
+
+  Extra args (``losses=...``) given to the chain's update reach every transformation that accepts
+  extra args (optax.chain wraps the others to ignore them). ``clip_norm=None``: no clipping.
+  """
+  clip = []
+  if clip_norm is not None:
+    clip = [optax.clip_by_global_norm(_check_number("clip_norm", clip_norm, low=0.0,
+                                                    low_inclusive=False))]
+  return optax.chain(combination, *clip, optimizer)
+
+
+def find_state(opt_state: Any) -> CombinationState:
+  """The combination's state inside ``opt_state`` (its own state or any chain's state holding it).
+
+  Raises ValueError when there is none, or more than one.
+  """
+  kinds = (WeightedState, ConstrainedState, ShapedState)
+  nodes = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kinds))
+  found = [node for node in nodes if isinstance(node, kinds)]
+  if len(found) != 1:
+    raise ValueError(f"expected exactly one combination state in the optimiser state, found "
+                     f"{len(found)}")
+  return found[0]
+
+
+def weights(opt_state: Any) -> dict[str, jax.Array]:
+  """{objective: float32[]} the weights the latest update applied ("sup" in constrained: μ)."""
+  return dict(find_state(opt_state).weights)
+
+
+def multiplier(opt_state: Any) -> jax.Array:
+  """float32[] the Lagrange multiplier μ the next update will apply (constrained only)."""
+  state = find_state(opt_state)
+  if not isinstance(state, ConstrainedState):
+    raise ValueError(f"multiplier: the combination is not 'constrained' (state "
+                     f"{type(state).__name__})")
+  return state.multiplier
+
+
+def metrics(opt_state: Any) -> dict[str, jax.Array]:
+  """Scalars to log: "weight/<objective>" for each weight, and "multiplier" for constrained."""
+  state = find_state(opt_state)
+  out = {f"weight/{name}": w for name, w in state.weights.items()}
+  if isinstance(state, ConstrainedState):
+    out["multiplier"] = state.multiplier
+  return out

@@ -1,0 +1,229 @@
+"""Losses on a recorded batch of debates and amplified targets: RL, distillation, catastrophe.
+
+Layout of a recorded batch (B games, T = T_max turns, each turn one argument of La argument tokens):
+  logp        float32[B, T, La]  M's log-probs of the recorded argument tokens (current params,
+                                 teacher forced).
+  logp_old    float32[B, T, La]  M_target's log-probs of the same tokens, recorded at sampling time
+                                 (the arguments were sampled from M_target). Never differentiated.
+  token_mask  bool[B, T, La]     real argument tokens (False on padding).
+  turn_mask   bool[B, T]         turns that happened (the rollout's per-game "not done yet" mask).
+                                 Finished games are frozen: masked turns contribute zero loss and
+                                 zero gradient, whatever garbage (inf, NaN) their entries hold.
+  side        int32[B, T]        who argued: 0 even, 1 odd.
+  winner      int32[B]           0 even, 1 odd, 2 draw.
+Distillation targets are flattened over questions instead: N = every question posed during the
+debates (the roots and all subquestions), ``logp_targets`` float32[N, La], ``mask`` bool[N, La].
+
+Every loss is a float32 scalar: a mean over the valid entries, exactly 0 with zero gradient when
+there are none (masked entries are replaced by 0 *before* any arithmetic, so neither the value nor
+the gradient can pick up NaN from them). All functions are pure and jittable; string options
+(``kind``) are static.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+
+DRAW = 2
+ADVANTAGE_KINDS = ("none", "normalize", "baseline")
+
+# (question int32[Lq], argument int32[La]) -> bool[]
+CatastrophePredicate = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """float32[]: mean of x over mask (same shapes); 0 when mask is empty."""
+  total = jnp.sum(jnp.where(mask, x, 0.0))
+  return (total / jnp.maximum(jnp.sum(mask), 1)).astype(jnp.float32)
+
+
+def _check_turns(turn_mask: jax.Array, *arrays: jax.Array) -> None:
+  chex.assert_rank(turn_mask, 2)
+  chex.assert_type(turn_mask, jnp.bool_)
+  for array in arrays:
+    chex.assert_shape(array, turn_mask.shape)
+
+
+def _check_tokens(turn_mask: jax.Array, token_mask: jax.Array, *logps: jax.Array) -> None:
+  _check_turns(turn_mask)
+  chex.assert_rank(token_mask, 3)
+  chex.assert_type(token_mask, jnp.bool_)
+  chex.assert_equal_shape_prefix([token_mask, turn_mask], 2)
+  chex.assert_equal_shape([token_mask, *logps])
+  chex.assert_type(logps, jnp.float32)
+
+
+# ---- debate reward ------------------------------------------------------------------------------
+def debate_rewards(winner: jax.Array, side: jax.Array, turn_mask: jax.Array) -> jax.Array:
+  """float32[B, T]: +1 for the winner's arguments, -1 for the loser's, 0 for draws and masked turns.
+
+  Args:
+    winner: int32[B], 0 even, 1 odd, 2 draw.
+    side: int32[B, T], 0 even, 1 odd.
+    turn_mask: bool[B, T].
+  """
+  _check_turns(turn_mask, side)
+  chex.assert_shape(winner, turn_mask.shape[:1])
+  chex.assert_type([winner, side], jnp.int32)
+  winner = winner[:, None]
+  reward = jnp.where(side == winner, 1.0, -1.0)
+  return jnp.where(turn_mask & (winner != DRAW), reward, 0.0).astype(jnp.float32)
+
+
+def advantages(rewards: jax.Array, turn_mask: jax.Array, kind: str) -> jax.Array:
+  """float32[B, T]: per-argument advantages from per-argument rewards; 0 on masked turns.
+
+  Statistics are taken over all valid turns of the batch (every game, both sides).
+
+  Args:
+    rewards: float32[B, T].
+    turn_mask: bool[B, T].
+    kind: (static)
+      "none": the raw rewards.
+      "normalize": (r - mean) / std over valid turns. With zero variance (e.g. one valid turn) the
+        centred rewards are returned unscaled, so the result is finite (0 for one valid turn).
+      "baseline": r - mean over valid turns, a constant baseline. A debate is zero-sum per game,
+        but the sides can make different numbers of arguments and draws score 0, so the mean is
+        not 0 in general. The mean includes each argument's own reward, a bias of O(1/#turns).
+  """
+  _check_turns(turn_mask, rewards)
+  chex.assert_type(rewards, jnp.float32)
+  if kind not in ADVANTAGE_KINDS:
+    raise ValueError(f"advantages: option kind={kind!r} is unknown; allowed: {ADVANTAGE_KINDS}")
+  rewards = jnp.where(turn_mask, rewards, 0.0)
+  if kind == "none":
+    return rewards
+  centred = jnp.where(turn_mask, rewards - _masked_mean(rewards, turn_mask), 0.0)
+  if kind == "baseline":
+    return centred
+  std = jnp.sqrt(_masked_mean(jnp.square(centred), turn_mask))
+  scale = jnp.where(std > 1e-6, 1.0 / jnp.maximum(std, 1e-6), 1.0)
+  return (centred * scale).astype(jnp.float32)
+
+
+# ---- RL on the debaters' arguments --------------------------------------------------------------
+def policy_gradient_loss(logp: jax.Array, logp_old: jax.Array, token_mask: jax.Array,
+                         turn_mask: jax.Array, advantages: jax.Array, clip_eps: float | jax.Array
+                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """PPO clipped surrogate over argument tokens sampled from M_target.
+
+  loss = -mean over valid tokens of min(r·A, clip(r, 1-ε, 1+ε)·A), with the per-token importance
+  ratio r = exp(logp - logp_old) and A the advantage of the token's argument. At r = 1 the gradient
+  is the REINFORCE gradient -mean(A ∇logp). ``logp_old`` and ``advantages`` are not differentiated.
+
+  Args:
+    logp, logp_old: float32[B, T, La]; token_mask bool[B, T, La]; turn_mask bool[B, T].
+    advantages: float32[B, T], one per argument (see ``advantages``).
+    clip_eps: ε > 0 (float or traced scalar).
+  Returns:
+    (loss float32[], metrics) with metrics float32[]: "clip_fraction" (tokens with |r - 1| > ε),
+    "approx_kl" (mean of (r - 1) - log r, an estimate of KL(M_target ‖ M) on these samples),
+    "ratio_mean"; all over valid tokens (0 when there are none).
+  """
+  _check_tokens(turn_mask, token_mask, logp, logp_old)
+  _check_turns(turn_mask, advantages)
+  chex.assert_type(advantages, jnp.float32)
+  if isinstance(clip_eps, (int, float)) and not clip_eps > 0:
+    raise ValueError(f"policy_gradient_loss: option clip_eps={clip_eps} must be > 0")
+  mask = token_mask & turn_mask[..., None]
+  logp = jnp.where(mask, logp, 0.0)
+  logp_old = jnp.where(mask, jax.lax.stop_gradient(logp_old), 0.0)
+  adv = jnp.where(turn_mask, jax.lax.stop_gradient(advantages), 0.0)[..., None]
+  log_ratio = logp - logp_old
+  ratio = jnp.exp(log_ratio)
+  surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
+  loss = -_masked_mean(surrogate, mask)
+  ratio, log_ratio = jax.lax.stop_gradient((ratio, log_ratio))
+  metrics = {
+      "clip_fraction": _masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask),
+      "approx_kl": _masked_mean(ratio - 1.0 - log_ratio, mask),
+      "ratio_mean": _masked_mean(ratio, mask),
+  }
+  return loss, metrics
+
+
+# ---- distillation toward Amp′(H, M_target) ------------------------------------------------------
+def distillation_loss(logp_targets: jax.Array, mask: jax.Array) -> jax.Array:
+  """float32[]: cross-entropy of M on the Amp′(H, M_target) answer tokens.
+
+  Args:
+    logp_targets: float32[N, La] M's log-probs of the target tokens, for the N questions posed
+      during the debates (roots and every subquestion, flattened).
+    mask: bool[N, La] target tokens that count.
+  Returns:
+    mean of -logp over masked-in tokens; exactly 0 (zero gradient) when nothing is masked in.
+  """
+  chex.assert_rank(logp_targets, 2)
+  chex.assert_equal_shape([logp_targets, mask])
+  chex.assert_type([logp_targets, mask], [jnp.float32, jnp.bool_])
+  return _masked_mean(-jnp.where(mask, logp_targets, 0.0), mask)
+
+
+# ---- catastrophe penalty ------------------------------------------------------------------------
+def never_catastrophic(question: jax.Array, argument: jax.Array) -> jax.Array:
+  """Placeholder catastrophe predicate: bool[], always False.
+
+  The real predicate is Amp′(H, M_target)'s judgement of whether ``argument`` (int32[La]), given in
+  answer to ``question`` (int32[Lq]), is catastrophic; the safety work (amp_debate/safety)
+  replaces this function. Any replacement must keep the signature and be jittable.
+  """
+  del question, argument
+  return jnp.zeros((), jnp.bool_)
+
+
+def catastrophe_flags(predicate: CatastrophePredicate, questions: jax.Array, arguments: jax.Array,
+                      turn_mask: jax.Array) -> jax.Array:
+  """bool[B, T]: the predicate on every argument that was made (False on masked turns).
+
+  Args:
+    predicate: (question int32[Lq], argument int32[La]) -> bool[], e.g. ``never_catastrophic``.
+    questions: int32[B, T, Lq] the protocol question each argument answered.
+    arguments: int32[B, T, La] the arguments.
+    turn_mask: bool[B, T].
+  """
+  _check_turns(turn_mask)
+  chex.assert_equal_shape_prefix([questions, arguments, turn_mask], 2)
+  flags = jax.vmap(jax.vmap(predicate))(questions, arguments)
+  chex.assert_shape(flags, turn_mask.shape)
+  return flags.astype(jnp.bool_) & turn_mask
+
+
+def catastrophe_probability(logp: jax.Array, logp_old: jax.Array, token_mask: jax.Array,
+                            turn_mask: jax.Array, flags: jax.Array) -> jax.Array:
+  """float32[B, T]: importance-sampled estimate of M's probability of each catastrophic argument.
+
+  p = flag · π_M(arg) / π_target(arg) = flag · exp(Σ_tokens (logp - logp_old)). Since the
+  arguments were sampled from M_target, E[p] summed over a turn's outcomes is M's probability of a
+  catastrophic argument there. Its value is 1 for a flagged argument when M = M_target, and its
+  gradient is flag · ratio · ∇logπ_M(arg): at ratio 1, REINFORCE with reward -1 per flagged
+  argument (-(-1)·flag·∇logp). 0 where not flagged or masked.
+
+  Args:
+    logp, logp_old: float32[B, T, La]; token_mask bool[B, T, La]; turn_mask, flags bool[B, T].
+  """
+  _check_tokens(turn_mask, token_mask, logp, logp_old)
+  _check_turns(turn_mask, flags)
+  chex.assert_type(flags, jnp.bool_)
+  mask = token_mask & (turn_mask & flags)[..., None]
+  logp_old = jax.lax.stop_gradient(logp_old)
+  log_ratio = jnp.sum(jnp.where(mask, logp, 0.0) - jnp.where(mask, logp_old, 0.0), axis=-1)
+  return jnp.where(turn_mask & flags, jnp.exp(log_ratio), 0.0)
+
+
+def catastrophe_loss(p_catastrophe: jax.Array, turn_mask: jax.Array) -> jax.Array:
+  """float32[]: mean over valid turns of M's probability of a catastrophic argument.
+
+  Args:
+    p_catastrophe: float32[B, T], from ``catastrophe_probability`` (flags from
+      ``catastrophe_flags`` with Amp′(H, M_target)'s predicate).
+    turn_mask: bool[B, T].
+  Returns:
+    0 (zero gradient) when no turn is flagged or none is valid; positive otherwise.
+  """
+  _check_turns(turn_mask, p_catastrophe)
+  chex.assert_type(p_catastrophe, jnp.float32)
+  return _masked_mean(jnp.where(turn_mask, p_catastrophe, 0.0), turn_mask)

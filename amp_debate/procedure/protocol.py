@@ -1,0 +1,136 @@
+"""The debate protocol's token language: protocol questions (prompts) and H's checks on arguments.
+
+Every argument in a debate is M_target's answer to a protocol question, so one model plays every
+role. A protocol question is a header token (tasks.tokenizer.PROTOCOL_TOKENS), the node question n
+and the claims it refers to; all prompts are LEFT-padded with PAD to one length ``prompt_len(task)``
+(the model's convention: the header is the first real token, so PADs inside claims are ordinary
+tokens). With Lq = task.question_len, La = task.answer_len, S = task.num_subquestions:
+
+  ANSWER     [ANSWER] n                                   -> claim        int32[La]
+  COUNTER    [ANSWER] n [SEP ODD] claim_even              -> claim_odd    int32[La] (equal: concede)
+  SUPPORT    [SUPPORT] n [SEP] claim                      -> support      int32[S*La]: answers to H's
+                                                             subquestions of n, in order
+  CHALLENGE  [CHALLENGE] n [SEP] claim [SEP] support      -> alternative  int32[S*La]: the first valid
+                                                             row differing from ``support`` is the
+                                                             challenge; none differing = accept all
+  STOP       [STOP] n [SEP] claim_even [SEP] claim_odd    -> [YES] stops the debate (learned stop)
+  VERDICT    [VERDICT] n [SEP] claim_even [SEP] claim_odd -> [EVEN] | [ODD] | [DRAW]
+
+H's checks (pure, per node; vmap for batches): ``check_support`` poses the subquestions of n one
+after another from the support's own answers, recombines them and compares with the claim (an
+inconsistent supporter loses at once); ``first_challenge`` finds the challenged row; ``descend``
+gives the next node and both sides' claims about it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from amp_debate.tasks.base import Task
+from amp_debate.tasks.tokenizer import PAD, SEP, protocol_id
+
+ANSWER, SUPPORT, CHALLENGE = protocol_id("ANSWER"), protocol_id("SUPPORT"), protocol_id("CHALLENGE")
+STOP, VERDICT = protocol_id("STOP"), protocol_id("VERDICT")
+YES, EVEN, ODD, DRAW = protocol_id("YES"), protocol_id("EVEN"), protocol_id("ODD"), protocol_id("DRAW")
+
+
+def support_len(task: Task) -> int:
+  """S * La: length of a SUPPORT or CHALLENGE argument."""
+  return task.num_subquestions * task.answer_len
+
+
+def prompt_len(task: Task) -> int:
+  """Length of every protocol prompt (the longest, CHALLENGE, sets it)."""
+  return 3 + task.question_len + task.answer_len + support_len(task)
+
+
+def _prompt(task: Task, *parts) -> jax.Array:
+  """Concatenates int32 parts and left-pads with PAD to ``prompt_len(task)``."""
+  body = jnp.concatenate([jnp.atleast_1d(jnp.asarray(p, jnp.int32)) for p in parts])
+  pad = prompt_len(task) - body.shape[0]
+  assert pad >= 0, "protocol prompt longer than prompt_len"
+  return jnp.concatenate([jnp.full((pad,), PAD, jnp.int32), body])
+
+
+def answer_prompt(task: Task, node):
+  """ANSWER(n): int32[Lp]. node int32[Lq]."""
+  return _prompt(task, ANSWER, node)
+
+
+def counter_prompt(task: Task, node, claim_even):
+  """The odd side's answer to n, knowing even's claim (the same answer concedes). int32[Lp]."""
+  return _prompt(task, ANSWER, node, SEP, ODD, claim_even)
+
+
+def support_prompt(task: Task, node, claim):
+  """SUPPORT(n, claim): int32[Lp]. claim int32[La]."""
+  return _prompt(task, SUPPORT, node, SEP, claim)
+
+
+def challenge_prompt(task: Task, node, claim, support):
+  """CHALLENGE(n, claim, support): int32[Lp]. support int32[S*La]."""
+  return _prompt(task, CHALLENGE, node, SEP, claim, SEP, support)
+
+
+def stop_prompt(task: Task, node, claim_even, claim_odd):
+  """STOP(n, claims): int32[Lp]; the answer [YES] stops the debate."""
+  return _prompt(task, STOP, node, SEP, claim_even, SEP, claim_odd)
+
+
+def verdict_prompt(task: Task, node, claim_even, claim_odd):
+  """VERDICT(n, claims): int32[Lp]; answered by [EVEN], [ODD] or [DRAW]."""
+  return _prompt(task, VERDICT, node, SEP, claim_even, SEP, claim_odd)
+
+
+def verdict_side(token) -> jax.Array:
+  """Verdict answer token -> 0 (even), 1 (odd) or 2 (draw; also for any other token)."""
+  token = jnp.asarray(token, jnp.int32)
+  return jnp.where(token == EVEN, 0, jnp.where(token == ODD, 1, 2)).astype(jnp.int32)
+
+
+def subquestions_of(task: Task, node, support):
+  """H's subquestions of ``node`` posed from the support's own answers.
+
+  Args:
+    node: int32[Lq]; support: int32[S*La].
+  Returns:
+    (subquestions int32[S, Lq], valid bool[S], rows int32[S, La]).
+  """
+  rows = support.reshape(task.num_subquestions, task.answer_len)
+  subs, valid = jax.vmap(lambda i: task.subquestion(node, rows, i))(jnp.arange(task.num_subquestions))
+  return subs, valid & ~task.is_leaf(node), rows
+
+
+def check_support(task: Task, node, claim, support) -> jax.Array:
+  """bool[]: does H's recombination of the support give the claim? (False at a leaf: no support.)"""
+  _, valid, rows = subquestions_of(task, node, support)
+  recombined = task.recombine(node, rows, valid)
+  return (recombined == claim).all() & ~task.is_leaf(node)
+
+
+def first_challenge(task: Task, node, support, alternative):
+  """The challenged row: the first valid row where ``alternative`` differs from ``support``.
+
+  Returns:
+    (index int32[], accepted bool[]): accepted is True when no valid row differs (the challenger
+    concedes); index is then 0 and meaningless.
+  """
+  _, valid, rows = subquestions_of(task, node, support)
+  alt_rows = alternative.reshape(rows.shape)
+  differs = valid & (alt_rows != rows).any(-1)
+  return jnp.argmax(differs).astype(jnp.int32), ~differs.any()
+
+
+def descend(task: Task, node, support, alternative, index):
+  """Next node and both sides' claims on it: (node' int32[Lq], claim_even' int32[La], claim_odd')."""
+  subs, _, rows = subquestions_of(task, node, support)
+  alt_rows = alternative.reshape(rows.shape)
+  return subs[index], rows[index], alt_rows[index]
+
+
+def leaf_verdict(task: Task, node, claim_even, claim_odd) -> jax.Array:
+  """H's verdict at a leaf: 0 if even's claim is H's answer, else 1 if odd's is, else 2 (draw)."""
+  truth = task.leaf_answer(node)
+  even_ok, odd_ok = (claim_even == truth).all(), (claim_odd == truth).all()
+  return jnp.where(even_ok, 0, jnp.where(odd_ok, 1, 2)).astype(jnp.int32)
