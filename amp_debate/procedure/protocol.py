@@ -28,11 +28,12 @@ import jax
 import jax.numpy as jnp
 
 from amp_debate.tasks.base import Task
-from amp_debate.tasks.tokenizer import PAD, SEP, protocol_id
+from amp_debate.tasks.tokenizer import PAD, SEP, protocol_id  # noqa: F401 (re-exported)
 
 ANSWER, SUPPORT, CHALLENGE = protocol_id("ANSWER"), protocol_id("SUPPORT"), protocol_id("CHALLENGE")
 STOP, VERDICT = protocol_id("STOP"), protocol_id("VERDICT")
-YES, EVEN, ODD, DRAW = protocol_id("YES"), protocol_id("EVEN"), protocol_id("ODD"), protocol_id("DRAW")
+YES, NO = protocol_id("YES"), protocol_id("NO")
+EVEN, ODD, DRAW = protocol_id("EVEN"), protocol_id("ODD"), protocol_id("DRAW")
 
 
 def support_len(task: Task) -> int:
