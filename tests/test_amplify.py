@@ -85,3 +85,95 @@ def test_rejects_wrong_question_length(task):
   with pytest.raises(ValueError, match="expects"):
     amplify(task, oracle_fn(task), jnp.zeros((4, task.question_len + 1), jnp.int32),
             jax.random.key(0))
+
+
+# ---- M's log-probs in the trace and the confidence call rule -----------------------------------
+UNSURE_LOG_PROB = -3.0  # confidence exp(-3) ~ 0.05 per answer token
+
+
+def _confident(questions):
+  """bool[B]: a fixed, question-dependent half of the questions on which the hand-set M is sure."""
+  return questions.sum(-1) % 2 == 0
+
+
+def hand_confident_fn(task):
+  """The oracle, reporting log-prob 0 on ``_confident`` questions and UNSURE_LOG_PROB elsewhere."""
+  def answer(questions, rng):
+    log_probs = jnp.where(_confident(questions)[:, None], 0.0, UNSURE_LOG_PROB)
+    return task.batch_solve(questions), jnp.broadcast_to(log_probs, (questions.shape[0],
+                                                                     task.answer_len))
+  return answer
+
+
+@functools.cache
+def _jitted_confidence(task, answerer):
+  answer_fn = answerer(task)
+  return jax.jit(lambda q, k, p, c: amplify(task, answer_fn, q, k, call_prob=p,
+                                            confidence_threshold=c))
+
+
+def test_confidence_rule_calls_exactly_the_unconfident(task):
+  batch = _sample(task, 10, 1024)
+  confident = np.asarray(_confident(batch.questions))
+  assert 0.3 < confident.mean() < 0.7
+  out = _jitted_confidence(task, hand_confident_fn)(batch.questions, jax.random.key(11), 0.0, 0.5)
+  np.testing.assert_array_equal(out.called, ~confident)
+  assert int(out.human_calls) == int((~confident).sum())
+  # The default call_prob with a threshold is 0: the pure confidence rule.
+  default = jax.jit(lambda q, k: amplify(task, hand_confident_fn(task), q, k,
+                                         confidence_threshold=0.5))(batch.questions,
+                                                                     jax.random.key(11))
+  np.testing.assert_array_equal(default.called, ~confident)
+  # Threshold 0 never calls on confidence; below-threshold questions are always called.
+  never = _jitted_confidence(task, hand_confident_fn)(batch.questions, jax.random.key(11), 0.0, 0.0)
+  assert not np.asarray(never.called).any()
+
+
+def test_confidence_rule_or_bernoulli(task):
+  """call = unconfident | Bernoulli(p): every unconfident question, and about p of the others."""
+  batch = _sample(task, 12, 4096)
+  confident = np.asarray(_confident(batch.questions))
+  out = _jitted_confidence(task, hand_confident_fn)(batch.questions, jax.random.key(13), 0.3, 0.5)
+  called = np.asarray(out.called)
+  assert called[~confident].all()
+  n = confident.sum()
+  assert abs(called[confident].mean() - 0.3) <= 4 * np.sqrt(0.3 * 0.7 / n)
+
+
+def test_trace_records_log_probs(task):
+  batch = _sample(task, 14, 256)
+  out = _jitted_confidence(task, hand_confident_fn)(batch.questions, jax.random.key(15), 1.0, 0.5)
+  expected = np.where(np.asarray(_confident(batch.questions)), 0.0, UNSURE_LOG_PROB)
+  assert out.direct_log_probs.shape == (256, task.answer_len)
+  np.testing.assert_array_equal(np.asarray(out.direct_log_probs)[:, 0], expected)
+  s = task.num_subquestions
+  assert out.sub_log_probs.shape == (256, s, task.answer_len)
+  valid = np.asarray(out.sub_valid)
+  flat_q = out.subquestions.reshape(256 * s, -1)
+  sub_expected = np.where(np.asarray(_confident(flat_q)), 0.0, UNSURE_LOG_PROB).reshape(256, s)
+  np.testing.assert_array_equal(np.asarray(out.sub_log_probs)[..., 0][valid], sub_expected[valid])
+  assert (np.asarray(out.sub_log_probs)[~valid] == 0).all()
+  # Answers are the oracle's either way.
+  np.testing.assert_array_equal(out.answers, batch.answers)
+
+
+def test_plain_answer_fns_have_zero_log_probs(task):
+  batch = _sample(task, 16, 64)
+  out = _amplify(task, oracle_fn, batch.questions, 17)
+  assert out.direct_log_probs.dtype == jnp.float32
+  assert not np.asarray(out.direct_log_probs).any() and not np.asarray(out.sub_log_probs).any()
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(call_prob=1.5), dict(call_prob=-0.1), dict(confidence_threshold=2.0),
+    dict(confidence_threshold=-0.5), dict(call_prob=True)])
+def test_rejects_invalid_call_prob_and_threshold(task, kwargs):
+  q = jnp.zeros((4, task.question_len), jnp.int32)
+  with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+    amplify(task, hand_confident_fn(task), q, jax.random.key(0), **kwargs)
+
+
+def test_threshold_needs_log_probs(task):
+  q = jnp.zeros((4, task.question_len), jnp.int32)
+  with pytest.raises(ValueError, match="log_probs"):
+    amplify(task, oracle_fn(task), q, jax.random.key(0), confidence_threshold=0.5)

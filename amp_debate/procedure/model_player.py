@@ -1,0 +1,152 @@
+"""The model as debater: M (or M_target) answering the protocol questions of ``protocol``.
+
+``ModelDebater`` implements the Debater interface of ``players`` (answer, counter, support,
+challenge, stop) by building the protocol prompt of every game and sampling M's argument with the
+argument's static length (La, La, S*La, S*La, 1). One model plays every role. It also gives:
+
+  score(prompts [B, Lp], tokens [B, L])  -> float32[B, L] M's log-probs of recorded arguments
+                                            (recomputed under new parameters in the losses)
+  answer_fn()                            -> an ``amplify`` answer function: M answering ANSWER(q),
+                                            returning (answers int32[B, La], log_probs [B, La])
+
+The batched prompt builders (``answer_prompts`` ...) rebuild the prompts of recorded moves for
+``score``. ``ModelDebater`` is a ``flax.struct.dataclass``: the parameters are its only pytree
+leaves (model, task, temperature and greedy are static), so a jitted function can take the debater
+as an argument and retraces only when a static field changes.
+"""
+
+from __future__ import annotations
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from amp_debate.models.transformer import LanguageModel
+from amp_debate.procedure import amplify as amplify_lib
+from amp_debate.procedure import players, protocol
+from amp_debate.tasks.base import Task
+
+
+def required_max_len(task: Task) -> int:
+  """The smallest ``ModelConfig.max_len`` that plays every role: prompt_len + S*La - 1."""
+  longest = max(task.answer_len, protocol.support_len(task), 1)
+  return protocol.prompt_len(task) + longest - 1
+
+
+# ---- batched protocol prompts: int32[B, Lp] with Lp = protocol.prompt_len(task) --------------
+def answer_prompts(task: Task, nodes):
+  """ANSWER(n) for every game. nodes int32[B, Lq]."""
+  return jax.vmap(lambda n: protocol.answer_prompt(task, n))(nodes)
+
+
+def counter_prompts(task: Task, nodes, claims_even):
+  """The odd side's ANSWER(n | even's claim). claims_even int32[B, La]."""
+  return jax.vmap(lambda n, c: protocol.counter_prompt(task, n, c))(nodes, claims_even)
+
+
+def support_prompts(task: Task, nodes, claims):
+  """SUPPORT(n, claim). claims int32[B, La]."""
+  return jax.vmap(lambda n, c: protocol.support_prompt(task, n, c))(nodes, claims)
+
+
+def challenge_prompts(task: Task, nodes, claims, supports):
+  """CHALLENGE(n, claim, support). supports int32[B, S*La]."""
+  return jax.vmap(lambda n, c, s: protocol.challenge_prompt(task, n, c, s))(nodes, claims, supports)
+
+
+def stop_prompts(task: Task, nodes, claims_even, claims_odd):
+  """STOP(n, claims)."""
+  return jax.vmap(lambda n, e, o: protocol.stop_prompt(task, n, e, o))(nodes, claims_even, claims_odd)
+
+
+@flax.struct.dataclass
+class ModelDebater:
+  """M as a debater: samples every argument from ``model`` with ``params``.
+
+  Attributes:
+    model: the LanguageModel (static).
+    params: its parameters (the only pytree field).
+    task: the task whose protocol questions M answers (static).
+    temperature: sampling temperature (static); log-probs are under softmax(logits / temperature).
+    greedy: take argmax tokens instead of sampling (static); log-probs are still reported.
+  Raises (at construction):
+    ValueError: the model's max_len is shorter than ``required_max_len(task)`` or its vocabulary
+      smaller than the task's.
+  """
+
+  model: LanguageModel = flax.struct.field(pytree_node=False)
+  params: dict
+  task: Task = flax.struct.field(pytree_node=False)
+  temperature: float = flax.struct.field(pytree_node=False, default=1.0)
+  greedy: bool = flax.struct.field(pytree_node=False, default=False)
+
+  def __post_init__(self):
+    config = self.model.config
+    needed = required_max_len(self.task)
+    if config.max_len < needed:
+      raise ValueError(
+          f"ModelDebater: task {self.task.name} needs ModelConfig.max_len >= {needed} "
+          f"(protocol prompt length {protocol.prompt_len(self.task)} + longest argument "
+          f"{protocol.support_len(self.task)} - 1), got max_len={config.max_len}; use "
+          f"model_player.required_max_len(task)")
+    if config.vocab_size < self.task.vocab_size:
+      raise ValueError(f"ModelDebater: task {self.task.name} has {self.task.vocab_size} tokens, "
+                       f"the model's vocab_size is {config.vocab_size}")
+    if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or (
+        self.temperature <= 0):
+      raise ValueError(f"ModelDebater: temperature must be a positive number, got "
+                       f"{self.temperature!r}")
+
+  # ---- sampling and scoring -------------------------------------------------------------------
+  def _sample(self, prompts, rng, answer_len: int) -> players.Move:
+    """M's argument of length ``answer_len`` for every prompt int32[B, Lp] -> Move [B, answer_len]."""
+    chex.assert_shape(prompts, (None, protocol.prompt_len(self.task)))
+    out = self.model.sample(self.params, prompts, rng, answer_len=answer_len,
+                            temperature=self.temperature, greedy=self.greedy)
+    return players.Move(tokens=out.tokens, log_probs=out.log_probs)
+
+  def score(self, prompts, tokens):
+    """M's per-token log-probs of recorded arguments (under ``temperature``, as sampled).
+
+    Args:
+      prompts: int32[B, Lp] protocol prompts (rebuild them with ``*_prompts``).
+      tokens: int32[B, L] the arguments.
+    Returns:
+      float32[B, L]; equals the sampled Move's log_probs for the debater's own params.
+    """
+    chex.assert_rank([prompts, tokens], 2)
+    return self.model.log_prob(self.params, prompts, tokens, temperature=self.temperature)
+
+  # ---- the Debater interface (players) --------------------------------------------------------
+  def answer(self, nodes, rng) -> players.Move:
+    """Claims: nodes int32[B, Lq] -> Move [B, La]."""
+    return self._sample(answer_prompts(self.task, nodes), rng, self.task.answer_len)
+
+  def counter(self, nodes, claims_even, rng) -> players.Move:
+    """Odd's counter-claims (equal to claims_even: concede) -> Move [B, La]."""
+    return self._sample(counter_prompts(self.task, nodes, claims_even), rng, self.task.answer_len)
+
+  def support(self, nodes, claims, rng) -> players.Move:
+    """Answers to H's subquestions of each node -> Move [B, S*La]."""
+    return self._sample(support_prompts(self.task, nodes, claims), rng,
+                        protocol.support_len(self.task))
+
+  def challenge(self, nodes, claims, supports, rng) -> players.Move:
+    """Alternative supports (the first differing valid row is challenged) -> Move [B, S*La]."""
+    return self._sample(challenge_prompts(self.task, nodes, claims, supports), rng,
+                        protocol.support_len(self.task))
+
+  def stop(self, nodes, claims_even, claims_odd, rng) -> players.Move:
+    """The learned stop: Move [B, 1]; protocol.YES stops the debate."""
+    return self._sample(stop_prompts(self.task, nodes, claims_even, claims_odd), rng, 1)
+
+  # ---- amplify ----------------------------------------------------------------------------------
+  def answer_fn(self) -> amplify_lib.AnswerFn:
+    """M for ``amplify``: ``(questions int32[B, Lq], key) -> (int32[B, La], float32[B, La])``."""
+
+    def answer(questions, rng):
+      move = self.answer(questions, rng)
+      return move.tokens, move.log_probs
+
+    return answer

@@ -1,0 +1,172 @@
+"""ModelDebater: M answering the protocol questions (shapes, log-probs, jit) and M inside amplify."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amp_debate import models, tasks
+from amp_debate.procedure import model_player, players, protocol
+from amp_debate.procedure.amplify import amplify
+
+TASKS = {
+    "permutation": dict(n=6, max_exponent=8),
+    "wildcard": dict(bits=3, max_wildcards=3),
+}
+BATCH = 6
+TRACES = {"play": 0}
+
+
+@functools.cache
+def _task(name):
+  return tasks.get(name, **TASKS[name])
+
+
+@functools.cache
+def _model(name):
+  task = _task(name)
+  return models.LanguageModel(
+      models.preset("tiny", task.vocab_size, model_player.required_max_len(task)))
+
+
+def _debater(name, seed=0, **kwargs):
+  model = _model(name)
+  return model_player.ModelDebater(model, model.init(jax.random.key(seed)), _task(name), **kwargs)
+
+
+def _questions(name, seed=1, batch=BATCH):
+  return jax.jit(_task(name).sample, static_argnums=1)(jax.random.key(seed), batch).questions
+
+
+@jax.jit
+def _play(debater, nodes, rng):
+  """Every move of one debate turn, and M's log-probs of each recomputed by teacher forcing.
+
+  Returns {role: (Move, rescored float32[B, L])}; compiled once per (task, static fields).
+  """
+  TRACES["play"] += 1
+  task = debater.task
+  keys = jax.random.split(rng, 5)
+  claims = debater.answer(nodes, keys[0])
+  counters = debater.counter(nodes, claims.tokens, keys[1])
+  supports = debater.support(nodes, claims.tokens, keys[2])
+  challenges = debater.challenge(nodes, claims.tokens, supports.tokens, keys[3])
+  stops = debater.stop(nodes, claims.tokens, counters.tokens, keys[4])
+  prompts = {
+      "answer": model_player.answer_prompts(task, nodes),
+      "counter": model_player.counter_prompts(task, nodes, claims.tokens),
+      "support": model_player.support_prompts(task, nodes, claims.tokens),
+      "challenge": model_player.challenge_prompts(task, nodes, claims.tokens, supports.tokens),
+      "stop": model_player.stop_prompts(task, nodes, claims.tokens, counters.tokens),
+  }
+  moves = dict(answer=claims, counter=counters, support=supports, challenge=challenges, stop=stops)
+  return {role: (move, debater.model.log_prob(debater.params, prompts[role], move.tokens,
+                                              temperature=debater.temperature))
+          for role, move in moves.items()}
+
+
+def _lengths(task):
+  s_la = protocol.support_len(task)
+  return dict(answer=task.answer_len, counter=task.answer_len, support=s_la, challenge=s_la, stop=1)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_moves_have_protocol_shapes_and_model_log_probs(name):
+  task, debater = _task(name), _debater(name)
+  out = _play(debater, _questions(name), jax.random.key(2))
+  for role, length in _lengths(task).items():
+    move, rescored = out[role]
+    assert isinstance(move, players.Move)
+    assert move.tokens.shape == (BATCH, length) and move.tokens.dtype == jnp.int32, role
+    assert move.log_probs.shape == (BATCH, length) and move.log_probs.dtype == jnp.float32, role
+    tokens = np.asarray(move.tokens)
+    assert ((tokens >= 0) & (tokens < task.vocab_size)).all(), role
+    assert (np.asarray(move.log_probs) <= 0).all(), role
+    np.testing.assert_allclose(move.log_probs, rescored, atol=1e-5, err_msg=role)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_greedy_is_deterministic_and_scored_at_its_temperature(name):
+  debater = _debater(name, greedy=True, temperature=0.5)
+  nodes = _questions(name)
+  a, b = _play(debater, nodes, jax.random.key(3)), _play(debater, nodes, jax.random.key(4))
+  for role in a:
+    np.testing.assert_array_equal(a[role][0].tokens, b[role][0].tokens, err_msg=role)
+    np.testing.assert_allclose(a[role][0].log_probs, a[role][1], atol=1e-5, err_msg=role)
+  # score() is the same teacher-forced log-prob (temperature included).
+  prompts = model_player.support_prompts(debater.task, nodes, a["answer"][0].tokens)
+  np.testing.assert_allclose(debater.score(prompts, a["support"][0].tokens),
+                             a["support"][0].log_probs, atol=1e-5)
+
+
+def test_sampling_depends_on_the_key():
+  debater, nodes = _debater("permutation"), _questions("permutation", batch=BATCH)
+  a, b = _play(debater, nodes, jax.random.key(5)), _play(debater, nodes, jax.random.key(6))
+  assert any((np.asarray(a[r][0].tokens) != np.asarray(b[r][0].tokens)).any() for r in a)
+
+
+def test_params_are_a_traced_argument():
+  """New parameters reuse the compiled function (only static fields are in the cache key)."""
+  nodes = _questions("permutation")
+  _play(_debater("permutation", seed=0), nodes, jax.random.key(7))
+  before = TRACES["play"]
+  a = _play(_debater("permutation", seed=0), nodes, jax.random.key(7))
+  b = _play(_debater("permutation", seed=1), nodes, jax.random.key(7))
+  assert TRACES["play"] == before
+  assert not np.allclose(a["answer"][0].log_probs, b["answer"][0].log_probs)
+
+
+def test_rejects_short_max_len_and_small_vocab():
+  task = _task("permutation")
+  needed = model_player.required_max_len(task)
+  assert needed == protocol.prompt_len(task) + protocol.support_len(task) - 1
+  short = models.LanguageModel(models.preset("tiny", task.vocab_size, needed - 1))
+  with pytest.raises(ValueError, match=f"max_len >= {needed}"):
+    model_player.ModelDebater(short, None, task)
+  small = models.LanguageModel(models.preset("tiny", task.vocab_size - 1, needed))
+  with pytest.raises(ValueError, match="vocab_size"):
+    model_player.ModelDebater(small, None, task)
+  with pytest.raises(ValueError, match="temperature"):
+    model_player.ModelDebater(_model("permutation"), None, task, temperature=0.0)
+
+
+@functools.cache
+def _jitted_amplify(name):
+  task = _task(name)
+  return jax.jit(lambda d, q, k, p, c: amplify(task, d.answer_fn(), q, k, call_prob=p,
+                                               confidence_threshold=c))
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_answer_fn_in_amplify_records_model_log_probs(name):
+  task, debater = _task(name), _debater(name)
+  batch = 16
+  questions = _questions(name, seed=8, batch=batch)
+  out = _jitted_amplify(name)(debater, questions, jax.random.key(9), 0.0, 0.5)
+  score = jax.jit(lambda d, q, a: d.score(model_player.answer_prompts(task, q), a))
+  # Direct answers: M's log-probs of its own answers to ANSWER(q).
+  np.testing.assert_allclose(out.direct_log_probs, score(debater, questions, out.direct),
+                             atol=1e-5)
+  # Subanswers: M's log-probs where H posed the subquestion, 0 elsewhere.
+  s = task.num_subquestions
+  flat_q = out.subquestions.reshape(batch * s, -1)
+  flat_a = out.subanswers.reshape(batch * s, -1)
+  rescored = np.asarray(score(debater, flat_q, flat_a)).reshape(out.sub_log_probs.shape)
+  valid = np.asarray(out.sub_valid)
+  assert valid.any()
+  np.testing.assert_allclose(np.asarray(out.sub_log_probs)[valid], rescored[valid], atol=1e-5)
+  assert (np.asarray(out.sub_log_probs)[~valid] == 0).all()
+  # The confidence rule with call_prob 0: H is called exactly where M is unsure. The same key gives
+  # the same direct answers, so a threshold at the median confidence splits the batch.
+  confidence = np.exp(np.asarray(out.direct_log_probs).sum(-1))
+  threshold = float(np.median(confidence))
+  out = _jitted_amplify(name)(debater, questions, jax.random.key(9), 0.0, threshold)
+  np.testing.assert_allclose(np.exp(np.asarray(out.direct_log_probs).sum(-1)), confidence)
+  np.testing.assert_array_equal(out.called, confidence < threshold)
+  assert 0 < int(out.human_calls) < batch
+  answers, amplified, direct = map(np.asarray, (out.answers, out.amplified, out.direct))
+  called = np.asarray(out.called)
+  np.testing.assert_array_equal(answers[called], amplified[called])
+  np.testing.assert_array_equal(answers[~called], direct[~called])
