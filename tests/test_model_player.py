@@ -1,4 +1,4 @@
-"""ModelDebater: M answering the protocol questions (shapes, log-probs, jit) and M inside amplify."""
+"""ModelDebater: M answering the protocol questions (shapes, log-probs, jit); M inside amplify."""
 
 import functools
 
@@ -87,8 +87,8 @@ def test_moves_have_protocol_shapes_and_model_log_probs(name):
     np.testing.assert_allclose(move.log_probs, rescored, atol=1e-5, err_msg=role)
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
-def test_greedy_is_deterministic_and_scored_at_its_temperature(name):
+def test_greedy_is_deterministic_and_scored_at_its_temperature():
+  name = "permutation"
   debater = _debater(name, greedy=True, temperature=0.5)
   nodes = _questions(name)
   a, b = _play(debater, nodes, jax.random.key(3)), _play(debater, nodes, jax.random.key(4))

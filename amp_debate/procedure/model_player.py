@@ -20,7 +20,6 @@ from __future__ import annotations
 import chex
 import flax.struct
 import jax
-import jax.numpy as jnp
 
 from amp_debate.models.transformer import LanguageModel
 from amp_debate.procedure import amplify as amplify_lib
@@ -57,7 +56,8 @@ def challenge_prompts(task: Task, nodes, claims, supports):
 
 def stop_prompts(task: Task, nodes, claims_even, claims_odd):
   """STOP(n, claims)."""
-  return jax.vmap(lambda n, e, o: protocol.stop_prompt(task, n, e, o))(nodes, claims_even, claims_odd)
+  return jax.vmap(lambda n, e, o: protocol.stop_prompt(task, n, e, o))(
+      nodes, claims_even, claims_odd)
 
 
 @flax.struct.dataclass
@@ -100,7 +100,7 @@ class ModelDebater:
 
   # ---- sampling and scoring -------------------------------------------------------------------
   def _sample(self, prompts, rng, answer_len: int) -> players.Move:
-    """M's argument of length ``answer_len`` for every prompt int32[B, Lp] -> Move [B, answer_len]."""
+    """M's argument of length ``answer_len`` per prompt: int32[B, Lp] -> Move [B, answer_len]."""
     chex.assert_shape(prompts, (None, protocol.prompt_len(self.task)))
     out = self.model.sample(self.params, prompts, rng, answer_len=answer_len,
                             temperature=self.temperature, greedy=self.greedy)
