@@ -115,8 +115,9 @@ class Transcript:
     prompts: int32[B, T, Lp] the protocol question each argument answered.
     tokens: int32[B, T, S*La] the argument (claims/counters use the first La tokens).
     token_mask: bool[B, T, S*La] real argument tokens (False on inactive turns).
-    log_probs: float32[B, T, S*La] the behaviour policy's log-probs at sampling time (0 for tokens
-      H produced: amplified claims; recompute with the target model for importance ratios).
+    log_probs: float32[B, T, S*La] the behaviour policy's log-probs at sampling time; 0 for the
+      claim at t = 0, which Amp′ produced (H's recombination where H was called). The train step
+      recomputes M_target's log-probs of every argument by teacher forcing for importance ratios.
     nodes: int32[B, T, Lq] the node under debate.
     side: int32[B, T] 0 even, 1 odd.  kind: int32[B, T] CLAIM/COUNTER/SUPPORT/CHALLENGE.
     active: bool[B, T] the turn happened (its game was not done before it).
