@@ -23,16 +23,23 @@ def _tx(weights):
   return combine.chain(combination, clip_norm=1.0, optimizer=optax.sgd(0.1))
 
 
+def _starts_with_a_number(question, argument):
+  """A catastrophe predicate that fires on arguments starting with a number token (every claim
+  that H recombined, so at least one per debate)."""
+  return TASK.tokenizer.is_number(argument[0])
+
+
 @functools.cache
-def _run(weights, force_stop_after=None, steps=2):
+def _run(weights, force_stop_after=None, steps=2, catastrophe=None):
   """Params, metrics after ``steps`` steps from a fixed init.
 
   weights: a tuple of (objective, λ) pairs for the weighted combination, or "shaped" (g_rl + g_cat,
   the supervised loss entering only through the reward, here with β = 0).
   """
   tx = _tx(weights)
+  extra = {} if catastrophe is None else dict(catastrophe=catastrophe)
   config = step_lib.StepConfig(
-      batch_size=8, curriculum="off",
+      batch_size=8, curriculum="off", **extra,
       debate=debate.DebateConfig(t_max=4, learned_stop=True, force_stop_after=force_stop_after))
   state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
   combination = "shaped" if weights == "shaped" else "weighted"
@@ -85,6 +92,12 @@ def test_zero_supervised_weight_is_pure_debate():
   without_sup, _ = _run("shaped")  # a different code path that never reads the sup gradient
   _same_params(state.params, without_sup.params)
   assert all(float(m["weight/sup"]) == 0.0 for m in history)
+
+
+def test_a_firing_catastrophe_predicate_is_penalised():
+  _, history = _run(ALL, catastrophe=_starts_with_a_number)
+  assert all(float(m["loss/cat"]) > 0 for m in history)
+  assert all(float(m["grad_norm/cat"]) > 0 for m in history)
 
 
 def test_bad_step_config_names_the_field():

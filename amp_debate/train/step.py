@@ -170,8 +170,9 @@ def make_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfor
         "accuracy/model": exact(root_answers),
         "accuracy/h_alone": exact(task.batch_leaf_answer(batch.questions)),
         "human_calls/targets": (amp.called & posed).sum(),
-        "grad_norm/" + "rl": optax.tree.norm(grads["rl"]),
+        "grad_norm/rl": optax.tree.norm(grads["rl"]),
         "grad_norm/sup": optax.tree.norm(grads["sup"]),
+        "grad_norm/cat": optax.tree.norm(grads["cat"]),
     }
     new_state = TrainState(step=step, params=params, target_params=target_params,
                            opt_state=opt_state, curriculum=curriculum_state)
