@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from amp_debate.procedure.amplify import amplify, human_tree_fn, oracle_fn
 
@@ -39,3 +40,27 @@ def encode(task, text):
 
 def value(task, answer):
   return int(task.tokenizer.to_number(answer[0]))
+
+
+@functools.cache
+def evaluate(task, pad_rows):
+  """Jitted (one compile per task): questions int32[B <= pad_rows, Lq] -> dict of numpy arrays
+  solve [B, 1], is_leaf [B], leaf_answer [B, 1], amp (Amp(H, oracle)) [B, 1], and with a garbage M
+  (uniformly random tokens): garbage_amp [B, 1], garbage_subquestions [B, S, Lq]."""
+  garbage = lambda qs, k: jax.random.randint(k, (qs.shape[0], 1), 0, task.vocab_size)
+
+  @jax.jit
+  def run(q):
+    key = jax.random.PRNGKey(0)
+    with_garbage = amplify(task, garbage, q, key)
+    return dict(solve=task.batch_solve(q), is_leaf=task.batch_is_leaf(q),
+                leaf_answer=task.batch_leaf_answer(q),
+                amp=amplify(task, oracle_fn(task), q, key).answers,
+                garbage_amp=with_garbage.answers, garbage_subquestions=with_garbage.subquestions)
+
+  def padded(q):  # pad to pad_rows rows so that every batch reuses one compile
+    q = np.asarray(q)
+    rows = np.concatenate([q, np.repeat(q[:1], pad_rows - len(q), axis=0)])
+    return {name: np.asarray(value)[: len(q)] for name, value in run(jnp.asarray(rows)).items()}
+
+  return padded

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from amp_debate import tasks
-from amp_debate.procedure import protocol
+from amp_debate.procedure import players, protocol
 from amp_debate.tasks.tokenizer import PAD
 
 BATCH = 256
@@ -19,21 +19,8 @@ def task(request):
   return tasks.get(request.param)
 
 
-def _oracle_support(task, node):
-  """Honest support: the true answer to each of H's subquestions, posed in order. int32[S*La]."""
-  rows = jnp.zeros((task.num_subquestions, task.answer_len), jnp.int32)
-  for i in range(task.num_subquestions):
-    sub, _ = task.subquestion(node, rows, i)
-    rows = rows.at[i].set(task.solve(sub))
-  return rows.reshape(-1)
-
-
-def _wrong(task, answer, key):
-  """A different number token than ``answer`` (int32[La])."""
-  tok = task.tokenizer
-  span = tok.var_offset - tok.num_offset
-  shift = jax.random.randint(key, answer.shape, 1, span)
-  return tok.num_offset + (answer - tok.num_offset + shift) % span
+_oracle_support = players.oracle_support
+_wrong = players.wrong_answer
 
 
 @functools.cache

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import task_helpers
 
-from amp_debate.procedure.amplify import amplify, human_tree_fn, oracle_fn
+from amp_debate.procedure.amplify import human_tree_fn
 from amp_debate.tasks.shortest_path import ShortestPath
 
 TASK = ShortestPath()  # num_nodes=8, extra_edges=2, max_hops=4
@@ -78,28 +79,8 @@ def sampled(task=TASK, per_level=128, seed=0):
   return jax.jit(lambda k: task.sample(k, len(levels), difficulty=levels))(jax.random.PRNGKey(seed))
 
 
-@functools.lru_cache(maxsize=None)
 def evaluate(task):
-  """Jitted (one compile per task): questions int32[B <= PAD_ROWS, Lq] -> dict of numpy arrays
-  solve [B, 1], is_leaf [B], leaf_answer [B, 1], amp (Amp(H, oracle)) [B, 1], and with a garbage M
-  (uniformly random tokens): garbage_amp [B, 1], garbage_subquestions [B, S, Lq]."""
-  garbage = lambda qs, k: jax.random.randint(k, (qs.shape[0], 1), 0, task.vocab_size)
-
-  @jax.jit
-  def run(q):
-    key = jax.random.PRNGKey(0)
-    with_garbage = amplify(task, garbage, q, key)
-    return dict(solve=task.batch_solve(q), is_leaf=task.batch_is_leaf(q),
-                leaf_answer=task.batch_leaf_answer(q),
-                amp=amplify(task, oracle_fn(task), q, key).answers,
-                garbage_amp=with_garbage.answers, garbage_subquestions=with_garbage.subquestions)
-
-  def padded(q):  # pad to PAD_ROWS rows so that every batch reuses one compile
-    q = np.asarray(q)
-    rows = np.concatenate([q, np.repeat(q[:1], PAD_ROWS - len(q), axis=0)])
-    return {name: np.asarray(value)[: len(q)] for name, value in run(jnp.asarray(rows)).items()}
-
-  return padded
+  return task_helpers.evaluate(task, PAD_ROWS)
 
 
 # ---- hand-built questions ------------------------------------------------------------------------

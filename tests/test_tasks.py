@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from amp_debate import tasks
-from amp_debate.procedure.amplify import amplify, human_alone_fn, human_tree_fn, oracle_fn
+from amp_debate.procedure.amplify import amplify, human_tree_fn, oracle_fn
 
 PER_LEVEL = 256  # questions per difficulty level; >= 1,000 per task across levels (checked below)
 
