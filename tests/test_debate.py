@@ -149,7 +149,24 @@ def test_metrics_summarise_the_games():
   assert int(m["human_calls"]) >= BATCH  # at least the claim's Amp′ call per debate
 
 
+def test_confidence_rule_calls_h_only_on_unconfident_answers():
+  """Scripted debaters are certain (log-prob 0, confidence 1): with call_prob 0 and any threshold
+  < 1, H is never called for the claim, so the claim is the debater's own (false) answer."""
+  task = tasks.get("permutation")
+  liar, oracle = players.LiarDebater(task, consistent=False), players.OracleDebater(task)
+  config = _full_config(task, call_prob=0.0, confidence_threshold=0.5)
+  state, transcript = _play(task, liar, oracle, config)
+  truth = np.asarray(_questions(task).answers)
+  claims = np.asarray(transcript.tokens)[:, 0, : task.answer_len]
+  assert (claims != truth).all()
+  # With call_prob 1 H recombines the liar's (false) subanswers instead: claims change.
+  state_called, transcript_called = _play(task, liar, oracle, _full_config(task, call_prob=1.0))
+  assert (np.asarray(transcript_called.tokens)[:, 0, : task.answer_len] != claims).any()
+  assert int(state_called.human_calls) > int(state.human_calls)
+
+
 @pytest.mark.parametrize("kwargs,field", [(dict(t_max=0), "t_max"), (dict(call_prob=1.5), "call_prob"),
+                                          (dict(confidence_threshold=2.0), "confidence_threshold"),
                                           (dict(force_stop_after=0), "force_stop_after")])
 def test_bad_config_raises(kwargs, field):
   with pytest.raises(ValueError, match=field):

@@ -56,6 +56,8 @@ class DebateConfig:
   Attributes:
     t_max: maximum number of arguments per debate (>= 1).
     call_prob: probability of calling H in Amp′ (the claim and the amplified verdict).
+    confidence_threshold: also call H where the debater's confidence in its own answer,
+      exp(sum of its log-probs), is below this (None: the Bernoulli rule alone).
     learned_stop: ask the stopper STOP(n, claims) after every argument.
     force_stop_after: stop after this many arguments (None: never). 1 = pure amplification.
     early_exit: lax.while_loop over rounds (exits when all games are done) instead of lax.scan.
@@ -63,6 +65,7 @@ class DebateConfig:
 
   t_max: int = 12
   call_prob: float = 1.0
+  confidence_threshold: float | None = None
   learned_stop: bool = True
   force_stop_after: int | None = None
   early_exit: bool = False
@@ -72,6 +75,9 @@ class DebateConfig:
       raise ValueError(f"debate: t_max must be an integer >= 1, got {self.t_max!r}")
     if not 0.0 <= self.call_prob <= 1.0:
       raise ValueError(f"debate: call_prob must be in [0, 1], got {self.call_prob!r}")
+    if self.confidence_threshold is not None and not 0.0 <= self.confidence_threshold <= 1.0:
+      raise ValueError(f"debate: confidence_threshold must be None or in [0, 1], "
+                       f"got {self.confidence_threshold!r}")
     if self.force_stop_after is not None and (
         not isinstance(self.force_stop_after, int) or self.force_stop_after < 1):
       raise ValueError(f"debate: force_stop_after must be None or an integer >= 1, "
@@ -115,8 +121,8 @@ class Transcript:
     prompts: int32[B, T, Lp] the protocol question each argument answered.
     tokens: int32[B, T, S*La] the argument (claims/counters use the first La tokens).
     token_mask: bool[B, T, S*La] real argument tokens (False on inactive turns).
-    log_probs: float32[B, T, S*La] the behaviour policy's log-probs at sampling time; 0 for the
-      claim at t = 0, which Amp′ produced (H's recombination where H was called). The train step
+    log_probs: float32[B, T, S*La] the behaviour policy's log-probs at sampling time; for the claim
+      at t = 0, 0 where H was called (the claim is then H's recombination, not a sample). The step
       recomputes M_target's log-probs of every argument by teacher forcing for importance ratios.
     nodes: int32[B, T, Lq] the node under debate.
     side: int32[B, T] 0 even, 1 odd.  kind: int32[B, T] CLAIM/COUNTER/SUPPORT/CHALLENGE.
@@ -255,13 +261,23 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
   batch = questions.shape[0]
   transcript = _empty_transcript(task, batch, config.t_max)
   vmap = lambda f: jax.vmap(lambda *a: f(task, *a))
-  answer_fn = lambda player: (lambda q, key: player.answer(q, key).tokens)
+
+  def answer_fn(player):  # M for Amp′: answers with their log-probs (for the confidence rule)
+    def answer(q, key):
+      move = player.answer(q, key)
+      return move.tokens, move.log_probs
+    return answer
+
+  def amplified(player, nodes, key):
+    return amplify(task, answer_fn(player), nodes, key, call_prob=config.call_prob,
+                   confidence_threshold=config.confidence_threshold)
 
   # t = 0: even's claim is Amp′(H, even)(root).
   claim_rng, stop_rng = jax.random.split(jax.random.fold_in(rng, 0))
-  amp = amplify(task, answer_fn(even), questions, claim_rng, call_prob=config.call_prob)
+  amp = amplified(even, questions, claim_rng)
   everyone = jnp.ones((batch,), bool)
-  claim_log_probs = jnp.zeros(amp.answers.shape, jnp.float32)
+  # Where H was called the claim is H's recombination, which even did not sample: log-prob 0.
+  claim_log_probs = jnp.where(amp.called[:, None], 0.0, amp.direct_log_probs)
   state = GameState(
       node=questions, claim_even=amp.answers, claim_odd=jnp.full_like(amp.answers, PAD),
       support=jnp.full((batch, protocol.support_len(task)), PAD, jnp.int32),
@@ -306,7 +322,7 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
   # Amplified verdict for debates stopped early (T_MAX, LEARNED_STOP, FORCED).
   pending = (state.reason == T_MAX) | (state.reason == LEARNED_STOP) | (state.reason == FORCED)
   verdict_rng = jax.random.fold_in(rng, config.t_max + 1)
-  amp = amplify(task, answer_fn(judge), state.node, verdict_rng, call_prob=config.call_prob)
+  amp = amplified(judge, state.node, verdict_rng)
   even_ok = (amp.answers == state.claim_even).all(-1)
   odd_ok = (amp.answers == state.claim_odd).all(-1)
   amplified_winner = jnp.where(even_ok, EVEN_WINS, jnp.where(odd_ok, ODD_WINS, DRAW))
