@@ -64,3 +64,15 @@ def evaluate(task, pad_rows):
     return {name: np.asarray(value)[: len(q)] for name, value in run(jnp.asarray(rows)).items()}
 
   return padded
+
+
+def check_tree_depth(task, batch, depths, seed=3):
+  """H's tree d levels deep is exact at difficulty <= d and not exact on all (nor most) of
+  difficulty d + 1, for each d in ``depths``."""
+  q, a, levels = batch.questions, batch.answers, np.asarray(batch.difficulty)
+  for depth in depths:
+    ok = np.asarray((tree(task, depth)(q, jax.random.PRNGKey(seed)) == a).all(-1))
+    assert ok[levels <= depth].all(), depth
+    if depth < task.max_difficulty:
+      assert not ok[levels == depth + 1].all(), depth
+      assert ok[levels == depth + 1].mean() < 0.5, depth

@@ -151,14 +151,8 @@ def test_solve_amplify_leaves(sampled):
 def test_human_tree_depth(sampled):
   """H's tree d levels deep is exact at difficulty <= d and not exact on all of difficulty d + 1."""
   task, batch = sampled
-  q, a, levels = batch.questions, batch.answers, np.asarray(batch.difficulty)
   depths = range(task.max_difficulty + 1) if task.max_difficulty <= 4 else (0, 3, 7, 8)
-  for depth in depths:
-    ok = np.asarray((_tree(task, depth)(q, jax.random.PRNGKey(3)) == a).all(-1))
-    assert ok[levels <= depth].all(), depth
-    if depth < task.max_difficulty:
-      assert not ok[levels == depth + 1].all(), depth
-      assert ok[levels == depth + 1].mean() < 0.5, depth
+  task_helpers.check_tree_depth(task, batch, depths)
 
 
 # ---- robustness --------------------------------------------------------------------------------

@@ -158,6 +158,26 @@ def _combine(updates: Updates, weights: Mapping[str, jax.Array]) -> optax.Update
 # The three combinations.
 
 
+def _scheduled_sum(weights: Mapping[str, Weight], *, allowed: Any, name: str,
+                   state_type) -> optax.GradientTransformationExtraArgs:
+  """Σ λ_k(count) g_k over ``weights`` (objectives in ``allowed`` but not in ``weights`` are
+  ignored); the state (``state_type``: count, weights applied) counts steps for the schedules."""
+
+  def init_fn(params):
+    del params
+    count = jnp.zeros([], jnp.int32)
+    return state_type(count=count, weights=_weights_at(weights, count))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    _check_updates(updates, allowed, name)
+    applied = _weights_at(weights, state.count)
+    new_state = state_type(count=optax.safe_increment(state.count), weights=applied)
+    return _combine(updates, applied), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def weighted(weights: Mapping[str, Weight]) -> optax.GradientTransformationExtraArgs:
   """Σ_k λ_k(count)·g_k: the weighted sum of the per-objective gradients.
 
@@ -175,19 +195,7 @@ def weighted(weights: Mapping[str, Weight]) -> optax.GradientTransformationExtra
   if not weights:
     raise ValueError("option 'weights' must name at least one objective")
 
-  def init_fn(params):
-    del params
-    count = jnp.zeros([], jnp.int32)
-    return WeightedState(count=count, weights=_weights_at(weights, count))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    _check_updates(updates, weights, "weighted")
-    applied = _weights_at(weights, state.count)
-    new_state = WeightedState(count=optax.safe_increment(state.count), weights=applied)
-    return _combine(updates, applied), new_state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _scheduled_sum(weights, allowed=weights, name="weighted", state_type=WeightedState)
 
 
 def constrained(limit: float, multiplier_lr: float, *, rl_weight: Weight = 1.0,
@@ -300,19 +308,7 @@ def shaped(*, rl_weight: Weight = 1.0,
   fixed = {"rl": _check_weight("rl_weight", rl_weight),
            "cat": _check_weight("cat_weight", cat_weight)}
 
-  def init_fn(params):
-    del params
-    count = jnp.zeros([], jnp.int32)
-    return ShapedState(count=count, weights=_weights_at(fixed, count))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    _check_updates(updates, OBJECTIVES, "shaped")
-    applied = _weights_at(fixed, state.count)
-    new_state = ShapedState(count=optax.safe_increment(state.count), weights=applied)
-    return _combine(updates, applied), new_state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return _scheduled_sum(fixed, allowed=OBJECTIVES, name="shaped", state_type=ShapedState)
 
 
 def shape_rewards(rewards: jax.Array, sup_losses: jax.Array, beta: float | jax.Array,
