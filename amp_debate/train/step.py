@@ -6,12 +6,21 @@
 2. a batch of debates between copies of M_target (``debate.rollout``), each argument sampled from
    M_target answering a protocol question;
 3. distillation targets Amp′(H, M_target)(q′) for every node q′ argued about (the root and each
-   supported node);
+   supported node) and, with ``distill_subquestions``, for every subquestion H posed inside those
+   Amp′ computations (one more Amp′ pass over them);
 4. losses with M (not M_target): PPO-clipped debate RL on every argument, cross-entropy toward the
    amplified targets, catastrophe penalty; one gradient per objective (``jax.jacrev``);
 5. the optax combination (weighted / constrained / shaped) reduces the gradients to one update;
 6. the target network and the curriculum are updated.
-Everything is a pure function of (state, rng); the caller jits it (``make_train_step`` does).
+Everything is a pure function of (state, rng): ``build_train_step`` returns it unjitted (the
+trainer jits it with mesh shardings), ``make_train_step`` returns it jitted on one device.
+
+Questions are generated per example from ``fold_in(rng, example_index)`` (``sample_batch``), so a
+batch is the same whatever the device layout, and under a sharded jit each device generates the
+questions of its own shard.
+
+``build_supervised_step`` is the upper-bound baseline (``mode=supervised``): cross-entropy toward
+the ground-truth answers of the same question distribution (all levels; no H, no debate).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -28,7 +38,7 @@ from amp_debate.models.transformer import LanguageModel
 from amp_debate.procedure import combine, curriculum, debate, losses, protocol, target
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
-from amp_debate.tasks.base import Task
+from amp_debate.tasks.base import Batch, Task
 from amp_debate.tasks.tokenizer import SEP
 
 
@@ -49,6 +59,7 @@ class StepConfig:
   curriculum_min_steps: int = 10
   steps_per_level: int = 100
   shaped_beta: float = 0.0  # only used by the "shaped" combination
+  distill_subquestions: bool = True
   catastrophe: Any = losses.never_catastrophic
 
   def __post_init__(self):
@@ -89,15 +100,34 @@ def _safe_prompts(prompts):
   return prompts.at[..., -1].set(jnp.where(empty, SEP, prompts[..., -1]))
 
 
-def make_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
-                    config: StepConfig, combination: str = "weighted"):
-  """Returns the jitted ``train_step(state, rng) -> (state, metrics)``."""
+def sample_batch(task: Task, rng: jax.Array, batch_size: int, max_difficulty) -> Batch:
+  """``batch_size`` questions, example i from ``fold_in(rng, i)`` with a level uniform in
+  [0, max_difficulty] (traced). Independent of how the batch is laid out over devices.
+
+  Returns Batch(questions int32[B, Lq], answers int32[B, La], difficulty int32[B]).
+  """
+  top = jnp.clip(jnp.asarray(max_difficulty, jnp.int32), 0, task.max_difficulty)
+
+  def one(i):
+    level_rng, question_rng = jax.random.split(jax.random.fold_in(rng, i))
+    level = jax.random.randint(level_rng, (), 0, top + 1)
+    question, answer = task.sample_one(question_rng, level)
+    return question, answer, level
+
+  questions, answers, levels = jax.vmap(one)(jnp.arange(batch_size))
+  chex.assert_shape(questions, (batch_size, task.question_len))
+  return Batch(questions=questions, answers=answers, difficulty=levels)
+
+
+def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
+                     config: StepConfig, combination: str = "weighted"):
+  """The pure ``train_step(state, rng) -> (state, metrics)`` (not jitted)."""
   batch_size, t_max = config.batch_size, config.debate.t_max
 
   def train_step(state: TrainState, rng: jax.Array):
     sample_rng, debate_rng, target_rng, eval_rng = jax.random.split(rng, 4)
     level = curriculum.max_difficulty(state.curriculum)
-    batch = task.sample(sample_rng, batch_size, max_difficulty=level)
+    batch = sample_batch(task, sample_rng, batch_size, level)
     m_target = ModelDebater(model=model, params=state.target_params, task=task,
                             temperature=config.temperature)
     game, transcript = debate.rollout(task, m_target, m_target, batch.questions, debate_rng,
@@ -107,10 +137,23 @@ def make_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfor
     nodes = transcript.nodes.reshape(batch_size * t_max, -1)
     posed = (transcript.active & ((transcript.kind == debate.CLAIM) |
                                   (transcript.kind == debate.SUPPORT))).reshape(-1)
-    amp = amplify(task, m_target.answer_fn(), nodes, target_rng,
-                  call_prob=config.debate.call_prob)
-    answer_prompts = jax.vmap(lambda n: protocol.answer_prompt(task, n))(nodes)
-    target_mask = jnp.broadcast_to(posed[:, None], amp.answers.shape)
+    node_rng, sub_rng = jax.random.split(target_rng)
+    amp = amplify(task, m_target.answer_fn(), nodes, node_rng,
+                  call_prob=config.debate.call_prob,
+                  confidence_threshold=config.debate.confidence_threshold)
+    target_questions, target_answers, target_posed = nodes, amp.answers, posed
+    if config.distill_subquestions:
+      # Every subquestion H posed inside those Amp′ computations, with its own Amp′ target.
+      subquestions = amp.subquestions.reshape(-1, task.question_len)
+      sub_posed = (amp.sub_valid & (posed & amp.called)[:, None]).reshape(-1)
+      sub_amp = amplify(task, m_target.answer_fn(), subquestions, sub_rng,
+                        call_prob=config.debate.call_prob,
+                        confidence_threshold=config.debate.confidence_threshold)
+      target_questions = jnp.concatenate([nodes, subquestions])
+      target_answers = jnp.concatenate([amp.answers, sub_amp.answers])
+      target_posed = jnp.concatenate([posed, sub_posed])
+    answer_prompts = jax.vmap(lambda n: protocol.answer_prompt(task, n))(target_questions)
+    target_mask = jnp.broadcast_to(target_posed[:, None], target_answers.shape)
 
     prompts = _safe_prompts(transcript.prompts.reshape(batch_size * t_max, -1))
     tokens = transcript.tokens.reshape(batch_size * t_max, -1)
@@ -123,8 +166,10 @@ def make_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfor
 
     def objective_losses(params):
       logp = model.log_prob(params, prompts, tokens, answer_mask=token_mask).reshape(shape3)
-      logp_targets = model.log_prob(params, answer_prompts, amp.answers, answer_mask=target_mask)
-      sup_per_turn = -(logp_targets.sum(-1) / task.answer_len).reshape(batch_size, t_max)
+      logp_targets = model.log_prob(params, answer_prompts, target_answers,
+                                    answer_mask=target_mask)
+      node_logp = logp_targets[:batch_size * t_max]
+      sup_per_turn = -(node_logp.sum(-1) / task.answer_len).reshape(batch_size, t_max)
       shaped_rewards = combine.shape_rewards(rewards, sup_per_turn, config.shaped_beta,
                                              transcript.active) if combination == "shaped" else rewards
       adv = losses.advantages(shaped_rewards, transcript.active, config.advantage)
@@ -169,7 +214,10 @@ def make_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfor
         # Evaluation only (ground truth never feeds the update):
         "accuracy/model": exact(root_answers),
         "accuracy/h_alone": exact(task.batch_leaf_answer(batch.questions)),
-        "human_calls/targets": (amp.called & posed).sum(),
+        "human_calls/targets": (amp.called & posed).sum() + (
+            sub_amp.called & sub_posed).sum() if config.distill_subquestions else (
+                amp.called & posed).sum(),
+        "distill/targets": target_posed.sum(),
         "grad_norm/rl": optax.tree.norm(grads["rl"]),
         "grad_norm/sup": optax.tree.norm(grads["sup"]),
         "grad_norm/cat": optax.tree.norm(grads["cat"]),
@@ -178,4 +226,59 @@ def make_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfor
                            opt_state=opt_state, curriculum=curriculum_state)
     return new_state, metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  return train_step
+
+
+def make_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
+                    config: StepConfig, combination: str = "weighted"):
+  """Returns the jitted ``train_step(state, rng) -> (state, metrics)`` (state donated)."""
+  return jax.jit(build_train_step(task, model, tx, config, combination), donate_argnums=0)
+
+
+def build_supervised_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
+                          config: StepConfig):
+  """The pure supervised ``train_step(state, rng) -> (state, metrics)``: cross-entropy toward
+  ``task.solve`` on a batch at the curriculum's level (the ground-truth upper bound; the
+  gradient is passed to the combination as the "sup" objective)."""
+  batch_size = config.batch_size
+
+  def train_step(state: TrainState, rng: jax.Array):
+    sample_rng, eval_rng = jax.random.split(rng)
+    level = curriculum.max_difficulty(state.curriculum)
+    batch = sample_batch(task, sample_rng, batch_size, level)
+    prompts = jax.vmap(lambda n: protocol.answer_prompt(task, n))(batch.questions)
+    mask = jnp.ones(batch.answers.shape, bool)
+
+    def loss_fn(params):
+      logp = model.log_prob(params, prompts, batch.answers, answer_mask=mask)
+      return losses.distillation_loss(logp, mask)
+
+    sup, grad = jax.value_and_grad(loss_fn)(state.params)
+    grads = {"sup": grad}
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, losses={"sup": sup})
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    target_params = target.update_target(params, state.target_params, step,
+                                          period=config.target_period, ema=config.target_ema)
+    m_greedy = ModelDebater(model=model, params=state.params, task=task, temperature=1.0,
+                            greedy=True)
+    root_answers = m_greedy.answer(batch.questions, eval_rng).tokens
+    correct = (root_answers == batch.answers).all(-1)
+    curriculum_state = curriculum.update(
+        state.curriculum, step, correct.mean(), kind=config.curriculum,
+        max_level=task.max_difficulty, steps_per_level=config.steps_per_level,
+        threshold=config.curriculum_threshold, ema=config.curriculum_ema,
+        min_steps=config.curriculum_min_steps)
+    metrics = {
+        "loss/sup": sup,
+        "grad_norm/sup": optax.tree.norm(grad),
+        "curriculum/level": state.curriculum.level,
+        "accuracy/model": correct.mean(),
+        "accuracy/h_alone": (task.batch_leaf_answer(batch.questions) == batch.answers).all(
+            -1).mean(),
+    }
+    new_state = TrainState(step=step, params=params, target_params=target_params,
+                           opt_state=opt_state, curriculum=curriculum_state)
+    return new_state, metrics
+
+  return train_step

@@ -1,0 +1,453 @@
+"""Checkpoints: a thin wrapper over Orbax's ``CheckpointManager`` (async, atomic, keep-N + best).
+
+  with Checkpointer(workdir + "/checkpoints", keep=3, best_metric="eval/accuracy") as ckpt:
+    if ckpt.latest_step() is not None:
+      check_compatible(ckpt.saved_config(), config, safe=SAFE_TO_CHANGE)
+      state, _ = ckpt.restore(jax.eval_shape(init_fn))  # init_fn jitted with out_shardings
+    ...
+    ckpt.save(step, state, config=config.to_dict(), metrics={"eval/accuracy": acc})
+
+Layout (one directory per step, all written by Orbax):
+
+  <directory>/<step>/state/     the state pytree (``StandardSave``: OCDBT/zarr arrays, _METADATA)
+  <directory>/<step>/config/    the run config as JSON (``JsonSave``), returned by ``saved_config``
+  <directory>/<step>/metrics/   the metrics given to ``save`` (only when ``best_metric`` is set)
+  <directory>/<step>/commit_success.txt, _CHECKPOINT_METADATA
+
+Atomicity. Orbax writes a step into ``<step>.orbax-checkpoint-tmp-<n>``, puts commit_success.txt in
+it last and then renames it to ``<step>``. A directory counts as a checkpoint only when its name is
+a step number AND it holds commit_success.txt: on a local disk Orbax's default listing checks only
+the name, so we give it a name format that also requires the marker. A save killed midway leaves a
+tmp directory (removed by process 0 when a Checkpointer next opens the directory) or, after a copy
+gone wrong, a step directory without the marker (ignored, and replaced if that step is saved again);
+either way ``latest_step`` and ``restore`` use the previous complete checkpoint.
+
+Retention: the newest ``keep`` checkpoints plus the best one by ``metrics[best_metric]``. Orbax's own
+``max_to_keep`` + ``best_fn`` keep the ``keep`` BEST (the newest can be deleted right after it was
+written) and, by default, never delete checkpoints saved without metrics (preemption saves would pile
+up), so we pass an explicit preservation policy: ``LatestN(keep)`` or ``BestN(n=1)`` counting only
+checkpoints with metrics. A checkpoint whose metrics lack ``best_metric`` or hold NaN ranks worst.
+
+Restore is bitwise and returns the leaves with ``abstract_state``'s shapes, dtypes and shardings
+(``StandardRestore``); a saved leaf whose shape or dtype differs (Orbax would silently cast dtypes)
+or a different tree is refused. Typed PRNG keys (``jax.random.key``) need nothing special: Orbax
+0.12.8 saves their key data and records the impl, and restores a typed key with that impl.
+
+Errors users can hit (no checkpoint, missing step, corrupt or mismatched checkpoint, config not JSON,
+incompatible config on resume) raise ``CheckpointError`` with one line naming the directory and step,
+never a raw Orbax/TensorStore traceback (the original error is chained as ``__cause__``).
+
+Multi-process: every process constructs the Checkpointer and calls save/restore/wait with the same
+arguments (Orbax synchronises them); the only file-system change made here (removing an unmarked
+step directory before that step is saved again) happens on process 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint._src.checkpoint_managers import preservation_policy as preservation_lib
+from orbax.checkpoint.path import atomicity
+
+COMMIT_MARKER = atomicity.COMMIT_SUCCESS_FILE  # "commit_success.txt", written last before rename
+STATE, CONFIG, METRICS = "state", "config", "metrics"  # item names inside a step directory
+_MAX_LISTED = 5  # mismatches listed in one error message
+
+
+class CheckpointError(ValueError):
+  """A checkpoint cannot be saved or restored as asked; the message says which and why."""
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+  """``Type: first line of the message``, shortened: enough to tell what Orbax choked on."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  text = text if len(text) <= limit else text[:limit] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _path_name(path: Sequence[Any]) -> str:
+  """A pytree key path as Orbax names leaves: ``opt_state.1.0.mu.w``."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return ".".join(parts)
+
+
+def _describe(shape: Sequence[int], dtype: Any) -> str:
+  return f"{dtype}[{','.join(str(d) for d in shape)}]"
+
+
+def _is_key(dtype: Any) -> bool:
+  return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _to_json(value: Any, what: str) -> Any:
+  """``value`` as JSON would give it back (tuples become lists); CheckpointError naming the key
+  that JSON cannot hold."""
+
+  def walk(v: Any, path: str) -> Any:
+    if isinstance(v, Mapping):
+      out = {}
+      for k, sub in v.items():
+        if not isinstance(k, str):
+          raise CheckpointError(f"{what}: key {path + '.' if path else ''}{k!r} is not a string; "
+                                f"checkpointed configs must be JSON")
+        out[k] = walk(sub, f"{path}.{k}" if path else k)
+      return out
+    if isinstance(v, (list, tuple)):
+      return [walk(sub, f"{path}.{i}" if path else str(i)) for i, sub in enumerate(v)]
+    if v is None or isinstance(v, (bool, int, float, str)):
+      return v
+    raise CheckpointError(f"{what}: {path or 'the value'} is a {type(v).__name__} ({v!r:.60}), "
+                          f"which JSON cannot hold; pass plain values (e.g. config.to_dict())")
+
+  return walk(value, "")
+
+
+class Checkpointer:
+  """Saves and restores (state, config) checkpoints under ``directory``; see the module docstring.
+
+  Args:
+    directory: the checkpoint root (created if missing); local path or a URL Orbax supports.
+    keep: how many of the newest checkpoints to keep (>= 1).
+    best_metric: if set, also keep the checkpoint with the best ``metrics[best_metric]``.
+    best_mode: "max" or "min": which value of ``best_metric`` is best.
+    async_save: save in the background (``save`` returns once the arrays are copied to host, so
+      the caller may donate or overwrite them); ``wait``/``close`` block until it is written.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, keep: int = 3,
+               best_metric: str | None = None, best_mode: str = "max", async_save: bool = True):
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+      raise CheckpointError(f"checkpoint: keep must be an integer >= 1, got {keep!r}")
+    if best_mode not in ("max", "min"):
+      raise CheckpointError(f"checkpoint: best_mode must be 'max' or 'min', got {best_mode!r}")
+    if best_metric is not None and (not isinstance(best_metric, str) or not best_metric):
+      raise CheckpointError(f"checkpoint: best_metric must be a metric name, got {best_metric!r}")
+    directory = os.fspath(directory)
+    self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+    self.keep, self.best_metric, self.best_mode = keep, best_metric, best_mode
+    self._pending: int | None = None  # step of the last save not yet waited for
+    self._closed = False
+    self._check_metrics_files()
+
+    policies: list[Any] = [preservation_lib.LatestN(n=keep)]
+    if best_metric is not None:
+      policies.append(preservation_lib.BestN(get_metric_fn=self._metric_value,
+                                             reverse=best_mode == "min", n=1,
+                                             keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        # Only directories named <step> holding commit_success.txt are checkpoints.
+        step_name_format=ocp.step.standard_name_format(
+            temporary_path_cls=atomicity.CommitFileTemporaryPath),
+        preservation_policy=preservation_lib.AnyPreservationPolicy(policies),
+        best_fn=self._metric_value if best_metric is not None else None,  # makes Orbax save metrics
+        best_mode=best_mode,
+        cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save,
+    )
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for name, save_args, restore_args, handler in (
+        (STATE, ocp.args.StandardSave, ocp.args.StandardRestore, ocp.StandardCheckpointHandler),
+        (CONFIG, ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler)):
+      registry.add(name, save_args, handler)
+      registry.add(name, restore_args, handler)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            handler_registry=registry)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"checkpoint: cannot open checkpoint directory {self.directory} "
+                            f"({_one_line(e)})") from e
+
+  # -- queries ---------------------------------------------------------------------------------
+
+  def all_steps(self) -> list[int]:
+    """Steps of the checkpoints kept, ascending (a save still in flight included; see ``wait``)."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest checkpoint's step, None if there is none. Incomplete directories never count; a
+    save of this Checkpointer still in flight does (``wait()`` first to see only finished ones)."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def saved_config(self, step: int | None = None) -> dict | None:
+    """The config saved with ``step`` (default: the latest); None if there is no checkpoint."""
+    self.wait()
+    if step is None and self.latest_step() is None:
+      return None
+    step = self._resolve(step)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          **{CONFIG: ocp.args.JsonRestore()}))
+      config = restored[CONFIG]
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._corrupt(step, e) from e
+    if not isinstance(config, dict):
+      raise self._corrupt(step, TypeError(f"config is a {type(config).__name__}, not a dict"))
+    return config
+
+  # -- save ------------------------------------------------------------------------------------
+
+  def save(self, step: int, state: Any, *, config: Mapping[str, Any],
+           metrics: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+    """Starts saving ``state`` (a pytree of jax arrays) and ``config`` as checkpoint ``step``.
+
+    Returns False without saving when ``step`` is not newer than the latest checkpoint (unless
+    ``force``: then any step not yet saved). ``metrics`` (scalars) rank checkpoints for
+    ``best_metric`` and must contain it when given; save without metrics (e.g. on preemption) and
+    the checkpoint is kept only while among the newest ``keep``. Waits for a previous save first.
+    """
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+      raise CheckpointError(f"checkpoint: step must be a non-negative integer, got {step!r}")
+    config = _to_json(config, f"checkpoint step {step}: config")
+    if not isinstance(config, dict):
+      raise CheckpointError(f"checkpoint step {step}: config must be a dict, got "
+                            f"{type(config).__name__}")
+    metrics = self._check_metrics(step, metrics)
+    self.wait()
+    if force and step in self.all_steps():
+      raise CheckpointError(f"checkpoint: step {step} is already saved in {self.directory}")
+    self._remove_unmarked(step)
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
+                                 CONFIG: ocp.args.JsonSave(config)})
+    try:
+      saved = self._manager.save(step, args=args, metrics=metrics, force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"checkpoint: saving step {step} to {self.directory} failed "
+                            f"({_one_line(e)})") from e
+    if saved:
+      self._pending = step
+    return bool(saved)
+
+  def wait(self) -> None:
+    """Blocks until the pending save (if any) is written; CheckpointError if it failed."""
+    step, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._manager.reload()
+      raise CheckpointError(f"checkpoint: saving step {step} to {self.directory} failed "
+                            f"({_one_line(e)})") from e
+    # Orbax logs (and swallows) errors of the background write; a missing marker reveals them.
+    if step is not None and not (self._step_dir(step) / COMMIT_MARKER).exists():
+      self._manager.reload()
+      raise CheckpointError(f"checkpoint: saving step {step} to {self.directory} failed (no "
+                            f"{COMMIT_MARKER} after the write; see the log for Orbax's error); the "
+                            f"latest complete checkpoint is step {self.latest_step()}")
+
+  # -- restore ---------------------------------------------------------------------------------
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    """(state, saved config) of checkpoint ``step`` (default: the latest).
+
+    abstract_state: the state's structure, e.g. ``jax.eval_shape(init_fn)``: leaves with shape,
+      dtype and (optionally) a concrete ``sharding``; the restored arrays get exactly these. A
+      sharding over an AbstractMesh (what ``jax.eval_shape`` of an un-jitted function gives for
+      sharded arrays) is refused: eval_shape the init jitted with ``out_shardings`` instead.
+    """
+    self.wait()
+    step = self._resolve(step)
+    self._check_abstract(abstract_state)
+    try:
+      saved_tree = self._manager.item_metadata(step)[STATE]
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._corrupt(step, e) from e
+    self._check_matches(step, getattr(saved_tree, "tree", saved_tree), abstract_state)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          **{STATE: ocp.args.StandardRestore(abstract_state), CONFIG: ocp.args.JsonRestore()}))
+      state, config = restored[STATE], restored[CONFIG]
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._corrupt(step, e) from e
+    self._check_restored(step, state, abstract_state)
+    return state, config
+
+  # -- lifetime --------------------------------------------------------------------------------
+
+  def close(self) -> None:
+    """Waits for pending saves, then releases Orbax's resources. Idempotent."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  # -- helpers ---------------------------------------------------------------------------------
+
+  def _step_dir(self, step: int) -> epath.Path:
+    return self.directory / str(step)
+
+  def _resolve(self, step: int | None) -> int:
+    """``step`` (default: the latest) if it is a kept, complete checkpoint; else CheckpointError."""
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise CheckpointError(f"checkpoint: no checkpoint in {self.directory}")
+      return steps[-1]
+    if step not in steps:
+      raise CheckpointError(f"checkpoint: no complete checkpoint for step {step} in "
+                            f"{self.directory} (complete steps: {steps})")
+    return step
+
+  def _corrupt(self, step: int, error: BaseException) -> CheckpointError:
+    earlier = [s for s in self.all_steps() if s < step]
+    hint = (f"; delete {self._step_dir(step)} (or pass step=) to use step {earlier[-1]}" if earlier
+            else "")
+    return CheckpointError(f"checkpoint: step {step} in {self.directory} is corrupt or unreadable "
+                           f"({_one_line(error)}){hint}")
+
+  def _metric_value(self, metrics: Mapping[str, Any]) -> float:
+    """metrics[best_metric] as a number where larger ranks better for "max" mode (the ordering
+    BestN uses); missing or NaN ranks worst."""
+    worst = -math.inf if self.best_mode == "max" else math.inf
+    try:
+      value = float(metrics[self.best_metric])
+    except (KeyError, TypeError, ValueError):
+      return worst
+    return worst if math.isnan(value) else value
+
+  def _check_metrics(self, step: int, metrics: Mapping[str, Any] | None) -> dict | None:
+    """Metrics as {name: float} for Orbax (None when not tracking a best checkpoint)."""
+    if metrics is None or self.best_metric is None:
+      return None
+    if self.best_metric not in metrics:
+      raise CheckpointError(f"checkpoint step {step}: metrics lack best_metric "
+                            f"{self.best_metric!r} (got {sorted(metrics)})")
+    out = {}
+    for name, value in metrics.items():
+      try:
+        out[str(name)] = float(value)
+      except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint step {step}: metric {name!r} is not a scalar "
+                              f"({value!r:.60})") from e
+    return out
+
+  def _check_metrics_files(self) -> None:
+    """Orbax reads every step's metrics when it opens the directory and dies on bad JSON without
+    naming the file; name it instead."""
+    if not self.directory.exists():
+      return
+    for step_dir in self.directory.iterdir():
+      path = step_dir / METRICS / METRICS
+      if step_dir.name.isdigit() and path.exists():
+        try:
+          json.loads(path.read_text())
+        except ValueError as e:
+          raise CheckpointError(f"checkpoint: step {step_dir.name} in {self.directory} is corrupt "
+                                f"(its metrics file {path} is not JSON: {e}); delete {step_dir} "
+                                f"to use the other checkpoints") from e
+
+  def _remove_unmarked(self, step: int) -> None:
+    """A ``<step>`` directory without commit marker (not a checkpoint) would block the rename of
+    the new one: process 0 removes it."""
+    path = self._step_dir(step)
+    if jax.process_index() == 0 and path.exists() and not (path / COMMIT_MARKER).exists():
+      path.rmtree()
+
+  @staticmethod
+  def _check_abstract(abstract_state: Any) -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+      sharding = getattr(leaf, "sharding", None)
+      if (isinstance(sharding, jax.sharding.NamedSharding)
+          and isinstance(sharding.mesh, jax.sharding.AbstractMesh)):
+        raise CheckpointError(f"checkpoint: abstract_state leaf {_path_name(path)} is sharded over "
+                              f"an AbstractMesh; give it a concrete sharding (eval_shape the init "
+                              f"jitted with out_shardings, or NamedSharding(mesh, spec))")
+
+  def _check_matches(self, step: int, saved_tree: Any, abstract_state: Any) -> None:
+    """Same leaves, shapes and dtypes (typed keys: their key data) on disk as in abstract_state."""
+    saved = {_path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+    wanted = {_path_name(p): leaf
+              for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    problems = [f"{name} missing from the checkpoint" for name in wanted if name not in saved]
+    problems += [f"{name} not in the state" for name in saved if name not in wanted]
+    for name in wanted.keys() & saved.keys():
+      want, have = wanted[name], saved[name]
+      if not all(hasattr(x, a) for x in (want, have) for a in ("shape", "dtype")):
+        continue
+      shape, dtype = tuple(want.shape), want.dtype
+      if _is_key(dtype):
+        data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype))
+        shape, dtype = tuple(data.shape), data.dtype
+      if (tuple(have.shape), str(have.dtype)) != (shape, str(dtype)):
+        problems.append(f"{name} saved {_describe(have.shape, have.dtype)}, expected "
+                        f"{_describe(shape, dtype)}")
+    self._refuse(step, sorted(problems))
+
+  def _check_restored(self, step: int, state: Any, abstract_state: Any) -> None:
+    """Typed keys come back with the saved impl: refuse one that is not abstract_state's."""
+    problems = []
+    for (path, want), have in zip(jax.tree_util.tree_flatten_with_path(abstract_state)[0],
+                                  jax.tree.leaves(state)):
+      if hasattr(want, "dtype") and (have.dtype != want.dtype or have.shape != want.shape):
+        problems.append(f"{_path_name(path)} saved {_describe(have.shape, have.dtype)}, expected "
+                        f"{_describe(want.shape, want.dtype)}")
+    self._refuse(step, problems)
+
+  def _refuse(self, step: int, problems: list[str]) -> None:
+    if problems:
+      more = (f" and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else "")
+      raise CheckpointError(f"checkpoint: step {step} in {self.directory} does not match the state "
+                            f"to restore: {'; '.join(problems[:_MAX_LISTED])}{more}")
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{dotted key: leaf value}; an empty dict is a leaf (so adding its first field shows)."""
+  out = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping) and value:
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+_ABSENT = "<absent>"
+
+
+def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                     safe: Sequence[str] = (), allow_unsafe: bool = False) -> list[str]:
+  """The dotted config keys whose values differ between a checkpoint's config and this run's.
+
+  A key is safe to change if it equals an entry of ``safe`` or lies under one (``"eval"`` covers
+  ``"eval.every"``). Values are compared as JSON holds them (a tuple equals the saved list).
+  Raises CheckpointError listing the unsafe changes (saved → current) unless ``allow_unsafe``.
+  """
+  if isinstance(safe, str):
+    safe = (safe,)
+  old = _flatten(_to_json(saved, "saved config"))
+  new = _flatten(_to_json(current, "current config"))
+  changed = sorted(k for k in old.keys() | new.keys()
+                   if k not in old or k not in new or old[k] != new[k]
+                   or type(old[k]) is not type(new[k]))  # 1 vs 1.0 vs True
+  is_safe = lambda k: any(k == s or k.startswith(s + ".") for s in safe)
+  unsafe = [k for k in changed if not is_safe(k)]
+  if unsafe and not allow_unsafe:
+    show = lambda cfg, k: json.dumps(cfg[k]) if k in cfg else _ABSENT
+    fields = ", ".join(f"{k}: {show(old, k)} → {show(new, k)}" for k in unsafe)
+    raise CheckpointError(f"resume: the config differs from the checkpoint's in fields that are not "
+                          f"safe to change ({fields}); restore the saved values, start a new workdir, "
+                          f"or set resume_allow_unsafe=True to resume anyway")
+  return changed
