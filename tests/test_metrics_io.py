@@ -73,7 +73,8 @@ def test_varint():
 
 def test_encode_event_parses_with_tensorboard_protos():
   from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
-  header = event_pb2.Event.FromString(metrics_io.encode_event(12.5, 0, file_version="brain.Event:2"))
+  header = event_pb2.Event.FromString(
+      metrics_io.encode_event(12.5, 0, file_version="brain.Event:2"))
   assert (header.wall_time, header.step, header.file_version) == (12.5, 0, "brain.Event:2")
   data = metrics_io.encode_event(13.25, -3, scalars={"a/b": 0.1, "c": 1e40, "ü": -2.0})
   event = event_pb2.Event.FromString(data)
@@ -333,6 +334,14 @@ def test_progress_bar_tty_blanks_out_a_longer_previous_line(monkeypatch):
   bar.update(2, {})
   first, second = stream.getvalue().split("\r")[1:]
   assert len(second) == len(first) and second.endswith(" " * 10)
+
+
+def test_progress_bar_tty_line_fits_the_terminal(monkeypatch):
+  monkeypatch.setenv("COLUMNS", "40")  # a wrapped line would break '\r' redraws
+  stream = FakeTTY()
+  bar = metrics_io.ProgressBar(10, stream=stream, clock=FakeClock(start=0.0, tick=1.0))
+  bar.update(1, {"loss": 0.5})
+  assert stream.getvalue() == "\r" + " 1/10  10% [##..................] 1.00 steps/s"[:39]
 
 
 # --- tables, non-finite, plots ---------------------------------------------------------------

@@ -71,7 +71,7 @@ Scalar = int | float | bool
 
 _CRC32C_POLY = 0x82F63B78  # 0x1EDC6F41 bit-reversed (the CRC is computed LSB-first).
 _MASK32 = 0xFFFFFFFF
-_CRC_MASK_DELTA = 0xA282EAD9
+_CRC_MASK_DELTA = 0xA282EAD8
 
 
 def _make_crc32c_table() -> tuple[int, ...]:
@@ -298,7 +298,8 @@ class JsonlWriter:
     self._fsync = fsync
     self._clock = clock
     _drop_partial_last_line(self.path)
-    self._file: TextIO | None = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    # pylint: disable-next=consider-using-with
+    self._file: TextIO | None = open(self.path, "a", encoding="utf-8")
 
   def write_scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Writes and flushes one line."""
@@ -467,10 +468,14 @@ def _is_tty(stream: Any) -> bool:
 
 
 def _terminal_width(stream: Any) -> int:
+  """Columns: ``$COLUMNS`` if set, else the stream's terminal size if known (> 0), else 80."""
+  if os.environ.get("COLUMNS", "").isdigit() and int(os.environ["COLUMNS"]) > 0:
+    return int(os.environ["COLUMNS"])
   try:
-    return os.get_terminal_size(stream.fileno()).columns
+    columns = os.get_terminal_size(stream.fileno()).columns
   except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-    return shutil.get_terminal_size().columns
+    columns = 0
+  return columns if columns > 0 else shutil.get_terminal_size((80, 24)).columns
 
 
 class ProgressBar:
