@@ -1,13 +1,11 @@
-r"""Entry point: flags only, then ``run(config, workdir)``.
+r"""Entry point: flags only, then ``amp_debate.train.run(config, workdir)``.
 
   python -m amp_debate.main --config=experiments/configs/default.py:task=permutation,runlocal \
       --workdir=workdir/quickstart
 
-TODAY (issue 2 of the build plan): the trainer does not exist yet. This command therefore runs the
-H baseline evaluation instead of training: on the task's fixed TFDS eval split it measures, per
-difficulty, H alone, Amp(H, H alone) and Amp(H, oracle M), with the human calls each spends, and
-prints the table (also saved to ``<workdir>/h_baselines.md``). The training run replaces this once
-the trainer lands; the command keeps its shape.
+Rerunning the same command resumes from the latest checkpoint in ``--workdir``. A bad config, an
+incompatible or unreadable checkpoint, or a diverged run (NaN/Inf) end with a one-line error and a
+non-zero exit code, never a traceback; SIGTERM saves a checkpoint and exits with code 0.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from amp_debate.train import h_baselines as baselines
+from amp_debate import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and logs.")
@@ -28,8 +26,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    baselines.run(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:  # configuration / input errors: a message, not a stack trace
+    train.run(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, train.TrainingDiverged) as e:  # user-facing errors: a message, no traceback
     sys.exit(f"error: {e}")
 
 

@@ -1,1 +1,9 @@
-"""Training: train state, jitted step, sharding, checkpointing, metrics, evaluation (side effects live here)."""
+"""Training: train state, jitted step, sharding, checkpointing, metrics, evaluation (side effects live here).
+
+``run(config, workdir)`` is the trainer (``trainer.py``); ``config_lib`` validates configs and builds
+the objects they describe.
+"""
+
+from amp_debate.train.trainer import RunResult, TrainingDiverged, run
+
+__all__ = ["RunResult", "TrainingDiverged", "run"]

@@ -1,14 +1,25 @@
-r"""Default experiment config: one task, one mode.
+r"""Default experiment config: one task, one mode (hybrid, amplification, debate or supervised).
 
-Command (about 1 minute on 2 CPU cores today; the trainer arrives with issue 5):
+The quick start (runlocal: a CPU run of about 10 minutes on 2 cores; see README for its result):
 
   python -m amp_debate.main \
     --config=experiments/configs/default.py:task=permutation,mode=hybrid,runlocal \
     --workdir=workdir/quickstart
 
-``arg`` is ``key=value,...`` with keys ``task`` (a registered task), ``mode``
-(hybrid | amplification | debate | supervised) and the flag ``runlocal`` (a CPU-minutes run).
-Any field can then be overridden with ``--config.field=value`` (e.g. ``--config.task_options.n=6``).
+``arg`` is ``key=value,...`` with keys ``task`` (a registered task), ``mode`` (hybrid |
+amplification | debate | supervised), ``size`` (a model preset: tiny | small | base | large) and the
+flag ``runlocal`` (CPU minutes: the permutation task at n=5, k <= 4, a 4-layer d=64 model).
+Any field can then be overridden with ``--config.field=value`` (e.g. ``--config.num_steps=2000``,
+``--config.task_options.n=6``); an unknown field or an invalid value stops the run before anything
+is compiled, with a message naming the field (``amp_debate.train.config_lib.validate``).
+
+Modes (same model, same question distribution, same evaluation):
+  hybrid         debate RL + distillation toward Amp′(H, M_target) + catastrophe penalty
+                 (weights ``combination.weights``).
+  amplification  imitative amplification only: debates stop after the claim (force_stop_after=1,
+                 t_max=1), λ_rl = 0.
+  debate         debate only: λ_sup = 0.
+  supervised     cross-entropy toward the ground truth: the upper bound every result is compared with.
 """
 
 from __future__ import annotations
@@ -18,7 +29,11 @@ import ml_collections
 from amp_debate import tasks
 
 MODES = ("hybrid", "amplification", "debate", "supervised")
-ARG_KEYS = ("task", "mode", "runlocal")
+SIZES = ("tiny", "small", "base", "large")
+ARG_KEYS = ("task", "mode", "size", "runlocal")
+
+# The runlocal task: small enough for a CPU, deep enough for two levels of decomposition.
+RUNLOCAL_TASK_OPTIONS = {"permutation": dict(n=5, max_exponent=4)}
 
 
 def parse_arg(arg: str) -> dict[str, str | bool]:
@@ -38,16 +53,103 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if mode not in MODES:
     raise ValueError(f"config arg: mode={mode!r} is not one of {', '.join(MODES)}")
   runlocal = bool(args.get("runlocal", False))
+  size = str(args.get("size", "tiny" if runlocal else "small"))
+  if size not in SIZES:
+    raise ValueError(f"config arg: size={size!r} is not one of {', '.join(SIZES)}")
 
-  config = ml_collections.ConfigDict()
-  config.task = str(args.get("task", "permutation"))
-  # The task's difficulty options, at its defaults (each overridable from the command line).
-  config.task_options = ml_collections.ConfigDict(tasks.get(config.task).options())
-  config.mode = mode
-  config.runlocal = runlocal
-  config.seed = 0
+  c = ml_collections.ConfigDict()
+  c.task = str(args.get("task", "permutation"))
+  options = tasks.get(c.task).options()  # the task's defaults (raises on an unknown task)
+  if runlocal:
+    options.update(RUNLOCAL_TASK_OPTIONS.get(c.task, {}))
+  c.task_options = ml_collections.ConfigDict(options)
+  c.mode = mode
+  c.runlocal = runlocal
+  c.seed = 0
+  c.num_steps = 1200 if runlocal else 20_000
+  c.batch_size = 64 if runlocal else 256
+  c.log_every = 25 if runlocal else 100
+
+  # The model M (one network plays every role): a preset plus field overrides.
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = size
+  c.model.num_layers = 4 if runlocal else 0  # 0: the preset's value (same for the fields below)
+  c.model.d_model = 64 if runlocal else 0
+  c.model.num_heads = 4 if runlocal else 0
+  c.model.d_ff = 256 if runlocal else 0
+  c.model.mask = "prefix"
+  c.model.positions = "learned"
+  c.model.dtype = "float32"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 3e-3 if runlocal else 1e-3
+  c.optimizer.warmup_steps = 0 if runlocal else 500
+  c.optimizer.clip_norm = 1.0
+  c.optimizer.b2 = 0.99
+
+  # How the objectives' gradients combine (amp_debate.procedure.combine).
+  c.combination = ml_collections.ConfigDict()
+  c.combination.kind = "weighted"  # weighted | constrained | shaped
+  c.combination.weights = ml_collections.ConfigDict({"rl": 1.0, "sup": 1.0, "cat": 1.0})
+  # Linear annealing of the weights to ``weights_end`` over ``anneal_steps`` (0: constant weights).
+  c.combination.weights_end = ml_collections.ConfigDict({"rl": 1.0, "sup": 1.0, "cat": 1.0})
+  c.combination.anneal_steps = 0
+  c.combination.limit = 0.1  # constrained: L_sup <= limit
+  c.combination.multiplier_lr = 0.01  # constrained: projected gradient ascent step on μ
+  c.combination.beta = 0.5  # shaped: reward - beta * L_sup
+
+  c.debate = ml_collections.ConfigDict()
+  c.debate.t_max = 6 if runlocal else 12
+  c.debate.call_prob = 1.0
+  c.debate.confidence_threshold = -1.0  # < 0: no confidence rule
+  c.debate.learned_stop = False
+  c.debate.force_stop_after = 0  # 0: never
+
+  c.step = ml_collections.ConfigDict()
+  c.step.temperature = 1.0
+  c.step.clip_eps = 0.2
+  c.step.advantage = "normalize"
+  c.step.target_period = 0  # > 0: hard copy every target_period steps (else Polyak target_ema)
+  c.step.target_ema = 0.9
+  c.step.distill_subquestions = True
+
+  c.curriculum = ml_collections.ConfigDict()
+  c.curriculum.kind = "adaptive"  # off | fixed | adaptive
+  c.curriculum.threshold = 0.9
+  c.curriculum.ema = 0.9
+  c.curriculum.min_steps = 5 if runlocal else 20
+  c.curriculum.steps_per_level = 200
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: every device not used by fsdp
+  c.mesh.fsdp = 1
+  c.distributed = False  # jax.distributed.initialize() (the launcher sets this on multi-host runs)
+
   # Evaluation on the task's TFDS eval split (amp_debate.tasks.eval_sets).
-  config.eval = ml_collections.ConfigDict()
-  config.eval.data_dir = ""  # "" -> $AMP_DEBATE_DATA_DIR or ~/tensorflow_datasets
-  config.eval.examples_per_difficulty = 200 if runlocal else 500
-  return config
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 200 if runlocal else 1000
+  c.eval.data_dir = ""  # "" -> $AMP_DEBATE_DATA_DIR or ~/tensorflow_datasets
+  c.eval.examples_per_difficulty = 500
+  c.eval.batch_size = 500 if runlocal else 1000
+  c.eval.debates = True  # also play M against itself on the eval questions (debate statistics)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 200 if runlocal else 1000
+  c.checkpoint.keep = 2 if runlocal else 3
+  c.checkpoint.best_metric = "eval/accuracy/mean"  # "" to keep no best checkpoint
+  c.checkpoint.async_save = True
+  # Resuming with a config that changes anything but the safe fields (steps, logging, eval,
+  # checkpoint cadence) is refused unless this is True.
+  c.resume_allow_unsafe = False
+
+  if mode == "amplification":
+    c.debate.force_stop_after = 1
+    c.debate.t_max = 1
+    c.combination.weights.rl = 0.0
+    c.combination.weights_end.rl = 0.0
+  elif mode == "debate":
+    c.combination.weights.sup = 0.0
+    c.combination.weights_end.sup = 0.0
+  elif mode == "supervised":
+    c.curriculum.kind = "off"  # the upper bound sees every level from the start
+  return c

@@ -1,0 +1,328 @@
+"""The training loop: ``run(config, workdir)``. All side effects of training live here.
+
+  state = restore latest checkpoint in <workdir>/checkpoints, or init (created sharded on the mesh)
+  for step in [state.step, num_steps):
+    state, metrics = train_step(state, fold_in(key(seed), step))       # jitted, sharded, donated
+    every log_every: NaN/Inf check (fail fast; the last good checkpoint is kept), JSONL +
+                     TensorBoard, progress bar
+    every eval.every: greedy accuracy of M by difficulty on the TFDS eval split, H alone,
+                      Amp(H, M), self-play debate statistics
+    every checkpoint.every (and at the end, and on SIGTERM): async Orbax save
+  final table (terminal + <workdir>/results.md), curves (<workdir>/curves.png if matplotlib)
+
+The step's randomness is ``fold_in(key(seed), step)``, so a run resumed from a checkpoint at step
+s replays exactly the steps an uninterrupted run would (bitwise on CPU). SIGTERM (preemption) sets a
+flag; the loop saves at the current step and returns ``status="preempted"``; rerunning the same
+command resumes. A resumed run must use a compatible config (``config_lib.SAFE_TO_CHANGE``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from amp_debate.procedure import debate
+from amp_debate.procedure.amplify import amplify
+from amp_debate.procedure.model_player import ModelDebater
+from amp_debate.tasks import eval_sets
+from amp_debate.train import checkpoint as checkpoint_lib
+from amp_debate.train import config_lib, metrics_io, sharding
+from amp_debate.train import step as step_lib
+
+
+class TrainingDiverged(RuntimeError):
+  """A loss or gradient norm became NaN or Inf (the message names them and the step)."""
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What ``run`` returns.
+
+  Attributes:
+    status: "done" (reached num_steps) or "preempted" (SIGTERM: saved, resumable).
+    step: the last step trained.
+    eval: the latest evaluation, {metric name: value} ("eval/accuracy/model/d1", ...).
+    table: the final markdown table ("" when preempted).
+  """
+
+  status: str
+  step: int
+  eval: dict[str, float]
+  table: str
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+def make_eval_fn(task, model, step_config: step_lib.StepConfig, with_debates: bool):
+  """``(params, questions int32[N, Lq], answers int32[N, La], rng) -> {metric: float32[N]}``:
+  per-question values (the caller averages over the real rows)."""
+
+  def evaluate(params, questions, answers, rng):
+    amp_rng, debate_rng = jax.random.split(rng)
+    m_greedy = ModelDebater(model=model, params=params, task=task, temperature=1.0, greedy=True)
+    exact = lambda pred: (pred == answers).all(-1).astype(jnp.float32)
+    out = {
+        "accuracy/model": exact(m_greedy.answer(questions, rng).tokens),
+        "accuracy/h_alone": exact(task.batch_leaf_answer(questions)),
+        "accuracy/amp_h_m": exact(amplify(task, m_greedy.answer_fn(), questions, amp_rng).answers),
+    }
+    if with_debates:  # M against itself, sampling at the training temperature
+      m = ModelDebater(model=model, params=params, task=task, temperature=step_config.temperature)
+      game, _ = debate.rollout(task, m, m, questions, debate_rng, step_config.debate)
+      out["debate/length"] = game.num_args.astype(jnp.float32)
+      for value, name in enumerate(("even", "odd", "draw")):
+        out[f"debate/win_{name}"] = (game.winner == value).astype(jnp.float32)
+    return out
+
+  return evaluate
+
+
+def global_batch(x: np.ndarray, mesh) -> jax.Array:
+  """A host array (identical on every process) as a global array split over the batch axes."""
+  spec = jax.sharding.PartitionSpec(("data", "fsdp"))
+  return jax.make_array_from_callback(x.shape, jax.sharding.NamedSharding(mesh, spec),
+                                      lambda index: x[index])
+
+
+def evaluate_split(eval_fn, params, eval_set, mesh, batch_size: int, seed: int) -> dict[str, float]:
+  """Runs ``eval_fn`` over every difficulty of ``eval_set`` in batches of ``batch_size`` (the last
+  batch padded with repeated rows that are not counted). Returns "eval/<metric>/d<level>" and, over
+  levels, "eval/<metric>/mean" and "eval/<metric>/min"."""
+  results: dict[str, float] = {}
+  per_level: dict[str, list[float]] = {}
+  for level in sorted(eval_set.splits):
+    split = eval_set.splits[level]
+    questions, answers = split["question"], split["answer"]
+    n = len(questions)
+    values: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch_size):
+      q, a = questions[start:start + batch_size], answers[start:start + batch_size]
+      real = len(q)
+      if real < batch_size:
+        q = np.concatenate([q, np.repeat(q[-1:], batch_size - real, 0)])
+        a = np.concatenate([a, np.repeat(a[-1:], batch_size - real, 0)])
+      rng = jax.random.fold_in(jax.random.key(seed), level * 1_000_003 + start)
+      out = jax.device_get(eval_fn(params, global_batch(q, mesh), global_batch(a, mesh), rng))
+      for k, v in out.items():
+        values.setdefault(k, []).append(np.asarray(v)[:real])
+    for k, v in values.items():
+      mean = float(np.concatenate(v).mean())
+      results[f"eval/{k}/d{level}"] = mean
+      per_level.setdefault(k, []).append(mean)
+  for k, v in per_level.items():
+    results[f"eval/{k}/mean"] = float(np.mean(v))
+    results[f"eval/{k}/min"] = float(np.min(v))
+  return results
+
+
+def results_table(eval_results: Mapping, levels, reference: dict | None) -> str:
+  """Markdown: held-out accuracy by difficulty for M, Amp(H, M), H alone (and supervised)."""
+  headers = ["difficulty", "M (this run)", "Amp(H, M)", "H alone"]
+  if reference:
+    headers.append("supervised (reference)")
+  rows = []
+  for level in list(levels) + ["mean"]:
+    suffix = f"d{level}" if level != "mean" else "mean"
+    row = [level] + [eval_results.get(f"eval/accuracy/{k}/{suffix}", float("nan"))
+                     for k in ("model", "amp_h_m", "h_alone")]
+    if reference:
+      row.append(reference.get(str(level), float("nan")))
+    rows.append(row)
+  return metrics_io.markdown_table(headers, rows)
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+class _Preemption:
+  """SIGTERM sets ``requested``; the loop saves and exits at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+  """Scalar metrics as floats (histograms are expanded into one scalar per bin)."""
+  out = {}
+  for k, v in metrics.items():
+    v = np.asarray(v)
+    if v.ndim == 0:
+      out[k] = float(v)
+    else:
+      for i, x in enumerate(v.reshape(-1)):
+        out[f"{k}/{i}"] = float(x)
+  return out
+
+
+def _load_reference(config, eval_name: str) -> dict | None:
+  """The stored supervised reference for this eval set (experiments/results), if there is one."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir,
+                      "experiments", "results", "supervised_reference.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get(eval_name)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+  """Trains (or resumes) the run described by ``config`` in ``workdir``. See the module docstring.
+
+  Raises:
+    config_lib.ConfigError: a bad config (before anything compiles).
+    checkpoint_lib.CheckpointError: an incompatible or unreadable checkpoint in ``workdir``.
+    TrainingDiverged: a NaN/Inf loss or gradient (the last good checkpoint stays on disk).
+  """
+  if config.distributed:
+    jax.distributed.initialize()
+  config_lib.validate(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  task = config_lib.make_task(config)
+  model = config_lib.make_model(config, task)
+  tx = config_lib.make_optimizer(config)
+  step_config = config_lib.make_step_config(config)
+  data, fsdp = config_lib.mesh_shape(config)
+  mesh = sharding.make_mesh(data=data, fsdp=fsdp)
+  config_json = config.to_dict()
+
+  if config.mode == "supervised":
+    step_fn = step_lib.build_supervised_step(task, model, tx, step_config)
+  else:
+    combination = config.combination.kind
+    step_fn = step_lib.build_train_step(task, model, tx, step_config, combination=combination)
+  init_fn = lambda rng: step_lib.init_state(task, model, tx, step_config, rng)
+  base_rng = jax.random.key(config.seed)
+  init_rng, step_rng_root = jax.random.split(base_rng)
+  abstract = jax.eval_shape(init_fn, init_rng)
+  shardings = sharding.state_shardings(mesh, abstract, model, tx)
+  train_step = sharding.shard_step(step_fn, mesh, shardings)
+
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+      best_metric=config.checkpoint.best_metric or None, async_save=config.checkpoint.async_save)
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(checkpointer)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      saved = checkpointer.saved_config(latest) or {}
+      checkpoint_lib.check_compatible(saved, config_json, safe=config_lib.SAFE_TO_CHANGE,
+                                      allow_unsafe=config.resume_allow_unsafe)
+      abstract_sharded = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+      restored, _ = checkpointer.restore({"state": abstract_sharded, "rng": step_rng_root}, latest)
+      state, step_rng_root = restored["state"], restored["rng"]
+      print(f"Resumed from step {latest} ({os.path.join(workdir, 'checkpoints')}).", flush=True)
+    else:
+      state = sharding.init_sharded_state(init_fn, mesh, shardings, init_rng)
+      if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+          json.dump(config_json, f, indent=2, sort_keys=True)
+
+    eval_set = eval_sets.load(task, data_dir=config.eval.data_dir or None,
+                              examples_per_difficulty=config.eval.examples_per_difficulty)
+    eval_fn = jax.jit(make_eval_fn(task, model, step_config,
+                                   config.eval.debates and config.mode != "supervised"))
+    shards = data * fsdp  # the eval batch is rounded up to a multiple of the shards (padded rows)
+    eval_batch = -(-min(config.eval.batch_size, config.eval.examples_per_difficulty) // shards) * shards
+
+    def run_eval(state) -> dict[str, float]:
+      return evaluate_split(eval_fn, state.params, eval_set, mesh, eval_batch, config.seed)
+
+    writer = stack.enter_context(metrics_io.MetricWriter(workdir))
+    preemption = stack.enter_context(_Preemption())
+    start = int(jax.device_get(state.step))
+    num_steps = config.num_steps
+    bar = metrics_io.ProgressBar(num_steps, initial=start, desc=f"{config.mode} {task.name}",
+                                 stream=sys.stderr) if is_main else None
+    last_eval: dict[str, float] = {}
+    last_logged: dict[str, float] = {}
+
+    def save(step: int, state, metrics=None, force=False):
+      checkpointer.save(step, {"state": state, "rng": step_rng_root}, config=config_json,
+                        metrics=metrics, force=force)
+
+    step = start
+    status = "done"
+    while step < num_steps:
+      state, metrics = train_step(state, jax.random.fold_in(step_rng_root, step))
+      step += 1
+      log_now = step % config.log_every == 0 or step == num_steps
+      eval_now = config.eval.every and (step % config.eval.every == 0)
+      ckpt_now = (config.checkpoint.every and step % config.checkpoint.every == 0) or (
+          step == num_steps) or preemption.requested
+      if log_now or eval_now or ckpt_now:
+        scalars = _scalars(jax.device_get(metrics))
+        bad = metrics_io.nonfinite({k: v for k, v in scalars.items()
+                                    if k.startswith(("loss/", "grad_norm/"))})
+        if bad:
+          if bar:
+            bar.close()
+          checkpointer.wait()
+          raise TrainingDiverged(
+              f"step {step}: {', '.join(bad)} became NaN/Inf; stopped. The last good checkpoint "
+              f"(step {checkpointer.latest_step()}) is kept in {workdir}/checkpoints. Try a lower "
+              f"optimizer.learning_rate or optimizer.clip_norm.")
+        writer.write_scalars(step, scalars)
+        last_logged = scalars
+        if bar:
+          bar.update(step, {"loss": scalars.get("loss/sup", float("nan")),
+                            "acc": scalars.get("accuracy/model", float("nan")),
+                            "level": scalars.get("curriculum/level", 0)})
+      if eval_now:
+        last_eval = run_eval(state)
+        writer.write_scalars(step, last_eval)
+      if ckpt_now:
+        save(step, state, metrics=last_eval or None, force=True)
+      if preemption.requested and step < num_steps:
+        status = "preempted"
+        break
+    if bar:
+      bar.close()
+
+    if status == "preempted":
+      checkpointer.wait()
+      print(f"SIGTERM: saved step {step} to {workdir}/checkpoints; rerun the same command to "
+            f"resume.", flush=True)
+      return RunResult(status=status, step=step, eval=last_eval, table="")
+
+    if not last_eval or not (config.eval.every and step % config.eval.every == 0):
+      last_eval = run_eval(state)
+      writer.write_scalars(step, last_eval)
+    checkpointer.wait()
+    del last_logged
+    reference = _load_reference(config, eval_set.name)
+    table = results_table(last_eval, sorted(eval_set.splits), reference)
+    header = (f"{config.mode} on {task.name} {task.options()}, {step} steps; held-out greedy "
+              f"accuracy on {eval_set.name}")
+    if is_main:
+      print(f"\n{header}\n\n{table}\n", flush=True)
+      with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(f"# {header}\n\n{table}\n")
+      metrics_io.plot_curves(os.path.join(workdir, "metrics.jsonl"),
+                             os.path.join(workdir, "curves.png"),
+                             ["loss/sup", "accuracy/model", "curriculum/level",
+                              "eval/accuracy/model/mean"])
+    return RunResult(status=status, step=step, eval=last_eval, table=table)
