@@ -14,18 +14,18 @@ Layout (one directory per step, all written by Orbax):
   <directory>/<step>/metrics/   the metrics given to ``save`` (only when ``best_metric`` is set)
   <directory>/<step>/commit_success.txt, _CHECKPOINT_METADATA
 
-Atomicity. Orbax writes a step into ``<step>.orbax-checkpoint-tmp-<n>``, puts commit_success.txt in
-it last and then renames it to ``<step>``. A directory counts as a checkpoint only when its name is
-a step number AND it holds commit_success.txt: on a local disk Orbax's default listing checks only
-the name, so we give it a name format that also requires the marker. A save killed midway leaves a
-tmp directory (removed by process 0 when a Checkpointer next opens the directory) or, after a copy
-gone wrong, a step directory without the marker (ignored, and replaced if that step is saved again);
-either way ``latest_step`` and ``restore`` use the previous complete checkpoint.
+Atomicity. Orbax writes a step into ``<step>.orbax-checkpoint-tmp``, puts commit_success.txt in it
+last and then renames it to ``<step>``. A directory counts as a checkpoint only when its name is a
+step number AND it holds commit_success.txt: on a local disk Orbax's default listing checks only the
+name, so we give it a name format that also requires the marker. A save killed midway leaves the tmp
+directory (removed by the primary process when a Checkpointer next opens the directory); a step
+directory without the marker (e.g. a copy gone wrong) is ignored, and replaced if that step is saved
+again. Either way ``latest_step`` and ``restore`` use the previous complete checkpoint.
 
-Retention: the newest ``keep`` checkpoints plus the best one by ``metrics[best_metric]``. Orbax's own
-``max_to_keep`` + ``best_fn`` keep the ``keep`` BEST (the newest can be deleted right after it was
-written) and, by default, never delete checkpoints saved without metrics (preemption saves would pile
-up), so we pass an explicit preservation policy: ``LatestN(keep)`` or ``BestN(n=1)`` counting only
+Retention: the newest ``keep`` checkpoints plus the best one by ``metrics[best_metric]``. Orbax's
+own ``max_to_keep`` + ``best_fn`` keep the ``keep`` BEST (the step just written can be deleted at
+once) and by default never delete checkpoints saved without metrics (preemption saves would pile
+up), so we pass an explicit preservation policy: ``LatestN(keep)`` or ``BestN(n=1)`` over the
 checkpoints with metrics. A checkpoint whose metrics lack ``best_metric`` or hold NaN ranks worst.
 
 Restore is bitwise and returns the leaves with ``abstract_state``'s shapes, dtypes and shardings
@@ -33,13 +33,14 @@ Restore is bitwise and returns the leaves with ``abstract_state``'s shapes, dtyp
 or a different tree is refused. Typed PRNG keys (``jax.random.key``) need nothing special: Orbax
 0.12.8 saves their key data and records the impl, and restores a typed key with that impl.
 
-Errors users can hit (no checkpoint, missing step, corrupt or mismatched checkpoint, config not JSON,
-incompatible config on resume) raise ``CheckpointError`` with one line naming the directory and step,
-never a raw Orbax/TensorStore traceback (the original error is chained as ``__cause__``).
+Errors users can hit (no checkpoint, missing step, corrupt or mismatched checkpoint, config not
+JSON, incompatible config on resume) raise ``CheckpointError``: one line naming the directory and
+step, never a raw Orbax/TensorStore traceback (the original error is chained as ``__cause__``).
 
 Multi-process: every process constructs the Checkpointer and calls save/restore/wait with the same
-arguments (Orbax synchronises them); the only file-system change made here (removing an unmarked
-step directory before that step is saved again) happens on process 0.
+arguments; Orbax synchronises them and writes shared files from the primary process only. Leaves
+must then be global arrays (e.g. outputs of a jit with out_shardings): Orbax refuses host-local
+ones. This module itself only reads files (metrics JSON, commit markers).
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-from orbax.checkpoint._src.checkpoint_managers import preservation_policy as preservation_lib
+from orbax.checkpoint import checkpoint_managers as managers
 from orbax.checkpoint.path import atomicity
 
 COMMIT_MARKER = atomicity.COMMIT_SUCCESS_FILE  # "commit_success.txt", written last before rename
@@ -94,8 +95,8 @@ def _is_key(dtype: Any) -> bool:
 
 
 def _to_json(value: Any, what: str) -> Any:
-  """``value`` as JSON would give it back (tuples become lists); CheckpointError naming the key
-  that JSON cannot hold."""
+  """``value`` as JSON would give it back (tuples become lists, numpy/jax scalars numbers);
+  CheckpointError naming the key that JSON cannot hold."""
 
   def walk(v: Any, path: str) -> Any:
     if isinstance(v, Mapping):
@@ -108,6 +109,8 @@ def _to_json(value: Any, what: str) -> Any:
       return out
     if isinstance(v, (list, tuple)):
       return [walk(sub, f"{path}.{i}" if path else str(i)) for i, sub in enumerate(v)]
+    if getattr(v, "shape", None) == () and hasattr(v, "item"):  # np.float32(1), jnp.int32(2)
+      v = v.item()
     if v is None or isinstance(v, (bool, int, float, str)):
       return v
     raise CheckpointError(f"{what}: {path or 'the value'} is a {type(v).__name__} ({v!r:.60}), "
@@ -143,16 +146,15 @@ class Checkpointer:
     self._closed = False
     self._check_metrics_files()
 
-    policies: list[Any] = [preservation_lib.LatestN(n=keep)]
+    policies: list[Any] = [managers.LatestN(n=keep)]
     if best_metric is not None:
-      policies.append(preservation_lib.BestN(get_metric_fn=self._metric_value,
-                                             reverse=best_mode == "min", n=1,
-                                             keep_checkpoints_without_metrics=False))
+      policies.append(managers.BestN(get_metric_fn=self._metric_value, reverse=best_mode == "min",
+                                     n=1, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         # Only directories named <step> holding commit_success.txt are checkpoints.
-        step_name_format=ocp.step.standard_name_format(
+        step_name_format=ocp.path.step.standard_name_format(
             temporary_path_cls=atomicity.CommitFileTemporaryPath),
-        preservation_policy=preservation_lib.AnyPreservationPolicy(policies),
+        preservation_policy=managers.AnyPreservationPolicy(policies),
         best_fn=self._metric_value if best_metric is not None else None,  # makes Orbax save metrics
         best_mode=best_mode,
         cleanup_tmp_directories=True,
@@ -184,7 +186,8 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def saved_config(self, step: int | None = None) -> dict | None:
-    """The config saved with ``step`` (default: the latest); None if there is no checkpoint."""
+    """The config saved with ``step`` (default: the latest); None if there is no checkpoint.
+    CheckpointError if ``step`` is not a complete checkpoint or its config cannot be read."""
     self.wait()
     if step is None and self.latest_step() is None:
       return None
@@ -205,10 +208,12 @@ class Checkpointer:
            metrics: Mapping[str, Any] | None = None, force: bool = False) -> bool:
     """Starts saving ``state`` (a pytree of jax arrays) and ``config`` as checkpoint ``step``.
 
-    Returns False without saving when ``step`` is not newer than the latest checkpoint (unless
-    ``force``: then any step not yet saved). ``metrics`` (scalars) rank checkpoints for
-    ``best_metric`` and must contain it when given; save without metrics (e.g. on preemption) and
-    the checkpoint is kept only while among the newest ``keep``. Waits for a previous save first.
+    Returns False without saving when ``step`` is not newer than the latest checkpoint, unless
+    ``force`` (then any step not yet saved; until the directory is reopened, retention counts it as
+    the newest). ``config``: JSON-able dict. ``metrics``: scalars ranking checkpoints for
+    ``best_metric`` (ignored without one), which they must contain when given; a checkpoint saved
+    without metrics (e.g. on preemption) is kept only while among the newest ``keep``. Waits for
+    the previous save first, and raises its failure if it failed.
     """
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
       raise CheckpointError(f"checkpoint: step must be a non-negative integer, got {step!r}")
@@ -220,7 +225,6 @@ class Checkpointer:
     self.wait()
     if force and step in self.all_steps():
       raise CheckpointError(f"checkpoint: step {step} is already saved in {self.directory}")
-    self._remove_unmarked(step)
     args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                  CONFIG: ocp.args.JsonSave(config)})
     try:
@@ -257,6 +261,9 @@ class Checkpointer:
       dtype and (optionally) a concrete ``sharding``; the restored arrays get exactly these. A
       sharding over an AbstractMesh (what ``jax.eval_shape`` of an un-jitted function gives for
       sharded arrays) is refused: eval_shape the init jitted with ``out_shardings`` instead.
+
+    CheckpointError if ``step`` is not a complete checkpoint, if its tree, shapes, dtypes or key
+    impls differ from ``abstract_state``'s, or if it cannot be read (corrupt).
     """
     self.wait()
     step = self._resolve(step)
@@ -287,7 +294,7 @@ class Checkpointer:
     finally:
       self._manager.close()
 
-  def __enter__(self) -> Checkpointer:
+  def __enter__(self) -> Self:
     return self
 
   def __exit__(self, *exc_info) -> None:
@@ -318,8 +325,8 @@ class Checkpointer:
                            f"({_one_line(error)}){hint}")
 
   def _metric_value(self, metrics: Mapping[str, Any]) -> float:
-    """metrics[best_metric] as a number where larger ranks better for "max" mode (the ordering
-    BestN uses); missing or NaN ranks worst."""
+    """metrics[best_metric] as a float; a missing or NaN value gives the worst rank (-inf when
+    best_mode is "max", +inf when "min")."""
     worst = -math.inf if self.best_mode == "max" else math.inf
     try:
       value = float(metrics[self.best_metric])
@@ -357,13 +364,6 @@ class Checkpointer:
           raise CheckpointError(f"checkpoint: step {step_dir.name} in {self.directory} is corrupt "
                                 f"(its metrics file {path} is not JSON: {e}); delete {step_dir} "
                                 f"to use the other checkpoints") from e
-
-  def _remove_unmarked(self, step: int) -> None:
-    """A ``<step>`` directory without commit marker (not a checkpoint) would block the rename of
-    the new one: process 0 removes it."""
-    path = self._step_dir(step)
-    if jax.process_index() == 0 and path.exists() and not (path / COMMIT_MARKER).exists():
-      path.rmtree()
 
   @staticmethod
   def _check_abstract(abstract_state: Any) -> None:
@@ -441,13 +441,13 @@ def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *,
   new = _flatten(_to_json(current, "current config"))
   changed = sorted(k for k in old.keys() | new.keys()
                    if k not in old or k not in new or old[k] != new[k]
-                   or type(old[k]) is not type(new[k]))  # 1 vs 1.0 vs True
+                   or isinstance(old[k], bool) != isinstance(new[k], bool))  # True == 1 in Python
   is_safe = lambda k: any(k == s or k.startswith(s + ".") for s in safe)
   unsafe = [k for k in changed if not is_safe(k)]
   if unsafe and not allow_unsafe:
     show = lambda cfg, k: json.dumps(cfg[k]) if k in cfg else _ABSENT
     fields = ", ".join(f"{k}: {show(old, k)} → {show(new, k)}" for k in unsafe)
-    raise CheckpointError(f"resume: the config differs from the checkpoint's in fields that are not "
-                          f"safe to change ({fields}); restore the saved values, start a new workdir, "
-                          f"or set resume_allow_unsafe=True to resume anyway")
+    raise CheckpointError(f"resume: the config differs from the checkpoint's in fields that are "
+                          f"not safe to change ({fields}); restore the saved values, start a new "
+                          f"workdir, or set resume_allow_unsafe=True to resume anyway")
   return changed
