@@ -144,7 +144,9 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "eval.debates": _bool,
     "checkpoint.every": _int(0),
     "checkpoint.keep": _int(1),
-    "checkpoint.best_metric": _str,
+    "checkpoint.best_metric": lambda v: None if isinstance(v, str) and (
+        v == "" or v.startswith("eval/")) else (
+            f"must be '' or an eval metric such as 'eval/accuracy/model/mean', got {v!r}"),
     "checkpoint.async_save": _bool,
     "resume_allow_unsafe": _bool,
 }

@@ -187,6 +187,37 @@ def _load_reference(config, eval_name: str) -> dict | None:
     return json.load(f).get(eval_name)
 
 
+def _build(config: ml_collections.ConfigDict):
+  """(task, model, tx, step_config, init_fn) of a validated config."""
+  task = config_lib.make_task(config)
+  model = config_lib.make_model(config, task)
+  tx = config_lib.make_optimizer(config)
+  step_config = config_lib.make_step_config(config)
+  init_fn = lambda rng: step_lib.init_state(task, model, tx, step_config, rng)
+  return task, model, tx, step_config, init_fn
+
+
+def load_state(workdir: str, step: int | None = None):
+  """(TrainState, config ConfigDict, step) from ``<workdir>/checkpoints`` (default: the latest
+  step), restored onto the first local device: for evaluation scripts and notebooks.
+
+  Raises CheckpointError when there is no checkpoint (or it is unreadable).
+  """
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise checkpoint_lib.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
+    config = ml_collections.ConfigDict(checkpointer.saved_config(step))
+    *_, init_fn = _build(config)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    key = jax.random.key(0)
+    abstract = {"state": jax.eval_shape(init_fn, key), "rng": jax.eval_shape(lambda: key)}
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            abstract)
+    restored, _ = checkpointer.restore(abstract, step)
+  return restored["state"], config, step
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Trains (or resumes) the run described by ``config`` in ``workdir``. See the module docstring.
 
@@ -200,10 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   config_lib.validate(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  task = config_lib.make_task(config)
-  model = config_lib.make_model(config, task)
-  tx = config_lib.make_optimizer(config)
-  step_config = config_lib.make_step_config(config)
+  task, model, tx, step_config, init_fn = _build(config)
   data, fsdp = config_lib.mesh_shape(config)
   mesh = sharding.make_mesh(data=data, fsdp=fsdp)
   config_json = config.to_dict()
@@ -213,9 +241,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   else:
     combination = config.combination.kind
     step_fn = step_lib.build_train_step(task, model, tx, step_config, combination=combination)
-  init_fn = lambda rng: step_lib.init_state(task, model, tx, step_config, rng)
-  base_rng = jax.random.key(config.seed)
-  init_rng, step_rng_root = jax.random.split(base_rng)
+  # Replicated global keys (checkpointable in multi-process runs, where host-local arrays are not).
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  init_rng, step_rng_root = jax.jit(lambda seed: tuple(jax.random.split(jax.random.key(seed))),
+                                    out_shardings=(replicated, replicated))(config.seed)
   abstract = jax.eval_shape(init_fn, init_rng)
   shardings = sharding.state_shardings(mesh, abstract, model, tx)
   train_step = sharding.shard_step(step_fn, mesh, shardings)

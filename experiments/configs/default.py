@@ -136,7 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 200 if runlocal else 1000
   c.checkpoint.keep = 2 if runlocal else 3
-  c.checkpoint.best_metric = "eval/accuracy/mean"  # "" to keep no best checkpoint
+  c.checkpoint.best_metric = "eval/accuracy/model/mean"  # "" to keep no best checkpoint
   c.checkpoint.async_save = True
   # Resuming with a config that changes anything but the safe fields (steps, logging, eval,
   # checkpoint cadence) is refused unless this is True.

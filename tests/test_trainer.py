@@ -1,0 +1,167 @@
+"""The training loop: outputs, evaluation, resume (in process and after SIGTERM), refusals, NaN."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from amp_debate import train
+from amp_debate.train import checkpoint as checkpoint_lib
+from amp_debate.train import config_lib, metrics_io
+from amp_debate.train import step as step_lib
+from experiments.configs import default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(REPO, ".jax_cache", "eval_data")  # built once, reused by every test here
+
+
+def _config(mode="hybrid", steps=4, **overrides):
+  """A seconds-sized run: permutation n=4, k <= 4, a 1-layer d=32 model, batch 8, t_max 4."""
+  c = default.get_config(f"task=permutation,mode={mode},runlocal")
+  c.task_options.n, c.task_options.max_exponent = 4, 4
+  c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.d_ff = 1, 32, 2, 64
+  c.num_steps, c.batch_size, c.log_every = steps, 8, 1
+  if mode != "amplification":
+    c.debate.t_max = 4
+  c.eval.examples_per_difficulty, c.eval.batch_size, c.eval.every = 16, 16, 2
+  c.eval.data_dir = DATA_DIR
+  c.checkpoint.every = 2
+  for key, value in overrides.items():
+    *parents, leaf = key.split("__")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _restore_params(workdir, step=None):
+  state, _, step = train.load_state(workdir, step)
+  return step, state.params
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_hybrid_run_writes_logs_checkpoints_and_a_result_table(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  result = train.run(_config(), workdir)
+  assert result.status == "done" and result.step == 4
+  ev = result.eval
+  assert ev["eval/accuracy/h_alone/d0"] == 1.0  # H is exact at leaves ...
+  assert ev["eval/accuracy/h_alone/d1"] < 1.0  # ... and not above them
+  for level in range(3):
+    assert 0.0 <= ev[f"eval/accuracy/model/d{level}"] <= 1.0
+    assert 1.0 <= ev[f"eval/debate/length/d{level}"] <= 4.0
+    wins = sum(ev[f"eval/debate/win_{s}/d{level}"] for s in ("even", "odd", "draw"))
+    assert wins == pytest.approx(1.0)
+  records = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train_steps = [r["step"] for r in records if "loss/sup" in r]
+  assert train_steps == [1, 2, 3, 4]
+  assert all(np.isfinite(r["loss/sup"]) for r in records if "loss/sup" in r)
+  assert any("eval/accuracy/model/mean" in r for r in records)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    assert ckpt.all_steps() == [2, 4]
+    assert ckpt.saved_config()["task_options"] == {"n": 4, "max_exponent": 4}
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert "| difficulty" in table and "H alone" in table and "amp_debate_eval/permutation" in table
+  assert "H alone" in capsys.readouterr().out
+
+
+def test_resume_continues_exactly(tmp_path, capsys):
+  straight = str(tmp_path / "straight")
+  train.run(_config(steps=4, checkpoint__every=4), straight)
+  resumed = str(tmp_path / "resumed")
+  train.run(_config(steps=2, checkpoint__every=4), resumed)  # stops (and saves) at step 2
+  result = train.run(_config(steps=4, checkpoint__every=4), resumed)  # num_steps: a safe change
+  assert result.step == 4 and "Resumed from step 2" in capsys.readouterr().out
+  _assert_trees_equal(_restore_params(straight)[1], _restore_params(resumed)[1])
+
+
+def test_resume_with_a_changed_model_or_task_is_refused(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.run(_config(steps=2, eval__every=0), workdir)
+  with pytest.raises(checkpoint_lib.CheckpointError, match="model.d_model"):
+    train.run(_config(steps=4, model__d_model=64), workdir)
+  with pytest.raises(checkpoint_lib.CheckpointError, match="resume_allow_unsafe"):
+    train.run(_config(steps=4, step__clip_eps=0.3), workdir)
+  result = train.run(_config(steps=3, step__clip_eps=0.3, resume_allow_unsafe=True,
+                             eval__every=0), workdir)
+  assert result.step == 3
+
+
+def test_nan_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  real = step_lib.build_supervised_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = real(*args, **kwargs)
+
+    def step(state, rng):
+      state, metrics = step_fn(state, rng)
+      bad = jax.numpy.where(state.step >= 3, jax.numpy.nan, 0.0)
+      return state, {**metrics, "loss/sup": metrics["loss/sup"] + bad}
+    return step
+
+  monkeypatch.setattr(step_lib, "build_supervised_step", poisoned)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(train.TrainingDiverged, match=r"step 3: loss/sup became NaN"):
+    train.run(_config(mode="supervised", steps=6, eval__every=0), workdir)
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    assert ckpt.all_steps() == [2]
+
+
+def _main_cmd(workdir, *overrides):
+  return [sys.executable, "-m", "amp_debate.main",
+          "--config=experiments/configs/default.py:task=permutation,mode=hybrid,runlocal",
+          f"--workdir={workdir}", "--config.task_options.n=4", "--config.model.num_layers=1",
+          "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.d_ff=64",
+          "--config.batch_size=8", "--config.debate.t_max=4", "--config.log_every=1",
+          "--config.eval.examples_per_difficulty=16", "--config.eval.batch_size=16",
+          "--config.eval.every=0", f"--config.eval.data_dir={DATA_DIR}",
+          "--config.checkpoint.every=1000", *overrides]
+
+
+def test_sigterm_saves_and_a_rerun_resumes_bitwise(tmp_path):
+  """N steps, SIGTERM (in a subprocess, at whatever step it reached), rerun: equals 2N straight."""
+  steps = 30
+  straight = str(tmp_path / "straight")
+  train.run(_config(steps=steps, eval__every=0, checkpoint__every=1000), straight)
+
+  workdir = str(tmp_path / "killed")
+  cmd = _main_cmd(workdir, f"--config.num_steps={steps}")
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  log = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and proc.poll() is None:  # wait for the first steps
+    if os.path.exists(log) and len(metrics_io.read_jsonl(log)) >= 2:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert "SIGTERM: saved step" in out, out + err[-3000:]
+  interrupted_at, _ = _restore_params(workdir)
+  assert 2 <= interrupted_at < steps
+
+  rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f"Resumed from step {interrupted_at}" in rerun.stdout
+  final_step, params = _restore_params(workdir)
+  assert final_step == steps
+  _assert_trees_equal(_restore_params(straight)[1], params)
+
+
+def test_config_errors_stop_before_compiling(tmp_path):
+  config = _config()
+  config.debate.t_max = 0
+  with pytest.raises(config_lib.ConfigError, match="debate.t_max"):
+    train.run(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
