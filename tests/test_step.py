@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from amp_debate import models, tasks
-from amp_debate.procedure import combine, debate, model_player
+from amp_debate.procedure import combine, debate, model_player, players
 from amp_debate.train import step as step_lib
 
 TASK = tasks.get("permutation", n=4, max_exponent=4)
@@ -106,3 +106,22 @@ def test_bad_step_config_names_the_field():
     step_lib.StepConfig(advantage="gae")
   with pytest.raises(ValueError, match="period|ema"):
     step_lib.StepConfig(target_period=None, target_ema=None)
+
+
+def test_target_turns_cover_every_node_argued_about():
+  """Every active turn argues about the node recorded at its target turn (so targets computed
+  for those columns only cover the whole debate)."""
+  task = tasks.get("permutation", n=6, max_exponent=8)
+  t_max = 9
+  questions = task.sample(jax.random.key(0), 16, difficulty=3).questions
+  config = debate.DebateConfig(t_max=t_max, learned_stop=False)
+  for even, odd in ((players.LiarDebater(task, consistent=True), players.OracleDebater(task)),
+                    (players.OracleDebater(task), players.LiarDebater(task, consistent=True))):
+    _, transcript = debate.rollout(task, even, odd, questions, jax.random.key(1), config)
+    turns, owner = step_lib.target_turns(t_max), step_lib.node_of_turn(t_max)
+    assert turns == [0, 4, 6, 8] and owner == [0, 0, 0, 0, 1, 1, 2, 2, 3]
+    nodes, active = np.asarray(transcript.nodes), np.asarray(transcript.active)
+    assert active[:, 6].any()  # the debates reach the second descent
+    for t in range(t_max):
+      same = (nodes[:, t] == nodes[:, turns[owner[t]]]).all(-1)
+      assert same[active[:, t]].all(), t

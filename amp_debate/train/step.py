@@ -119,6 +119,17 @@ def sample_batch(task: Task, rng: jax.Array, batch_size: int, max_difficulty) ->
   return Batch(questions=questions, answers=answers, difficulty=levels)
 
 
+def target_turns(t_max: int) -> list[int]:
+  """Turns whose node is new: the root's CLAIM (t = 0) and the SUPPORT turns t = 4, 6, ... (the
+  SUPPORT at t = 2 argues about the root again)."""
+  return [0] + list(range(4, t_max, 2))
+
+
+def node_of_turn(t_max: int) -> list[int]:
+  """For each turn t < t_max, the index into ``target_turns`` of the node it argues about."""
+  return [0 if t < 4 else (t - 2) // 2 for t in range(t_max)]
+
+
 def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
                      config: StepConfig, combination: str = "weighted"):
   """The pure ``train_step(state, rng) -> (state, metrics)`` (not jitted)."""
@@ -134,9 +145,13 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
                                       config.debate)
 
     # Amplified targets for every node argued about (the root at t = 0, each supported node).
-    nodes = transcript.nodes.reshape(batch_size * t_max, -1)
-    posed = (transcript.active & ((transcript.kind == debate.CLAIM) |
-                                  (transcript.kind == debate.SUPPORT))).reshape(-1)
+    # The distinct nodes argued about: the root (claimed at t = 0; the SUPPORT at t = 2 supports
+    # it again) and the node of each later SUPPORT (t = 4, 6, ...). Turn t argues about node
+    # node_of_turn[t]. Targets are computed for these columns only (static selection).
+    node_turns = target_turns(t_max)
+    num_nodes = len(node_turns)
+    nodes = transcript.nodes[:, node_turns].reshape(batch_size * num_nodes, -1)
+    posed = transcript.active[:, node_turns].reshape(-1)
     node_rng, sub_rng = jax.random.split(target_rng)
     amp = amplify(task, m_target.answer_fn(), nodes, node_rng,
                   call_prob=config.debate.call_prob,
@@ -168,8 +183,9 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       logp = model.log_prob(params, prompts, tokens, answer_mask=token_mask).reshape(shape3)
       logp_targets = model.log_prob(params, answer_prompts, target_answers,
                                     answer_mask=target_mask)
-      node_logp = logp_targets[:batch_size * t_max]
-      sup_per_turn = -(node_logp.sum(-1) / task.answer_len).reshape(batch_size, t_max)
+      node_logp = logp_targets[:batch_size * num_nodes]
+      sup_per_node = -(node_logp.sum(-1) / task.answer_len).reshape(batch_size, num_nodes)
+      sup_per_turn = sup_per_node[:, node_of_turn(t_max)]
       shaped_rewards = combine.shape_rewards(rewards, sup_per_turn, config.shaped_beta,
                                              transcript.active) if combination == "shaped" else rewards
       adv = losses.advantages(shaped_rewards, transcript.active, config.advantage)
@@ -195,8 +211,8 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     m_greedy = ModelDebater(model=model, params=state.params, task=task, temperature=1.0,
                             greedy=True)
     root_answers = m_greedy.answer(batch.questions, eval_rng).tokens
-    root_amp = amp.amplified.reshape(batch_size, t_max, -1)[:, 0]
-    root_called = amp.called.reshape(batch_size, t_max)[:, 0]
+    root_amp = amp.amplified.reshape(batch_size, num_nodes, -1)[:, 0]
+    root_called = amp.called.reshape(batch_size, num_nodes)[:, 0]
     agreement = curriculum.amplified_agreement(root_answers, root_amp, valid=root_called)
     curriculum_state = curriculum.update(
         state.curriculum, step, agreement, kind=config.curriculum, max_level=task.max_difficulty,
