@@ -26,7 +26,7 @@ the ground-truth answers of the same question distribution (all levels; no H, no
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import chex
 import flax.struct
@@ -131,14 +131,22 @@ def node_of_turn(t_max: int) -> list[int]:
 
 
 def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
-                     config: StepConfig, combination: str = "weighted"):
-  """The pure ``train_step(state, rng) -> (state, metrics)`` (not jitted)."""
+                     config: StepConfig, combination: str = "weighted",
+                     constrain_batch: Callable[[Batch], Batch] | None = None):
+  """The pure ``train_step(state, rng) -> (state, metrics)`` (not jitted).
+
+  ``constrain_batch``: optional function applied to the sampled batch
+  (``sharding.batch_constraint(mesh)`` pins it to the data shards, so each device generates and
+  processes its own examples).
+  """
   batch_size, t_max = config.batch_size, config.debate.t_max
 
   def train_step(state: TrainState, rng: jax.Array):
     sample_rng, debate_rng, target_rng, eval_rng = jax.random.split(rng, 4)
     level = curriculum.max_difficulty(state.curriculum)
     batch = sample_batch(task, sample_rng, batch_size, level)
+    if constrain_batch is not None:
+      batch = constrain_batch(batch)
     m_target = ModelDebater(model=model, params=state.target_params, task=task,
                             temperature=config.temperature)
     game, transcript = debate.rollout(task, m_target, m_target, batch.questions, debate_rng,
@@ -252,7 +260,8 @@ def make_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfor
 
 
 def build_supervised_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
-                          config: StepConfig):
+                          config: StepConfig,
+                          constrain_batch: Callable[[Batch], Batch] | None = None):
   """The pure supervised ``train_step(state, rng) -> (state, metrics)``: cross-entropy toward
   ``task.solve`` on a batch at the curriculum's level (the ground-truth upper bound; the
   gradient is passed to the combination as the "sup" objective)."""
@@ -262,6 +271,8 @@ def build_supervised_step(task: Task, model: LanguageModel, tx: optax.GradientTr
     sample_rng, eval_rng = jax.random.split(rng)
     level = curriculum.max_difficulty(state.curriculum)
     batch = sample_batch(task, sample_rng, batch_size, level)
+    if constrain_batch is not None:
+      batch = constrain_batch(batch)
     prompts = jax.vmap(lambda n: protocol.answer_prompt(task, n))(batch.questions)
     mask = jnp.ones(batch.answers.shape, bool)
 

@@ -187,6 +187,25 @@ def _load_reference(config, eval_name: str) -> dict | None:
     return json.load(f).get(eval_name)
 
 
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize`` for a multi-host run (once per process, before any JAX work).
+
+  On clusters JAX detects (Cloud TPU, SLURM, Open MPI, Kubernetes) no arguments are needed. Anywhere
+  else the launcher sets JAX_COORDINATOR_ADDRESS (host:port of process 0), AMP_DEBATE_NUM_PROCESSES
+  and AMP_DEBATE_PROCESS_ID (``launch/local.sh`` does, for processes on one machine). CPU processes
+  exchange collectives over gloo.
+  """
+  if jax.distributed.is_initialized():
+    return
+  if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if "AMP_DEBATE_NUM_PROCESSES" in os.environ:
+    kwargs = dict(num_processes=int(os.environ["AMP_DEBATE_NUM_PROCESSES"]),
+                  process_id=int(os.environ["AMP_DEBATE_PROCESS_ID"]))
+  jax.distributed.initialize(**kwargs)
+
+
 def _build(config: ml_collections.ConfigDict):
   """(task, model, tx, step_config, init_fn) of a validated config."""
   task = config_lib.make_task(config)
@@ -227,7 +246,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     TrainingDiverged: a NaN/Inf loss or gradient (the last good checkpoint stays on disk).
   """
   if config.distributed:
-    jax.distributed.initialize()
+    initialize_distributed()
   config_lib.validate(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -236,11 +255,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   mesh = sharding.make_mesh(data=data, fsdp=fsdp)
   config_json = config.to_dict()
 
+  constrain = sharding.batch_constraint(mesh)
   if config.mode == "supervised":
-    step_fn = step_lib.build_supervised_step(task, model, tx, step_config)
+    step_fn = step_lib.build_supervised_step(task, model, tx, step_config,
+                                             constrain_batch=constrain)
   else:
-    combination = config.combination.kind
-    step_fn = step_lib.build_train_step(task, model, tx, step_config, combination=combination)
+    step_fn = step_lib.build_train_step(task, model, tx, step_config,
+                                        combination=config.combination.kind,
+                                        constrain_batch=constrain)
   # Replicated global keys (checkpointable in multi-process runs, where host-local arrays are not).
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   init_rng, step_rng_root = jax.jit(lambda seed: tuple(jax.random.split(jax.random.key(seed))),
