@@ -20,8 +20,8 @@ def test_every_mode_validates_and_builds(mode, runlocal):
   assert model.config.vocab_size == task.vocab_size
   assert step_config.batch_size == config.batch_size
   if runlocal:
-    assert task.options() == {"n": 5, "max_exponent": 4}
-    assert (model.config.num_layers, model.config.d_model) == (4, 64)
+    assert task.options() == {"n": 5, "max_exponent": 2}
+    assert (model.config.num_layers, model.config.d_model) == (4, 128)
   if mode == "amplification":
     assert step_config.debate.force_stop_after == 1 and step_config.debate.t_max == 1
   tx = config_lib.make_optimizer(config)

@@ -1,4 +1,4 @@
-"""The main entry point (today: the H-baseline evaluation) and its config handling."""
+"""The main entry point and its config handling; the H-baseline table."""
 
 import os
 import subprocess
@@ -52,3 +52,18 @@ def test_main_reports_bad_task_option_without_a_traceback(tmp_path):
                  "--config.task_options.n=1", f"--workdir={tmp_path}")
   assert result.returncode != 0, result.stderr
   assert "option n=1 is out of range" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_main_reports_an_invalid_field_before_compiling(tmp_path):
+  result = _main("--config=experiments/configs/default.py:task=permutation,runlocal",
+                 "--config.debate.t_max=0", f"--workdir={tmp_path}")
+  assert result.returncode != 0
+  assert "config.debate.t_max must be >= 1" in result.stderr and "Traceback" not in result.stderr
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_main_reports_an_unknown_field_without_a_traceback(tmp_path):
+  result = _main("--config=experiments/configs/default.py:task=permutation,runlocal",
+                 "--config.debate.tmax=3", f"--workdir={tmp_path}")
+  assert result.returncode != 0
+  assert "tmax" in result.stderr and "Traceback" not in result.stderr

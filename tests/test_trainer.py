@@ -121,7 +121,8 @@ def test_nan_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 def _main_cmd(workdir, *overrides):
   return [sys.executable, "-m", "amp_debate.main",
           "--config=experiments/configs/default.py:task=permutation,mode=hybrid,runlocal",
-          f"--workdir={workdir}", "--config.task_options.n=4", "--config.model.num_layers=1",
+          f"--workdir={workdir}", "--config.task_options.n=4",
+          "--config.task_options.max_exponent=4", "--config.model.num_layers=1",
           "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.d_ff=64",
           "--config.batch_size=8", "--config.debate.t_max=4", "--config.log_every=1",
           "--config.eval.examples_per_difficulty=16", "--config.eval.batch_size=16",

@@ -8,7 +8,7 @@ The quick start (runlocal: a CPU run of about 10 minutes on 2 cores; see README 
 
 ``arg`` is ``key=value,...`` with keys ``task`` (a registered task), ``mode`` (hybrid |
 amplification | debate | supervised), ``size`` (a model preset: tiny | small | base | large) and the
-flag ``runlocal`` (CPU minutes: the permutation task at n=5, k <= 4, a 4-layer d=64 model).
+flag ``runlocal`` (CPU minutes: the permutation task at n=5, k <= 2, a 4-layer d=128 model).
 Any field can then be overridden with ``--config.field=value`` (e.g. ``--config.num_steps=2000``,
 ``--config.task_options.n=6``); an unknown field or an invalid value stops the run before anything
 is compiled, with a message naming the field (``amp_debate.train.config_lib.validate``).
@@ -33,7 +33,7 @@ SIZES = ("tiny", "small", "base", "large")
 ARG_KEYS = ("task", "mode", "size", "runlocal")
 
 # The runlocal task: small enough for a CPU, deep enough for two levels of decomposition.
-RUNLOCAL_TASK_OPTIONS = {"permutation": dict(n=5, max_exponent=4)}
+RUNLOCAL_TASK_OPTIONS = {"permutation": dict(n=5, max_exponent=2)}
 
 
 def parse_arg(arg: str) -> dict[str, str | bool]:
@@ -66,23 +66,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mode = mode
   c.runlocal = runlocal
   c.seed = 0
-  c.num_steps = 1200 if runlocal else 20_000
+  c.num_steps = 300 if runlocal else 20_000
   c.batch_size = 64 if runlocal else 256
-  c.log_every = 25 if runlocal else 100
+  c.log_every = 10 if runlocal else 100
 
   # The model M (one network plays every role): a preset plus field overrides.
   c.model = ml_collections.ConfigDict()
   c.model.preset = size
   c.model.num_layers = 4 if runlocal else 0  # 0: the preset's value (same for the fields below)
-  c.model.d_model = 64 if runlocal else 0
+  c.model.d_model = 128 if runlocal else 0
   c.model.num_heads = 4 if runlocal else 0
-  c.model.d_ff = 256 if runlocal else 0
+  c.model.d_ff = 512 if runlocal else 0
   c.model.mask = "prefix"
   c.model.positions = "learned"
   c.model.dtype = "float32"
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.learning_rate = 3e-3 if runlocal else 1e-3
+  c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 0 if runlocal else 500
   c.optimizer.clip_norm = 1.0
   c.optimizer.b2 = 0.99
@@ -99,7 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.combination.beta = 0.5  # shaped: reward - beta * L_sup
 
   c.debate = ml_collections.ConfigDict()
-  c.debate.t_max = 6 if runlocal else 12
+  c.debate.t_max = 4 if runlocal else 12
   c.debate.call_prob = 1.0
   c.debate.confidence_threshold = -1.0  # < 0: no confidence rule
   c.debate.learned_stop = False
@@ -127,14 +127,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Evaluation on the task's TFDS eval split (amp_debate.tasks.eval_sets).
   c.eval = ml_collections.ConfigDict()
-  c.eval.every = 200 if runlocal else 1000
+  c.eval.every = 100 if runlocal else 1000
   c.eval.data_dir = ""  # "" -> $AMP_DEBATE_DATA_DIR or ~/tensorflow_datasets
   c.eval.examples_per_difficulty = 500
   c.eval.batch_size = 500 if runlocal else 1000
   c.eval.debates = True  # also play M against itself on the eval questions (debate statistics)
 
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every = 200 if runlocal else 1000
+  c.checkpoint.every = 100 if runlocal else 1000
   c.checkpoint.keep = 2 if runlocal else 3
   c.checkpoint.best_metric = "eval/accuracy/model/mean"  # "" to keep no best checkpoint
   c.checkpoint.async_save = True
