@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from amp_debate import train
@@ -25,6 +25,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # Orbax and TFDS log every file at INFO; --verbosity=0 shows it
+    logging.set_verbosity(logging.WARNING)
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
   except (ValueError, train.TrainingDiverged) as e:  # user-facing errors: a message, no traceback

@@ -205,10 +205,10 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       p_cat = losses.catastrophe_probability(logp, logp_old, transcript.token_mask,
                                              transcript.active, flags)
       cat = losses.catastrophe_loss(p_cat, transcript.active)
-      return {"rl": rl, "sup": sup, "cat": cat}, pg_metrics
+      values = {"rl": rl, "sup": sup, "cat": cat}
+      return values, (pg_metrics, values)  # the values again as aux: no second forward pass
 
-    grads, pg_metrics = jax.jacrev(objective_losses, has_aux=True)(state.params)
-    values, _ = objective_losses(state.params)
+    grads, (pg_metrics, values) = jax.jacrev(objective_losses, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, losses=values)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
