@@ -1,5 +1,8 @@
 """What H can do without a trained M, measured on the fixed eval split: the floor every run must beat.
 
+  python -m amp_debate.train.h_baselines --config=experiments/configs/default.py:task=permutation \
+      --workdir=workdir/h_baselines
+
 Per difficulty level: accuracy of H alone (direct answers, exact only at leaves), of Amp(H, H alone)
 (one level of decomposition), and of Amp(H, oracle) (a check: must be 100%), with H calls per
 question.
@@ -51,8 +54,6 @@ def format_table(rows: list[dict], version: str) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Evaluates H's baselines on the config's task; prints and saves the table. Returns the rows."""
-  print("amp_debate.main: the trainer is not built yet (issue 5). Running the H baseline "
-        "evaluation on the fixed eval split instead.")
   task = tasks.get(config.task, **dict(config.task_options))
   os.makedirs(workdir, exist_ok=True)
   data = eval_sets.load(task, data_dir=config.eval.data_dir or None,
@@ -67,3 +68,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "h_baselines.md"), "w") as f:
     f.write(f"# H baselines: {task.name} {task.options()}\n\n{table}\n")
   return rows
+
+
+def main(argv):
+  del argv
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the table.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -322,8 +322,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       step += 1
       log_now = step % config.log_every == 0 or step == num_steps
       eval_now = config.eval.every and (step % config.eval.every == 0)
+      preempted = preemption.requested  # read once: SIGTERM may land at any moment
       ckpt_now = (config.checkpoint.every and step % config.checkpoint.every == 0) or (
-          step == num_steps) or preemption.requested
+          step == num_steps) or preempted
       if log_now or eval_now or ckpt_now:
         scalars = _scalars(jax.device_get(metrics))
         bad = metrics_io.nonfinite({k: v for k, v in scalars.items()
@@ -347,7 +348,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
         writer.write_scalars(step, last_eval)
       if ckpt_now:
         save(step, state, metrics=last_eval or None, force=True)
-      if preemption.requested and step < num_steps:
+      if preempted and step < num_steps:
         status = "preempted"
         break
     if bar:

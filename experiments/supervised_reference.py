@@ -1,0 +1,53 @@
+r"""Regenerates ``experiments/results/supervised_reference.json``: the supervised upper bound.
+
+  python experiments/supervised_reference.py --arg=task=permutation,runlocal --workdir=workdir/supervised
+
+Trains ``mode=supervised`` with the same config arg (same task, model, batch, steps and eval split
+as the corresponding hybrid run) and stores M's held-out accuracy by difficulty under the eval set's
+name. The trainer prints it as the "supervised (reference)" column of its final table whenever it
+evaluates on that eval set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from amp_debate import train
+from experiments.configs import default
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                       "supervised_reference.json")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--arg", default="task=permutation,runlocal")
+  parser.add_argument("--workdir", default="workdir/supervised_reference")
+  args = parser.parse_args()
+  config = default.get_config(args.arg + ",mode=supervised")
+  result = train.run(config, args.workdir)
+  levels = sorted(int(k.rsplit("/d", 1)[1]) for k in result.eval
+                  if k.startswith("eval/accuracy/model/d"))
+  name = result.table and _eval_name(args.workdir)
+  entry = {str(d): result.eval[f"eval/accuracy/model/d{d}"] for d in levels}
+  entry["mean"] = result.eval["eval/accuracy/model/mean"]
+  entry["source"] = (f"python experiments/supervised_reference.py --arg={args.arg} "
+                     f"({config.num_steps} steps, seed {config.seed})")
+  stored = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
+  stored[name] = entry
+  os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+  with open(RESULTS, "w") as f:
+    json.dump(stored, f, indent=2, sort_keys=True)
+  print(f"stored under {name!r} in {RESULTS}: {entry}")
+
+
+def _eval_name(workdir: str) -> str:
+  """The eval set's full name, from the header of the run's results.md."""
+  header = open(os.path.join(workdir, "results.md")).readline()
+  return header.rsplit(" on ", 1)[1].strip()
+
+
+if __name__ == "__main__":
+  main()
