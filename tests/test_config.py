@@ -84,6 +84,7 @@ def test_force_stop_beyond_t_max_is_refused():
 
 def test_annealed_weights_follow_a_schedule():
   config = default.get_config("task=permutation,runlocal")
+  config.combination.weights.rl = 1.0
   config.combination.weights_end.rl = 0.0
   config.combination.anneal_steps = 10
   weight = config_lib._weight(config, "rl")

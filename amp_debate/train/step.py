@@ -119,6 +119,22 @@ def sample_batch(task: Task, rng: jax.Array, batch_size: int, max_difficulty) ->
   return Batch(questions=questions, answers=answers, difficulty=levels)
 
 
+def _update(tx, config: StepConfig, state: TrainState, grads, values):
+  """The optimiser and target-network update: (params, opt_state, step, target_params)."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, losses=values)
+  params = optax.apply_updates(state.params, updates)
+  step = state.step + 1
+  target_params = target.update_target(params, state.target_params, step,
+                                        period=config.target_period, ema=config.target_ema)
+  return params, opt_state, step, target_params
+
+
+def _greedy_answers(task: Task, model: LanguageModel, params, questions, rng):
+  """M's greedy answers int32[B, La] to questions int32[B, Lq] (curriculum signal, accuracy)."""
+  m_greedy = ModelDebater(model=model, params=params, task=task, temperature=1.0, greedy=True)
+  return m_greedy.answer(questions, rng).tokens
+
+
 def target_turns(t_max: int) -> list[int]:
   """Turns whose node is new: the root's CLAIM (t = 0) and the SUPPORT turns t = 4, 6, ... (the
   SUPPORT at t = 2 argues about the root again)."""
@@ -209,16 +225,10 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       return values, (pg_metrics, values)  # the values again as aux: no second forward pass
 
     grads, (pg_metrics, values) = jax.jacrev(objective_losses, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, losses=values)
-    params = optax.apply_updates(state.params, updates)
-    step = state.step + 1
-    target_params = target.update_target(params, state.target_params, step,
-                                          period=config.target_period, ema=config.target_ema)
+    params, opt_state, step, target_params = _update(tx, config, state, grads, values)
 
     # Curriculum signal: M's greedy root answers against Amp′(H, M_target) where H was called.
-    m_greedy = ModelDebater(model=model, params=state.params, task=task, temperature=1.0,
-                            greedy=True)
-    root_answers = m_greedy.answer(batch.questions, eval_rng).tokens
+    root_answers = _greedy_answers(task, model, state.params, batch.questions, eval_rng)
     root_amp = amp.amplified.reshape(batch_size, num_nodes, -1)[:, 0]
     root_called = amp.called.reshape(batch_size, num_nodes)[:, 0]
     agreement = curriculum.amplified_agreement(root_answers, root_amp, valid=root_called)
@@ -282,14 +292,8 @@ def build_supervised_step(task: Task, model: LanguageModel, tx: optax.GradientTr
 
     sup, grad = jax.value_and_grad(loss_fn)(state.params)
     grads = {"sup": grad}
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, losses={"sup": sup})
-    params = optax.apply_updates(state.params, updates)
-    step = state.step + 1
-    target_params = target.update_target(params, state.target_params, step,
-                                          period=config.target_period, ema=config.target_ema)
-    m_greedy = ModelDebater(model=model, params=state.params, task=task, temperature=1.0,
-                            greedy=True)
-    root_answers = m_greedy.answer(batch.questions, eval_rng).tokens
+    params, opt_state, step, target_params = _update(tx, config, state, grads, {"sup": sup})
+    root_answers = _greedy_answers(task, model, state.params, batch.questions, eval_rng)
     correct = (root_answers == batch.answers).all(-1)
     curriculum_state = curriculum.update(
         state.curriculum, step, correct.mean(), kind=config.curriculum,

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from amp_debate.procedure import debate
 from amp_debate.procedure.amplify import amplify
@@ -144,14 +145,27 @@ def results_table(eval_results: Mapping, levels, reference: dict | None) -> str:
 
 # ---- the loop ----------------------------------------------------------------------------------
 class _Preemption:
-  """SIGTERM sets ``requested``; the loop saves and exits at the next step boundary."""
+  """SIGTERM sets ``requested``; the loop saves and exits at the next step boundary.
+
+  Multi-process runs must agree on the step at which every process saves and stops (a process that
+  stopped alone would leave the others blocked in a collective), so there the notice comes from
+  JAX's preemption service instead (``multihost_utils.reached_preemption_sync_point``, which
+  handles SIGTERM itself) and no Python handler is installed.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multi_process = jax.process_count() > 1
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after ``step`` (call once per step, on every process)."""
+    if self._multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if not self._multi_process and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -322,7 +336,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       step += 1
       log_now = step % config.log_every == 0 or step == num_steps
       eval_now = config.eval.every and (step % config.eval.every == 0)
-      preempted = preemption.requested  # read once: SIGTERM may land at any moment
+      preempted = preemption.reached(step)  # read once: SIGTERM may land at any moment
       ckpt_now = (config.checkpoint.every and step % config.checkpoint.every == 0) or (
           step == num_steps) or preempted
       if log_now or eval_now or ckpt_now:
