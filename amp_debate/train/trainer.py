@@ -323,7 +323,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     bar = metrics_io.ProgressBar(num_steps, initial=start, desc=f"{config.mode} {task.name}",
                                  stream=sys.stderr) if is_main else None
     last_eval: dict[str, float] = {}
-    last_logged: dict[str, float] = {}
 
     def save(step: int, state, metrics=None, force=False):
       checkpointer.save(step, {"state": state, "rng": step_rng_root}, config=config_json,
@@ -352,7 +351,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
               f"(step {checkpointer.latest_step()}) is kept in {workdir}/checkpoints. Try a lower "
               f"optimizer.learning_rate or optimizer.clip_norm.")
         writer.write_scalars(step, scalars)
-        last_logged = scalars
         if bar:
           bar.update(step, {"loss": scalars.get("loss/sup", float("nan")),
                             "acc": scalars.get("accuracy/model", float("nan")),
@@ -378,7 +376,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       last_eval = run_eval(state)
       writer.write_scalars(step, last_eval)
     checkpointer.wait()
-    del last_logged
     reference = _load_reference(config, eval_set.name)
     table = results_table(last_eval, sorted(eval_set.splits), reference)
     header = (f"{config.mode} on {task.name} {task.options()}, {step} steps; held-out greedy "
