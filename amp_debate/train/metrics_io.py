@@ -214,7 +214,25 @@ def nonfinite(metrics: Mapping[str, Any]) -> list[str]:
 # Writers.
 
 
-class TensorBoardWriter:
+class _FileWriter:
+  """Closing and the context-manager protocol for a writer that owns ``self._file``."""
+
+  _file: Any = None
+
+  def close(self) -> None:
+    """Flushes and closes the file; further writes raise, further closes are no-ops."""
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+class TensorBoardWriter(_FileWriter):
   """Writes scalars to a new TensorBoard event file in ``logdir`` (created if needed).
 
   Records are buffered and flushed by ``flush()``, ``close()``, and by ``write_scalars`` when
@@ -257,17 +275,6 @@ class TensorBoardWriter:
       self._file.flush()
     self._last_flush = self._clock()
 
-  def close(self) -> None:
-    """Flushes and closes the file; further writes raise, further closes are no-ops."""
-    if self._file is not None:
-      self._file.close()
-      self._file = None
-
-  def __enter__(self) -> TensorBoardWriter:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
 
 
 _NONFINITE_NAMES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -283,7 +290,7 @@ def _json_value(name: str, value: Any) -> Any:
   return value
 
 
-class JsonlWriter:
+class JsonlWriter(_FileWriter):
   """Appends ``{"step": s, "time": t, **metrics}`` lines to ``<logdir>/<filename>``.
 
   Every line is flushed to the OS as it is written (and ``fsync``-ed too if ``fsync=True``, which
@@ -319,16 +326,6 @@ class JsonlWriter:
       if self._fsync:
         os.fsync(self._file.fileno())
 
-  def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
-      self._file = None
-
-  def __enter__(self) -> JsonlWriter:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
 
 
 def _drop_partial_last_line(path: str) -> None:
