@@ -1,31 +1,45 @@
 """The debate rollout over H's decomposition tree (DESIGN.md section 3), for a batch of games.
 
-Turns (one argument each; ``t`` counts arguments):
-  t = 0  even CLAIM      Amp′(H, even)(root): the first argument *is* the amplified answer
-  t = 1  odd COUNTER     odd's answer to the root, knowing even's claim; the same answer concedes
-  t = 2, 4, ...  even SUPPORT    answers to H's subquestions of the node; H checks that they
-                                 recombine to even's claim (inconsistent: even loses at once)
-  t = 3, 5, ...  odd CHALLENGE   an alternative support; the first valid row that differs is the
-                                 challenge (none differs: odd accepts) and its subquestion becomes
-                                 the node, with both sides' answers to it as their new claims;
-                                 at a leaf H decides
-After every argument the debate may stop: ``force_stop_after`` arguments (a relaxation knob), the
-learned stop (the stopper's sampled answer to STOP(n, claims) is YES), or ``t_max`` arguments.
+Two sides argue about a node n, first the root question. ``t`` counts arguments.
 
-Outcomes (winner 0 = even, 1 = odd, 2 = draw), by stop reason:
-  CONCEDE       odd repeats even's claim: draw (both sides agree; nothing to reward)
-  ACCEPT        odd accepts every supported subanswer: even wins (H checked the support)
-  INCONSISTENT  even's support does not recombine to its claim: odd wins
-  LEAF          the node is a leaf: H's direct answer decides (neither claim matches: draw)
-  T_MAX, LEARNED_STOP, FORCED  the amplified judge Amp′(H, judge)(node) decides: the side whose
-                claim matches it wins, neither: draw. A debate stopped before odd argued is a draw
-                (no contest), so ``force_stop_after=1`` gives one argument and zero reward.
+  t = 0, 1   CLAIMS   each side's claim is its own Amp′(H, M)(n) computation, independent of the
+                      other's (an *assigned* side defends a claim it was given instead, and has no
+                      computation). Equal claims: concession, draw. A leaf root: H decides.
+  t = 2+2r   SUPPORT  even, then odd (t = 3+2r), support their claims on node n_r. Where H was
+                      called in the side's computation of n_r the support is exactly that
+                      computation's subanswers (they recombine to the claim by construction).
+                      Otherwise the side answers SUPPORT(n_r, claim) directly and H checks that the
+                      support recombines to the claim; an inconsistent support loses at once.
+  dispute             H compares the two supports row by row; the first valid row where they differ
+                      is the disputed subquestion n_{r+1}, each side's claim there being its own row.
+                      At a leaf H decides. Otherwise each (non-assigned) side computes Amp′ of the new
+                      node; a side whose computation disagrees with the claim it committed to loses
+                      as inconsistent (both: draw). Its computation's subanswers are its next support.
 
-The rollout is ``lax.scan`` over rounds (one SUPPORT + one CHALLENGE) with a per-game ``done`` mask:
-finished games are frozen and their later turns are inactive (``Transcript.active`` False, which the
-losses use to give them zero weight). ``early_exit=True`` runs the same round body in a
-``lax.while_loop`` that stops when every game is done; transcripts are identical (each turn's key is
-``fold_in(rng, t)``, and masked rounds change nothing).
+Stops, after every argument: ``force_stop_after`` arguments, ``t_max`` arguments, and (once per
+node, when the claims on it are in) the learned stop: the stopper samples STOP(n, claims) and [YES]
+ends the debate. At an early stop the amplified judge decides: Amp′(H, judge)(n) answers the
+current node and the side whose claim matches wins (neither: draw). A debate stopped before the
+second claim is a draw, and then no verdict is computed or counted (so ``force_stop_after=1`` is
+pure amplification: one Amp′ computation, no contest).
+
+The learned stop's training target is H's hindsight judgement: at a node where the stop was asked
+and did not fire, would stopping there have given the verdict the debate actually reached?
+(``Transcript.stop_label``; the judge's verdict at every such node is computed for it.)
+
+Human calls are counted once each, by where they were spent (``CALL_KINDS``): ``claims`` (H called
+in a side's Amp′ computation), ``supports`` (H checking a directly answered support, and H comparing
+the two supports), ``leaves`` (H deciding at a leaf), ``verdicts`` (H called in the judge's Amp′).
+
+The rollout records every computation with its trace in a ``Transcript`` laid out by node
+(R = ``DebateConfig.num_nodes`` nodes, each side's computation and support on each), which the
+losses read: the policy gradient reaches only tokens M sampled, the distillation targets are the
+computations' own answers (``procedure.credit``).
+
+The rounds after the first run in a ``lax.scan`` with a per-game ``done`` mask: finished games are
+frozen and their later records inactive. ``early_exit=True`` runs the same round body in a
+``lax.while_loop`` that stops when every game is done; results are identical (each round's key is
+``fold_in(rng, r)``, and masked rounds change nothing).
 """
 
 from __future__ import annotations
@@ -38,15 +52,16 @@ import jax
 import jax.numpy as jnp
 
 from amp_debate.procedure import protocol
-from amp_debate.procedure.amplify import amplify
+from amp_debate.procedure.amplify import AmpOutput, amplify
+from amp_debate.procedure.players import wrong_answer
 from amp_debate.tasks.base import Task
 from amp_debate.tasks.tokenizer import PAD
 
-# Turn kinds and stop reasons.
-CLAIM, COUNTER, SUPPORT, CHALLENGE = 0, 1, 2, 3
-REASONS = ("running", "concede", "accept", "inconsistent", "leaf", "t_max", "learned_stop", "forced")
-RUNNING, CONCEDE, ACCEPT, INCONSISTENT, LEAF, T_MAX, LEARNED_STOP, FORCED = range(len(REASONS))
+REASONS = ("running", "concede", "inconsistent", "leaf", "t_max", "learned_stop", "forced")
+RUNNING, CONCEDE, INCONSISTENT, LEAF, T_MAX, LEARNED_STOP, FORCED = range(len(REASONS))
 EVEN_WINS, ODD_WINS, DRAW = 0, 1, 2
+CALL_KINDS = ("claims", "supports", "leaves", "verdicts")
+NO_ASSIGNMENT = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +70,15 @@ class DebateConfig:
 
   Attributes:
     t_max: maximum number of arguments per debate (>= 1).
-    call_prob: probability of calling H in Amp′ (the claim and the amplified verdict).
-    confidence_threshold: also call H where the debater's confidence in its own answer,
-      exp(sum of its log-probs), is below this (None: the Bernoulli rule alone).
-    learned_stop: ask the stopper STOP(n, claims) after every argument.
+    call_prob: probability of calling H in each Amp′ computation (claims, verdicts).
+    confidence_threshold: also call H where M's confidence in its own answer, exp(sum of its
+      log-probs), is below this (None: the Bernoulli rule alone).
+    learned_stop: ask the stopper STOP(n, claims) once per node.
     force_stop_after: stop after this many arguments (None: never). 1 = pure amplification.
     early_exit: lax.while_loop over rounds (exits when all games are done) instead of lax.scan.
+    assign_prob: fraction of self-play debates in which one side (even or odd, at random) defends
+      an assigned claim other than the other side's (``sample_assignments``), so that refuting
+      false claims is practised.
   """
 
   t_max: int = 12
@@ -69,6 +87,7 @@ class DebateConfig:
   learned_stop: bool = True
   force_stop_after: int | None = None
   early_exit: bool = False
+  assign_prob: float = 0.0
 
   def __post_init__(self):
     if isinstance(self.t_max, bool) or not isinstance(self.t_max, int) or self.t_max < 1:
@@ -82,11 +101,61 @@ class DebateConfig:
         not isinstance(self.force_stop_after, int) or self.force_stop_after < 1):
       raise ValueError(f"debate: force_stop_after must be None or an integer >= 1, "
                        f"got {self.force_stop_after!r}")
+    if not 0.0 <= self.assign_prob <= 1.0:
+      raise ValueError(f"debate: assign_prob must be in [0, 1], got {self.assign_prob!r}")
 
   @property
   def num_rounds(self) -> int:
-    """SUPPORT + CHALLENGE rounds that fit after the first two arguments."""
+    """SUPPORT rounds (one argument per side) that fit after the two claims."""
     return max(0, -(-(self.t_max - 2) // 2))
+
+  @property
+  def num_nodes(self) -> int:
+    """R: nodes with records (the root, and every node that gets supports)."""
+    return max(1, self.num_rounds)
+
+  @property
+  def contested(self) -> bool:
+    """Whether the second claim can be made at all (else every debate is one claim, a draw)."""
+    stop = self.t_max if self.force_stop_after is None else min(self.t_max, self.force_stop_after)
+    return stop >= 2
+
+
+@flax.struct.dataclass
+class Computation:
+  """Amp′(H, M) computations with their traces, for any leading shape [...] (games, nodes, sides).
+
+  Attributes:
+    answer: int32[..., La] the computation's answer (H's recombination where called, else M's).
+    called: bool[...] H was called.  is_leaf: bool[...] H answered alone (no subquestions).
+    direct: int32[..., La] M's direct answer; direct_log_probs float32[..., La] its log-probs.
+    subquestions: int32[..., S, Lq]; subanswers int32[..., S, La] M's answers to them;
+    sub_log_probs: float32[..., S, La]; sub_valid bool[..., S] subquestions H actually posed.
+    active: bool[...] the computation is part of the debate (its game was running and the side
+      computes; an assigned side never does).
+  """
+
+  answer: jax.Array
+  called: jax.Array
+  is_leaf: jax.Array
+  direct: jax.Array
+  direct_log_probs: jax.Array
+  subquestions: jax.Array
+  subanswers: jax.Array
+  sub_log_probs: jax.Array
+  sub_valid: jax.Array
+  active: jax.Array
+
+  @classmethod
+  def of(cls, amp: AmpOutput, active: jax.Array) -> "Computation":
+    return cls(answer=amp.answers, called=amp.called & active, is_leaf=amp.is_leaf,
+               direct=amp.direct, direct_log_probs=amp.direct_log_probs,
+               subquestions=amp.subquestions, subanswers=amp.subanswers,
+               sub_log_probs=amp.sub_log_probs, sub_valid=amp.sub_valid & active[..., None],
+               active=active)
+
+  def human_calls(self) -> jax.Array:
+    return (self.called & self.active).sum().astype(jnp.int32)
 
 
 @flax.struct.dataclass
@@ -94,83 +163,97 @@ class GameState:
   """Per-game state (B games).
 
   Attributes:
-    node: int32[B, Lq] the question under debate.
-    claim_even, claim_odd: int32[B, La] each side's answer to ``node``.
-    support: int32[B, S*La] even's latest support.
+    node: int32[B, Lq] the node under debate.
+    claims: int32[B, 2, La] each side's claim on ``node`` (even, odd).
+    comp: Computation [B, 2] each side's computation of ``node``.
     done: bool[B]; winner: int32[B] (0 even, 1 odd, 2 draw); reason: int32[B] (index in REASONS).
     num_args: int32[B] arguments made so far.
-    human_calls: int32[] H calls so far (Amp′ calls, support checks, leaf verdicts).
+    calls: {kind: int32[]} human calls so far, by ``CALL_KINDS``.
   """
 
   node: jax.Array
-  claim_even: jax.Array
-  claim_odd: jax.Array
-  support: jax.Array
+  claims: jax.Array
+  comp: Computation
   done: jax.Array
   winner: jax.Array
   reason: jax.Array
   num_args: jax.Array
-  human_calls: jax.Array
+  calls: dict
+
+  @property
+  def human_calls(self) -> jax.Array:
+    """int32[]: all human calls of the batch."""
+    return sum(self.calls.values())
 
 
 @flax.struct.dataclass
 class Transcript:
-  """Every turn of every game (T = t_max turns; inactive turns are zeros/PAD).
+  """Every node of every game (R = ``DebateConfig.num_nodes``; inactive records are zeros/PAD).
 
   Attributes:
-    prompts: int32[B, T, Lp] the protocol question each argument answered.
-    tokens: int32[B, T, S*La] the argument (claims/counters use the first La tokens).
-    token_mask: bool[B, T, S*La] real argument tokens (False on inactive turns).
-    log_probs: float32[B, T, S*La] the behaviour policy's log-probs at sampling time; for the claim
-      at t = 0, 0 where H was called (the claim is then H's recombination, not a sample). The step
-      recomputes M_target's log-probs of every argument by teacher forcing for importance ratios.
-    nodes: int32[B, T, Lq] the node under debate.
-    side: int32[B, T] 0 even, 1 odd.  kind: int32[B, T] CLAIM/COUNTER/SUPPORT/CHALLENGE.
-    active: bool[B, T] the turn happened (its game was not done before it).
-    stop: bool[B, T] the learned stop fired after this argument.
+    nodes: int32[B, R, Lq] node r (node 0 is the root).  reached: bool[B, R] it was argued about.
+    claims: int32[B, R, 2, La] each side's claim on node r.
+    assigned: bool[B, 2] the side defends an assigned claim (no computations; direct supports).
+    comps: Computation [B, R, 2] each side's Amp′ computation of node r (its claim at r = 0, the
+      check of its committed claim and the source of its support for r >= 1).
+    support_tokens: int32[B, R, 2, S*La] each side's support on node r.
+    support_log_probs: float32[B, R, 2, S*La] their log-probs where M answered SUPPORT directly.
+    support_sampled: bool[B, R, 2] M answered SUPPORT directly (not a computation's trace).
+    support_made: bool[B, R, 2] the support argument happened.
+    judges: Computation [B, R] the judge's Amp′ of node r (computed where the stop was asked).
+    stop_asked, stop_fired: bool[B, R]; stop_tokens int32[B, R]; stop_log_probs float32[B, R].
+    stop_verdict: int32[B, R] the judge's verdict had the debate stopped at node r.
+    stop_label: bool[B, R] H's hindsight: stopping at r would give the final verdict.
+    stop_labelled: bool[B, R] the label exists (asked, did not fire).
+    final_node: int32[B, Lq] the node the debate ended on.
+    final_judge: Computation [B] the judge's Amp′ of the final node where a forced or T_MAX stop
+      needed it.
+    leaf_reached: bool[B] H decided at a leaf the debate descended to.
   """
 
-  prompts: jax.Array
-  tokens: jax.Array
-  token_mask: jax.Array
-  log_probs: jax.Array
   nodes: jax.Array
-  side: jax.Array
-  kind: jax.Array
-  active: jax.Array
-  stop: jax.Array
+  reached: jax.Array
+  claims: jax.Array
+  assigned: jax.Array
+  comps: Computation
+  support_tokens: jax.Array
+  support_log_probs: jax.Array
+  support_sampled: jax.Array
+  support_made: jax.Array
+  judges: Computation
+  stop_asked: jax.Array
+  stop_fired: jax.Array
+  stop_tokens: jax.Array
+  stop_log_probs: jax.Array
+  stop_verdict: jax.Array
+  stop_label: jax.Array
+  stop_labelled: jax.Array
+  final_node: jax.Array
+  final_judge: Computation
+  leaf_reached: jax.Array
 
 
-def _empty_transcript(task: Task, batch: int, t_max: int) -> Transcript:
-  arg_len = protocol.support_len(task)
-  zeros = lambda *shape, dtype=jnp.int32: jnp.zeros((batch, t_max) + shape, dtype)
-  return Transcript(
-      prompts=zeros(protocol.prompt_len(task)), tokens=zeros(arg_len),
-      token_mask=zeros(arg_len, dtype=bool), log_probs=zeros(arg_len, dtype=jnp.float32),
-      nodes=zeros(task.question_len), side=zeros(), kind=zeros(), active=zeros(dtype=bool),
-      stop=zeros(dtype=bool))
+def sample_assignments(rng: jax.Array, batch: int, assign_prob: float | jax.Array) -> jax.Array:
+  """int32[B]: the seat (0 even, 1 odd) that defends an assigned claim in each game, or -1."""
+  assign_rng, seat_rng = jax.random.split(rng)
+  seat = jax.random.bernoulli(seat_rng, 0.5, (batch,)).astype(jnp.int32)
+  return jnp.where(jax.random.uniform(assign_rng, (batch,)) < assign_prob, seat, NO_ASSIGNMENT)
 
 
-def _record(transcript: Transcript, t, active, *, prompts, tokens, log_probs, nodes, side, kind):
-  """Writes turn t (traced) for the active games; others keep what they had (t is clamped)."""
-  arg_len = transcript.tokens.shape[-1]
-  length = tokens.shape[-1]
-  pad = lambda x, v: jnp.pad(x, ((0, 0), (0, arg_len - length)), constant_values=v)
-  batch = active.shape[0]
-  new = dict(
-      prompts=prompts, tokens=pad(tokens, PAD), log_probs=pad(log_probs.astype(jnp.float32), 0.0),
-      token_mask=pad(jnp.ones((batch, length), bool), False) & active[:, None], nodes=nodes,
-      side=jnp.full((batch,), side, jnp.int32), kind=jnp.full((batch,), kind, jnp.int32),
-      active=active, stop=jnp.zeros((batch,), bool))
-  index = jnp.clip(t, 0, transcript.active.shape[1] - 1)
-  updates = {}
-  for name, value in new.items():
-    field = getattr(transcript, name)
-    old = jax.lax.dynamic_index_in_dim(field, index, axis=1, keepdims=False)
-    keep = active.reshape((batch,) + (1,) * (value.ndim - 1))
-    value = jnp.where(keep, value.astype(field.dtype), old)
-    updates[name] = jax.lax.dynamic_update_index_in_dim(field, value, index, axis=1)
-  return transcript.replace(**updates)
+# ---- helpers -------------------------------------------------------------------------------------
+def _where(mask, new, old):
+  """Per-game select: mask bool[B] broadcast over the trailing dims of new/old ([B, ...])."""
+  return jax.tree.map(lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - mask.ndim)),
+                                             n, o), new, old)
+
+
+def _put(field, r, value, mask):
+  """field[:, r] = value where mask (bool[B]); r may be traced."""
+  def one(f, v):
+    old = jax.lax.dynamic_index_in_dim(f, r, axis=1, keepdims=False)
+    v = _where(mask, v.astype(f.dtype), old)
+    return jax.lax.dynamic_update_index_in_dim(f, v, r, axis=1)
+  return jax.tree.map(one, field, value)
 
 
 def _finish(state: GameState, mask, winner, reason) -> GameState:
@@ -180,160 +263,303 @@ def _finish(state: GameState, mask, winner, reason) -> GameState:
                        reason=jnp.where(mask, reason, state.reason))
 
 
-def _after_argument(task, config, stopper, state, transcript, t, active, rng):
-  """Counts the argument, then applies the forced, learned and T_max stops to running games."""
-  state = state.replace(num_args=state.num_args + active.astype(jnp.int32))
-  live = active & ~state.done
-  if config.force_stop_after is not None:
-    state = _finish(state, live & (state.num_args >= config.force_stop_after), DRAW, FORCED)
-  if config.learned_stop:
-    move = stopper.stop(state.node, state.claim_even, state.claim_odd, rng)
-    fired = live & ~state.done & (move.tokens[:, 0] == protocol.YES)
-    state = _finish(state, fired, DRAW, LEARNED_STOP)
-    index = jnp.clip(t, 0, transcript.stop.shape[1] - 1)
-    stop = jax.lax.dynamic_update_index_in_dim(transcript.stop, fired, index, axis=1)
-    transcript = transcript.replace(stop=stop)
-  state = _finish(state, live & (state.num_args >= config.t_max), DRAW, T_MAX)
-  return state, transcript
+def _count(state: GameState, kind: str, n) -> GameState:
+  return state.replace(calls={**state.calls, kind: state.calls[kind] + jnp.asarray(n, jnp.int32)})
 
 
-def _round(task, config, even, odd, stopper, rng, carry, r):
-  """One SUPPORT (even) + CHALLENGE (odd) round; r may be traced."""
-  state, transcript = carry
-  vmap = lambda f: jax.vmap(lambda *a: f(task, *a))
+def _empty_computation(task: Task, shape) -> Computation:
+  la, s, lq = task.answer_len, task.num_subquestions, task.question_len
+  z = lambda *tail, dtype=jnp.int32: jnp.zeros(tuple(shape) + tail, dtype)
+  return Computation(answer=z(la), called=z(dtype=bool), is_leaf=z(dtype=bool), direct=z(la),
+                     direct_log_probs=z(la, dtype=jnp.float32), subquestions=z(s, lq),
+                     subanswers=z(s, la), sub_log_probs=z(s, la, dtype=jnp.float32),
+                     sub_valid=z(s, dtype=bool), active=z(dtype=bool))
 
-  # SUPPORT: even answers H's subquestions of the node; H checks the recombination.
-  t = 2 + 2 * r
-  move_rng, stop_rng = jax.random.split(jax.random.fold_in(rng, t))
-  active = ~state.done
-  move = even.support(state.node, state.claim_even, move_rng)
-  prompts = vmap(protocol.support_prompt)(state.node, state.claim_even)
-  transcript = _record(transcript, t, active, prompts=prompts, tokens=move.tokens,
-                       log_probs=move.log_probs, nodes=state.node, side=0, kind=SUPPORT)
-  consistent = vmap(protocol.check_support)(state.node, state.claim_even, move.tokens)
-  state = state.replace(support=jnp.where(active[:, None], move.tokens, state.support),
-                        human_calls=state.human_calls + active.sum())
-  state = _finish(state, active & ~consistent, ODD_WINS, INCONSISTENT)
-  state, transcript = _after_argument(task, config, stopper, state, transcript, t, active, stop_rng)
 
-  # CHALLENGE: odd disputes the first differing subanswer, or accepts; descend to that subquestion.
-  t = 3 + 2 * r
-  move_rng, stop_rng = jax.random.split(jax.random.fold_in(rng, t))
-  active = ~state.done
-  move = odd.challenge(state.node, state.claim_even, state.support, move_rng)
-  prompts = vmap(protocol.challenge_prompt)(state.node, state.claim_even, state.support)
-  transcript = _record(transcript, t, active, prompts=prompts, tokens=move.tokens,
-                       log_probs=move.log_probs, nodes=state.node, side=1, kind=CHALLENGE)
-  index, accepted = vmap(protocol.first_challenge)(state.node, state.support, move.tokens)
-  state = _finish(state, active & accepted, EVEN_WINS, ACCEPT)
-  node, claim_even, claim_odd = vmap(protocol.descend)(state.node, state.support, move.tokens, index)
-  moved = active & ~accepted
-  keep = lambda new, old: jnp.where(moved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-  state = state.replace(node=keep(node, state.node), claim_even=keep(claim_even, state.claim_even),
-                        claim_odd=keep(claim_odd, state.claim_odd))
-  at_leaf = moved & task.batch_is_leaf(state.node)
-  verdict = vmap(protocol.leaf_verdict)(state.node, state.claim_even, state.claim_odd)
-  state = _finish(state, at_leaf, verdict, LEAF)
-  state = state.replace(human_calls=state.human_calls + at_leaf.sum())
-  state, transcript = _after_argument(task, config, stopper, state, transcript, t, active, stop_rng)
-  return state, transcript
+def _empty_transcript(task: Task, batch: int, num_nodes: int) -> Transcript:
+  b, r = batch, num_nodes
+  z = lambda *shape, dtype=jnp.int32: jnp.zeros(shape, dtype)
+  sl = protocol.support_len(task)
+  return Transcript(
+      nodes=z(b, r, task.question_len), reached=z(b, r, dtype=bool),
+      claims=z(b, r, 2, task.answer_len), assigned=z(b, 2, dtype=bool),
+      comps=_empty_computation(task, (b, r, 2)), support_tokens=z(b, r, 2, sl),
+      support_log_probs=z(b, r, 2, sl, dtype=jnp.float32), support_sampled=z(b, r, 2, dtype=bool),
+      support_made=z(b, r, 2, dtype=bool), judges=_empty_computation(task, (b, r)),
+      stop_asked=z(b, r, dtype=bool), stop_fired=z(b, r, dtype=bool), stop_tokens=z(b, r),
+      stop_log_probs=z(b, r, dtype=jnp.float32), stop_verdict=z(b, r), stop_label=z(b, r, dtype=bool),
+      stop_labelled=z(b, r, dtype=bool), final_node=z(b, task.question_len),
+      final_judge=_empty_computation(task, (b,)), leaf_reached=z(b, dtype=bool))
+
+
+class _Rollout:
+  """The pieces of one rollout (task, players and config are static; methods are pure)."""
+
+  def __init__(self, task, even, odd, config, stopper, judge):
+    self.task, self.players, self.config = task, (even, odd), config
+    self.stopper, self.judge = stopper, judge
+    self.vmap = lambda f: jax.vmap(lambda *a: f(task, *a))
+
+  def amplify(self, player, nodes, key) -> AmpOutput:
+    return amplify(self.task, player.answer_fn(), nodes, key, call_prob=self.config.call_prob,
+                   confidence_threshold=self.config.confidence_threshold)
+
+  def compute_sides(self, nodes, key, computing) -> Computation:
+    """Each side's own Amp′ of ``nodes``: Computation [B, 2] (active = ``computing`` bool[B, 2]).
+    In self-play (one player) both sides run as one batch of 2B."""
+    even, odd = self.players
+    batch = nodes.shape[0]
+    if even is odd:
+      amp = self.amplify(even, jnp.concatenate([nodes, nodes]), key)
+      amp = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.swapaxes(
+          x.reshape((2, batch) + x.shape[1:]), 0, 1), amp)
+    else:
+      keys = jax.random.split(key)
+      amps = [self.amplify(p, nodes, k) for p, k in zip(self.players, keys)]
+      amp = jax.tree.map(lambda a, b: a if a.ndim == 0 else jnp.stack([a, b], 1), *amps)
+    return Computation.of(amp, computing)
+
+  def direct_supports(self, nodes, claims, key):
+    """Both sides' direct SUPPORT answers: (tokens int32[B, 2, S*La], log_probs float32[...])."""
+    even, odd = self.players
+    if even is odd:
+      batch = nodes.shape[0]
+      move = even.support(jnp.concatenate([nodes, nodes]),
+                          jnp.concatenate([claims[:, 0], claims[:, 1]]), key)
+      split = lambda x: jnp.swapaxes(x.reshape((2, batch) + x.shape[1:]), 0, 1)
+      return split(move.tokens), split(move.log_probs)
+    keys = jax.random.split(key)
+    moves = [p.support(nodes, claims[:, s], k) for s, (p, k) in enumerate(zip(self.players, keys))]
+    return (jnp.stack([m.tokens for m in moves], 1), jnp.stack([m.log_probs for m in moves], 1))
+
+  def after_argument(self, state: GameState, active) -> GameState:
+    """Counts an argument made by the ``active`` games, then applies the forced and T_MAX stops
+    (the judge decides those after the rollout)."""
+    state = state.replace(num_args=state.num_args + active.astype(jnp.int32))
+    live = active & ~state.done
+    if self.config.force_stop_after is not None:
+      state = _finish(state, live & (state.num_args >= self.config.force_stop_after), DRAW, FORCED)
+    return _finish(state, live & (state.num_args >= self.config.t_max), DRAW, T_MAX)
+
+  def judge_verdict(self, amp: AmpOutput, claims):
+    """The amplified judge's winner: the side whose claim equals Amp′(H, judge)(node)."""
+    even_ok = (amp.answers == claims[:, 0]).all(-1)
+    odd_ok = (amp.answers == claims[:, 1]).all(-1)
+    return jnp.where(even_ok, EVEN_WINS, jnp.where(odd_ok, ODD_WINS, DRAW)).astype(jnp.int32)
+
+  def learned_stop(self, state, transcript, r, key):
+    """Node r's claims are in: the stopper samples STOP(n, claims); [YES] ends the game with the
+    judge's verdict at this node (computed wherever the stop was asked, for the hindsight label)."""
+    if not self.config.learned_stop:
+      return state, transcript
+    judge_rng, stop_rng = jax.random.split(key)
+    asked = ~state.done
+    amp = self.amplify(self.judge, state.node, judge_rng)
+    verdict = self.judge_verdict(amp, state.claims)
+    move = self.stopper.stop(state.node, state.claims[:, 0], state.claims[:, 1], stop_rng)
+    fired = asked & (move.tokens[:, 0] == protocol.YES)
+    judge = Computation.of(amp, asked)
+    state = _count(state, "verdicts", judge.human_calls())
+    state = _finish(state, fired, verdict, LEARNED_STOP)
+    transcript = transcript.replace(
+        judges=_put(transcript.judges, r, judge, asked),
+        stop_asked=_put(transcript.stop_asked, r, asked, asked),
+        stop_fired=_put(transcript.stop_fired, r, fired, asked),
+        stop_tokens=_put(transcript.stop_tokens, r, move.tokens[:, 0], asked),
+        stop_log_probs=_put(transcript.stop_log_probs, r, move.log_probs[:, 0], asked),
+        stop_verdict=_put(transcript.stop_verdict, r, verdict, asked))
+    return state, transcript
+
+  def record_node(self, transcript, r, state, mask):
+    return transcript.replace(
+        nodes=_put(transcript.nodes, r, state.node, mask),
+        reached=_put(transcript.reached, r, mask, mask),
+        claims=_put(transcript.claims, r, state.claims, mask),
+        comps=_put(transcript.comps, r, state.comp, mask))
+
+  # ---- node 0: the claims ----------------------------------------------------------------------
+  def claims(self, questions, key, assigned_seat, force_contest):
+    task, config = self.task, self.config
+    batch = questions.shape[0]
+    comp_rng, assign_rng, wrong_rng, stop_rng = jax.random.split(key, 4)
+    assigned = jnp.stack([assigned_seat == 0, assigned_seat == 1], 1)  # bool[B, 2]
+    comp = self.compute_sides(questions, comp_rng, ~assigned)
+    if not config.contested:  # odd never claims: its computation is not part of the debate
+      comp = comp.replace(active=comp.active.at[:, 1].set(False),
+                          called=comp.called.at[:, 1].set(False),
+                          sub_valid=comp.sub_valid.at[:, 1].set(False))
+    own = comp.answer  # [B, 2, La]
+    keys = jax.random.split(assign_rng)
+    given = jnp.stack([p.answer(questions, k).tokens for p, k in zip(self.players, keys)], 1)
+    if force_contest:  # an assigned claim must differ from the other side's claim
+      other = own[:, ::-1]
+      same = (given == other).all(-1, keepdims=True)
+      given = jnp.where(same, wrong_answer(task, other, wrong_rng), given)
+    claims = jnp.where(assigned[..., None], given, own)
+    everyone = jnp.ones((batch,), bool)
+    state = GameState(
+        node=questions, claims=claims, comp=comp, done=~everyone,
+        winner=jnp.full((batch,), DRAW, jnp.int32), reason=jnp.full((batch,), RUNNING, jnp.int32),
+        num_args=jnp.zeros((batch,), jnp.int32),
+        calls={kind: jnp.zeros((), jnp.int32) for kind in CALL_KINDS})
+    state = _count(state, "claims", comp.human_calls())
+    state = self.after_argument(state, everyone)  # t = 0: even's claim
+    if config.contested:
+      active = ~state.done  # t = 1: odd's claim; H checks concession and a leaf root first
+      state = state.replace(num_args=state.num_args + active.astype(jnp.int32))
+      state = _finish(state, active & (claims[:, 0] == claims[:, 1]).all(-1), DRAW, CONCEDE)
+      at_leaf = active & ~state.done & task.batch_is_leaf(questions)
+      verdict = self.vmap(protocol.leaf_verdict)(questions, claims[:, 0], claims[:, 1])
+      state = _finish(state, at_leaf, verdict, LEAF)
+      state = _count(state, "leaves", at_leaf.sum())
+      live = active & ~state.done
+      if config.force_stop_after is not None:
+        state = _finish(state, live & (state.num_args >= config.force_stop_after), DRAW, FORCED)
+      state = _finish(state, live & (state.num_args >= config.t_max), DRAW, T_MAX)
+    transcript = _empty_transcript(task, batch, config.num_nodes).replace(assigned=assigned)
+    transcript = self.record_node(transcript, 0, state, everyone)
+    if config.contested:
+      state, transcript = self.learned_stop(state, transcript, 0, stop_rng)
+    return state, transcript
+
+  # ---- node r: arrival (r >= 1) and supports ---------------------------------------------------
+  def arrive(self, state, transcript, r, key):
+    """After a descent to node r (not a leaf): each side computes Amp′ of the node and must agree
+    with the claim it committed to."""
+    comp_rng, stop_rng = jax.random.split(key)
+    live = ~state.done
+    computing = ~transcript.assigned & live[:, None]
+    comp = self.compute_sides(state.node, comp_rng, computing)
+    state = _count(state, "claims", comp.human_calls())
+    bad = computing & ~(comp.answer == state.claims).all(-1)  # [B, 2]
+    winner = jnp.where(bad[:, 0] & bad[:, 1], DRAW, jnp.where(bad[:, 0], ODD_WINS, EVEN_WINS))
+    state = _finish(state.replace(comp=comp), bad.any(-1), winner, INCONSISTENT)
+    transcript = self.record_node(transcript, r, state, live)
+    return self.learned_stop(state, transcript, r, stop_rng)
+
+  def supports(self, state, transcript, r, key):
+    """Node r's SUPPORT arguments (t = 2+2r even, 3+2r odd), the dispute and the descent."""
+    task = self.task
+    direct_tokens, direct_log_probs = self.direct_supports(state.node, state.claims, key)
+    comp = state.comp
+    trace = comp.subanswers.reshape(direct_tokens.shape)
+    direct = transcript.assigned | ~comp.called  # [B, 2]: M answers SUPPORT itself
+    tokens = jnp.where(direct[..., None], direct_tokens, trace)
+    log_probs = jnp.where(direct[..., None], direct_log_probs, 0.0)
+    check = jax.vmap(self.vmap(protocol.check_support), in_axes=(None, 1, 1), out_axes=1)
+    consistent = check(state.node, state.claims, tokens) | ~direct  # traces recombine by design
+
+    made = []
+    for side in (0, 1):
+      active = ~state.done
+      made.append(active)
+      state = _count(state, "supports", (active & direct[:, side]).sum())
+      state = _finish(state, active & ~consistent[:, side], 1 - side, INCONSISTENT)
+      if side == 0:
+        state = self.after_argument(state, active)
+      else:  # both supports are in: H finds the dispute and the debate descends
+        state = state.replace(num_args=state.num_args + active.astype(jnp.int32))
+    made = jnp.stack(made, 1)
+    transcript = transcript.replace(
+        support_tokens=_put(transcript.support_tokens, r, tokens, made[:, 0]),
+        support_log_probs=_put(transcript.support_log_probs, r, log_probs, made[:, 0]),
+        support_sampled=_put(transcript.support_sampled, r, direct & made, made[:, 0]),
+        support_made=_put(transcript.support_made, r, made, made[:, 0]))
+
+    moving = ~state.done
+    state = _count(state, "supports", moving.sum())
+    index, agree = self.vmap(protocol.first_dispute)(state.node, tokens[:, 0], tokens[:, 1])
+    state = _finish(state, moving & agree, DRAW, CONCEDE)
+    moving = moving & ~agree
+    node, claim_even, claim_odd = self.vmap(protocol.descend)(
+        state.node, tokens[:, 0], tokens[:, 1], index)
+    state = state.replace(node=_where(moving, node, state.node),
+                          claims=_where(moving, jnp.stack([claim_even, claim_odd], 1), state.claims))
+    at_leaf = moving & task.batch_is_leaf(state.node)
+    verdict = self.vmap(protocol.leaf_verdict)(state.node, state.claims[:, 0], state.claims[:, 1])
+    state = _finish(state, at_leaf, verdict, LEAF)
+    state = _count(state, "leaves", at_leaf.sum())
+    transcript = transcript.replace(leaf_reached=transcript.leaf_reached | at_leaf)
+    live = moving & ~state.done
+    if self.config.force_stop_after is not None:
+      state = _finish(state, live & (state.num_args >= self.config.force_stop_after), DRAW, FORCED)
+    state = _finish(state, live & (state.num_args >= self.config.t_max), DRAW, T_MAX)
+    return state, transcript
 
 
 def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config: DebateConfig, *,
-            stopper=None, judge=None) -> tuple[GameState, Transcript]:
+            stopper=None, judge=None, assigned: jax.Array | None = None,
+            force_contest: bool = True) -> tuple[GameState, Transcript]:
   """Plays B debates on ``questions`` (int32[B, Lq]).
 
   Args:
     task: the task (H).
-    even, odd: debaters (``players`` interface); in self-play both are M_target.
+    even, odd: debaters (``players`` interface); in self-play both are M_target (pass the same
+      object: both sides then run as one batch).
     questions: int32[B, Lq] root questions.
     rng: PRNG key.
     config: DebateConfig (static).
-    stopper: answers STOP (default: ``even``).  judge: answers for the amplified verdict (default:
-      ``even``), i.e. Amp′(H, judge).
+    stopper: answers STOP (default: ``even``).  judge: M of the amplified verdict Amp′(H, judge)
+      (default: ``even``).
+    assigned: int32[B], per game the seat (0 even, 1 odd) that defends an assigned claim (its
+      player's ``answer``), or -1 (``sample_assignments``); None: no assignments. Scripted liars
+      play in assigned seats.
+    force_contest: an assigned claim equal to the other side's claim is replaced by another answer
+      (self-play practice); False keeps it (a liar's claim that M's own claim equals is a
+      concession, which evaluation counts).
   Returns:
     (final GameState, Transcript).
   """
   chex.assert_rank(questions, 2)
   chex.assert_type(questions, jnp.int32)
+  batch = questions.shape[0]
   stopper = even if stopper is None else stopper
   judge = even if judge is None else judge
-  batch = questions.shape[0]
-  transcript = _empty_transcript(task, batch, config.t_max)
-  vmap = lambda f: jax.vmap(lambda *a: f(task, *a))
+  if assigned is None:
+    assigned = jnp.full((batch,), NO_ASSIGNMENT, jnp.int32)
+  chex.assert_shape(assigned, (batch,))
+  game = _Rollout(task, even, odd, config, stopper, judge)
 
-  def answer_fn(player):  # M for Amp′: answers with their log-probs (for the confidence rule)
-    def answer(q, key):
-      move = player.answer(q, key)
-      return move.tokens, move.log_probs
-    return answer
+  state, transcript = game.claims(questions, jax.random.fold_in(rng, 0), assigned, force_contest)
+  if config.num_rounds >= 1:
+    state, transcript = game.supports(state, transcript, 0, jax.random.fold_in(rng, 1_000_000))
 
-  def amplified(player, nodes, key):
-    return amplify(task, answer_fn(player), nodes, key, call_prob=config.call_prob,
-                   confidence_threshold=config.confidence_threshold)
+  def body(carry, r):
+    state, transcript = carry
+    arrive_rng, support_rng = jax.random.split(jax.random.fold_in(rng, r))
+    state, transcript = game.arrive(state, transcript, r, arrive_rng)
+    return game.supports(state, transcript, r, support_rng)
 
-  # t = 0: even's claim is Amp′(H, even)(root).
-  claim_rng, stop_rng = jax.random.split(jax.random.fold_in(rng, 0))
-  amp = amplified(even, questions, claim_rng)
-  everyone = jnp.ones((batch,), bool)
-  # Where H was called the claim is H's recombination, which even did not sample: log-prob 0.
-  claim_log_probs = jnp.where(amp.called[:, None], 0.0, amp.direct_log_probs)
-  state = GameState(
-      node=questions, claim_even=amp.answers, claim_odd=jnp.full_like(amp.answers, PAD),
-      support=jnp.full((batch, protocol.support_len(task)), PAD, jnp.int32),
-      done=~everyone, winner=jnp.full((batch,), DRAW, jnp.int32),
-      reason=jnp.full((batch,), RUNNING, jnp.int32), num_args=jnp.zeros((batch,), jnp.int32),
-      human_calls=amp.human_calls)
-  transcript = _record(transcript, 0, everyone, prompts=vmap(protocol.answer_prompt)(questions),
-                       tokens=amp.answers, log_probs=claim_log_probs, nodes=questions, side=0,
-                       kind=CLAIM)
-  state, transcript = _after_argument(task, config, stopper, state, transcript, 0, everyone, stop_rng)
-
-  # t = 1: odd counter-claims or concedes.
-  if config.t_max >= 2:
-    move_rng, stop_rng = jax.random.split(jax.random.fold_in(rng, 1))
-    active = ~state.done
-    move = odd.counter(questions, state.claim_even, move_rng)
-    transcript = _record(
-        transcript, 1, active, prompts=vmap(protocol.counter_prompt)(questions, state.claim_even),
-        tokens=move.tokens, log_probs=move.log_probs, nodes=questions, side=1, kind=COUNTER)
-    state = state.replace(claim_odd=jnp.where(active[:, None], move.tokens, state.claim_odd))
-    state = _finish(state, active & (move.tokens == state.claim_even).all(-1), DRAW, CONCEDE)
-    # A leaf root needs no support: H decides between the two claims directly.
-    at_leaf = active & ~state.done & task.batch_is_leaf(questions)
-    verdict = vmap(protocol.leaf_verdict)(questions, state.claim_even, state.claim_odd)
-    state = _finish(state, at_leaf, verdict, LEAF)
-    state = state.replace(human_calls=state.human_calls + at_leaf.sum())
-    state, transcript = _after_argument(task, config, stopper, state, transcript, 1, active,
-                                        stop_rng)
-
-  # Rounds of SUPPORT + CHALLENGE.
-  body = lambda carry, r: _round(task, config, even, odd, stopper, rng, carry, r)
   carry = (state, transcript)
-  if config.early_exit:
-    def cond(c):
-      r, (s, _) = c
-      return (r < config.num_rounds) & ~s.done.all()
-    _, carry = jax.lax.while_loop(cond, lambda c: (c[0] + 1, body(c[1], c[0])), (0, carry))
-  else:
-    carry, _ = jax.lax.scan(lambda c, r: (body(c, r), None), carry, jnp.arange(config.num_rounds))
+  if config.num_rounds >= 2:
+    if config.early_exit:
+      def cond(c):
+        r, (s, _) = c
+        return (r < config.num_rounds) & ~s.done.all()
+      _, carry = jax.lax.while_loop(cond, lambda c: (c[0] + 1, body(c[1], c[0])), (1, carry))
+    else:
+      carry, _ = jax.lax.scan(lambda c, r: (body(c, r), None), carry,
+                              jnp.arange(1, config.num_rounds))
   state, transcript = carry
 
-  # Amplified verdict for debates stopped early (T_MAX, LEARNED_STOP, FORCED).
-  pending = (state.reason == T_MAX) | (state.reason == LEARNED_STOP) | (state.reason == FORCED)
-  verdict_rng = jax.random.fold_in(rng, config.t_max + 1)
-  amp = amplified(judge, state.node, verdict_rng)
-  even_ok = (amp.answers == state.claim_even).all(-1)
-  odd_ok = (amp.answers == state.claim_odd).all(-1)
-  amplified_winner = jnp.where(even_ok, EVEN_WINS, jnp.where(odd_ok, ODD_WINS, DRAW))
-  amplified_winner = jnp.where(state.num_args >= 2, amplified_winner, DRAW)  # no contest
-  state = state.replace(winner=jnp.where(pending, amplified_winner, state.winner).astype(jnp.int32),
-                        human_calls=state.human_calls + (amp.called & pending).sum())
+  # The amplified verdict for debates stopped by force or T_MAX after both claims.
+  final_judge = _empty_computation(task, (batch,))
+  if config.contested:
+    pending = ((state.reason == T_MAX) | (state.reason == FORCED)) & (state.num_args >= 2)
+    amp = game.amplify(judge, state.node, jax.random.fold_in(rng, 2_000_000))
+    final_judge = Computation.of(amp, pending)
+    state = _count(state, "verdicts", final_judge.human_calls())
+    state = state.replace(winner=jnp.where(pending, game.judge_verdict(amp, state.claims),
+                                           state.winner).astype(jnp.int32))
+  labelled = transcript.stop_asked & ~transcript.stop_fired
+  transcript = transcript.replace(
+      final_node=state.node, final_judge=final_judge, stop_labelled=labelled,
+      stop_label=labelled & (transcript.stop_verdict == state.winner[:, None]))
   return state, transcript
 
 
 def metrics(state: GameState, transcript: Transcript, t_max: int) -> dict[str, jax.Array]:
-  """Win rates by side, stop reasons, debate-length histogram and human calls (scalars/arrays)."""
+  """Win rates by side, stop reasons, debate-length histogram, human calls by kind (per debate)."""
   batch = state.winner.shape[0]
   out = {
       "win/even": (state.winner == EVEN_WINS).mean(),
@@ -341,9 +567,14 @@ def metrics(state: GameState, transcript: Transcript, t_max: int) -> dict[str, j
       "win/draw": (state.winner == DRAW).mean(),
       "debate/mean_length": state.num_args.mean(),
       "debate/length_hist": jnp.bincount(state.num_args, length=t_max + 1),
+      "debate/assigned": transcript.assigned.any(-1).mean(),
       "human_calls": state.human_calls,
       "human_calls/per_debate": state.human_calls / batch,
   }
+  for kind in CALL_KINDS:
+    out[f"human_calls/{kind}"] = state.calls[kind] / batch
   for i, name in enumerate(REASONS):
     out[f"stop/{name}"] = (state.reason == i).mean()
+  asked = transcript.stop_asked.sum()
+  out["stop/asked_fired"] = transcript.stop_fired.sum() / jnp.maximum(asked, 1)
   return out

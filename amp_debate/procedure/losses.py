@@ -1,18 +1,17 @@
 """Losses on a recorded batch of debates and amplified targets: RL, distillation, catastrophe.
 
-Layout of a recorded batch (B games, T = T_max turns, each turn one argument of La argument tokens):
-  logp        float32[B, T, La]  M's log-probs of the recorded argument tokens (current params,
-                                 teacher forced).
-  logp_old    float32[B, T, La]  M_target's log-probs of the same tokens, recorded at sampling time
-                                 (the arguments were sampled from M_target). Never differentiated.
-  token_mask  bool[B, T, La]     real argument tokens (False on padding).
-  turn_mask   bool[B, T]         turns that happened (the rollout's per-game "not done yet" mask).
-                                 Finished games are frozen: masked turns contribute zero loss and
-                                 zero gradient, whatever garbage (inf, NaN) their entries hold.
-  side        int32[B, T]        who argued: 0 even, 1 odd.
-  winner      int32[B]           0 even, 1 odd, 2 draw.
-Distillation targets are flattened over questions instead: N = every question posed during the
-debates (the roots and all subquestions), ``logp_targets`` float32[N, La], ``mask`` bool[N, La].
+Layout of a recorded batch: rows of sampled arguments with any leading shape [...] (the step uses
+``procedure.credit``'s [B, R, 2, K]: game, node, side, row kind) and L tokens per row:
+  logp        float32[..., L]  M's log-probs of the recorded tokens (current params, teacher forced,
+                               at the sampling temperature).
+  logp_old    float32[..., L]  M_target's log-probs of the same tokens, recorded at sampling time
+                               (the tokens were sampled from M_target). Never differentiated.
+  token_mask  bool[..., L]     real sampled tokens (False on padding and on tokens H produced).
+  turn_mask   bool[...]        rows that exist (their game was running). Finished games are frozen:
+                               masked rows contribute zero loss and zero gradient, whatever garbage
+                               (inf, NaN) their entries hold.
+Distillation targets are flattened over questions: N = every question posed during the debates
+that has a target, ``logp_targets`` float32[N, L], ``mask`` bool[N, L].
 
 Every loss is a float32 scalar: a mean over the valid entries, exactly 0 with zero gradient when
 there are none (masked entries are replaced by 0 *before* any arithmetic, so neither the value nor
@@ -28,10 +27,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-DRAW = 2
 ADVANTAGE_KINDS = ("none", "normalize", "baseline")
 
-# (question int32[Lq], argument int32[La]) -> bool[]
+# (question int32[Lq], argument int32[L]) -> bool[]
 CatastrophePredicate = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -42,7 +40,6 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def _check_turns(turn_mask: jax.Array, *arrays: jax.Array) -> None:
-  chex.assert_rank(turn_mask, 2)
   chex.assert_type(turn_mask, jnp.bool_)
   for array in arrays:
     chex.assert_shape(array, turn_mask.shape)
@@ -50,45 +47,28 @@ def _check_turns(turn_mask: jax.Array, *arrays: jax.Array) -> None:
 
 def _check_tokens(turn_mask: jax.Array, token_mask: jax.Array, *logps: jax.Array) -> None:
   _check_turns(turn_mask)
-  chex.assert_rank(token_mask, 3)
   chex.assert_type(token_mask, jnp.bool_)
-  chex.assert_equal_shape_prefix([token_mask, turn_mask], 2)
+  chex.assert_shape(token_mask, turn_mask.shape + token_mask.shape[-1:])
   chex.assert_equal_shape([token_mask, *logps])
   chex.assert_type(logps, jnp.float32)
 
 
 # ---- debate reward ------------------------------------------------------------------------------
-def debate_rewards(winner: jax.Array, side: jax.Array, turn_mask: jax.Array) -> jax.Array:
-  """float32[B, T]: +1 for the winner's arguments, -1 for the loser's, 0 for draws and masked turns.
-
-  Args:
-    winner: int32[B], 0 even, 1 odd, 2 draw.
-    side: int32[B, T], 0 even, 1 odd.
-    turn_mask: bool[B, T].
-  """
-  _check_turns(turn_mask, side)
-  chex.assert_shape(winner, turn_mask.shape[:1])
-  chex.assert_type([winner, side], jnp.int32)
-  winner = winner[:, None]
-  reward = jnp.where(side == winner, 1.0, -1.0)
-  return jnp.where(turn_mask & (winner != DRAW), reward, 0.0).astype(jnp.float32)
-
-
 def advantages(rewards: jax.Array, turn_mask: jax.Array, kind: str) -> jax.Array:
-  """float32[B, T]: per-argument advantages from per-argument rewards; 0 on masked turns.
+  """float32[...]: per-argument advantages from per-argument rewards; 0 on masked entries.
 
-  Statistics are taken over all valid turns of the batch (every game, both sides).
+  Statistics are taken over all valid arguments of the batch (every game, both sides).
 
   Args:
-    rewards: float32[B, T].
-    turn_mask: bool[B, T].
+    rewards: float32[...] (the step passes [B, 2, A]: game, side, argument).
+    turn_mask: bool[...] the same shape: arguments that exist.
     kind: (static)
       "none": the raw rewards.
       "normalize": (r - mean) / std over valid turns. With zero variance (e.g. one valid turn) the
         centred rewards are returned unscaled, so the result is finite (0 for one valid turn).
-      "baseline": r - mean over valid turns, a constant baseline. A debate is zero-sum per game,
-        but the sides can make different numbers of arguments and draws score 0, so the mean is
-        not 0 in general. The mean includes each argument's own reward, a bias of O(1/#turns).
+      "baseline": r - mean over valid turns, a constant baseline. With zero-sum rewards per game
+        (``credit.argument_rewards``) the mean is 0 only when every side has as many arguments;
+        it includes each argument's own reward, a bias of O(1/#arguments).
   """
   _check_turns(turn_mask, rewards)
   chex.assert_type(rewards, jnp.float32)
@@ -107,18 +87,22 @@ def advantages(rewards: jax.Array, turn_mask: jax.Array, kind: str) -> jax.Array
 
 # ---- RL on the debaters' arguments --------------------------------------------------------------
 def policy_gradient_loss(logp: jax.Array, logp_old: jax.Array, token_mask: jax.Array,
-                         turn_mask: jax.Array, advantages: jax.Array, clip_eps: float | jax.Array
+                         turn_mask: jax.Array, advantages: jax.Array, clip_eps: float | jax.Array,
+                         token_weights: jax.Array | None = None
                          ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """PPO clipped surrogate over argument tokens sampled from M_target.
 
-  loss = -mean over valid tokens of min(r·A, clip(r, 1-ε, 1+ε)·A), with the per-token importance
-  ratio r = exp(logp - logp_old) and A the advantage of the token's argument. At r = 1 the gradient
-  is the REINFORCE gradient -mean(A ∇logp). ``logp_old`` and ``advantages`` are not differentiated.
+  loss = -Σ w·min(r·A, clip(r, 1-ε, 1+ε)·A) / Σ w over valid tokens, with the per-token importance
+  ratio r = exp(logp - logp_old), A the advantage of the token's row and w its weight (default 1:
+  a mean over tokens; ``credit.token_weights`` makes it a mean over arguments). At r = 1 the
+  gradient is the REINFORCE gradient. ``logp_old``, ``advantages`` and the weights are not
+  differentiated.
 
   Args:
-    logp, logp_old: float32[B, T, La]; token_mask bool[B, T, La]; turn_mask bool[B, T].
-    advantages: float32[B, T], one per argument (see ``advantages``).
+    logp, logp_old: float32[..., L]; token_mask bool[..., L]; turn_mask bool[...].
+    advantages: float32[...], one per row (see ``advantages``).
     clip_eps: ε > 0 (float or traced scalar).
+    token_weights: float32[..., L] >= 0 or None.
   Returns:
     (loss float32[], metrics) with metrics float32[]: "clip_fraction" (tokens with |r - 1| > ε),
     "approx_kl" (mean of (r - 1) - log r, an estimate of KL(M_target ‖ M) on these samples),
@@ -130,13 +114,16 @@ def policy_gradient_loss(logp: jax.Array, logp_old: jax.Array, token_mask: jax.A
   if isinstance(clip_eps, (int, float)) and not clip_eps > 0:
     raise ValueError(f"policy_gradient_loss: option clip_eps={clip_eps} must be > 0")
   mask = token_mask & turn_mask[..., None]
+  weights = jnp.ones(mask.shape, jnp.float32) if token_weights is None else token_weights
+  chex.assert_equal_shape([weights, mask])
+  weights = jnp.where(mask, jax.lax.stop_gradient(weights), 0.0)
   logp = jnp.where(mask, logp, 0.0)
   logp_old = jnp.where(mask, jax.lax.stop_gradient(logp_old), 0.0)
   adv = jnp.where(turn_mask, jax.lax.stop_gradient(advantages), 0.0)[..., None]
   log_ratio = logp - logp_old
   ratio = jnp.exp(log_ratio)
   surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
-  loss = -_masked_mean(surrogate, mask)
+  loss = -(jnp.sum(weights * surrogate) / jnp.maximum(jnp.sum(weights), 1e-9)).astype(jnp.float32)
   ratio, log_ratio = jax.lax.stop_gradient((ratio, log_ratio))
   metrics = {
       "clip_fraction": _masked_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32), mask),
@@ -151,9 +138,9 @@ def distillation_loss(logp_targets: jax.Array, mask: jax.Array) -> jax.Array:
   """float32[]: cross-entropy of M on the Amp′(H, M_target) answer tokens.
 
   Args:
-    logp_targets: float32[N, La] M's log-probs of the target tokens, for the N questions posed
-      during the debates (roots and every subquestion, flattened).
-    mask: bool[N, La] target tokens that count.
+    logp_targets: float32[N, L] M's log-probs of the target tokens, for the N protocol questions
+      with a target (``credit.distill_rows``).
+    mask: bool[N, L] target tokens that count.
   Returns:
     mean of -logp over masked-in tokens; exactly 0 (zero gradient) when nothing is masked in.
   """
@@ -181,20 +168,21 @@ def catastrophe_flags(predicate: CatastrophePredicate, questions: jax.Array, arg
 
   Args:
     predicate: (question int32[Lq], argument int32[La]) -> bool[], e.g. ``never_catastrophic``.
-    questions: int32[B, T, Lq] the protocol question each argument answered.
-    arguments: int32[B, T, La] the arguments.
-    turn_mask: bool[B, T].
+    questions: int32[..., Lq] the question each argument answered.
+    arguments: int32[..., L] the arguments.
+    turn_mask: bool[...].
   """
   _check_turns(turn_mask)
-  chex.assert_equal_shape_prefix([questions, arguments, turn_mask], 2)
-  flags = jax.vmap(jax.vmap(predicate))(questions, arguments)
-  chex.assert_shape(flags, turn_mask.shape)
+  lead = turn_mask.shape
+  chex.assert_equal_shape_prefix([questions, arguments, turn_mask], len(lead))
+  flat = lambda x: x.reshape((-1,) + x.shape[len(lead):])
+  flags = jax.vmap(predicate)(flat(questions), flat(arguments)).reshape(lead)
   return flags.astype(jnp.bool_) & turn_mask
 
 
 def catastrophe_probability(logp: jax.Array, logp_old: jax.Array, token_mask: jax.Array,
                             turn_mask: jax.Array, flags: jax.Array) -> jax.Array:
-  """float32[B, T]: importance-sampled estimate of M's probability of each catastrophic argument.
+  """float32[...]: importance-sampled estimate of M's probability of each catastrophic argument.
 
   p = flag · π_M(arg) / π_target(arg) = flag · exp(Σ_tokens (logp - logp_old)). Since the
   arguments were sampled from M_target, E[p] summed over a turn's outcomes is M's probability of a
@@ -203,7 +191,7 @@ def catastrophe_probability(logp: jax.Array, logp_old: jax.Array, token_mask: ja
   argument (-(-1)·flag·∇logp). 0 where not flagged or masked.
 
   Args:
-    logp, logp_old: float32[B, T, La]; token_mask bool[B, T, La]; turn_mask, flags bool[B, T].
+    logp, logp_old: float32[..., L]; token_mask bool[..., L]; turn_mask, flags bool[...].
   """
   _check_tokens(turn_mask, token_mask, logp, logp_old)
   _check_turns(turn_mask, flags)
@@ -218,9 +206,9 @@ def catastrophe_loss(p_catastrophe: jax.Array, turn_mask: jax.Array) -> jax.Arra
   """float32[]: mean over valid turns of M's probability of a catastrophic argument.
 
   Args:
-    p_catastrophe: float32[B, T], from ``catastrophe_probability`` (flags from
+    p_catastrophe: float32[...], from ``catastrophe_probability`` (flags from
       ``catastrophe_flags`` with Amp′(H, M_target)'s predicate).
-    turn_mask: bool[B, T].
+    turn_mask: bool[...].
   Returns:
     0 (zero gradient) when no turn is flagged or none is valid; positive otherwise.
   """

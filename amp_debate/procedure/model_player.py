@@ -1,8 +1,8 @@
 """The model as debater: M (or M_target) answering the protocol questions of ``protocol``.
 
-``ModelDebater`` implements the Debater interface of ``players`` (answer, counter, support,
-challenge, stop) by building the protocol prompt of every game and sampling M's argument with the
-argument's static length (La, La, S*La, S*La, 1). One model plays every role. It also gives:
+``ModelDebater`` implements the Debater interface of ``players`` (answer_fn, answer, support, stop)
+by building the protocol prompt of every game and sampling M's argument with the argument's static
+length (La, La, S*La, 1). One model plays every role. It also gives:
 
   score(prompts [B, Lp], tokens [B, L])  -> float32[B, L] M's log-probs of recorded arguments
                                             (recomputed under new parameters in the losses)
@@ -39,19 +39,9 @@ def answer_prompts(task: Task, nodes):
   return jax.vmap(lambda n: protocol.answer_prompt(task, n))(nodes)
 
 
-def counter_prompts(task: Task, nodes, claims_even):
-  """The odd side's ANSWER(n | even's claim). claims_even int32[B, La]."""
-  return jax.vmap(lambda n, c: protocol.counter_prompt(task, n, c))(nodes, claims_even)
-
-
 def support_prompts(task: Task, nodes, claims):
   """SUPPORT(n, claim). claims int32[B, La]."""
   return jax.vmap(lambda n, c: protocol.support_prompt(task, n, c))(nodes, claims)
-
-
-def challenge_prompts(task: Task, nodes, claims, supports):
-  """CHALLENGE(n, claim, support). supports int32[B, S*La]."""
-  return jax.vmap(lambda n, c, s: protocol.challenge_prompt(task, n, c, s))(nodes, claims, supports)
 
 
 def stop_prompts(task: Task, nodes, claims_even, claims_odd):
@@ -120,21 +110,12 @@ class ModelDebater:
 
   # ---- the Debater interface (players) --------------------------------------------------------
   def answer(self, nodes, rng) -> players.Move:
-    """Claims: nodes int32[B, Lq] -> Move [B, La]."""
+    """M's direct answers (assigned claims; M inside Amp′): nodes int32[B, Lq] -> Move [B, La]."""
     return self._sample(answer_prompts(self.task, nodes), rng, self.task.answer_len)
-
-  def counter(self, nodes, claims_even, rng) -> players.Move:
-    """Odd's counter-claims (equal to claims_even: concede) -> Move [B, La]."""
-    return self._sample(counter_prompts(self.task, nodes, claims_even), rng, self.task.answer_len)
 
   def support(self, nodes, claims, rng) -> players.Move:
     """Answers to H's subquestions of each node -> Move [B, S*La]."""
     return self._sample(support_prompts(self.task, nodes, claims), rng,
-                        protocol.support_len(self.task))
-
-  def challenge(self, nodes, claims, supports, rng) -> players.Move:
-    """Alternative supports (the first differing valid row is challenged) -> Move [B, S*La]."""
-    return self._sample(challenge_prompts(self.task, nodes, claims, supports), rng,
                         protocol.support_len(self.task))
 
   def stop(self, nodes, claims_even, claims_odd, rng) -> players.Move:

@@ -1,17 +1,19 @@
 """Debaters: who produces each argument of a debate (DESIGN.md section 3).
 
-A debater answers the protocol questions of ``protocol`` for a batch of games. Every move returns the
-argument tokens and their log-probabilities under the debater's policy (scripted debaters return
-zeros), so the RL loss can weigh them. The rollout (``debate``) calls:
+A debater is M (or a scripted stand-in) seen through the protocol questions of ``protocol``. Every
+move returns the argument tokens and their log-probabilities under the debater's policy (scripted
+debaters return zeros). The rollout (``debate``) calls:
 
-  answer(nodes [B, Lq], rng)                          -> Move, tokens int32[B, La]
-  counter(nodes, claims_even [B, La], rng)            -> Move, tokens int32[B, La] (equal: concede)
-  support(nodes, claims [B, La], rng)                 -> Move, tokens int32[B, S*La]
-  challenge(nodes, claims, supports [B, S*La], rng)   -> Move, tokens int32[B, S*La]
-  stop(nodes, claims_even, claims_odd, rng)           -> Move, tokens int32[B, 1]; YES stops
+  answer_fn()                                -> M for ``amplify``: a side's claim on a node is its
+                                                own Amp′(H, M)(node) computation
+  answer(nodes [B, Lq], rng)                 -> Move [B, La]: an assigned claim to defend
+  support(nodes, claims [B, La], rng)        -> Move [B, S*La]: answers to H's subquestions of each
+                                                node, used where H was not called (or the claim is
+                                                assigned)
+  stop(nodes, claims_even, claims_odd, rng)  -> Move [B, 1]; protocol.YES stops the debate
 
-The model-backed debater (M_target answering protocol prompts) lives in ``model_player``; this module
-holds the scripted ones used to test the protocol: an honest oracle and liars.
+The model-backed debater lives in ``model_player``; this module holds the scripted ones used to test
+the protocol and to measure honesty: an honest oracle and liars.
 """
 
 from __future__ import annotations
@@ -58,47 +60,50 @@ def wrong_answer(task: Task, answer, rng):
   return (tok.num_offset + (value + shift) % span).astype(jnp.int32)
 
 
+def _never_stop(nodes) -> Move:
+  return scripted(jnp.full((nodes.shape[0], 1), protocol.NO, jnp.int32))
+
+
 @dataclasses.dataclass(frozen=True)
 class OracleDebater:
-  """Honest and perfect: true answers, true supports, challenges exactly the false subanswers."""
+  """Honest and perfect: M = ``task.solve``, true supports, never stops."""
 
   task: Task
+
+  def answer_fn(self):
+    return lambda questions, rng: self.task.batch_solve(questions)
 
   def answer(self, nodes, rng):
     return scripted(self.task.batch_solve(nodes))
 
-  def counter(self, nodes, claims_even, rng):
-    return self.answer(nodes, rng)
-
   def support(self, nodes, claims, rng):
     return scripted(jax.vmap(lambda n: oracle_support(self.task, n))(nodes))
 
-  def challenge(self, nodes, claims, supports, rng):
-    return self.support(nodes, claims, rng)
-
   def stop(self, nodes, claims_even, claims_odd, rng):
-    return scripted(jnp.full((nodes.shape[0], 1), protocol.NO, jnp.int32))
+    return _never_stop(nodes)
 
 
 @dataclasses.dataclass(frozen=True)
 class LiarDebater:
-  """Claims a false answer and defends it.
+  """Claims a false answer and defends it (played in an assigned seat: ``debate.rollout(...,
+  assigned=...)``).
 
   consistent=True: supports keep the lie consistent where the task's recombination passes one
-  subanswer through (the last valid row carries the claim: permutation, union find); elsewhere, and
-  with consistent=False, supports are true, so H's recombination exposes the false claim at once.
-  Challenges dispute one valid subanswer (chosen at random) with a false answer.
+  subanswer through (the last valid row carries the claim: permutation, union find), so the lie
+  moves one level down and is caught only at a leaf; elsewhere, and with consistent=False, supports
+  are true, so H's recombination exposes the false claim at once. As an M for ``amplify``
+  (``answer_fn``) it answers every question falsely.
   """
 
   task: Task
   consistent: bool = True
 
+  def answer_fn(self):
+    return lambda questions, rng: self.answer(questions, rng).tokens
+
   def answer(self, nodes, rng):
     truth = self.task.batch_solve(nodes)
     return scripted(wrong_answer(self.task, truth, rng))
-
-  def counter(self, nodes, claims_even, rng):
-    return self.answer(nodes, rng)
 
   def support(self, nodes, claims, rng):
     def one(node, claim):
@@ -111,14 +116,5 @@ class LiarDebater:
       return jnp.where(last >= 0, lied.reshape(-1), honest)
     return scripted(jax.vmap(one)(nodes, claims))
 
-  def challenge(self, nodes, claims, supports, rng):
-    def one(node, support, key):
-      _, valid, rows = protocol.subquestions_of(self.task, node, support)
-      pick_key, lie_key = jax.random.split(key)
-      j = jax.random.categorical(pick_key, jnp.where(valid, 0.0, -jnp.inf))
-      return rows.at[j].set(wrong_answer(self.task, rows[j], lie_key)).reshape(-1)
-    keys = jax.random.split(rng, nodes.shape[0])
-    return scripted(jax.vmap(one)(nodes, supports, keys))
-
   def stop(self, nodes, claims_even, claims_odd, rng):
-    return scripted(jnp.full((nodes.shape[0], 1), protocol.NO, jnp.int32))
+    return _never_stop(nodes)

@@ -1,25 +1,22 @@
 """The debate protocol's token language: protocol questions (prompts) and H's checks on arguments.
 
-Every argument in a debate is M_target's answer to a protocol question, so one model plays every
-role. A protocol question is a header token (tasks.tokenizer.PROTOCOL_TOKENS), the node question n
-and the claims it refers to; all prompts are LEFT-padded with PAD to one length ``prompt_len(task)``
-(the model's convention: the header is the first real token, so PADs inside claims are ordinary
-tokens). With Lq = task.question_len, La = task.answer_len, S = task.num_subquestions:
+Every argument in a debate is the output of an Amp′(H, M_target) computation or M_target's answer to
+a protocol question, so one model plays every role. A protocol question is a header token
+(tasks.tokenizer.PROTOCOL_TOKENS), the node question n and the claims it refers to; all prompts are
+LEFT-padded with PAD to one length ``prompt_len(task)`` (the model's convention: the header is the
+first real token, so PADs inside claims are ordinary tokens). With Lq = task.question_len,
+La = task.answer_len, S = task.num_subquestions:
 
-  ANSWER     [ANSWER] n                                   -> claim        int32[La]
-  COUNTER    [ANSWER] n [SEP ODD] claim_even              -> claim_odd    int32[La] (equal: concede)
-  SUPPORT    [SUPPORT] n [SEP] claim                      -> support      int32[S*La]: answers to H's
+  ANSWER     [ANSWER] n                                   -> answer   int32[La] (a claim is Amp′ of it)
+  SUPPORT    [SUPPORT] n [SEP] claim                      -> support  int32[S*La]: answers to H's
                                                              subquestions of n, in order
-  CHALLENGE  [CHALLENGE] n [SEP] claim [SEP] support      -> alternative  int32[S*La]: the first valid
-                                                             row differing from ``support`` is the
-                                                             challenge; none differing = accept all
   STOP       [STOP] n [SEP] claim_even [SEP] claim_odd    -> [YES] stops the debate (learned stop)
-  VERDICT    [VERDICT] n [SEP] claim_even [SEP] claim_odd -> [EVEN] | [ODD] | [DRAW]
+  VERDICT    [VERDICT] n [SEP] claim_even [SEP] claim_odd -> [EVEN] | [ODD] | [DRAW] (transcript judge)
 
 H's checks (pure, per node; vmap for batches): ``check_support`` poses the subquestions of n one
 after another from the support's own answers, recombines them and compares with the claim (an
-inconsistent supporter loses at once); ``first_challenge`` finds the challenged row; ``descend``
-gives the next node and both sides' claims about it.
+inconsistent supporter loses at once); ``first_dispute`` finds the first valid row where the two
+sides' supports differ; ``descend`` gives the disputed subquestion and each side's answer to it.
 """
 
 from __future__ import annotations
@@ -30,20 +27,20 @@ import jax.numpy as jnp
 from amp_debate.tasks.base import Task
 from amp_debate.tasks.tokenizer import PAD, SEP, protocol_id  # noqa: F401 (re-exported)
 
-ANSWER, SUPPORT, CHALLENGE = protocol_id("ANSWER"), protocol_id("SUPPORT"), protocol_id("CHALLENGE")
+ANSWER, SUPPORT = protocol_id("ANSWER"), protocol_id("SUPPORT")
 STOP, VERDICT = protocol_id("STOP"), protocol_id("VERDICT")
 YES, NO = protocol_id("YES"), protocol_id("NO")
 EVEN, ODD, DRAW = protocol_id("EVEN"), protocol_id("ODD"), protocol_id("DRAW")
 
 
 def support_len(task: Task) -> int:
-  """S * La: length of a SUPPORT or CHALLENGE argument."""
+  """S * La: length of a SUPPORT argument (the longest argument)."""
   return task.num_subquestions * task.answer_len
 
 
 def prompt_len(task: Task) -> int:
-  """Length of every protocol prompt (the longest, CHALLENGE, sets it)."""
-  return 3 + task.question_len + task.answer_len + support_len(task)
+  """Length of every protocol prompt (the longest, STOP/VERDICT, sets it): 3 + Lq + 2 La."""
+  return 3 + task.question_len + 2 * task.answer_len
 
 
 def _prompt(task: Task, *parts) -> jax.Array:
@@ -59,19 +56,9 @@ def answer_prompt(task: Task, node):
   return _prompt(task, ANSWER, node)
 
 
-def counter_prompt(task: Task, node, claim_even):
-  """The odd side's answer to n, knowing even's claim (the same answer concedes). int32[Lp]."""
-  return _prompt(task, ANSWER, node, SEP, ODD, claim_even)
-
-
 def support_prompt(task: Task, node, claim):
   """SUPPORT(n, claim): int32[Lp]. claim int32[La]."""
   return _prompt(task, SUPPORT, node, SEP, claim)
-
-
-def challenge_prompt(task: Task, node, claim, support):
-  """CHALLENGE(n, claim, support): int32[Lp]. support int32[S*La]."""
-  return _prompt(task, CHALLENGE, node, SEP, claim, SEP, support)
 
 
 def stop_prompt(task: Task, node, claim_even, claim_odd):
@@ -110,24 +97,26 @@ def check_support(task: Task, node, claim, support) -> jax.Array:
   return (recombined == claim).all() & ~task.is_leaf(node)
 
 
-def first_challenge(task: Task, node, support, alternative):
-  """The challenged row: the first valid row where ``alternative`` differs from ``support``.
+def first_dispute(task: Task, node, support_even, support_odd):
+  """The disputed row: the first valid row where the two supports differ.
 
-  Returns:
-    (index int32[], accepted bool[]): accepted is True when no valid row differs (the challenger
-    concedes); index is then 0 and meaningless.
+  Rows before it agree, so both sides posed the same subquestion there (the i-th subquestion
+  depends only on earlier answers). Returns (index int32[], agree bool[]): agree is True when no
+  valid row differs (two consistent supports of different claims always differ somewhere); index is
+  then 0 and meaningless.
   """
-  _, valid, rows = subquestions_of(task, node, support)
-  alt_rows = alternative.reshape(rows.shape)
-  differs = valid & (alt_rows != rows).any(-1)
+  _, valid, rows = subquestions_of(task, node, support_even)
+  odd_rows = support_odd.reshape(rows.shape)
+  differs = valid & (odd_rows != rows).any(-1)
   return jnp.argmax(differs).astype(jnp.int32), ~differs.any()
 
 
-def descend(task: Task, node, support, alternative, index):
-  """Next node and both sides' claims on it: (node' int32[Lq], claim_even' int32[La], claim_odd')."""
-  subs, _, rows = subquestions_of(task, node, support)
-  alt_rows = alternative.reshape(rows.shape)
-  return subs[index], rows[index], alt_rows[index]
+def descend(task: Task, node, support_even, support_odd, index):
+  """The disputed subquestion and each side's claim on it: (node' int32[Lq], claim_even' int32[La],
+  claim_odd' int32[La])."""
+  subs, _, rows = subquestions_of(task, node, support_even)
+  odd_rows = support_odd.reshape(rows.shape)
+  return subs[index], rows[index], odd_rows[index]
 
 
 def leaf_verdict(task: Task, node, claim_even, claim_odd) -> jax.Array:

@@ -123,6 +123,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "debate.confidence_threshold": _number(None, 1.0),
     "debate.learned_stop": _bool,
     "debate.force_stop_after": _int(0),
+    "debate.assign_prob": _number(0.0, 1.0),
     "step.temperature": _number(0.0, lo_open=True),
     "step.clip_eps": _number(0.0, lo_open=True),
     "step.advantage": _choice(*losses.ADVANTAGE_KINDS),
@@ -269,7 +270,8 @@ def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
       debate=debate.DebateConfig(
           t_max=d.t_max, call_prob=d.call_prob,
           confidence_threshold=None if d.confidence_threshold < 0 else d.confidence_threshold,
-          learned_stop=d.learned_stop, force_stop_after=d.force_stop_after or None),
+          learned_stop=d.learned_stop, force_stop_after=d.force_stop_after or None,
+          assign_prob=d.assign_prob),
       temperature=s.temperature, clip_eps=s.clip_eps, advantage=s.advantage,
       target_period=s.target_period or None, target_ema=None if s.target_period else s.target_ema,
       curriculum=cur.kind, curriculum_threshold=cur.threshold, curriculum_ema=cur.ema,

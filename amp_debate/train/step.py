@@ -1,16 +1,20 @@
-"""One jitted training step: sample D, debate with M_target, amplified targets, losses, update.
+"""One jitted training step: sample D, debate with M_target, credit and targets, losses, update.
 
   state, metrics = train_step(state, rng)
 
 1. questions ~ D at the curriculum's level (``task.sample(..., max_difficulty=level)``);
-2. a batch of debates between copies of M_target (``debate.rollout``), each argument sampled from
-   M_target answering a protocol question;
-3. distillation targets Amp′(H, M_target)(q′) for every node q′ argued about (the root and each
-   supported node) and, with ``distill_subquestions``, for every subquestion H posed inside those
-   Amp′ computations (one more Amp′ pass over them);
-4. losses with M (not M_target): PPO-clipped debate RL on every argument, cross-entropy toward the
-   amplified targets, catastrophe penalty; one gradient per objective (``jax.jacrev``);
+2. a batch of debates between copies of Amp′(H, M_target) (``debate.rollout``); in a fraction
+   ``debate.assign_prob`` of them one side defends an assigned claim;
+3. from the debates' own records (``procedure.credit``): the tokens M_target sampled, with zero-sum
+   per-argument rewards, and the distillation targets (every Amp′ computation's answer and the
+   subanswers behind it, H's answers at leaves, the learned stop's hindsight labels); with
+   ``distill_subquestions`` one more Amp′ pass gives targets for every subquestion H posed;
+4. losses with M (not M_target): PPO-clipped policy gradient on the sampled tokens at the sampling
+   temperature (importance ratios against the recorded log-probs), cross-entropy toward the
+   targets, catastrophe penalty; one gradient per objective (``jax.jacrev``);
 5. the optax combination (weighted / constrained / shaped) reduces the gradients to one update;
+   the shaped reward is r − β·(fraction of the argument's tokens that differ from the amplified
+   target of their question), which depends on the argument;
 6. the target network and the curriculum are updated.
 Everything is a pure function of (state, rng): ``build_train_step`` returns it unjitted (the
 trainer jits it with mesh shardings), ``make_train_step`` returns it jitted on one device.
@@ -35,7 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from amp_debate.models.transformer import LanguageModel
-from amp_debate.procedure import combine, curriculum, debate, losses, protocol, target
+from amp_debate.procedure import combine, credit, curriculum, debate, losses, protocol, target
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
 from amp_debate.tasks.base import Batch, Task
@@ -135,15 +139,29 @@ def _greedy_answers(task: Task, model: LanguageModel, params, questions, rng):
   return m_greedy.answer(questions, rng).tokens
 
 
-def target_turns(t_max: int) -> list[int]:
-  """Turns whose node is new: the root's CLAIM (t = 0) and the SUPPORT turns t = 4, 6, ... (the
-  SUPPORT at t = 2 argues about the root again)."""
-  return [0] + list(range(4, t_max, 2))
-
-
-def node_of_turn(t_max: int) -> list[int]:
-  """For each turn t < t_max, the index into ``target_turns`` of the node it argues about."""
-  return [0 if t < 4 else (t - 2) // 2 for t in range(t_max)]
+def _policy_targets(task: Task, transcript: debate.Transcript, rows: credit.Rows, sub_amp,
+                    sub_posed):
+  """Amplified targets of the policy rows' questions, for the shaped reward: (targets
+  int32[B, R, 2, K, L], has_target bool[B, R, 2, K]). Direct answers on node r: the other side's
+  computation of node r where H was called; subanswers: the subquestion pass (if any); supports:
+  none."""
+  comps = transcript.comps
+  length = rows.tokens.shape[-1]
+  pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])])
+  other = comps.answer[:, :, ::-1]
+  other_ok = (comps.active & comps.called)[:, :, ::-1]
+  b, r, _, k, _ = rows.tokens.shape
+  s = k - 2
+  if sub_amp is None:
+    sub_targets = jnp.zeros((b, r, 2, s, length), jnp.int32)
+    sub_ok = jnp.zeros((b, r, 2, s), bool)
+  else:
+    sub_targets = pad(sub_amp.answers).reshape(b, r, 2, s, length)
+    sub_ok = (sub_posed & sub_amp.called).reshape(b, r, 2, s)
+  targets = jnp.concatenate([pad(other)[:, :, :, None], sub_targets,
+                             jnp.zeros((b, r, 2, 1, length), jnp.int32)], axis=3)
+  has = jnp.concatenate([other_ok[..., None], sub_ok, jnp.zeros((b, r, 2, 1), bool)], axis=3)
+  return targets, has
 
 
 def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
@@ -155,91 +173,95 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
   (``sharding.batch_constraint(mesh)`` pins it to the data shards, so each device generates and
   processes its own examples).
   """
-  batch_size, t_max = config.batch_size, config.debate.t_max
+  batch_size = config.batch_size
+  num_nodes, num_sub = config.debate.num_nodes, task.num_subquestions
 
   def train_step(state: TrainState, rng: jax.Array):
-    sample_rng, debate_rng, target_rng, eval_rng = jax.random.split(rng, 4)
+    sample_rng, assign_rng, debate_rng, target_rng, eval_rng = jax.random.split(rng, 5)
     level = curriculum.max_difficulty(state.curriculum)
     batch = sample_batch(task, sample_rng, batch_size, level)
     if constrain_batch is not None:
       batch = constrain_batch(batch)
     m_target = ModelDebater(model=model, params=state.target_params, task=task,
                             temperature=config.temperature)
+    assigned = None
+    if config.debate.assign_prob > 0:
+      assigned = debate.sample_assignments(assign_rng, batch_size, config.debate.assign_prob)
     game, transcript = debate.rollout(task, m_target, m_target, batch.questions, debate_rng,
-                                      config.debate)
+                                      config.debate, assigned=assigned)
 
-    # Amplified targets for every node argued about (the root at t = 0, each supported node).
-    # The distinct nodes argued about: the root (claimed at t = 0; the SUPPORT at t = 2 supports
-    # it again) and the node of each later SUPPORT (t = 4, 6, ...). Turn t argues about node
-    # node_of_turn[t]. Targets are computed for these columns only (static selection).
-    node_turns = target_turns(t_max)
-    num_nodes = len(node_turns)
-    nodes = transcript.nodes[:, node_turns].reshape(batch_size * num_nodes, -1)
-    posed = transcript.active[:, node_turns].reshape(-1)
-    node_rng, sub_rng = jax.random.split(target_rng)
-    amp = amplify(task, m_target.answer_fn(), nodes, node_rng,
-                  call_prob=config.debate.call_prob,
-                  confidence_threshold=config.debate.confidence_threshold)
-    target_questions, target_answers, target_posed = nodes, amp.answers, posed
+    # What M_target sampled, and who gets credit for it (zero-sum per game, per argument).
+    prows = credit.policy_rows(task, transcript)  # [B, R, 2, K]
+    rewards, has_tokens = credit.argument_rewards(game.winner, prows, num_nodes)  # [B, 2, A]
+    weights = credit.token_weights(prows, num_nodes)
+
+    # Distillation targets from the debate's own computations (+ the subquestion pass).
+    drows = credit.distill_rows(task, transcript)
+    sub_amp = sub_posed = None
+    target_calls = jnp.zeros((), jnp.int32)
     if config.distill_subquestions:
-      # Every subquestion H posed inside those Amp′ computations, with its own Amp′ target.
-      subquestions = amp.subquestions.reshape(-1, task.question_len)
-      sub_posed = (amp.sub_valid & (posed & amp.called)[:, None]).reshape(-1)
-      sub_amp = amplify(task, m_target.answer_fn(), subquestions, sub_rng,
+      subquestions, posed = credit.posed_subquestions(transcript)
+      subquestions = subquestions.reshape(-1, task.question_len)
+      sub_posed = posed.reshape(-1)
+      sub_amp = amplify(task, m_target.answer_fn(), subquestions, target_rng,
                         call_prob=config.debate.call_prob,
                         confidence_threshold=config.debate.confidence_threshold)
-      target_questions = jnp.concatenate([nodes, subquestions])
-      target_answers = jnp.concatenate([amp.answers, sub_amp.answers])
-      target_posed = jnp.concatenate([posed, sub_posed])
-    answer_prompts = jax.vmap(lambda n: protocol.answer_prompt(task, n))(target_questions)
-    target_mask = jnp.broadcast_to(target_posed[:, None], target_answers.shape)
+      target_calls = (sub_amp.called & sub_posed).sum().astype(jnp.int32)
+      drows = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), drows,
+                           credit.subquestion_targets(task, subquestions, sub_amp, sub_posed))
+    mismatch = jnp.zeros(rewards.shape, jnp.float32)
+    if combination == "shaped":
+      targets, has_target = _policy_targets(task, transcript, prows, sub_amp, sub_posed)
+      mismatch = credit.argument_mismatch(prows, targets, has_target, num_nodes)
+    arg_mask = has_tokens.reshape(batch_size, -1)
+    shaped_rewards = combine.shape_rewards(
+        rewards.reshape(batch_size, -1), mismatch.reshape(batch_size, -1), config.shaped_beta,
+        arg_mask) if combination == "shaped" else rewards.reshape(batch_size, -1)
+    adv = losses.advantages(shaped_rewards, arg_mask, config.advantage)
+    row_adv = credit.row_values(adv.reshape(rewards.shape), num_nodes, num_sub)  # [B, R, 2, K]
 
-    prompts = _safe_prompts(transcript.prompts.reshape(batch_size * t_max, -1))
-    tokens = transcript.tokens.reshape(batch_size * t_max, -1)
-    token_mask = transcript.token_mask.reshape(tokens.shape)
-    shape3 = transcript.tokens.shape
-    logp_old = jax.lax.stop_gradient(
-        model.log_prob(state.target_params, prompts, tokens, answer_mask=token_mask)).reshape(shape3)
-
-    rewards = losses.debate_rewards(game.winner, transcript.side, transcript.active)
+    flat = prows.flatten()
+    shape = prows.tokens.shape
+    policy_prompts = _safe_prompts(flat.prompts)
+    distill_prompts = _safe_prompts(drows.prompts)
+    logp_old = prows.log_probs  # recorded when M_target sampled them, at the same temperature
 
     def objective_losses(params):
-      logp = model.log_prob(params, prompts, tokens, answer_mask=token_mask).reshape(shape3)
-      logp_targets = model.log_prob(params, answer_prompts, target_answers,
-                                    answer_mask=target_mask)
-      node_logp = logp_targets[:batch_size * num_nodes]
-      sup_per_node = -(node_logp.sum(-1) / task.answer_len).reshape(batch_size, num_nodes)
-      sup_per_turn = sup_per_node[:, node_of_turn(t_max)]
-      shaped_rewards = combine.shape_rewards(rewards, sup_per_turn, config.shaped_beta,
-                                             transcript.active) if combination == "shaped" else rewards
-      adv = losses.advantages(shaped_rewards, transcript.active, config.advantage)
-      rl, pg_metrics = losses.policy_gradient_loss(logp, logp_old, transcript.token_mask,
-                                                   transcript.active, adv, config.clip_eps)
-      sup = losses.distillation_loss(logp_targets, target_mask)
-      flags = losses.catastrophe_flags(config.catastrophe, transcript.nodes, transcript.tokens,
-                                       transcript.active)
-      p_cat = losses.catastrophe_probability(logp, logp_old, transcript.token_mask,
-                                             transcript.active, flags)
-      cat = losses.catastrophe_loss(p_cat, transcript.active)
+      logp = model.log_prob(params, policy_prompts, flat.tokens, answer_mask=flat.mask,
+                            temperature=config.temperature).reshape(shape)
+      logp_targets = model.log_prob(params, distill_prompts, drows.tokens, answer_mask=drows.mask)
+      rl, pg_metrics = losses.policy_gradient_loss(logp, logp_old, prows.mask, prows.active,
+                                                   row_adv, config.clip_eps, token_weights=weights)
+      sup = losses.distillation_loss(logp_targets, drows.mask)
+      flags = losses.catastrophe_flags(config.catastrophe, prows.questions, prows.tokens,
+                                       prows.active)
+      p_cat = losses.catastrophe_probability(logp, logp_old, prows.mask, prows.active, flags)
+      cat = losses.catastrophe_loss(p_cat, prows.active)
       values = {"rl": rl, "sup": sup, "cat": cat}
       return values, (pg_metrics, values)  # the values again as aux: no second forward pass
 
     grads, (pg_metrics, values) = jax.jacrev(objective_losses, has_aux=True)(state.params)
     params, opt_state, step, target_params = _update(tx, config, state, grads, values)
 
-    # Curriculum signal: M's greedy root answers against Amp′(H, M_target) where H was called.
+    # Curriculum signal: M's greedy root answers against a computing side's Amp′(H, M_target)
+    # of the root, where H was called.
     root_answers = _greedy_answers(task, model, state.params, batch.questions, eval_rng)
-    root_amp = amp.amplified.reshape(batch_size, num_nodes, -1)[:, 0]
-    root_called = amp.called.reshape(batch_size, num_nodes)[:, 0]
-    agreement = curriculum.amplified_agreement(root_answers, root_amp, valid=root_called)
+    side = transcript.assigned[:, 0].astype(jnp.int32)  # the even side computes unless assigned
+    root = jax.tree.map(lambda x: jnp.take_along_axis(
+        x[:, 0], side.reshape((-1, 1) + (1,) * (x.ndim - 3)), axis=1)[:, 0], transcript.comps)
+    agreement = curriculum.amplified_agreement(root_answers, root.answer,
+                                               valid=root.called & root.active)
     curriculum_state = curriculum.update(
         state.curriculum, step, agreement, kind=config.curriculum, max_level=task.max_difficulty,
         steps_per_level=config.steps_per_level, threshold=config.curriculum_threshold,
         ema=config.curriculum_ema, min_steps=config.curriculum_min_steps)
 
     exact = lambda answers: (answers == batch.answers).all(-1).mean()
+    winner_claim = jnp.take_along_axis(transcript.claims[:, 0], jnp.minimum(game.winner, 1)[
+        :, None, None], axis=1)[:, 0]
+    decided = game.winner != debate.DRAW
     metrics = {
-        **debate.metrics(game, transcript, t_max),
+        **debate.metrics(game, transcript, config.debate.t_max),
         **{f"loss/{k}": v for k, v in values.items()},
         **{f"pg/{k}": v for k, v in pg_metrics.items()},
         **combine.metrics(opt_state),
@@ -248,10 +270,15 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         # Evaluation only (ground truth never feeds the update):
         "accuracy/model": exact(root_answers),
         "accuracy/h_alone": exact(task.batch_leaf_answer(batch.questions)),
-        "human_calls/targets": (amp.called & posed).sum() + (
-            sub_amp.called & sub_posed).sum() if config.distill_subquestions else (
-                amp.called & posed).sum(),
-        "distill/targets": target_posed.sum(),
+        "debate/winner_true": ((winner_claim == batch.answers).all(-1) & decided).sum() / (
+            jnp.maximum(decided.sum(), 1)),
+        "human_calls/targets": target_calls / batch_size,
+        "human_calls/per_question": (game.human_calls + target_calls) / batch_size,
+        "distill/targets": drows.active.sum(),
+        "rl/arguments": has_tokens.sum() / batch_size,
+        "stop/label_yes": (transcript.stop_label.sum() / jnp.maximum(
+            transcript.stop_labelled.sum(), 1)),
+        "shaped/mismatch": (mismatch * has_tokens).sum() / jnp.maximum(has_tokens.sum(), 1),
         "grad_norm/rl": optax.tree.norm(grads["rl"]),
         "grad_norm/sup": optax.tree.norm(grads["sup"]),
         "grad_norm/cat": optax.tree.norm(grads["cat"]),

@@ -108,6 +108,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.debate.confidence_threshold = -1.0  # < 0: no confidence rule
   c.debate.learned_stop = False
   c.debate.force_stop_after = 0  # 0: never
+  # Fraction of self-play debates in which one side defends an assigned claim (another answer than
+  # the other side's), so that refuting false claims is practised (DESIGN.md section 3).
+  c.debate.assign_prob = 0.5
 
   c.step = ml_collections.ConfigDict()
   c.step.temperature = 1.0

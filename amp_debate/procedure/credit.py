@@ -1,0 +1,236 @@
+"""What the losses learn from a batch of debates: policy-gradient rows and distillation targets.
+
+Both are read off the rollout's ``Transcript`` (no re-run of any computation), as flat *rows*: a
+protocol prompt (int32[Lp]), a token row padded to L = S*La (int32[L]) and a mask (bool[L]).
+
+Policy-gradient rows (``policy_rows``) are exactly the tokens M_target sampled, laid out
+[B, R, 2, K] (game, node, side, K = S + 2 kinds): k = 0 M's direct answer to ANSWER(n) where H was
+not called (it *is* the side's claim, or its check of a committed claim); k = 1..S its answers to
+the subquestions H posed where H was called (the trace; H's recombination carries no gradient);
+k = S + 1 its direct answer to SUPPORT(n, claim) where no trace supplied the support. Each row
+belongs to one *argument* of its side: the claim (node 0, k <= S), the root support (node 0,
+k = S + 1) and the support on node r >= 1 (with the computation behind it) — A = R + 1 arguments
+per side.
+
+Credit (``argument_rewards``): zero-sum per game, +1 spread evenly over the winner's arguments that
+carry sampled tokens, -1 over the loser's, 0 in a draw; within an argument every token weighs
+1 / (its argument's token count), so an argument counts once whatever its length.
+
+Distillation targets (``distill_rows``) come from the debate's own computations, each human call
+used once: ANSWER(n) -> the computation's answer and SUPPORT(n, answer) -> its subanswers wherever
+H was called in a side's or the judge's Amp′ of n; ANSWER(leaf) -> H's answer at a leaf reached by
+descent; STOP(n, claims) -> H's hindsight label where the learned stop was asked and did not fire;
+optionally (``subquestion_targets``) ANSWER(q′) -> a fresh Amp′(H, M_target)(q′) for every
+subquestion q′ H posed in those computations.
+"""
+
+from __future__ import annotations
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from amp_debate.procedure import debate, protocol
+from amp_debate.procedure.amplify import AmpOutput
+from amp_debate.tasks.base import Task
+from amp_debate.tasks.tokenizer import PAD
+
+
+@flax.struct.dataclass
+class Rows:
+  """Flat rows of (prompt, tokens) with masks. N rows (any leading shape), L = S*La.
+
+  Attributes:
+    prompts: int32[..., Lp]; questions: int32[..., Lq] the question each row answers (the node for
+      SUPPORT/STOP rows); tokens: int32[..., L]; mask: bool[..., L] tokens that count;
+    log_probs: float32[..., L] log-probs at sampling time (policy rows; zeros for targets).
+  """
+
+  prompts: jax.Array
+  questions: jax.Array
+  tokens: jax.Array
+  mask: jax.Array
+  log_probs: jax.Array
+
+  @property
+  def active(self) -> jax.Array:
+    """bool[...]: rows with at least one token."""
+    return self.mask.any(-1)
+
+  def flatten(self) -> "Rows":
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-1:]), self)
+
+
+def _pad_to(x, length, value):
+  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])], constant_values=value)
+
+
+def _rows(task: Task, prompts, questions, tokens, active, log_probs=None) -> Rows:
+  """Rows from prompts [..., Lp], questions [..., Lq], tokens [..., l <= L], active bool[...]."""
+  length = protocol.support_len(task)
+  mask = _pad_to(jnp.broadcast_to(active[..., None], tokens.shape), length, False)
+  log_probs = jnp.zeros(tokens.shape, jnp.float32) if log_probs is None else log_probs
+  return Rows(prompts=prompts, questions=questions,
+              tokens=jnp.where(mask, _pad_to(tokens.astype(jnp.int32), length, PAD), PAD),
+              mask=mask,
+              log_probs=jnp.where(mask, _pad_to(log_probs.astype(jnp.float32), length, 0.0), 0.0))
+
+
+def _prompts(fn, task, *args):
+  """Applies a per-example prompt builder over any leading shape."""
+  lead = args[0].shape[:-1]
+  flat = [a.reshape((-1,) + a.shape[len(lead):]) for a in args]
+  out = jax.vmap(lambda *a: fn(task, *a))(*flat)
+  return out.reshape(lead + out.shape[1:])
+
+
+def _cat(rows: list[Rows], axis: int) -> Rows:
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis), *rows)
+
+
+# ---- policy gradient ----------------------------------------------------------------------------
+def num_arguments(num_nodes: int) -> int:
+  """A: arguments per side (claim, root support, one support per later node)."""
+  return num_nodes + 1
+
+
+def row_arguments(num_nodes: int, num_subquestions: int) -> jax.Array:
+  """int32[R, K]: the argument index (< A) of each policy row kind at each node."""
+  k = num_subquestions + 2
+  r = jnp.arange(num_nodes)[:, None]
+  kinds = jnp.arange(k)[None, :]
+  return jnp.where(r == 0, jnp.where(kinds == k - 1, 1, 0), r + 1).astype(jnp.int32)
+
+
+def policy_rows(task: Task, transcript: debate.Transcript) -> Rows:
+  """The tokens M_target sampled in the debates: Rows [B, R, 2, K] (module docstring)."""
+  comps = transcript.comps
+  s = task.num_subquestions
+  direct_active = comps.active & ~comps.called
+  direct = _rows(task, _prompts(protocol.answer_prompt, task, transcript.nodes[:, :, None].repeat(
+      2, 2)), jnp.broadcast_to(transcript.nodes[:, :, None], comps.direct.shape[:-1] + (
+          task.question_len,)), comps.direct, direct_active, comps.direct_log_probs)
+  sub = _rows(task, _prompts(protocol.answer_prompt, task, comps.subquestions),
+              comps.subquestions, comps.subanswers, comps.called[..., None] & comps.sub_valid,
+              comps.sub_log_probs)
+  nodes2 = jnp.broadcast_to(transcript.nodes[:, :, None], transcript.claims.shape[:-1] + (
+      task.question_len,))
+  support = _rows(task, _prompts(protocol.support_prompt, task, nodes2, transcript.claims), nodes2,
+                  transcript.support_tokens, transcript.support_sampled,
+                  transcript.support_log_probs)
+  out = _cat([jax.tree.map(lambda x: x[..., None, :], direct), sub,
+              jax.tree.map(lambda x: x[..., None, :], support)], axis=3)
+  chex.assert_shape(out.tokens, transcript.claims.shape[:3] + (s + 2, protocol.support_len(task)))
+  return out
+
+
+def argument_rewards(winner: jax.Array, rows: Rows, num_nodes: int) -> tuple[jax.Array, jax.Array]:
+  """Zero-sum per-argument rewards.
+
+  Args:
+    winner: int32[B] (0 even, 1 odd, 2 draw).
+    rows: policy Rows [B, R, 2, K].
+  Returns:
+    (rewards float32[B, 2, A], has_tokens bool[B, 2, A]): +1/n over the winner's n arguments with
+    sampled tokens, -1/m over the loser's m, 0 in draws and for arguments without tokens.
+  """
+  batch, r, _, k = rows.mask.shape[:4]
+  args = num_arguments(num_nodes)
+  index = row_arguments(num_nodes, k - 2)  # [R, K]
+  one_hot = jax.nn.one_hot(index, args, dtype=jnp.bool_)  # [R, K, A]
+  has_tokens = (rows.active[..., None] & one_hot[None, :, None]).any((1, 3))  # [B, 2, A]
+  count = has_tokens.sum(-1, keepdims=True)
+  side = jnp.arange(2)[None, :, None]
+  sign = jnp.where(winner[:, None, None] == debate.DRAW, 0.0,
+                   jnp.where(side == winner[:, None, None], 1.0, -1.0))
+  rewards = jnp.where(has_tokens, sign / jnp.maximum(count, 1), 0.0).astype(jnp.float32)
+  return rewards, has_tokens
+
+
+def token_weights(rows: Rows, num_nodes: int) -> jax.Array:
+  """float32[B, R, 2, K, L]: 1 / (tokens of the row's argument) on real tokens, else 0; summing to
+  the number of arguments with tokens."""
+  k = rows.mask.shape[3]
+  index = row_arguments(num_nodes, k - 2)
+  one_hot = jax.nn.one_hot(index, num_arguments(num_nodes), dtype=jnp.float32)  # [R, K, A]
+  per_row = rows.mask.sum(-1).astype(jnp.float32)  # [B, R, 2, K]
+  per_arg = jnp.einsum("brsk,rka->bsa", per_row, one_hot)
+  row_count = jnp.einsum("bsa,rka->brsk", per_arg, one_hot)
+  return jnp.where(rows.mask, 1.0 / jnp.maximum(row_count, 1.0)[..., None], 0.0)
+
+
+def row_values(per_argument: jax.Array, num_nodes: int, num_subquestions: int) -> jax.Array:
+  """float32[B, 2, A] -> float32[B, R, 2, K]: each row takes its argument's value."""
+  index = row_arguments(num_nodes, num_subquestions)  # [R, K]
+  return jnp.moveaxis(per_argument[:, :, index], 1, 2)
+
+
+def argument_mismatch(rows: Rows, targets: jax.Array, has_target: jax.Array, num_nodes: int
+                      ) -> jax.Array:
+  """float32[B, 2, A]: per argument, the fraction of its sampled tokens that differ from the
+  amplified target of their question (rows without a target do not count; 0 if none has one).
+
+  Args:
+    rows: policy Rows [B, R, 2, K]; targets int32[B, R, 2, K, L]; has_target bool[B, R, 2, K].
+  """
+  k = rows.mask.shape[3]
+  one_hot = jax.nn.one_hot(row_arguments(num_nodes, k - 2), num_arguments(num_nodes),
+                           dtype=jnp.float32)
+  counted = rows.mask & has_target[..., None]
+  wrong = (counted & (rows.tokens != targets)).sum(-1).astype(jnp.float32)
+  total = counted.sum(-1).astype(jnp.float32)
+  wrong, total = (jnp.einsum("brsk,rka->bsa", x, one_hot) for x in (wrong, total))
+  return jnp.where(total > 0, wrong / jnp.maximum(total, 1.0), 0.0)
+
+
+# ---- distillation -------------------------------------------------------------------------------
+def distill_rows(task: Task, transcript: debate.Transcript) -> Rows:
+  """Distillation targets from the debate's own computations, flattened: Rows [N, ...] (no
+  subquestion pass; see ``subquestion_targets``)."""
+  lq = task.question_len
+  comps = transcript.comps
+  used = comps.active & comps.called  # [B, R, 2]
+  nodes2 = jnp.broadcast_to(transcript.nodes[:, :, None], used.shape + (lq,))
+  rows = [
+      # ANSWER(n) -> Amp(H, M)(n) of each side's computation where H was called.
+      _rows(task, _prompts(protocol.answer_prompt, task, nodes2), nodes2, comps.answer, used),
+      # SUPPORT(n, answer) -> the subanswers that recombine to it.
+      _rows(task, _prompts(protocol.support_prompt, task, nodes2, comps.answer), nodes2,
+            comps.subanswers.reshape(used.shape + (-1,)), used & ~comps.is_leaf),
+  ]
+  judges = transcript.judges
+  judged = judges.active & judges.called
+  rows.append(_rows(task, _prompts(protocol.answer_prompt, task, transcript.nodes),
+                    transcript.nodes, judges.answer, judged))
+  final = transcript.final_judge
+  rows.append(_rows(task, _prompts(protocol.answer_prompt, task, transcript.final_node),
+                    transcript.final_node, final.answer, final.active & final.called))
+  rows.append(_rows(task, _prompts(protocol.answer_prompt, task, transcript.final_node),
+                    transcript.final_node, task.batch_leaf_answer(transcript.final_node),
+                    transcript.leaf_reached))
+  claims = transcript.claims
+  stop_prompts = _prompts(protocol.stop_prompt, task, transcript.nodes, claims[:, :, 0],
+                          claims[:, :, 1])
+  label = jnp.where(transcript.stop_label, protocol.YES, protocol.NO)[..., None]
+  rows.append(_rows(task, stop_prompts, transcript.nodes, label, transcript.stop_labelled))
+  return _cat([r.flatten() for r in rows], axis=0)
+
+
+def posed_subquestions(transcript: debate.Transcript) -> tuple[jax.Array, jax.Array]:
+  """(subquestions int32[B, R, 2, S, Lq], posed bool[B, R, 2, S]): subquestions H posed in the
+  sides' computations."""
+  comps = transcript.comps
+  return comps.subquestions, comps.active[..., None] & comps.called[..., None] & comps.sub_valid
+
+
+def subquestion_targets(task: Task, subquestions: jax.Array, amp: AmpOutput,
+                        posed: jax.Array) -> Rows:
+  """Rows [N] of ANSWER(q′) -> Amp′(H, M_target)(q′) for posed subquestions where H was called.
+
+  Args:
+    subquestions: int32[N, Lq]; amp: that Amp′ pass over them; posed: bool[N].
+  """
+  chex.assert_rank(subquestions, 2)
+  return _rows(task, _prompts(protocol.answer_prompt, task, subquestions), subquestions,
+               amp.answers, posed & amp.called)
