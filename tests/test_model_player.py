@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from amp_debate import models, tasks
-from amp_debate.procedure import model_player, players, protocol
+from amp_debate.procedure import debate, model_player, players, protocol
 from amp_debate.procedure.amplify import amplify
 
 TASKS = {
@@ -48,28 +48,24 @@ def _play(debater, nodes, rng):
   """
   TRACES["play"] += 1
   task = debater.task
-  keys = jax.random.split(rng, 5)
+  keys = jax.random.split(rng, 4)
   claims = debater.answer(nodes, keys[0])
-  counters = debater.counter(nodes, claims.tokens, keys[1])
+  others = debater.answer(nodes, keys[1])
   supports = debater.support(nodes, claims.tokens, keys[2])
-  challenges = debater.challenge(nodes, claims.tokens, supports.tokens, keys[3])
-  stops = debater.stop(nodes, claims.tokens, counters.tokens, keys[4])
+  stops = debater.stop(nodes, claims.tokens, others.tokens, keys[3])
   prompts = {
       "answer": model_player.answer_prompts(task, nodes),
-      "counter": model_player.counter_prompts(task, nodes, claims.tokens),
       "support": model_player.support_prompts(task, nodes, claims.tokens),
-      "challenge": model_player.challenge_prompts(task, nodes, claims.tokens, supports.tokens),
-      "stop": model_player.stop_prompts(task, nodes, claims.tokens, counters.tokens),
+      "stop": model_player.stop_prompts(task, nodes, claims.tokens, others.tokens),
   }
-  moves = dict(answer=claims, counter=counters, support=supports, challenge=challenges, stop=stops)
+  moves = dict(answer=claims, support=supports, stop=stops)
   return {role: (move, debater.model.log_prob(debater.params, prompts[role], move.tokens,
                                               temperature=debater.temperature))
           for role, move in moves.items()}
 
 
 def _lengths(task):
-  s_la = protocol.support_len(task)
-  return dict(answer=task.answer_len, counter=task.answer_len, support=s_la, challenge=s_la, stop=1)
+  return dict(answer=task.answer_len, support=protocol.support_len(task), stop=1)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -170,3 +166,67 @@ def test_answer_fn_in_amplify_records_model_log_probs(name):
   called = np.asarray(out.called)
   np.testing.assert_array_equal(answers[called], amplified[called])
   np.testing.assert_array_equal(answers[~called], direct[~called])
+
+
+# ---- M in the debate: supports where H was called are its computation's trace -------------------
+SELF_PLAY_BATCH = 16
+
+
+@functools.cache
+def _model_self_play(name, call_prob):
+  """An untrained M in self-play (t_max = 4: the root is the only node with supports); returns
+  (questions, GameState, Transcript) as numpy arrays. One compile per call_prob."""
+  task = _task(name)
+  config = debate.DebateConfig(t_max=4, call_prob=call_prob, learned_stop=False)
+  run = jax.jit(lambda d, q, k: debate.rollout(task, d, d, q, k, config))
+  questions = _questions(name, seed=10, batch=SELF_PLAY_BATCH)
+  state, transcript = run(_debater(name), questions, jax.random.key(11))
+  return jax.tree.map(np.asarray, (questions, state, transcript))
+
+
+@functools.cache
+def _jitted_checks(name):
+  """(nodes [B, Lq], claims [B, 2, La], supports [B, 2, S*La]) -> bool[B, 2] check_support, and
+  (debater, nodes, claims [B, La], supports [B, S*La]) -> M's log-probs of the supports."""
+  task = _task(name)
+  check = jax.jit(jax.vmap(jax.vmap(functools.partial(protocol.check_support, task),
+                                    in_axes=(None, 0, 0))))
+  score = jax.jit(lambda d, n, c, s: d.score(model_player.support_prompts(task, n, c), s))
+  return check, score
+
+
+def test_model_supports_where_h_was_called_are_consistent():
+  """Where H was called in a side's Amp′ computation its support is that computation's trace,
+  which recombines to its claim: no game ends INCONSISTENT at the root, even with an untrained M.
+  Where H was not called M samples SUPPORT itself, and an untrained M's supports are mostly
+  inconsistent (so the check can fail)."""
+  name = "permutation"
+  check, score = _jitted_checks(name)
+
+  questions, state, transcript = _model_self_play(name, 1.0)
+  comps, made = transcript.comps, transcript.support_made[:, 0]  # [B, 2] at the root
+  called = comps.called[:, 0]
+  np.testing.assert_array_equal(called, comps.active[:, 0])  # call_prob 1: H in every Amp′
+  assert (made & called).sum() >= 4  # not vacuous: supports were made
+  trace = comps.subanswers[:, 0].reshape(SELF_PLAY_BATCH, 2, -1)
+  supports = transcript.support_tokens[:, 0]
+  np.testing.assert_array_equal(supports[made], trace[made])
+  assert not transcript.support_sampled.any()
+  assert not transcript.support_log_probs[:, 0][made].any()  # H's recombination: no policy
+  assert np.asarray(check(questions, transcript.claims[:, 0], supports))[made].all()
+  assert not (state.reason == debate.INCONSISTENT).any()
+
+  questions, state, transcript = _model_self_play(name, 0.0)
+  made = transcript.support_made[:, 0]
+  assert not transcript.comps.called.any() and made.any()
+  np.testing.assert_array_equal(transcript.support_sampled[:, 0], made)
+  claims, supports = transcript.claims[:, 0], transcript.support_tokens[:, 0]
+  ok = np.asarray(check(questions, claims, supports))
+  assert not ok[made].all()  # M's own supports: some inconsistent ...
+  assert (state.reason == debate.INCONSISTENT).any()  # ... and they lose at once
+  # Sampled supports carry M's log-probs (the policy gradient reaches them).
+  debater = _debater(name)
+  for side in (0, 1):
+    rescored = np.asarray(score(debater, questions, claims[:, side], supports[:, side]))
+    np.testing.assert_allclose(transcript.support_log_probs[:, 0, side][made[:, side]],
+                               rescored[made[:, side]], atol=1e-5)

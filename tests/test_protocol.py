@@ -9,7 +9,7 @@ import pytest
 
 from amp_debate import tasks
 from amp_debate.procedure import players, protocol
-from amp_debate.tasks.tokenizer import PAD
+from amp_debate.tasks.tokenizer import PAD, SEP
 
 BATCH = 256
 
@@ -30,118 +30,194 @@ def _batch(task):
 
 def test_prompts_are_left_padded_to_one_length(task):
   batch = _batch(task)
-  node, claim = batch.questions[0], batch.answers[0]
-  support = _oracle_support(task, node)
-  prompts = [protocol.answer_prompt(task, node), protocol.counter_prompt(task, node, claim),
-             protocol.support_prompt(task, node, claim),
-             protocol.challenge_prompt(task, node, claim, support),
-             protocol.stop_prompt(task, node, claim, claim),
-             protocol.verdict_prompt(task, node, claim, claim)]
-  headers = ["ANSWER", "ANSWER", "SUPPORT", "CHALLENGE", "STOP", "VERDICT"]
-  for prompt, header in zip(prompts, headers):
+  node, claim = np.asarray(batch.questions[0]), np.asarray(batch.answers[0])
+  other = np.asarray(batch.answers[1])
+  if (other == claim).all():
+    other = np.asarray(batch.answers[0]) + 1  # any other claim will do
+  lp = protocol.prompt_len(task)
+  assert lp == 3 + task.question_len + 2 * task.answer_len
+  h = tasks.protocol_id
+  prompts = jax.jit(lambda n, c, o: (
+      protocol.answer_prompt(task, n), protocol.support_prompt(task, n, c),
+      protocol.stop_prompt(task, n, c, o), protocol.verdict_prompt(task, n, c, o)))(
+          node, claim, other)
+  expected = {  # header, node and claims, left-padded with PAD
+      "ANSWER": (prompts[0], [h("ANSWER"), *node]),
+      "SUPPORT": (prompts[1], [h("SUPPORT"), *node, SEP, *claim]),
+      "STOP": (prompts[2], [h("STOP"), *node, SEP, *claim, SEP, *other]),
+      "VERDICT": (prompts[3], [h("VERDICT"), *node, SEP, *claim, SEP, *other]),
+  }
+  for header, (prompt, body) in expected.items():
     prompt = np.asarray(prompt)
-    assert prompt.shape == (protocol.prompt_len(task),)
-    first = np.flatnonzero(prompt != PAD)[0]
-    assert prompt[first] == tasks.protocol_id(header)
-    np.testing.assert_array_equal(prompt[first + 1 : first + 1 + task.question_len], node)
-  challenge = np.asarray(prompts[3])
-  assert (challenge != PAD).argmax() == 0 or challenge[0] == tasks.protocol_id("CHALLENGE")
+    assert prompt.shape == (lp,) and prompt.dtype == np.int32, header
+    pad = lp - len(body)
+    assert (prompt[:pad] == PAD).all(), header
+    np.testing.assert_array_equal(prompt[pad:], body, err_msg=header)
+  # The longest prompts (STOP, VERDICT) set the length: no padding at all.
+  assert np.asarray(expected["STOP"][0])[0] == h("STOP")
+  # CHALLENGE and ACCEPT are gone from the protocol (their token ids stay in the vocabulary).
+  assert not hasattr(protocol, "CHALLENGE") and not hasattr(protocol, "first_challenge")
 
 
 def test_honest_support_is_consistent_and_a_false_claim_is_not(task):
   batch = _batch(task)
-  nodes = batch.questions
-  supports = jax.vmap(functools.partial(_oracle_support, task))(nodes)
-  leaf = np.asarray(task.batch_is_leaf(nodes))
-  check = jax.jit(jax.vmap(functools.partial(protocol.check_support, task)))
-  ok = np.asarray(check(nodes, batch.answers, supports))
+
+  @jax.jit
+  def run(nodes, truth, key):
+    supports = jax.vmap(functools.partial(_oracle_support, task))(nodes)
+    false_claims = _wrong(task, truth, key)
+    check = jax.vmap(functools.partial(protocol.check_support, task))
+    return (task.batch_is_leaf(nodes), false_claims, check(nodes, truth, supports),
+            check(nodes, false_claims, supports))
+
+  leaf, false_claims, ok, false_ok = map(np.asarray, run(batch.questions, batch.answers,
+                                                         jax.random.key(1)))
+  assert leaf.any() and not leaf.all()
   assert ok[~leaf].all() and not ok[leaf].any()
-  false_claims = jax.vmap(functools.partial(_wrong, task))(
-      batch.answers, jax.random.split(jax.random.key(1), BATCH))
-  assert not np.asarray(check(nodes, false_claims, supports)).any()
+  assert (false_claims != np.asarray(batch.answers)).any(-1).all()
+  assert not false_ok.any()
 
 
-def _challenge_row(task, node, j, key):
-  """(valid[j], first_challenge of the honest support against one with row j changed, accepted
-  for identical supports)."""
+def _dispute_row(task, node, j, key):
+  """The honest support against one with row j changed: (valid[j], first_dispute both ways round,
+  first_dispute of identical supports, descend at the disputed row, the subquestion rows)."""
   support = _oracle_support(task, node)
-  _, valid, rows = protocol.subquestions_of(task, node, support)
+  subs, valid, rows = protocol.subquestions_of(task, node, support)
   alternative = rows.at[j].set(_wrong(task, rows[j], key)).reshape(-1)
-  index, accepted = protocol.first_challenge(task, node, support, alternative)
-  _, same = protocol.first_challenge(task, node, support, support)
-  return valid[j], index, accepted, same
+  forward = protocol.first_dispute(task, node, support, alternative)
+  backward = protocol.first_dispute(task, node, alternative, support)
+  _, same = protocol.first_dispute(task, node, support, support)
+  descended = protocol.descend(task, node, support, alternative, forward[0])
+  return valid[j], forward, backward, same, descended, subs[j], rows[j], alternative.reshape(
+      rows.shape)[j]
 
 
-def test_first_challenge_finds_the_first_differing_valid_row(task):
+@functools.cache
+def _jitted_dispute_row(task):
+  return jax.jit(jax.vmap(functools.partial(_dispute_row, task), in_axes=(0, None, 0)))
+
+
+def test_first_dispute_finds_the_first_differing_valid_row(task):
   batch = _batch(task)
   leaf = np.asarray(task.batch_is_leaf(batch.questions))
-  run = jax.jit(jax.vmap(functools.partial(_challenge_row, task), in_axes=(0, None, 0)))
+  run = _jitted_dispute_row(task)
   for j in range(task.num_subquestions):
-    valid, index, accepted, same = map(np.asarray, run(
-        batch.questions, j, jax.random.split(jax.random.key(j), BATCH)))
-    assert same.all()  # identical supports: the challenger accepts
-    assert (index[valid] == j).all() and not accepted[valid].any()
-    assert accepted[~valid].all() if j == 0 else True
+    valid, (index, agree), (index_b, agree_b), same, descended, sub_j, row_j, alt_j = jax.tree.map(
+        np.asarray, run(batch.questions, j, jax.random.split(jax.random.key(j), BATCH)))
+    assert same.all()  # identical supports: no dispute
     assert not valid[leaf].any()
+    assert valid.any(), j
+    # A changed valid row is disputed whichever side holds it; a changed invalid row is ignored.
+    assert (index[valid] == j).all() and not agree[valid].any()
+    assert (index_b[valid] == j).all() and not agree_b[valid].any()
+    assert agree[~valid].all() and agree_b[~valid].all()
+    # Descent: the disputed subquestion (rows before j agree, so both sides posed it), and each
+    # side's own answer there as its new claim.
+    node, claim_even, claim_odd = descended
+    np.testing.assert_array_equal(node[valid], sub_j[valid])
+    np.testing.assert_array_equal(claim_even[valid], row_j[valid])
+    np.testing.assert_array_equal(claim_odd[valid], alt_j[valid])
+    assert (claim_even[valid] != claim_odd[valid]).any(-1).all()
 
 
 def _debate_step(task, node, claim_even, claim_odd, key):
-  """Honest even (true support) vs lying odd (challenges one valid row with a wrong answer)."""
+  """Honest even (true support) vs lying odd (a support with one valid row answered wrongly)."""
   support = _oracle_support(task, node)
   _, valid, rows = protocol.subquestions_of(task, node, support)
-  logits = jnp.where(valid, 0.0, -jnp.inf)
-  j = jax.random.categorical(key, logits)
+  j = jax.random.categorical(key, jnp.where(valid, 0.0, -jnp.inf))
   lie = rows.at[j].set(_wrong(task, rows[j], key)).reshape(-1)
-  index, accepted = protocol.first_challenge(task, node, support, lie)
+  index, agree = protocol.first_dispute(task, node, support, lie)
   new_node, new_even, new_odd = protocol.descend(task, node, support, lie, index)
-  leaf = task.is_leaf(node)
+  leaf = task.is_leaf(node)  # finished debates stay frozen
   keep = lambda old, new: jnp.where(leaf, old, new)
-  return keep(node, new_node), keep(claim_even, new_even), keep(claim_odd, new_odd), accepted & ~leaf
+  return keep(node, new_node), keep(claim_even, new_even), keep(claim_odd, new_odd), agree & ~leaf
 
 
 def test_honest_side_wins_every_scripted_debate_to_a_leaf(task):
   batch = _batch(task)
-  keys = jax.random.split(jax.random.key(2), BATCH)
-  node, even = batch.questions, batch.answers
-  odd = jax.vmap(functools.partial(_wrong, task))(even, keys)
-  step = jax.jit(jax.vmap(functools.partial(_debate_step, task)))
-  for depth in range(task.max_difficulty + 1):
-    node, even, odd, accepted = step(node, even, odd, jax.random.split(keys[depth], BATCH))
-    assert not np.asarray(accepted).any()  # the liar always has a row to challenge
-    np.testing.assert_array_equal(even, task.batch_solve(node))  # honest claims stay true
-  assert np.asarray(task.batch_is_leaf(node)).all()  # descent ends within the difficulty
-  verdicts = jax.vmap(functools.partial(protocol.leaf_verdict, task))(node, even, odd)
-  assert (np.asarray(verdicts) == 0).all()
+
+  @jax.jit
+  def run(node, even, key):
+    """Up to max_difficulty + 1 steps; returns per step (agree, even true, odd differs), and the
+    final (is_leaf, leaf verdict)."""
+    step = jax.vmap(functools.partial(_debate_step, task))
+
+    def one(carry, keys):
+      node, even, odd = carry
+      node, even, odd, agree = step(node, even, odd, keys)
+      return (node, even, odd), (agree, (even == task.batch_solve(node)).all(-1),
+                                 (odd != even).any(-1))
+
+    keys = jax.random.split(key, (task.max_difficulty + 1, BATCH))
+    (node, even, odd), per_step = jax.lax.scan(one, (node, even, _wrong(task, even, key)), keys)
+    verdicts = jax.vmap(functools.partial(protocol.leaf_verdict, task))(node, even, odd)
+    return per_step, task.batch_is_leaf(node), verdicts
+
+  per_step, leaf, verdicts = jax.tree.map(np.asarray, run(batch.questions, batch.answers,
+                                                          jax.random.key(2)))
+  agree, even_true, odd_differs = per_step  # [max_difficulty + 1, BATCH] each
+  assert not agree.any()  # a wrong row is always disputed
+  assert even_true.all()  # honest claims stay true
+  assert odd_differs.all()  # the lie stays a lie
+  assert leaf.all()  # descent ends within the difficulty
+  assert (verdicts == 0).all()
 
 
-def _liar_step(task, node, claim_even):
-  """Lying even (consistent support for its false claim) vs honest odd, one level down."""
-  honest = _oracle_support(task, node)
-  lie = honest.at[task.answer_len:].set(claim_even)  # recombine(σ^k) = second row: consistent
-  consistent = protocol.check_support(task, node, claim_even, lie)
-  index, accepted = protocol.first_challenge(task, node, lie, honest)
-  new_node, new_even, new_odd = protocol.descend(task, node, lie, honest, index)
-  leaf = task.is_leaf(node)  # finished debates stay frozen
-  keep = lambda old, new: jnp.where(leaf, old, new)
-  claim_odd = jnp.where(leaf, task.solve(node), new_odd)
-  return keep(node, new_node), keep(claim_even, new_even), claim_odd, consistent | leaf, accepted & ~leaf
+@pytest.mark.parametrize("name", ["permutation", "union_find"])
+def test_a_consistent_liar_loses_at_a_leaf(name):
+  """A liar whose support is consistent with its false claim (LiarDebater, consistent=True) passes
+  every support check and is caught lower down the tree, at a leaf."""
+  task = tasks.get(name)
+  depth = task.max_difficulty
+  batch = jax.jit(task.sample, static_argnums=1)(jax.random.key(3), 64, difficulty=depth)
+  liar, oracle = players.LiarDebater(task, consistent=True), players.OracleDebater(task)
+
+  def step(node, claim_even, key):
+    """Lying even vs honest odd on each game, one level down (leaves stay frozen)."""
+    lie = liar.support(node, claim_even, key).tokens
+    honest = oracle.support(node, task.batch_solve(node), key).tokens
+    consistent = jax.vmap(functools.partial(protocol.check_support, task))(node, claim_even, lie)
+    index, agree = jax.vmap(functools.partial(protocol.first_dispute, task))(node, lie, honest)
+    new = jax.vmap(functools.partial(protocol.descend, task))(node, lie, honest, index)
+    leaf = task.batch_is_leaf(node)
+    keep = lambda old, new: jnp.where(leaf[:, None], old, new)
+    claim_odd = keep(task.batch_solve(node), new[2])
+    return keep(node, new[0]), keep(claim_even, new[1]), claim_odd, consistent | leaf, agree & ~leaf
+
+  @jax.jit
+  def run(node, key):
+    claim_even = liar.answer(node, key).tokens
+    per_step = []
+    for level in range(depth):  # at most `depth` supports, then a leaf
+      node, claim_even, claim_odd, consistent, agree = step(node, claim_even,
+                                                            jax.random.fold_in(key, level))
+      per_step.append((consistent, agree, (claim_odd == task.batch_solve(node)).all(-1),
+                       (claim_even != claim_odd).any(-1)))
+    verdicts = jax.vmap(functools.partial(protocol.leaf_verdict, task))(node, claim_even, claim_odd)
+    return per_step, task.batch_is_leaf(node), verdicts
+
+  per_step, leaf, verdicts = jax.tree.map(np.asarray, run(batch.questions, jax.random.key(0)))
+  for consistent, agree, odd_true, differ in per_step:
+    assert consistent.all() and not agree.any()
+    assert odd_true.all() and differ.all()
+  assert leaf.all()
+  assert (verdicts == 1).all()
 
 
-def test_consistent_liar_loses_at_a_leaf_permutation():
-  """A liar whose support is consistent with its false claim is caught lower down the tree."""
+def test_leaf_verdict_picks_the_side_with_h_answer():
   task = tasks.get("permutation")
-  batch = jax.jit(task.sample, static_argnums=1)(jax.random.key(3), 64, difficulty=3)
-  node = batch.questions
-  claim_even = jax.vmap(functools.partial(_wrong, task))(
-      batch.answers, jax.random.split(jax.random.key(0), 64))
-  step = jax.jit(jax.vmap(functools.partial(_liar_step, task)))
-  for _ in range(3):  # difficulty 3: at most three supports, then a leaf
-    node, claim_even, claim_odd, consistent, accepted = step(node, claim_even)
-    assert np.asarray(consistent).all() and not np.asarray(accepted).any()
-    np.testing.assert_array_equal(claim_odd, task.batch_solve(node))
-  assert np.asarray(task.batch_is_leaf(node)).all()
-  verdicts = jax.vmap(functools.partial(protocol.leaf_verdict, task))(node, claim_even, claim_odd)
-  assert (np.asarray(verdicts) == 1).all()
+
+  @jax.jit
+  def run(key):
+    batch = task.sample(key, 32, difficulty=0)
+    node, truth = batch.questions, batch.answers
+    wrong = _wrong(task, truth, key)
+    verdict = jax.vmap(functools.partial(protocol.leaf_verdict, task))
+    return [verdict(node, e, o) for e, o in
+            [(truth, wrong), (wrong, truth), (wrong, wrong), (truth, truth)]]
+
+  for verdicts, expected in zip(run(jax.random.key(4)), [0, 1, 2, 0]):
+    assert (np.asarray(verdicts) == expected).all(), expected
 
 
 def test_verdict_side_maps_tokens():

@@ -185,9 +185,10 @@ def argument_mismatch(rows: Rows, targets: jax.Array, has_target: jax.Array, num
 
 
 # ---- distillation -------------------------------------------------------------------------------
-def distill_rows(task: Task, transcript: debate.Transcript) -> Rows:
+def distill_rows(task: Task, transcript: debate.Transcript, config: debate.DebateConfig) -> Rows:
   """Distillation targets from the debate's own computations, flattened: Rows [N, ...] (no
-  subquestion pass; see ``subquestion_targets``)."""
+  subquestion pass; see ``subquestion_targets``). ``config`` (static) leaves out the groups that
+  cannot have targets (judges and stops without the learned stop, verdicts without a contest)."""
   lq = task.question_len
   comps = transcript.comps
   used = comps.active & comps.called  # [B, R, 2]
@@ -199,21 +200,23 @@ def distill_rows(task: Task, transcript: debate.Transcript) -> Rows:
       _rows(task, _prompts(protocol.support_prompt, task, nodes2, comps.answer), nodes2,
             comps.subanswers.reshape(used.shape + (-1,)), used & ~comps.is_leaf),
   ]
-  judges = transcript.judges
-  judged = judges.active & judges.called
-  rows.append(_rows(task, _prompts(protocol.answer_prompt, task, transcript.nodes),
-                    transcript.nodes, judges.answer, judged))
-  final = transcript.final_judge
-  rows.append(_rows(task, _prompts(protocol.answer_prompt, task, transcript.final_node),
-                    transcript.final_node, final.answer, final.active & final.called))
-  rows.append(_rows(task, _prompts(protocol.answer_prompt, task, transcript.final_node),
-                    transcript.final_node, task.batch_leaf_answer(transcript.final_node),
-                    transcript.leaf_reached))
-  claims = transcript.claims
-  stop_prompts = _prompts(protocol.stop_prompt, task, transcript.nodes, claims[:, :, 0],
-                          claims[:, :, 1])
-  label = jnp.where(transcript.stop_label, protocol.YES, protocol.NO)[..., None]
-  rows.append(_rows(task, stop_prompts, transcript.nodes, label, transcript.stop_labelled))
+  if config.learned_stop and config.contested:
+    # The judge's Amp′ at each node where the stop was asked, and H's hindsight labels.
+    judges = transcript.judges
+    rows.append(_rows(task, _prompts(protocol.answer_prompt, task, transcript.nodes),
+                      transcript.nodes, judges.answer, judges.active & judges.called))
+    claims = transcript.claims
+    stop_prompts = _prompts(protocol.stop_prompt, task, transcript.nodes, claims[:, :, 0],
+                            claims[:, :, 1])
+    label = jnp.where(transcript.stop_label, protocol.YES, protocol.NO)[..., None]
+    rows.append(_rows(task, stop_prompts, transcript.nodes, label, transcript.stop_labelled))
+  if config.contested:
+    final = transcript.final_judge
+    final_prompts = _prompts(protocol.answer_prompt, task, transcript.final_node)
+    rows.append(_rows(task, final_prompts, transcript.final_node, final.answer,
+                      final.active & final.called))
+    rows.append(_rows(task, final_prompts, transcript.final_node,
+                      task.batch_leaf_answer(transcript.final_node), transcript.leaf_reached))
   return _cat([r.flatten() for r in rows], axis=0)
 
 

@@ -332,6 +332,25 @@ class _Rollout:
     moves = [p.support(nodes, claims[:, s], k) for s, (p, k) in enumerate(zip(self.players, keys))]
     return (jnp.stack([m.tokens for m in moves], 1), jnp.stack([m.log_probs for m in moves], 1))
 
+  def assigned_claims(self, questions, own, key, force_contest):
+    """Each side's claim were it assigned one: its player's ``answer`` (a sample of M's answer
+    distribution for the model), int32[B, 2, La]; with ``force_contest``, one equal to the other
+    side's own claim is replaced by another answer."""
+    even, odd = self.players
+    answer_rng, wrong_rng = jax.random.split(key)
+    if even is odd:
+      batch = questions.shape[0]
+      tokens = even.answer(jnp.concatenate([questions, questions]), answer_rng).tokens
+      given = jnp.swapaxes(tokens.reshape((2, batch) + tokens.shape[1:]), 0, 1)
+    else:
+      keys = jax.random.split(answer_rng)
+      given = jnp.stack([p.answer(questions, k).tokens for p, k in zip(self.players, keys)], 1)
+    if force_contest:
+      other = own[:, ::-1]
+      same = (given == other).all(-1, keepdims=True)
+      given = jnp.where(same, wrong_answer(self.task, other, wrong_rng), given)
+    return given
+
   def after_argument(self, state: GameState, active) -> GameState:
     """Counts an argument made by the ``active`` games, then applies the forced and T_MAX stops
     (the judge decides those after the rollout)."""
@@ -381,21 +400,20 @@ class _Rollout:
   def claims(self, questions, key, assigned_seat, force_contest):
     task, config = self.task, self.config
     batch = questions.shape[0]
-    comp_rng, assign_rng, wrong_rng, stop_rng = jax.random.split(key, 4)
-    assigned = jnp.stack([assigned_seat == 0, assigned_seat == 1], 1)  # bool[B, 2]
+    comp_rng, assign_rng, stop_rng = jax.random.split(key, 3)
+    if assigned_seat is None:
+      assigned = jnp.zeros((batch, 2), bool)
+    else:
+      assigned = jnp.stack([assigned_seat == 0, assigned_seat == 1], 1)  # bool[B, 2]
     comp = self.compute_sides(questions, comp_rng, ~assigned)
     if not config.contested:  # odd never claims: its computation is not part of the debate
       comp = comp.replace(active=comp.active.at[:, 1].set(False),
                           called=comp.called.at[:, 1].set(False),
                           sub_valid=comp.sub_valid.at[:, 1].set(False))
-    own = comp.answer  # [B, 2, La]
-    keys = jax.random.split(assign_rng)
-    given = jnp.stack([p.answer(questions, k).tokens for p, k in zip(self.players, keys)], 1)
-    if force_contest:  # an assigned claim must differ from the other side's claim
-      other = own[:, ::-1]
-      same = (given == other).all(-1, keepdims=True)
-      given = jnp.where(same, wrong_answer(task, other, wrong_rng), given)
-    claims = jnp.where(assigned[..., None], given, own)
+    claims = comp.answer  # [B, 2, La]
+    if assigned_seat is not None:
+      claims = jnp.where(assigned[..., None], self.assigned_claims(
+          questions, claims, assign_rng, force_contest), claims)
     everyone = jnp.ones((batch,), bool)
     state = GameState(
         node=questions, claims=claims, comp=comp, done=~everyone,
@@ -515,9 +533,8 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
   batch = questions.shape[0]
   stopper = even if stopper is None else stopper
   judge = even if judge is None else judge
-  if assigned is None:
-    assigned = jnp.full((batch,), NO_ASSIGNMENT, jnp.int32)
-  chex.assert_shape(assigned, (batch,))
+  if assigned is not None:
+    chex.assert_shape(assigned, (batch,))
   game = _Rollout(task, even, odd, config, stopper, judge)
 
   state, transcript = game.claims(questions, jax.random.fold_in(rng, 0), assigned, force_contest)

@@ -196,7 +196,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     weights = credit.token_weights(prows, num_nodes)
 
     # Distillation targets from the debate's own computations (+ the subquestion pass).
-    drows = credit.distill_rows(task, transcript)
+    drows = credit.distill_rows(task, transcript, config.debate)
     sub_amp = sub_posed = None
     target_calls = jnp.zeros((), jnp.int32)
     if config.distill_subquestions:
@@ -226,21 +226,30 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     distill_prompts = _safe_prompts(drows.prompts)
     logp_old = prows.log_probs  # recorded when M_target sampled them, at the same temperature
 
-    def objective_losses(params):
+    never = config.catastrophe is losses.never_catastrophic  # static: skip a constant-zero loss
+
+    def policy_losses(params):  # RL and catastrophe share the forward pass over sampled tokens
       logp = model.log_prob(params, policy_prompts, flat.tokens, answer_mask=flat.mask,
                             temperature=config.temperature).reshape(shape)
-      logp_targets = model.log_prob(params, distill_prompts, drows.tokens, answer_mask=drows.mask)
       rl, pg_metrics = losses.policy_gradient_loss(logp, logp_old, prows.mask, prows.active,
                                                    row_adv, config.clip_eps, token_weights=weights)
-      sup = losses.distillation_loss(logp_targets, drows.mask)
-      flags = losses.catastrophe_flags(config.catastrophe, prows.questions, prows.tokens,
-                                       prows.active)
-      p_cat = losses.catastrophe_probability(logp, logp_old, prows.mask, prows.active, flags)
-      cat = losses.catastrophe_loss(p_cat, prows.active)
-      values = {"rl": rl, "sup": sup, "cat": cat}
+      values = {"rl": rl}
+      if not never:
+        flags = losses.catastrophe_flags(config.catastrophe, prows.questions, prows.tokens,
+                                         prows.active)
+        p_cat = losses.catastrophe_probability(logp, logp_old, prows.mask, prows.active, flags)
+        values["cat"] = losses.catastrophe_loss(p_cat, prows.active)
       return values, (pg_metrics, values)  # the values again as aux: no second forward pass
 
-    grads, (pg_metrics, values) = jax.jacrev(objective_losses, has_aux=True)(state.params)
+    def distill_loss(params):
+      logp_targets = model.log_prob(params, distill_prompts, drows.tokens, answer_mask=drows.mask)
+      return losses.distillation_loss(logp_targets, drows.mask)
+
+    grads, (pg_metrics, values) = jax.jacrev(policy_losses, has_aux=True)(state.params)
+    values["sup"], grads["sup"] = jax.value_and_grad(distill_loss)(state.params)
+    if never:
+      values["cat"] = jnp.zeros((), jnp.float32)
+      grads["cat"] = jax.tree.map(jnp.zeros_like, state.params)
     params, opt_state, step, target_params = _update(tx, config, state, grads, values)
 
     # Curriculum signal: M's greedy root answers against a computing side's Amp′(H, M_target)

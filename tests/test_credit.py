@@ -1,0 +1,150 @@
+"""Credit and targets read off a debate: which tokens get policy gradient, with what reward, and
+which questions get distillation targets."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from amp_debate import models, tasks
+from amp_debate.procedure import credit, debate, losses, model_player, players, protocol
+
+TASK = tasks.get("permutation", n=4, max_exponent=4)
+MODEL = models.LanguageModel(models.preset("tiny", TASK.vocab_size,
+                                           model_player.required_max_len(TASK)))
+CONFIG = debate.DebateConfig(t_max=6, call_prob=0.5, learned_stop=False, assign_prob=1.0)
+BATCH = 32
+
+
+@functools.cache
+def _played():
+  """A batch of self-play debates of an untrained M_target, every game with an assigned claim."""
+  params = MODEL.init(jax.random.key(0))
+
+  @jax.jit
+  def play(params, rng):
+    m = model_player.ModelDebater(MODEL, params, TASK, temperature=1.0)
+    questions = TASK.sample(jax.random.fold_in(rng, 0), BATCH, difficulty=2).questions
+    assigned = debate.sample_assignments(jax.random.fold_in(rng, 1), BATCH, CONFIG.assign_prob)
+    game, transcript = debate.rollout(TASK, m, m, questions, jax.random.fold_in(rng, 2), CONFIG,
+                                      assigned=assigned)
+    return game, transcript, credit.policy_rows(TASK, transcript)
+
+  return params, *jax.device_get(play(params, jax.random.key(3)))
+
+
+def _logp(params, rows):
+  flat = jax.tree.map(jnp.asarray, rows.flatten())
+  prompts = flat.prompts.at[:, -1].set(jnp.where((flat.prompts == 0).all(-1), protocol.SEP,
+                                                 flat.prompts[:, -1]))
+  out = MODEL.log_prob(params, prompts, flat.tokens, answer_mask=flat.mask)
+  return out.reshape(rows.tokens.shape)
+
+
+def test_policy_rows_are_exactly_what_m_target_sampled():
+  params, game, transcript, rows = _played()
+  comps = transcript.comps
+  active = np.asarray(rows.active)
+  called, comp_active = np.asarray(comps.called), np.asarray(comps.active)
+  # Where H was called the claim is H's recombination: M's direct answer row carries nothing, and
+  # the subanswers it gave inside the computation do.
+  assert not active[..., 0][called].any()
+  np.testing.assert_array_equal(active[..., 0], comp_active & ~called)
+  np.testing.assert_array_equal(active[..., 1:-1], called[..., None] & np.asarray(comps.sub_valid))
+  np.testing.assert_array_equal(active[..., -1], np.asarray(transcript.support_sampled))
+  # Assigned sides compute nothing; their only sampled tokens are direct supports.
+  assigned = np.asarray(transcript.assigned)
+  assert assigned.any(-1).all()
+  assert not active[..., :-1].transpose(0, 2, 1, 3)[assigned].any()
+  assert active[..., 0].any() and active[..., 1].any() and active[..., -1].any()
+  # Recorded log-probs are M_target's own (teacher forcing gives the same): ratios start at 1.
+  mask = np.asarray(rows.mask)
+  np.testing.assert_allclose(np.asarray(_logp(params, rows))[mask],
+                             np.asarray(rows.log_probs)[mask], atol=1e-4)
+
+
+def test_rewards_are_zero_sum_per_game_and_per_argument():
+  _, game, transcript, rows = _played()
+  num_nodes = CONFIG.num_nodes
+  rewards, has_tokens = map(np.asarray, credit.argument_rewards(game.winner, rows, num_nodes))
+  winner = np.asarray(game.winner)
+  decided = winner != debate.DRAW
+  assert decided.sum() > BATCH // 2
+  totals = rewards.sum(-1)  # [B, 2]
+  both = has_tokens.any(-1).all(-1)
+  np.testing.assert_allclose(totals[decided & both].sum(-1), 0.0, atol=1e-6)
+  np.testing.assert_allclose(np.abs(totals[decided & both]), 1.0, atol=1e-6)
+  assert (rewards[~decided] == 0).all() and (rewards[~has_tokens] == 0).all()
+  # Per argument, not per token: every token of an argument weighs 1 / its token count, so each
+  # argument with tokens sums to 1.
+  weights = np.asarray(credit.token_weights(rows, num_nodes))
+  per_arg = np.zeros(has_tokens.shape)
+  index = np.asarray(credit.row_arguments(num_nodes, TASK.num_subquestions))
+  for r in range(num_nodes):
+    for k in range(index.shape[1]):
+      per_arg[:, :, index[r, k]] += weights[:, r, :, k].sum(-1)
+  np.testing.assert_allclose(per_arg[has_tokens], 1.0, rtol=1e-6)
+  assert (per_arg[~has_tokens] == 0).all()
+
+
+def test_rl_update_raises_the_winners_tokens_and_ignores_h_tokens():
+  params, game, transcript, rows = _played()
+  num_nodes = CONFIG.num_nodes
+  rewards, has_tokens = credit.argument_rewards(game.winner, rows, num_nodes)
+  adv = credit.row_values(rewards, num_nodes, TASK.num_subquestions)
+  weights = credit.token_weights(rows, num_nodes)
+
+  def rl_loss_of_logp(logp):
+    return losses.policy_gradient_loss(logp, rows.log_probs, rows.mask, rows.active, adv, 0.2,
+                                       token_weights=weights)[0]
+
+  # Exactly zero gradient on every entry that is not a sampled token (H's outputs never are).
+  grad = np.asarray(jax.grad(rl_loss_of_logp)(jnp.asarray(rows.log_probs)))
+  assert (grad[~np.asarray(rows.mask)] == 0).all()
+  side_of_row = np.broadcast_to(np.arange(2)[None, None, :, None], rows.active.shape)
+  winner = np.asarray(game.winner)[:, None, None, None]
+  won = np.asarray(rows.mask) & (side_of_row == winner)[..., None]
+  lost = np.asarray(rows.mask) & ((side_of_row == 1 - winner) & (winner != 2))[..., None]
+  assert (grad[won] < 0).all() and (grad[lost] > 0).all()
+
+  # A small SGD step on the real model raises the winners' sampled tokens relative to the
+  # losers' (the policy-gradient objective Σ w·A·logp goes up).
+  loss = lambda p: rl_loss_of_logp(_logp(p, rows))
+  tx = optax.sgd(0.05)
+  updates, _ = tx.update(jax.grad(loss)(params), tx.init(params))
+  after = np.asarray(_logp(optax.apply_updates(params, updates), rows))
+  change = after - np.asarray(rows.log_probs)
+  objective = np.asarray(weights) * np.asarray(adv)[..., None]
+  assert (objective * change).sum() > 0
+  assert change[won].mean() > change[lost].mean()
+
+
+def test_distillation_targets_come_from_the_debates_own_computations():
+  _, game, transcript, _ = _played()
+  rows = credit.distill_rows(TASK, transcript, CONFIG)
+  comps = transcript.comps
+  used = np.asarray(comps.active & comps.called)
+  inner = used & ~np.asarray(comps.is_leaf)
+  n = used.size
+  active = np.asarray(rows.active)
+  np.testing.assert_array_equal(active[:n].reshape(used.shape), used)
+  np.testing.assert_array_equal(active[n:2 * n].reshape(used.shape), inner)
+  la = TASK.answer_len
+  tokens = np.asarray(rows.tokens)
+  np.testing.assert_array_equal(tokens[:n].reshape(used.shape + (-1,))[..., :la][used],
+                                np.asarray(comps.answer)[used])
+  # SUPPORT(n, answer) targets are subanswers that recombine to the answer (H's own check).
+  node = np.broadcast_to(np.asarray(transcript.nodes)[:, :, None],
+                         used.shape + (TASK.question_len,))
+  support = tokens[n:2 * n].reshape(used.shape + (-1,))
+  check = jax.vmap(lambda q, c, s: protocol.check_support(TASK, q, c, s))
+  ok = np.asarray(check(node[inner], np.asarray(comps.answer)[inner], support[inner]))
+  assert ok.size > 0 and ok.all()
+  # H's answers at leaves reached by descent, once per such game (the last group of rows).
+  leaf = np.asarray(transcript.leaf_reached)
+  np.testing.assert_array_equal(active[-BATCH:], leaf)
+  final = np.asarray(transcript.final_node)[leaf]
+  np.testing.assert_array_equal(tokens[-BATCH:][leaf][:, :la],
+                                np.asarray(TASK.batch_leaf_answer(final)))
