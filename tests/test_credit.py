@@ -148,3 +148,81 @@ def test_distillation_targets_come_from_the_debates_own_computations():
   final = np.asarray(transcript.final_node)[leaf]
   np.testing.assert_array_equal(tokens[-BATCH:][leaf][:, :la],
                                 np.asarray(TASK.batch_leaf_answer(final)))
+
+
+def test_shaped_penalty_pushes_a_policy_toward_the_amplified_targets():
+  """r − β·mismatch on answers sampled from the policy: a descent step on the policy-gradient loss
+  lowers the cross-entropy toward the targets (a tabular softmax policy over ``n`` questions,
+  ``m`` sampled answers each: E[mismatch·∇log π] = -∇π(target))."""
+  from amp_debate.procedure import combine
+  vocab, n, m = 6, 8, 500
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(n, vocab)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, vocab, n))
+  sampled = jax.random.categorical(jax.random.key(0), logits, shape=(m, n)).T  # [n, m]
+  mismatch = (sampled != targets[:, None]).astype(jnp.float32)
+  turn = jnp.ones((n, m), bool)
+
+  def pg(logits, beta):
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), sampled, axis=1)[..., None]
+    adv = combine.shape_rewards(jnp.zeros((n, m)), mismatch, beta, turn)
+    return losses.policy_gradient_loss(logp, jax.lax.stop_gradient(logp), turn[..., None], turn,
+                                       adv, 0.2)[0]
+
+  def cross_entropy(logits):
+    return -jax.nn.log_softmax(logits)[jnp.arange(n), targets].mean()
+
+  for beta, lower in ((0.0, False), (1.0, True)):
+    after = logits - 0.5 * n * jax.grad(pg)(logits, beta)  # the loss is a mean over rows
+    assert (float(cross_entropy(after)) < float(cross_entropy(logits)) - 1e-2) == lower
+
+
+def test_the_learned_stop_is_trained_by_hindsight_and_shortens_debates():
+  """Planted case: an honest oracle against a consistent liar, judged by Amp′(H, oracle). Stopping
+  at any node gives the verdict the full debate reaches, so H's hindsight labels are all YES.
+  Distilling M's STOP answers toward them moves its decisions: the stop fires and debates end at
+  the root instead of descending to a leaf, with the same (honest) winner."""
+  config = debate.DebateConfig(t_max=2 + 2 * TASK.max_difficulty, learned_stop=True)
+  oracle, liar = players.OracleDebater(TASK), players.LiarDebater(TASK, consistent=True)
+  questions = TASK.sample(jax.random.key(5), BATCH, difficulty=2).questions
+
+  @jax.jit
+  def play(params):
+    stopper = model_player.ModelDebater(MODEL, params, TASK, greedy=True)
+    game, transcript = debate.rollout(TASK, oracle, liar, questions, jax.random.key(6), config,
+                                      stopper=stopper, judge=oracle, force_contest=False,
+                                      assigned=jnp.ones((BATCH,), jnp.int32))
+    rows = credit.distill_rows(TASK, transcript, config)
+    is_stop = (rows.prompts == protocol.STOP).any(-1)
+    return game, transcript, rows.replace(mask=rows.mask & is_stop[:, None])
+
+  params = MODEL.init(jax.random.key(7))
+  game, transcript, rows = play(params)
+  labelled = np.asarray(transcript.stop_labelled)
+  assert labelled.any() and np.asarray(transcript.stop_label)[labelled].all()
+  fired_before = np.asarray(transcript.stop_fired)[np.asarray(transcript.stop_asked)]
+  assert fired_before.mean() < 0.5 and float(game.num_args.mean()) > 2.5
+
+  def loss(p):
+    logp = MODEL.log_prob(p, rows.prompts, rows.tokens, answer_mask=rows.mask)
+    return losses.distillation_loss(logp, rows.mask)
+
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def train(p, opt):
+    for _ in range(10):
+      updates, opt = tx.update(jax.grad(loss)(p), opt)
+      p = optax.apply_updates(p, updates)
+    return p, opt
+
+  opt = tx.init(params)
+  for _ in range(3):
+    params, opt = train(params, opt)
+  trained, trained_transcript, _ = play(params)
+  assert float(loss(params)) < 0.1
+  fired = np.asarray(trained_transcript.stop_fired)[:, 0]
+  root_leaf = np.asarray(TASK.batch_is_leaf(questions))
+  assert fired[~root_leaf].all()
+  assert (np.asarray(trained.num_args)[~root_leaf] == 2).all()
+  assert (np.asarray(trained.winner) == debate.EVEN_WINS).all()

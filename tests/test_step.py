@@ -3,12 +3,13 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from amp_debate import models, tasks
-from amp_debate.procedure import combine, debate, model_player, players
+from amp_debate.procedure import combine, debate, model_player
 from amp_debate.train import step as step_lib
 
 TASK = tasks.get("permutation", n=4, max_exponent=4)
@@ -108,20 +109,49 @@ def test_bad_step_config_names_the_field():
     step_lib.StepConfig(target_period=None, target_ema=None)
 
 
-def test_target_turns_cover_every_node_argued_about():
-  """Every active turn argues about the node recorded at its target turn (so targets computed
-  for those columns only cover the whole debate)."""
-  task = tasks.get("permutation", n=6, max_exponent=8)
-  t_max = 9
-  questions = task.sample(jax.random.key(0), 16, difficulty=3).questions
-  config = debate.DebateConfig(t_max=t_max, learned_stop=False)
-  for even, odd in ((players.LiarDebater(task, consistent=True), players.OracleDebater(task)),
-                    (players.OracleDebater(task), players.LiarDebater(task, consistent=True))):
-    _, transcript = debate.rollout(task, even, odd, questions, jax.random.key(1), config)
-    turns, owner = step_lib.target_turns(t_max), step_lib.node_of_turn(t_max)
-    assert turns == [0, 4, 6, 8] and owner == [0, 0, 0, 0, 1, 1, 2, 2, 3]
-    nodes, active = np.asarray(transcript.nodes), np.asarray(transcript.active)
-    assert active[:, 6].any()  # the debates reach the second descent
-    for t in range(t_max):
-      same = (nodes[:, t] == nodes[:, turns[owner[t]]]).all(-1)
-      assert same[active[:, t]].all(), t
+def _two_steps(combination, beta=0.0):
+  """Step 1 updates M from a fixed init; step 2 (same rollout: M_target is frozen by a long target
+  period, same key) reports the distillation loss of the updated M on the same targets."""
+  tx = combine.chain(combination, clip_norm=None, optimizer=optax.sgd(0.05))
+  config = step_lib.StepConfig(
+      batch_size=16, curriculum="off", advantage="none", shaped_beta=beta, target_period=1000,
+      target_ema=None,
+      debate=debate.DebateConfig(t_max=4, call_prob=0.5, learned_stop=False, assign_prob=0.5))
+  kind = "shaped" if beta or combination is _SHAPED else "constrained"
+  train_step = step_lib.make_train_step(TASK, MODEL, tx, config, combination=kind)
+  state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+  state, first = train_step(state, jax.random.key(1))
+  probe = jax.tree.map(jnp.copy, state)
+  _, second = train_step(probe, jax.random.key(2))
+  return jax.device_get(state), jax.device_get(first), jax.device_get(second)
+
+
+_SHAPED = combine.make("shaped")
+
+
+def test_shaped_penalty_reaches_the_update():
+  """With β > 0 the argument-dependent penalty changes the policy-gradient update (the shaped
+  combination reads no g_sup); tests/test_credit.py shows its direction on a tabular policy."""
+  plain, first, _ = _two_steps(_SHAPED, beta=0.0)
+  shaped, _, _ = _two_steps(_SHAPED, beta=2.0)
+  assert float(first["shaped/mismatch"]) > 0.1  # an untrained M often disagrees with Amp′
+  gap = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), plain.params,
+                                     shaped.params))
+  assert max(gap) > 1e-4
+
+
+def test_constrained_runs_through_the_real_train_step():
+  init = jax.device_get(MODEL.init(jax.random.key(0)))
+  state, first, second = _two_steps(combine.make("constrained", limit=0.5, multiplier_lr=0.5))
+  assert float(first["loss/sup"]) > 0.5  # violated: the multiplier rises from 0
+  assert float(first["weight/sup"]) == 0.0 and float(second["weight/sup"]) > 0.0
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), state.params, init))
+  assert max(moved) > 0 and all(np.isfinite(m) for m in moved)
+
+
+def test_human_calls_are_split_by_where_they_were_spent():
+  _, history = _run(ALL)
+  for metrics in history:
+    parts = [float(metrics[f"human_calls/{k}"]) for k in debate.CALL_KINDS + ("targets",)]
+    np.testing.assert_allclose(sum(parts), float(metrics["human_calls/per_question"]), rtol=1e-6)
+    assert float(metrics["human_calls/claims"]) >= 1.0  # call_prob 1: every root claim

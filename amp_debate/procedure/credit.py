@@ -166,21 +166,16 @@ def row_values(per_argument: jax.Array, num_nodes: int, num_subquestions: int) -
   return jnp.moveaxis(per_argument[:, :, index], 1, 2)
 
 
-def argument_mismatch(rows: Rows, targets: jax.Array, has_target: jax.Array, num_nodes: int
-                      ) -> jax.Array:
-  """float32[B, 2, A]: per argument, the fraction of its sampled tokens that differ from the
-  amplified target of their question (rows without a target do not count; 0 if none has one).
+def row_mismatch(rows: Rows, targets: jax.Array, has_target: jax.Array) -> jax.Array:
+  """float32[B, R, 2, K]: per policy row, the fraction of its sampled tokens that differ from the
+  amplified target of its question (0 where the row has no target).
 
   Args:
     rows: policy Rows [B, R, 2, K]; targets int32[B, R, 2, K, L]; has_target bool[B, R, 2, K].
   """
-  k = rows.mask.shape[3]
-  one_hot = jax.nn.one_hot(row_arguments(num_nodes, k - 2), num_arguments(num_nodes),
-                           dtype=jnp.float32)
   counted = rows.mask & has_target[..., None]
   wrong = (counted & (rows.tokens != targets)).sum(-1).astype(jnp.float32)
   total = counted.sum(-1).astype(jnp.float32)
-  wrong, total = (jnp.einsum("brsk,rka->bsa", x, one_hot) for x in (wrong, total))
   return jnp.where(total > 0, wrong / jnp.maximum(total, 1.0), 0.0)
 
 

@@ -13,8 +13,8 @@
    temperature (importance ratios against the recorded log-probs), cross-entropy toward the
    targets, catastrophe penalty; one gradient per objective (``jax.jacrev``);
 5. the optax combination (weighted / constrained / shaped) reduces the gradients to one update;
-   the shaped reward is r − β·(fraction of the argument's tokens that differ from the amplified
-   target of their question), which depends on the argument;
+   shaped: every sampled answer's advantage also pays β·(fraction of its tokens that differ from
+   the amplified target of its question), which depends on the argument;
 6. the target network and the curriculum are updated.
 Everything is a pure function of (state, rng): ``build_train_step`` returns it unjitted (the
 trainer jits it with mesh shardings), ``make_train_step`` returns it jitted on one device.
@@ -209,16 +209,16 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       target_calls = (sub_amp.called & sub_posed).sum().astype(jnp.int32)
       drows = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), drows,
                            credit.subquestion_targets(task, subquestions, sub_amp, sub_posed))
-    mismatch = jnp.zeros(rewards.shape, jnp.float32)
-    if combination == "shaped":
-      targets, has_target = _policy_targets(task, transcript, prows, sub_amp, sub_posed)
-      mismatch = credit.argument_mismatch(prows, targets, has_target, num_nodes)
     arg_mask = has_tokens.reshape(batch_size, -1)
-    shaped_rewards = combine.shape_rewards(
-        rewards.reshape(batch_size, -1), mismatch.reshape(batch_size, -1), config.shaped_beta,
-        arg_mask) if combination == "shaped" else rewards.reshape(batch_size, -1)
-    adv = losses.advantages(shaped_rewards, arg_mask, config.advantage)
+    adv = losses.advantages(rewards.reshape(batch_size, -1), arg_mask, config.advantage)
     row_adv = credit.row_values(adv.reshape(rewards.shape), num_nodes, num_sub)  # [B, R, 2, K]
+    mismatch = jnp.zeros(row_adv.shape, jnp.float32)
+    if combination == "shaped":  # each sampled answer pays β·(its disagreement with Amp′)
+      targets, has_target = _policy_targets(task, transcript, prows, sub_amp, sub_posed)
+      mismatch = credit.row_mismatch(prows, targets, has_target)
+      row_adv = combine.shape_rewards(
+          row_adv.reshape(batch_size, -1), mismatch.reshape(batch_size, -1), config.shaped_beta,
+          prows.active.reshape(batch_size, -1)).reshape(row_adv.shape)
 
     flat = prows.flatten()
     shape = prows.tokens.shape
@@ -287,7 +287,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         "rl/arguments": has_tokens.sum() / batch_size,
         "stop/label_yes": (transcript.stop_label.sum() / jnp.maximum(
             transcript.stop_labelled.sum(), 1)),
-        "shaped/mismatch": (mismatch * has_tokens).sum() / jnp.maximum(has_tokens.sum(), 1),
+        "shaped/mismatch": (mismatch * prows.active).sum() / jnp.maximum(prows.active.sum(), 1),
         "grad_norm/rl": optax.tree.norm(grads["rl"]),
         "grad_norm/sup": optax.tree.norm(grads["sup"]),
         "grad_norm/cat": optax.tree.norm(grads["cat"]),
