@@ -1,4 +1,4 @@
-"""Losses: debate rewards, advantages, PPO/REINFORCE, distillation, catastrophe penalty; target net."""
+"""Losses: advantages, PPO/REINFORCE, distillation, catastrophe penalty; target net."""
 
 import functools
 
@@ -23,15 +23,6 @@ def _batch(seed=0):
 
 
 # ---- rewards and advantages ---------------------------------------------------------------------
-def test_debate_rewards_winner_loser_draw_and_mask():
-  side = jnp.asarray([[0, 1, 0, 1]] * 3, jnp.int32)
-  winner = jnp.asarray([0, 1, 2], jnp.int32)
-  turn_mask = jnp.asarray([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], bool)
-  rewards = losses.debate_rewards(winner, side, turn_mask)
-  np.testing.assert_array_equal(rewards, [[1, -1, 1, 0], [-1, 1, -1, 1], [0, 0, 0, 0]])
-  assert rewards.dtype == jnp.float32
-
-
 def test_advantages_arithmetic():
   rewards = jnp.asarray([[1.0, -1.0, 1.0, 5.0]], jnp.float32)  # the 5 is on a masked turn
   turn_mask = jnp.asarray([[1, 1, 1, 0]], bool)
@@ -75,6 +66,21 @@ def test_pg_gradient_is_reinforce_when_ratios_are_one():
   _, metrics = _pg(logp, logp, token_mask, turn_mask, adv)
   np.testing.assert_allclose([metrics["ratio_mean"], metrics["approx_kl"],
                               metrics["clip_fraction"]], [1, 0, 0], atol=1e-7)
+
+
+def test_pg_token_weights_make_a_weighted_mean():
+  """With weights (credit.token_weights: 1 / tokens of the argument) the gradient on each token is
+  -w·A / Σw: an argument counts once whatever its length."""
+  logp, token_mask, turn_mask = _batch()
+  adv = jnp.asarray(np.random.default_rng(2).normal(size=(B, T)), jnp.float32)
+  mask = token_mask & turn_mask[..., None]
+  weights = jnp.where(mask, 1.0 / jnp.maximum(mask.sum(-1, keepdims=True), 1), 0.0)
+  loss_fn = lambda lp: losses.policy_gradient_loss(lp, logp, token_mask, turn_mask, adv, 0.2,
+                                                   token_weights=weights)[0]
+  grad = jax.grad(loss_fn)(logp)
+  expected = -jnp.where(mask, weights * adv[..., None], 0.0) / weights.sum()
+  np.testing.assert_allclose(grad, expected, rtol=1e-6)
+  assert weights.sum() == turn_mask.sum()  # one unit of weight per argument
 
 
 def test_pg_gradient_through_linear_policy_is_reinforce():

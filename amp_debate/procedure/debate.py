@@ -169,6 +169,8 @@ class GameState:
     done: bool[B]; winner: int32[B] (0 even, 1 odd, 2 draw); reason: int32[B] (index in REASONS).
     num_args: int32[B] arguments made so far.
     calls: {kind: int32[]} human calls so far, by ``CALL_KINDS``.
+    judged: bool[B] the judge already gave its verdict on ``node`` (where the learned stop was
+      asked); verdict: int32[B] that verdict, reused if the debate stops on the same node.
   """
 
   node: jax.Array
@@ -179,6 +181,8 @@ class GameState:
   reason: jax.Array
   num_args: jax.Array
   calls: dict
+  judged: jax.Array
+  verdict: jax.Array
 
   @property
   def human_calls(self) -> jax.Array:
@@ -207,7 +211,7 @@ class Transcript:
     stop_labelled: bool[B, R] the label exists (asked, did not fire).
     final_node: int32[B, Lq] the node the debate ended on.
     final_judge: Computation [B] the judge's Amp′ of the final node where a forced or T_MAX stop
-      needed it.
+      needed it (and the learned stop's judge had not already decided that node).
     leaf_reached: bool[B] H decided at a leaf the debate descended to.
   """
 
@@ -379,6 +383,8 @@ class _Rollout:
     fired = asked & (move.tokens[:, 0] == protocol.YES)
     judge = Computation.of(amp, asked)
     state = _count(state, "verdicts", judge.human_calls())
+    state = state.replace(judged=state.judged | asked,
+                          verdict=jnp.where(asked, verdict, state.verdict))
     state = _finish(state, fired, verdict, LEARNED_STOP)
     transcript = transcript.replace(
         judges=_put(transcript.judges, r, judge, asked),
@@ -419,7 +425,8 @@ class _Rollout:
         node=questions, claims=claims, comp=comp, done=~everyone,
         winner=jnp.full((batch,), DRAW, jnp.int32), reason=jnp.full((batch,), RUNNING, jnp.int32),
         num_args=jnp.zeros((batch,), jnp.int32),
-        calls={kind: jnp.zeros((), jnp.int32) for kind in CALL_KINDS})
+        calls={kind: jnp.zeros((), jnp.int32) for kind in CALL_KINDS},
+        judged=~everyone, verdict=jnp.full((batch,), DRAW, jnp.int32))
     state = _count(state, "claims", comp.human_calls())
     state = self.after_argument(state, everyone)  # t = 0: even's claim
     if config.contested:
@@ -451,7 +458,8 @@ class _Rollout:
     state = _count(state, "claims", comp.human_calls())
     bad = computing & ~(comp.answer == state.claims).all(-1)  # [B, 2]
     winner = jnp.where(bad[:, 0] & bad[:, 1], DRAW, jnp.where(bad[:, 0], ODD_WINS, EVEN_WINS))
-    state = _finish(state.replace(comp=comp), bad.any(-1), winner, INCONSISTENT)
+    state = _finish(state.replace(comp=_where(live, comp, state.comp)), bad.any(-1), winner,
+                    INCONSISTENT)
     transcript = self.record_node(transcript, r, state, live)
     return self.learned_stop(state, transcript, r, stop_rng)
 
@@ -479,8 +487,10 @@ class _Rollout:
         state = state.replace(num_args=state.num_args + active.astype(jnp.int32))
     made = jnp.stack(made, 1)
     transcript = transcript.replace(
-        support_tokens=_put(transcript.support_tokens, r, tokens, made[:, 0]),
-        support_log_probs=_put(transcript.support_log_probs, r, log_probs, made[:, 0]),
+        support_tokens=_put(transcript.support_tokens, r, jnp.where(made[..., None], tokens, 0),
+                            made[:, 0]),
+        support_log_probs=_put(transcript.support_log_probs, r,
+                               jnp.where(made[..., None], log_probs, 0.0), made[:, 0]),
         support_sampled=_put(transcript.support_sampled, r, direct & made, made[:, 0]),
         support_made=_put(transcript.support_made, r, made, made[:, 0]))
 
@@ -491,7 +501,7 @@ class _Rollout:
     moving = moving & ~agree
     node, claim_even, claim_odd = self.vmap(protocol.descend)(
         state.node, tokens[:, 0], tokens[:, 1], index)
-    state = state.replace(node=_where(moving, node, state.node),
+    state = state.replace(node=_where(moving, node, state.node), judged=state.judged & ~moving,
                           claims=_where(moving, jnp.stack([claim_even, claim_odd], 1), state.claims))
     at_leaf = moving & task.batch_is_leaf(state.node)
     verdict = self.vmap(protocol.leaf_verdict)(state.node, state.claims[:, 0], state.claims[:, 1])
@@ -564,10 +574,11 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
   if config.contested:
     pending = ((state.reason == T_MAX) | (state.reason == FORCED)) & (state.num_args >= 2)
     amp = game.amplify(judge, state.node, jax.random.fold_in(rng, 2_000_000))
-    final_judge = Computation.of(amp, pending)
+    # A node the judge already decided for the learned stop keeps that verdict (H counted once).
+    final_judge = Computation.of(amp, pending & ~state.judged)
     state = _count(state, "verdicts", final_judge.human_calls())
-    state = state.replace(winner=jnp.where(pending, game.judge_verdict(amp, state.claims),
-                                           state.winner).astype(jnp.int32))
+    verdict = jnp.where(state.judged, state.verdict, game.judge_verdict(amp, state.claims))
+    state = state.replace(winner=jnp.where(pending, verdict, state.winner).astype(jnp.int32))
   labelled = transcript.stop_asked & ~transcript.stop_fired
   transcript = transcript.replace(
       final_node=state.node, final_judge=final_judge, stop_labelled=labelled,

@@ -88,10 +88,11 @@ class LiarDebater:
   """Claims a false answer and defends it (played in an assigned seat: ``debate.rollout(...,
   assigned=...)``).
 
-  consistent=True: supports keep the lie consistent where the task's recombination passes one
-  subanswer through (the last valid row carries the claim: permutation, union find), so the lie
-  moves one level down and is caught only at a leaf; elsewhere, and with consistent=False, supports
-  are true, so H's recombination exposes the false claim at once. As an M for ``amplify``
+  consistent=True: the support's last valid row is replaced by the claim. Where the task's
+  recombination passes that subanswer through (permutation, union find) the lie stays consistent and
+  moves one level down, to be caught only at a leaf; elsewhere it is usually exposed by H's
+  recombination at once (sometimes not: in wildcard a + claim = claim when a = 0, and the lie goes
+  down the tree). consistent=False: supports are true, so H's recombination exposes the lie at once. As an M for ``amplify``
   (``answer_fn``) it answers every question falsely.
   """
 
