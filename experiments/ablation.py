@@ -4,10 +4,10 @@ r"""The procedure's ablation on the runlocal task: which of amplification and de
   python experiments/ablation.py --workdir=workdir/ablation --seeds=1  # a quicker look
 
 Runs, each with seeds 0..seeds-1 (``experiments/configs/default.py:task=permutation,mode=M,runlocal``):
-  supervised                 the ground-truth upper bound
+  hybrid                     debate RL + distillation (the README main job)
   amplification              distillation toward Amp′(H, M_target) only (force_stop_after=1)
-  debate                     debate RL only (λ_sup = 0)
-  hybrid                     both (the README main job)
+  supervised                 the ground-truth upper bound (call_prob unused)
+  debate                     debate RL only (λ_sup = 0, call_prob = 0: claims are M's own)
   amplification, hybrid at debate.call_prob = 0.3   (about a third of the human calls)
 Each run trains in ``<workdir>/<mode>_p<call_prob>_s<seed>``; a run whose ``summary.json`` exists
 is not run again (kill and rerun to resume: the trainer resumes unfinished runs). The table (accuracy
@@ -30,7 +30,7 @@ from amp_debate.train import trainer
 from experiments.configs import default
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ablation")
-SETTINGS = (("supervised", 1.0), ("amplification", 1.0), ("debate", 1.0), ("hybrid", 1.0),
+SETTINGS = (("hybrid", 1.0), ("amplification", 1.0), ("supervised", 1.0), ("debate", 0.0),
             ("amplification", 0.3), ("hybrid", 0.3))
 
 

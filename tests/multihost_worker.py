@@ -48,7 +48,8 @@ def setup(kind: str, mesh: jax.sharding.Mesh | None = None):
   tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 1.0, "cat": 1.0}),
                      clip_norm=1.0, optimizer=optax.adam(1e-3, eps=1e-6))
   config = step_lib.StepConfig(batch_size=8, curriculum="off",
-                               debate=debate.DebateConfig(t_max=4, learned_stop=True))
+                               debate=debate.DebateConfig(t_max=4, learned_stop=True,
+                                                          assign_prob=0.5))
   build = step_lib.build_train_step if kind == "hybrid" else step_lib.build_supervised_step
   constrain = None if mesh is None else sharding.batch_constraint(mesh)
   return tx, config, build(TASK, MODEL, tx, config, constrain_batch=constrain)

@@ -114,7 +114,7 @@ def test_sharded_hybrid_step_matches_one_device(mesh_name):
   _assert_close(jax.device_get(state.params), history, params, reference_history)
   # Not vacuous: the run trained (the loss moved) and debated.
   assert history[0]["loss/sup"] != history[1]["loss/sup"]
-  assert float(history[0]["grad_norm/rl"]) > 0
+  assert max(float(h["grad_norm/rl"]) for h in history) > 0
 
 
 def test_sharded_supervised_step_matches_one_device():

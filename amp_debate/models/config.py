@@ -1,6 +1,6 @@
 """Model configuration: a frozen, validated dataclass, named size presets, logical sharding rules.
 
-One model M plays every role (answerer, supporter, challenger, stop, verdict, review), so one
+One model M plays every role (answerer, supporter, stop, verdict, review), so one
 ``ModelConfig`` describes it. Sizes are chosen deeper rather than wider: a question like σ^k(x)
 needs about one chained look-up per layer, so depth helps these tasks more than width.
 

@@ -1,6 +1,6 @@
 """The policy model M: a decoder-only transformer over the task's tokens, with KV-cache sampling.
 
-One model plays every role (answerer, supporter, challenger, stop, verdict, review): each role is a
+One model plays every role (answerer, supporter, stop, verdict, review): each role is a
 prompt (a protocol question) and M answers it with ``answer_len`` tokens.
 
 Conventions (all functions are pure and jittable; shapes are static):

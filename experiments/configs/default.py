@@ -18,7 +18,7 @@ Modes (same model, same question distribution, same evaluation):
                  (weights ``combination.weights``).
   amplification  imitative amplification only: debates stop after the claim (force_stop_after=1,
                  t_max=1), λ_rl = 0.
-  debate         debate only: λ_sup = 0.
+  debate         debate only: λ_sup = 0, and H is never called inside a claim (call_prob = 0).
   supervised     cross-entropy toward the ground truth: the upper bound every result is compared with.
 """
 
@@ -160,6 +160,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif mode == "debate":
     c.combination.weights.sup = 0.0
     c.combination.weights_end.sup = 0.0
+    # Pure debate: the claims are M's own answers (H only checks supports and decides leaves). With
+    # H called in every claim, a leaf question's two claims are both H's answer (a concession), so
+    # M would never be trained on the leaves and the curriculum could not rise.
+    c.debate.call_prob = 0.0
   elif mode == "supervised":
     c.curriculum.kind = "off"  # the upper bound sees every level from the start
   return c
