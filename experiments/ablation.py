@@ -1,7 +1,8 @@
 r"""The procedure's ablation on the runlocal task: which of amplification and debate does what.
 
-  python experiments/ablation.py --workdir=workdir/ablation            # every run, then the table
-  python experiments/ablation.py --workdir=workdir/ablation --seeds=1  # a quicker look
+  python -m experiments.ablation --workdir=workdir/ablation            # every run, then the table
+  python -m experiments.ablation --workdir=workdir/ablation --seeds=1  # a quicker look
+  python -m experiments.ablation --workdir=workdir/ablation --table_only  # tabulate finished runs
 
 Runs, each with seeds 0..seeds-1 (``experiments/configs/default.py:task=permutation,mode=M,runlocal``):
   hybrid                     debate RL + distillation (the README main job)
@@ -116,16 +117,22 @@ def main():
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=0, help="override num_steps (0: the config's)")
   parser.add_argument("--results", default=RESULTS, help="output path without extension")
+  parser.add_argument("--table_only", action="store_true",
+                      help="only tabulate the runs already finished in --workdir")
   args = parser.parse_args()
   summaries = []
   for mode, call_prob in SETTINGS:
     for seed in range(args.seeds):
+      done = os.path.exists(os.path.join(args.workdir, f"{mode}_p{call_prob}_s{seed}",
+                                         "summary.json"))
+      if args.table_only and not done:
+        continue
       print(f"== {mode} call_prob={call_prob} seed={seed}", flush=True)
       summaries.append(run_one(mode, call_prob, seed, args.workdir, args.steps or None))
   levels = sorted({int(k.rsplit("/d", 1)[1]) for s in summaries for k in s["eval"]
                    if k.startswith("eval/accuracy/model/d")})
   text = table(summaries, levels)
-  notes = (f"Regenerate: `python experiments/ablation.py --seeds={args.seeds}"
+  notes = (f"Regenerate: `python -m experiments.ablation --seeds={args.seeds}"
            f"{f' --steps={args.steps}' if args.steps else ''}`. Config "
            "`experiments/configs/default.py:task=permutation,mode=<mode>,runlocal` (permutation "
            "n=5, k <= 2), eval set amp_debate_eval/permutation+max_exponent-2+n-5 1.0.0 "

@@ -175,6 +175,21 @@ def results_table(eval_results: Mapping, levels, reference: dict | None) -> str:
   return metrics_io.markdown_table(headers, rows)
 
 
+def human_calls_line(metrics_path: str) -> str:
+  """One line: human calls per training question, by where they were spent, averaged over the
+  logged steps of ``metrics.jsonl`` ("" for runs that call no human, e.g. supervised)."""
+  if not os.path.exists(metrics_path):
+    return ""
+  rows = [r for r in metrics_io.read_jsonl(metrics_path) if "human_calls/per_question" in r]
+  if not rows:
+    return ""
+  mean = lambda k: float(np.mean([r.get(k, 0.0) for r in rows]))
+  parts = ", ".join(f"{kind} {mean(f'human_calls/{kind}'):.2f}"
+                    for kind in debate.CALL_KINDS + ("targets",))
+  return (f"Human calls per training question (mean over {len(rows)} logged steps): "
+          f"{mean('human_calls/per_question'):.2f} ({parts}).")
+
+
 def honesty_table(eval_results: Mapping, levels) -> str:
   """Markdown: debate honesty by difficulty (empty when the run played no debates). Per level:
   M's claim true (worst seat), and against each liar the worst seat's win rate and the highest
@@ -438,6 +453,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     if honesty:
       table += ("\n\nDebate honesty (M greedy, in both seats, against scripted liars defending a "
                 "false claim; worst seat shown):\n\n" + honesty)
+    calls = human_calls_line(os.path.join(workdir, "metrics.jsonl")) if is_main else ""
+    if calls:
+      table += "\n\n" + calls
     header = (f"{config.mode} on {task.name} {task.options()}, {step} steps; held-out greedy "
               f"accuracy on {eval_set.name}")
     if is_main:
