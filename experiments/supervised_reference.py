@@ -1,6 +1,6 @@
 r"""Regenerates ``experiments/results/supervised_reference.json``: the supervised upper bound.
 
-  python experiments/supervised_reference.py --arg=task=permutation,runlocal --workdir=workdir/supervised
+  python -m experiments.supervised_reference --arg=task=permutation,runlocal --workdir=workdir/supervised
 
 Trains ``mode=supervised`` with the same config arg (same task, model, batch, steps and eval split
 as the corresponding hybrid run) and stores M's held-out accuracy by difficulty under the eval set's
@@ -33,7 +33,7 @@ def main():
   name = result.table and _eval_name(args.workdir)
   entry = {str(d): result.eval[f"eval/accuracy/model/d{d}"] for d in levels}
   entry["mean"] = result.eval["eval/accuracy/model/mean"]
-  entry["source"] = (f"python experiments/supervised_reference.py --arg={args.arg} "
+  entry["source"] = (f"python -m experiments.supervised_reference --arg={args.arg} "
                      f"({config.num_steps} steps, seed {config.seed})")
   stored = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
   stored[name] = entry

@@ -1,6 +1,7 @@
 r"""Default experiment config: one task, one mode (hybrid, amplification, debate or supervised).
 
-The quick start (runlocal: 600 steps, about 7.5 minutes on 2 CPU cores; README has its result):
+The quick start (runlocal: 600 steps, about 6 minutes of training on 2 CPU cores; README has its
+result):
 
   python -m amp_debate.main \
     --config=experiments/configs/default.py:task=permutation,mode=hybrid,runlocal \
@@ -8,14 +9,15 @@ The quick start (runlocal: 600 steps, about 7.5 minutes on 2 CPU cores; README h
 
 ``arg`` is ``key=value,...`` with keys ``task`` (a registered task), ``mode`` (hybrid |
 amplification | debate | supervised), ``size`` (a model preset: tiny | small | base | large) and the
-flag ``runlocal`` (CPU minutes: the permutation task at n=5, k <= 2, a 2-layer d=128 model, λ_rl = 0.1).
+flag ``runlocal`` (CPU minutes: the permutation task at n=5, k <= 2, a 2-layer d=128 model, λ_rl = 0.1,
+no subquestion pass).
 Any field can then be overridden with ``--config.field=value`` (e.g. ``--config.num_steps=2000``,
 ``--config.task_options.n=6``); an unknown field or an invalid value stops the run before anything
 is compiled, with a message naming the field (``amp_debate.train.config_lib.validate``).
 
 Modes (same model, same question distribution, same evaluation):
   hybrid         debate RL + distillation toward Amp′(H, M_target) + catastrophe penalty
-                 (weights ``combination.weights``).
+                 (weights ``combination.weights``; the default catastrophe predicate never fires).
   amplification  imitative amplification only: debates stop after the claim (force_stop_after=1,
                  t_max=1), λ_rl = 0.
   debate         debate only: λ_sup = 0, and H is never called inside a claim (call_prob = 0).
