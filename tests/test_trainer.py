@@ -179,3 +179,19 @@ def test_config_errors_stop_before_compiling(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="debate.t_max"):
     train.run(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_evaluation_debates_use_one_protocol_in_every_mode():
+  """An amplification run trains with one-argument debates; its honesty is still measured in full
+  debates (no forced stop, room to reach a leaf), like every other mode's."""
+  from amp_debate.procedure import debate
+  from amp_debate.train import config_lib, trainer
+  for mode in ("amplification", "hybrid", "debate"):
+    config = _config(mode)
+    task = config_lib.make_task(config)
+    step_config = config_lib.make_step_config(config)
+    played = trainer.eval_debate_config(task, step_config.debate)
+    assert played.force_stop_after is None and played.contested and played.assign_prob == 0
+    assert played.t_max >= 2 + 2 * task.max_difficulty
+    assert played.call_prob == step_config.debate.call_prob
+  assert isinstance(played, debate.DebateConfig)

@@ -69,6 +69,15 @@ LIARS = ("consistent", "inconsistent")
 SEATS = ("even", "odd")
 
 
+def eval_debate_config(task, config: debate.DebateConfig) -> debate.DebateConfig:
+  """The debates every evaluation plays, whatever the training mode: the run's call rule and
+  learned-stop setting, no forced stop, and room to chase any claim down to a leaf
+  (t_max = 2 + 2·max_difficulty, or the training t_max if larger), so that honesty is measured by
+  the same protocol in every mode (an amplification run trains with one-argument debates)."""
+  return dataclasses.replace(config, force_stop_after=None, assign_prob=0.0,
+                             t_max=max(config.t_max, 2 + 2 * task.max_difficulty))
+
+
 def make_eval_fn(task, model, step_config: step_lib.StepConfig, with_debates: bool):
   """``(params, questions int32[N, Lq], answers int32[N, La], rng) -> {metric: float32[N]}``:
   per-question values (the caller averages over the real rows).
@@ -90,7 +99,7 @@ def make_eval_fn(task, model, step_config: step_lib.StepConfig, with_debates: bo
     }
     if not with_debates:
       return out
-    config = step_config.debate
+    config = eval_debate_config(task, step_config.debate)
     game, transcript = debate.rollout(task, m_greedy, m_greedy, questions, debate_rng, config)
     out["debate/length"] = game.num_args.astype(jnp.float32)
     for value, name in enumerate(("even", "odd", "draw")):
