@@ -121,8 +121,9 @@ def main():
                       help="only tabulate the runs already finished in --workdir")
   args = parser.parse_args()
   summaries = []
-  for mode, call_prob in SETTINGS:
-    for seed in range(args.seeds):
+  # Seed-major: every setting's seed 0 first, so an interrupted ablation covers every setting.
+  for seed in range(args.seeds):
+    for mode, call_prob in SETTINGS:
       done = os.path.exists(os.path.join(args.workdir, f"{mode}_p{call_prob}_s{seed}",
                                          "summary.json"))
       if args.table_only and not done:

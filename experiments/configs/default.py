@@ -20,7 +20,8 @@ Modes (same model, same question distribution, same evaluation):
                  (weights ``combination.weights``; the default catastrophe predicate never fires).
   amplification  imitative amplification only: debates stop after the claim (force_stop_after=1,
                  t_max=1), λ_rl = 0.
-  debate         debate only: λ_sup = 0, and H is never called inside a claim (call_prob = 0).
+  debate         debate only: λ_sup = 0, H never called inside a claim (call_prob = 0), every level
+                 from the start (curriculum off).
   supervised     cross-entropy toward the ground truth: the upper bound every result is compared with.
 """
 
@@ -166,6 +167,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # H called in every claim, a leaf question's two claims are both H's answer (a concession), so
     # M would never be trained on the leaves and the curriculum could not rise.
     c.debate.call_prob = 0.0
+    # The adaptive curriculum rises on M's agreement with Amp′ where H was called; with no calls it
+    # has no signal (seen: stuck at level 0), so pure debate samples every level from the start.
+    c.curriculum.kind = "off"
   elif mode == "supervised":
     c.curriculum.kind = "off"  # the upper bound sees every level from the start
   return c
