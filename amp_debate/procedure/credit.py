@@ -85,7 +85,7 @@ def _prompts(fn, task, *args):
   return out.reshape(lead + out.shape[1:])
 
 
-def _cat(rows: list[Rows], axis: int) -> Rows:
+def concat(rows: list[Rows], axis: int = 0) -> Rows:
   return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis), *rows)
 
 
@@ -93,6 +93,12 @@ def _cat(rows: list[Rows], axis: int) -> Rows:
 def num_arguments(num_nodes: int) -> int:
   """A: arguments per side (claim, root support, one support per later node)."""
   return num_nodes + 1
+
+
+def _argument_one_hot(num_nodes: int, num_kinds: int, dtype) -> jax.Array:
+  """[R, K, A]: which argument each policy row kind at each node belongs to."""
+  return jax.nn.one_hot(row_arguments(num_nodes, num_kinds - 2), num_arguments(num_nodes),
+                        dtype=dtype)
 
 
 def row_arguments(num_nodes: int, num_subquestions: int) -> jax.Array:
@@ -107,19 +113,17 @@ def policy_rows(task: Task, transcript: debate.Transcript) -> Rows:
   """The tokens M_target sampled in the debates: Rows [B, R, 2, K] (module docstring)."""
   comps = transcript.comps
   s = task.num_subquestions
-  direct_active = comps.active & ~comps.called
-  direct = _rows(task, _prompts(protocol.answer_prompt, task, transcript.nodes[:, :, None].repeat(
-      2, 2)), jnp.broadcast_to(transcript.nodes[:, :, None], comps.direct.shape[:-1] + (
-          task.question_len,)), comps.direct, direct_active, comps.direct_log_probs)
+  nodes2 = jnp.broadcast_to(transcript.nodes[:, :, None], comps.active.shape + (
+      task.question_len,))  # [B, R, 2, Lq]
+  direct = _rows(task, _prompts(protocol.answer_prompt, task, nodes2), nodes2, comps.direct,
+                 comps.active & ~comps.called, comps.direct_log_probs)
   sub = _rows(task, _prompts(protocol.answer_prompt, task, comps.subquestions),
               comps.subquestions, comps.subanswers, comps.called[..., None] & comps.sub_valid,
               comps.sub_log_probs)
-  nodes2 = jnp.broadcast_to(transcript.nodes[:, :, None], transcript.claims.shape[:-1] + (
-      task.question_len,))
   support = _rows(task, _prompts(protocol.support_prompt, task, nodes2, transcript.claims), nodes2,
                   transcript.support_tokens, transcript.support_sampled,
                   transcript.support_log_probs)
-  out = _cat([jax.tree.map(lambda x: x[..., None, :], direct), sub,
+  out = concat([jax.tree.map(lambda x: x[..., None, :], direct), sub,
               jax.tree.map(lambda x: x[..., None, :], support)], axis=3)
   chex.assert_shape(out.tokens, transcript.claims.shape[:3] + (s + 2, protocol.support_len(task)))
   return out
@@ -135,10 +139,7 @@ def argument_rewards(winner: jax.Array, rows: Rows, num_nodes: int) -> tuple[jax
     (rewards float32[B, 2, A], has_tokens bool[B, 2, A]): +1/n over the winner's n arguments with
     sampled tokens, -1/m over the loser's m, 0 in draws and for arguments without tokens.
   """
-  batch, r, _, k = rows.mask.shape[:4]
-  args = num_arguments(num_nodes)
-  index = row_arguments(num_nodes, k - 2)  # [R, K]
-  one_hot = jax.nn.one_hot(index, args, dtype=jnp.bool_)  # [R, K, A]
+  one_hot = _argument_one_hot(num_nodes, rows.mask.shape[3], jnp.bool_)
   has_tokens = (rows.active[..., None] & one_hot[None, :, None]).any((1, 3))  # [B, 2, A]
   count = has_tokens.sum(-1, keepdims=True)
   side = jnp.arange(2)[None, :, None]
@@ -151,9 +152,7 @@ def argument_rewards(winner: jax.Array, rows: Rows, num_nodes: int) -> tuple[jax
 def token_weights(rows: Rows, num_nodes: int) -> jax.Array:
   """float32[B, R, 2, K, L]: 1 / (tokens of the row's argument) on real tokens, else 0; summing to
   the number of arguments with tokens."""
-  k = rows.mask.shape[3]
-  index = row_arguments(num_nodes, k - 2)
-  one_hot = jax.nn.one_hot(index, num_arguments(num_nodes), dtype=jnp.float32)  # [R, K, A]
+  one_hot = _argument_one_hot(num_nodes, rows.mask.shape[3], jnp.float32)
   per_row = rows.mask.sum(-1).astype(jnp.float32)  # [B, R, 2, K]
   per_arg = jnp.einsum("brsk,rka->bsa", per_row, one_hot)
   row_count = jnp.einsum("bsa,rka->brsk", per_arg, one_hot)
@@ -212,7 +211,7 @@ def distill_rows(task: Task, transcript: debate.Transcript, config: debate.Debat
                       final.active & final.called))
     rows.append(_rows(task, final_prompts, transcript.final_node,
                       task.batch_leaf_answer(transcript.final_node), transcript.leaf_reached))
-  return _cat([r.flatten() for r in rows], axis=0)
+  return concat([r.flatten() for r in rows], axis=0)
 
 
 def posed_subquestions(transcript: debate.Transcript) -> tuple[jax.Array, jax.Array]:

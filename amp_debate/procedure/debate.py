@@ -308,47 +308,38 @@ class _Rollout:
     return amplify(self.task, player.answer_fn(), nodes, key, call_prob=self.config.call_prob,
                    confidence_threshold=self.config.confidence_threshold)
 
-  def compute_sides(self, nodes, key, computing) -> Computation:
-    """Each side's own Amp′ of ``nodes``: Computation [B, 2] (active = ``computing`` bool[B, 2]).
-    In self-play (one player) both sides run as one batch of 2B."""
+  def both_sides(self, call, key, *per_side):
+    """``call(player, key, *args)`` for each side on [B, ...] arguments (``per_side``: one array per
+    side for each argument, or a shared array), stacked to [B, 2, ...]. In self-play (one player)
+    both sides run as one batch of 2B."""
     even, odd = self.players
-    batch = nodes.shape[0]
+    args = [a if isinstance(a, tuple) else (a, a) for a in per_side]
     if even is odd:
-      amp = self.amplify(even, jnp.concatenate([nodes, nodes]), key)
-      amp = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.swapaxes(
-          x.reshape((2, batch) + x.shape[1:]), 0, 1), amp)
-    else:
-      keys = jax.random.split(key)
-      amps = [self.amplify(p, nodes, k) for p, k in zip(self.players, keys)]
-      amp = jax.tree.map(lambda a, b: a if a.ndim == 0 else jnp.stack([a, b], 1), *amps)
+      batch = args[0][0].shape[0]
+      out = call(even, key, *[jnp.concatenate(a) for a in args])
+      return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.swapaxes(
+          x.reshape((2, batch) + x.shape[1:]), 0, 1), out)
+    keys = jax.random.split(key)
+    outs = [call(p, k, *[a[s] for a in args]) for s, (p, k) in enumerate(zip(self.players, keys))]
+    return jax.tree.map(lambda a, b: a if a.ndim == 0 else jnp.stack([a, b], 1), *outs)
+
+  def compute_sides(self, nodes, key, computing) -> Computation:
+    """Each side's own Amp′ of ``nodes``: Computation [B, 2] (active = ``computing`` bool[B, 2])."""
+    amp = self.both_sides(lambda p, k, n: self.amplify(p, n, k), key, nodes)
     return Computation.of(amp, computing)
 
   def direct_supports(self, nodes, claims, key):
     """Both sides' direct SUPPORT answers: (tokens int32[B, 2, S*La], log_probs float32[...])."""
-    even, odd = self.players
-    if even is odd:
-      batch = nodes.shape[0]
-      move = even.support(jnp.concatenate([nodes, nodes]),
-                          jnp.concatenate([claims[:, 0], claims[:, 1]]), key)
-      split = lambda x: jnp.swapaxes(x.reshape((2, batch) + x.shape[1:]), 0, 1)
-      return split(move.tokens), split(move.log_probs)
-    keys = jax.random.split(key)
-    moves = [p.support(nodes, claims[:, s], k) for s, (p, k) in enumerate(zip(self.players, keys))]
-    return (jnp.stack([m.tokens for m in moves], 1), jnp.stack([m.log_probs for m in moves], 1))
+    move = self.both_sides(lambda p, k, n, c: p.support(n, c, k), key, nodes,
+                           (claims[:, 0], claims[:, 1]))
+    return move.tokens, move.log_probs
 
   def assigned_claims(self, questions, own, key, force_contest):
     """Each side's claim were it assigned one: its player's ``answer`` (a sample of M's answer
     distribution for the model), int32[B, 2, La]; with ``force_contest``, one equal to the other
     side's own claim is replaced by another answer."""
-    even, odd = self.players
     answer_rng, wrong_rng = jax.random.split(key)
-    if even is odd:
-      batch = questions.shape[0]
-      tokens = even.answer(jnp.concatenate([questions, questions]), answer_rng).tokens
-      given = jnp.swapaxes(tokens.reshape((2, batch) + tokens.shape[1:]), 0, 1)
-    else:
-      keys = jax.random.split(answer_rng)
-      given = jnp.stack([p.answer(questions, k).tokens for p, k in zip(self.players, keys)], 1)
+    given = self.both_sides(lambda p, k, q: p.answer(q, k).tokens, answer_rng, questions)
     if force_contest:
       other = own[:, ::-1]
       same = (given == other).all(-1, keepdims=True)

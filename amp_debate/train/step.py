@@ -207,8 +207,8 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
                         call_prob=config.debate.call_prob,
                         confidence_threshold=config.debate.confidence_threshold)
       target_calls = (sub_amp.called & sub_posed).sum().astype(jnp.int32)
-      drows = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), drows,
-                           credit.subquestion_targets(task, subquestions, sub_amp, sub_posed))
+      drows = credit.concat(
+          [drows, credit.subquestion_targets(task, subquestions, sub_amp, sub_posed)])
     arg_mask = has_tokens.reshape(batch_size, -1)
     adv = losses.advantages(rewards.reshape(batch_size, -1), arg_mask, config.advantage)
     row_adv = credit.row_values(adv.reshape(rewards.shape), num_nodes, num_sub)  # [B, R, 2, K]
