@@ -1,7 +1,6 @@
 """Metric output: TensorBoard event files, a JSONL log, a terminal progress bar, tables and plots.
 
-  with MetricWriter(workdir) as writer:
-    bar = ProgressBar(total=num_steps, initial=start_step, desc="train")
+  with MetricWriter(workdir) as writer, ProgressBar(num_steps, initial=start_step) as bar:
     for step in range(start_step, num_steps):
       state, metrics = train_step(state, rng)
       if step % log_every == 0:
@@ -9,23 +8,18 @@
         if bad := nonfinite(metrics):
           raise FloatingPointError(f"non-finite metrics at step {step}: {bad}")
         writer.write_scalars(step, metrics)
-      bar.update(step + 1, {"loss": metrics["loss"]})
-    bar.close()
+        bar.update(step + 1, {"loss": metrics["loss"]})
 
 Design:
 
-* **No TensorFlow.** ``TensorBoardWriter`` writes the event-file format itself. An event file is a
-  TFRecord file: every record is ``uint64 length | masked_crc32c(length) | data |
-  masked_crc32c(data)`` (little-endian), where the CRC is CRC-32C (Castagnoli, reflected polynomial
-  0x82F63B78, table-driven here) and ``mask(c) = ((c >> 15) | (c << 17)) + 0xA282EAD8 (mod 2^32)``.
-  Each record's data is a serialised ``tensorflow.Event`` protobuf, encoded by hand with the few
-  wire types it needs (varint, 64-bit, 32-bit, length-delimited):
-  ``Event{wall_time: double = 1; step: int64 = 2; file_version: string = 3; summary: Summary = 5}``,
-  ``Summary{repeated Value value = 1}``, ``Value{tag: string = 1; simple_value: float = 2}``.
-  The first record carries ``file_version = "brain.Event:2"``; each ``write_scalars`` call is one
-  event holding all its values (TensorBoard reads them as scalars: simple_value is float32).
-  Files are named ``events.out.tfevents.<unix time>.<hostname>`` (plus ``.1``, ``.2``… if such a
-  file already exists, so two writers never interleave records in one file).
+* **TensorBoard** event files come from ``tensorboardX.SummaryWriter`` (no TensorFlow needed; it
+  imports only NumPy and protobuf). Each metric is one ``add_scalar`` (a ``simple_value``, read
+  back by TensorBoard as a float32 scalar). tensorboardX writes from a background thread and hands
+  records to the OS every ``flush_secs``; ``close()`` writes everything still queued. Files are
+  named ``events.out.tfevents.<unix time>.<hostname>.<pid>.<n>`` (``n`` counts the writers this
+  process opened), so two writers never share a file, even when started in the same second. Tag
+  names with characters TensorBoard does not allow are changed by tensorboardX (``_`` instead,
+  leading ``/`` dropped); the JSONL log keeps the names as given.
 * **JSONL** (``<dir>/metrics.jsonl``) is the log meant for scripts and plots: one JSON object per
   ``write_scalars`` call, flushed per line so a crash loses at most the line being written. NaN and
   ±Inf (not valid JSON) are written as the strings ``"nan"``, ``"inf"``, ``"-inf"``; ``read_jsonl``
@@ -35,12 +29,13 @@ Design:
   constructed, i.e. after ``jax.distributed.initialize()``); on other processes every method is a
   no-op and no file or directory is created. Metrics must be scalars (Python, NumPy or 0-d JAX
   arrays); JAX arrays are fetched with one ``jax.device_get``.
-* **ProgressBar** is self-contained (no tqdm). The rate counts only the steps done by this process
-  (``step - initial`` over the time since construction), so a resumed run shows its real speed and
-  ETA. On a TTY it redraws one line with ``'\\r'`` at most ``1 / min_interval_s`` times per second;
-  elsewhere (CI logs, pipes, files) it prints a full line at the first update, each time progress
-  crosses another ``log_every_percent`` and at least every ``log_every_s`` seconds, and at the end.
-  A ``clock`` can be injected for tests.
+* **ProgressBar** wraps ``tqdm`` and takes the absolute step reached. The rate is the average over
+  the steps done by this process (``step - initial`` over the time since construction: tqdm counts
+  ``initial`` as already done), so a resumed run shows its real speed, and the ETA includes the
+  time spent in evaluations and checkpoints. On a TTY tqdm redraws one line in place at most
+  ``1 / min_interval_s`` times per second. Elsewhere (CI logs, pipes, files) it prints a full line
+  (``\\n``-terminated, no ``\\r``) at the start, at most once per ``log_every_s`` seconds, and at
+  the end.
 * ``plot_curves`` uses matplotlib only if it is importable (it is not a dependency), through the
   object-oriented ``Figure`` API so no global pyplot/backend state is touched.
 
@@ -49,12 +44,10 @@ Nothing here is thread-safe; use each writer from one thread.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
-import shutil
-import socket
-import struct
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -63,110 +56,9 @@ from typing import Any, TextIO
 from absl import logging
 import jax
 import numpy as np
+import tqdm
 
 Scalar = int | float | bool
-
-# ----------------------------------------------------------------------------------------------
-# CRC-32C (Castagnoli) and TFRecord framing.
-
-_CRC32C_POLY = 0x82F63B78  # 0x1EDC6F41 bit-reversed (the CRC is computed LSB-first).
-_MASK32 = 0xFFFFFFFF
-_CRC_MASK_DELTA = 0xA282EAD8
-
-
-def _make_crc32c_table() -> tuple[int, ...]:
-  """The 256-entry lookup table: the CRC register after shifting each byte value through it."""
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ _CRC32C_POLY if crc & 1 else crc >> 1
-    table.append(crc)
-  return tuple(table)
-
-
-_CRC32C_TABLE = _make_crc32c_table()
-
-
-def crc32c(data: bytes, crc: int = 0) -> int:
-  """CRC-32C of ``data``; pass a previous result as ``crc`` to continue a running checksum."""
-  table = _CRC32C_TABLE
-  crc ^= _MASK32
-  for byte in data:
-    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ _MASK32
-
-
-def masked_crc32c(data: bytes) -> int:
-  """The CRC stored in TFRecord files: rotated right by 15 bits plus a constant (mod 2^32)."""
-  crc = crc32c(data)
-  return ((((crc >> 15) | (crc << 17)) & _MASK32) + _CRC_MASK_DELTA) & _MASK32
-
-
-def tfrecord(data: bytes) -> bytes:
-  """One TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
-  header = struct.pack("<Q", len(data))
-  return (header + struct.pack("<I", masked_crc32c(header)) + data +
-          struct.pack("<I", masked_crc32c(data)))
-
-
-# ----------------------------------------------------------------------------------------------
-# Protobuf wire format (just what Event needs).
-
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
-
-
-def _varint(value: int) -> bytes:
-  """Base-128 varint, least significant group first; negative int64s as 10-byte two's complement."""
-  if value < 0:
-    value &= (1 << 64) - 1
-  out = bytearray()
-  while True:
-    low = value & 0x7F
-    value >>= 7
-    if value:
-      out.append(low | 0x80)
-    else:
-      out.append(low)
-      return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-  return _varint((field << 3) | wire_type)
-
-
-def _length_delimited(field: int, payload: bytes) -> bytes:
-  return _key(field, _LENGTH_DELIMITED) + _varint(len(payload)) + payload
-
-
-def _float32_bytes(value: float) -> bytes:
-  """Little-endian float32, saturating to ±inf outside its range (as a float32 cast does)."""
-  try:
-    return struct.pack("<f", value)
-  except OverflowError:
-    return struct.pack("<f", math.copysign(math.inf, value))
-
-
-def encode_event(wall_time: float, step: int, *, file_version: str | None = None,
-                 scalars: Mapping[str, float] | None = None) -> bytes:
-  """Serialised ``tensorflow.Event`` holding a file_version or a summary of simple_values.
-
-  The two are members of the proto's ``oneof what``, so at most one may be given.
-  """
-  if file_version is not None and scalars:
-    raise ValueError("an Event holds either a file_version or a summary, not both")
-  out = (_key(1, _FIXED64) + struct.pack("<d", wall_time) +
-         _key(2, _VARINT) + _varint(int(step)))
-  if file_version is not None:
-    out += _length_delimited(3, file_version.encode("utf-8"))
-  if scalars:
-    summary = b"".join(
-        _length_delimited(1, _length_delimited(1, tag.encode("utf-8")) +
-                          _key(2, _FIXED32) + _float32_bytes(float(value)))
-        for tag, value in scalars.items())
-    out += _length_delimited(5, summary)
-  return out
-
 
 # ----------------------------------------------------------------------------------------------
 # Scalar conversion.
@@ -213,70 +105,6 @@ def nonfinite(metrics: Mapping[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Writers.
 
-
-class _FileWriter:
-  """Closing and the context-manager protocol for a writer that owns ``self._file``."""
-
-  _file: Any = None
-
-  def close(self) -> None:
-    """Flushes and closes the file; further writes raise, further closes are no-ops."""
-    if self._file is not None:
-      self._file.close()
-      self._file = None
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
-
-
-class TensorBoardWriter(_FileWriter):
-  """Writes scalars to a new TensorBoard event file in ``logdir`` (created if needed).
-
-  Records are buffered and flushed by ``flush()``, ``close()``, and by ``write_scalars`` when
-  ``flush_secs`` have passed since the last flush (0: after every write).
-  """
-
-  def __init__(self, logdir: str | os.PathLike, *, flush_secs: float = 5.0,
-               clock: Callable[[], float] = time.time):
-    os.makedirs(logdir, exist_ok=True)
-    self._clock = clock
-    self._flush_secs = flush_secs
-    base = os.path.join(os.fspath(logdir),
-                        f"events.out.tfevents.{int(clock()):010d}.{socket.gethostname()}")
-    self.path = base
-    suffix = 0
-    while True:
-      try:
-        self._file = open(self.path, "xb")  # pylint: disable=consider-using-with
-        break
-      except FileExistsError:
-        suffix += 1
-        self.path = f"{base}.{suffix}"
-    self._file.write(tfrecord(encode_event(clock(), 0, file_version="brain.Event:2")))
-    self.flush()
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    """One event at ``step`` holding every ``tag: value`` (stored as float32)."""
-    if self._file is None:
-      raise ValueError(f"TensorBoardWriter({self.path!r}) is closed")
-    values = {tag: float(_to_scalar(tag, v)) for tag, v in scalars.items()}
-    if not values:
-      return
-    self._file.write(tfrecord(encode_event(self._clock(), step, scalars=values)))
-    if self._clock() - self._last_flush >= self._flush_secs:
-      self.flush()
-
-  def flush(self) -> None:
-    """Hands buffered records to the OS (TensorBoard sees them from then on)."""
-    if self._file is not None:
-      self._file.flush()
-    self._last_flush = self._clock()
-
-
-
 _NONFINITE_NAMES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -290,7 +118,7 @@ def _json_value(name: str, value: Any) -> Any:
   return value
 
 
-class JsonlWriter(_FileWriter):
+class JsonlWriter:
   """Appends ``{"step": s, "time": t, **metrics}`` lines to ``<logdir>/<filename>``.
 
   Every line is flushed to the OS as it is written (and ``fsync``-ed too if ``fsync=True``, which
@@ -321,11 +149,23 @@ class JsonlWriter(_FileWriter):
     self.flush()
 
   def flush(self) -> None:
+    """Hands buffered text to the OS (and to the disk, with ``fsync=True``)."""
     if self._file is not None:
       self._file.flush()
       if self._fsync:
         os.fsync(self._file.fileno())
 
+  def close(self) -> None:
+    """Flushes and closes the file; further writes raise, further closes are no-ops."""
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+  def __enter__(self) -> JsonlWriter:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
 
 def _drop_partial_last_line(path: str) -> None:
@@ -383,40 +223,65 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   return records
 
 
+_EVENT_FILE_IDS = itertools.count()  # numbers the event files this process opens
+
+
 class MetricWriter:
-  """Fan-out to a ``TensorBoardWriter`` and a ``JsonlWriter`` in ``logdir``, on process 0 only.
+  """Fan-out to a TensorBoard event file and a ``JsonlWriter`` in ``logdir``, on process 0 only.
 
   On other processes (``jax.process_index() != 0`` at construction) every method is a no-op and
-  nothing is created on disk; ``active`` says which case this is.
+  nothing is created on disk; ``active`` says which case this is. ``flush_secs`` is how often
+  tensorboardX's writer thread hands event records to the OS (the JSONL log is flushed per line).
   """
 
   def __init__(self, logdir: str | os.PathLike, *, tensorboard: bool = True, jsonl: bool = True,
                flush_secs: float = 5.0):
     self.logdir = os.fspath(logdir)
     self.active = jax.process_index() == 0
-    self._writers: list[TensorBoardWriter | JsonlWriter] = []
+    self._closed = False
+    self._tensorboard = None
+    self._jsonl: JsonlWriter | None = None
     if self.active:
       if tensorboard:
-        self._writers.append(TensorBoardWriter(logdir, flush_secs=flush_secs))
+        # Imported here: only process 0 writes events, and tensorboardX imports torch if present.
+        import tensorboardX  # pylint: disable=import-outside-toplevel
+        self._tensorboard = tensorboardX.SummaryWriter(
+            self.logdir, flush_secs=flush_secs,
+            filename_suffix=f".{os.getpid()}.{next(_EVENT_FILE_IDS)}")
       if jsonl:
-        self._writers.append(JsonlWriter(logdir))
+        self._jsonl = JsonlWriter(self.logdir)
 
   def write_scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Writes ``metrics`` (Python/NumPy scalars or 0-d JAX arrays) at ``step`` to every writer."""
     if not self.active:
       return
+    if self._closed:
+      raise ValueError(f"MetricWriter({self.logdir!r}) is closed")
     host = jax.device_get(dict(metrics))
     values = {name: _to_scalar(name, value) for name, value in host.items()}
-    for writer in self._writers:
-      writer.write_scalars(step, values)
+    if self._tensorboard is not None:
+      now = time.time()  # one wall time for every value of the call
+      for name, value in values.items():
+        self._tensorboard.add_scalar(name, float(value), int(step), walltime=now)
+    if self._jsonl is not None:
+      self._jsonl.write_scalars(step, values)
 
   def flush(self) -> None:
-    for writer in self._writers:
-      writer.flush()
+    """Flushes the JSONL log and the event records tensorboardX's thread has written so far."""
+    if self._tensorboard is not None:
+      self._tensorboard.flush()
+    if self._jsonl is not None:
+      self._jsonl.flush()
 
   def close(self) -> None:
-    for writer in self._writers:
-      writer.close()
+    """Writes every queued event, then closes both files. Idempotent."""
+    self._closed = True
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+      self._tensorboard = None
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
 
   def __enter__(self) -> MetricWriter:
     return self
@@ -429,32 +294,14 @@ class MetricWriter:
 # Progress bar.
 
 
-def _format_duration(seconds: float) -> str:
-  """``h:mm:ss`` (hours unbounded)."""
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  minutes, secs = divmod(rest, 60)
-  return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def _format_number(value: float) -> str:
-  """Three significant digits for values >= 1 (``1.23``, ``12.3``, ``123``, ``1234``)."""
-  for decimals in (2, 1):
-    if round(value, decimals) < 10 ** (3 - decimals):
-      return f"{value:.{decimals}f}"
-  return f"{value:.0f}"
-
-
-def _format_postfix_value(value: Any) -> str:
+def _postfix_value(value: Any) -> Any:
+  """A postfix value tqdm can format: strings as they are, scalars as Python numbers."""
   if isinstance(value, str):
     return value
   try:
-    value = _to_scalar("postfix", value)
+    return _to_scalar("postfix", value)
   except (TypeError, ValueError):
     return str(value)
-  if isinstance(value, float):
-    return f"{value:.3g}"
-  return str(value)
 
 
 def _is_tty(stream: Any) -> bool:
@@ -464,131 +311,74 @@ def _is_tty(stream: Any) -> bool:
     return False
 
 
-def _terminal_width(stream: Any) -> int:
-  """Columns: ``$COLUMNS`` if set, else the stream's terminal size if known (> 0), else 80."""
-  if os.environ.get("COLUMNS", "").isdigit() and int(os.environ["COLUMNS"]) > 0:
-    return int(os.environ["COLUMNS"])
-  try:
-    columns = os.get_terminal_size(stream.fileno()).columns
-  except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-    columns = 0
-  return columns if columns > 0 else shutil.get_terminal_size((80, 24)).columns
+class _LogLines:
+  """A file for tqdm that turns each in-place redraw into one log line.
+
+  tqdm draws with ``'\\r' + line + padding`` and ends the bar with a lone ``'\\n'``; here every
+  redraw becomes ``line + '\\n'``, and the lone newline (which would leave an empty line) and a
+  repeat of the line just written (``close()`` redraws the final state) are dropped. Meant for
+  streams that are not terminals, where ``'\\r'`` only clutters the log.
+  """
+
+  def __init__(self, stream: TextIO):
+    self._stream = stream
+    self._last = ""
+
+  def write(self, text: str) -> None:
+    """Writes one redraw as one line (see the class docstring)."""
+    if text.startswith("\r"):
+      line = text[1:].rstrip()
+      if line and line != self._last:
+        self._stream.write(line + "\n")
+        self._last = line
+    elif text.strip():
+      self._stream.write(text)
+
+  def flush(self) -> None:
+    self._stream.flush()
 
 
 class ProgressBar:
-  """A one-line progress bar: ``desc: step/total pct [bar] rate ETA h:mm:ss postfix``.
+  """A ``tqdm`` bar driven by the absolute step: ``desc: pct|bar| step/total [elapsed<ETA, rate,
+  postfix]``.
 
-  ``update(step)`` takes the absolute step reached (not an increment). The rate and ETA are
-  measured over the steps done since construction (``step - initial``). See the module docstring
-  for the TTY / non-TTY behaviour; ``stream=None`` means ``sys.stderr`` at construction time.
+  ``update(step, postfix)`` takes the step reached (not an increment) and the fields to show after
+  the rate (e.g. ``{"loss": ..., "acc": ..., "level": ...}``; scalars, 0-d arrays or strings).
+  ``stream=None`` means ``sys.stderr``. On a TTY the line is redrawn in place at most every
+  ``min_interval_s`` seconds and fits the terminal width; on any other stream a full line is
+  printed at the start, at most every ``log_every_s`` seconds, and at ``close()``. The rate is the
+  average since construction over the steps done here (``step - initial``).
   """
 
   def __init__(self, total: int, initial: int = 0, stream: TextIO | None = None, desc: str = "",
-               *, min_interval_s: float = 0.1, log_every_percent: float = 10.0,
-               log_every_s: float = 10.0, bar_width: int = 20,
-               clock: Callable[[], float] = time.monotonic):
+               *, min_interval_s: float = 0.1, log_every_s: float = 30.0):
     if total < 0 or initial < 0:
       raise ValueError(f"ProgressBar: total and initial must be >= 0, got {total}, {initial}")
-    self.total = int(total)
-    self.initial = int(initial)
-    self.stream = sys.stderr if stream is None else stream
-    self.desc = desc
+    self.stream = stream if stream is not None else sys.stderr
     self.is_tty = _is_tty(self.stream)
-    self._min_interval_s = min_interval_s
-    self._log_every_percent = log_every_percent
-    self._log_every_s = log_every_s
-    self._bar_width = bar_width
-    self._clock = clock
-    self._start = clock()
-    self._step = self.initial
-    self._postfix: dict[str, Any] = {}
-    self._last_draw_time: float | None = None
-    self._last_drawn: tuple[int, str] | None = None  # (step, postfix text) last shown
-    self._last_bucket = -1
-    self._prev_len = 0
-    self._closed = False
+    self._bar = tqdm.tqdm(
+        total=int(total), initial=int(initial), desc=desc or None, unit="steps",
+        file=self.stream if self.is_tty else _LogLines(self.stream),
+        mininterval=min_interval_s if self.is_tty else log_every_s,
+        miniters=1,  # updates come once per logged step: no dynamic miniters (nor forced redraws)
+        smoothing=0,  # the average rate since construction, not a moving average
+        dynamic_ncols=self.is_tty, ascii=None if self.is_tty else True)
 
-  def _percent(self, step: int) -> float:
-    return 100.0 if self.total == 0 else 100.0 * min(step, self.total) / self.total
-
-  def rate(self, now: float | None = None) -> float | None:
-    """Steps per second done by this process so far (None before any step or time passed)."""
-    now = self._clock() if now is None else now
-    done, elapsed = self._step - self.initial, now - self._start
-    return done / elapsed if done > 0 and elapsed > 0 else None
-
-  def format_line(self, now: float | None = None) -> str:
-    """The text of the bar for the current state (without ``'\\r'`` or newline)."""
-    now = self._clock() if now is None else now
-    step, total = self._step, self.total
-    percent = self._percent(step)
-    filled = int(self._bar_width * percent / 100)
-    bar = "#" * filled + "." * (self._bar_width - filled)
-    rate = self.rate(now)
-    if rate is None:
-      rate_text, eta = "? steps/s", "?"
-    else:
-      rate_text = (f"{_format_number(rate)} steps/s" if rate >= 1
-                   else f"{_format_number(1 / rate)} s/step")
-      eta = _format_duration(max(total - step, 0) / rate)
-    parts = [f"{self.desc}:"] if self.desc else []
-    parts += [f"{step:>{len(str(total))}d}/{total}", f"{percent:3.0f}%", f"[{bar}]", rate_text,
-              f"ETA {eta}"]
-    postfix = self._postfix_text()
-    if postfix:
-      parts.append(postfix)
-    return " ".join(parts)
-
-  def _postfix_text(self) -> str:
-    return " ".join(f"{k} {_format_postfix_value(v)}" for k, v in self._postfix.items())
+  @property
+  def step(self) -> int:
+    """The last step passed to ``update`` (``initial`` before any)."""
+    return self._bar.n
 
   def update(self, step: int, postfix: Mapping[str, Any] | None = None) -> None:
-    """Records that ``step`` (absolute) is reached; redraws/prints if it is time to."""
-    if self._closed:
-      return
-    self._step = int(step)
+    """Records that ``step`` (absolute) is reached; tqdm redraws if ``min_interval_s`` (TTY) or
+    ``log_every_s`` (elsewhere) passed since its last line."""
     if postfix is not None:
-      self._postfix = dict(postfix)
-    now = self._clock()
-    finished = self._step >= self.total
-    if self.is_tty:
-      due = (self._last_draw_time is None or
-             now - self._last_draw_time >= self._min_interval_s)
-      if due or (finished and self._last_drawn != self._state()):
-        self._draw(now)
-    else:
-      bucket = int(self._percent(self._step) // self._log_every_percent)
-      due = (self._last_draw_time is None or bucket > self._last_bucket or
-             now - self._last_draw_time >= self._log_every_s)
-      if due or (finished and self._last_drawn != self._state()):
-        self._draw(now)
-
-  def _state(self) -> tuple[int, str]:
-    return self._step, self._postfix_text()
-
-  def _draw(self, now: float) -> None:
-    line = self.format_line(now)
-    if self.is_tty:
-      line = line[:max(_terminal_width(self.stream) - 1, 10)]
-      self.stream.write("\r" + line + " " * max(self._prev_len - len(line), 0))
-      self._prev_len = len(line)
-    else:
-      self.stream.write(line + "\n")
-      self._last_bucket = int(self._percent(self._step) // self._log_every_percent)
-    self.stream.flush()
-    self._last_draw_time = now
-    self._last_drawn = self._state()
+      self._bar.set_postfix({k: _postfix_value(v) for k, v in postfix.items()}, refresh=False)
+    self._bar.update(int(step) - self._bar.n)
 
   def close(self) -> None:
-    """Shows the final state (if not shown yet) and, on a TTY, ends the line. Idempotent."""
-    if self._closed:
-      return
-    if self._last_drawn != self._state():
-      self._draw(self._clock())
-    if self.is_tty:
-      self.stream.write("\n")
-      self.stream.flush()
-    self._closed = True
+    """Shows the final state and ends the line. Idempotent."""
+    self._bar.close()
 
   def __enter__(self) -> ProgressBar:
     return self
