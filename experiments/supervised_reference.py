@@ -4,8 +4,9 @@ r"""Regenerates ``experiments/results/supervised_reference.json``: the supervise
 
 Trains ``mode=supervised`` with the same config arg (same task, model, batch, steps and eval split
 as the corresponding hybrid run) and stores M's held-out accuracy by difficulty under the eval set's
-name. The trainer prints it as the "supervised (reference)" column of its final table whenever it
-evaluates on that eval set.
+name. ``python -m amp_debate.main`` passes this file to the trainer (``--reference``; by default when
+run from the repository root), which prints it as the "supervised (reference)" column of its final
+table whenever the run evaluates on that eval set.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ import jax
 import optax
 import pytest
 
+from amp_debate import tasks
 from amp_debate.procedure import combine
 from amp_debate.train import config_lib
 from experiments.configs import default
@@ -17,7 +18,7 @@ def test_every_mode_validates_and_builds(mode, runlocal):
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   step_config = config_lib.make_step_config(config)
-  assert model.config.vocab_size == task.vocab_size
+  assert model.config.vocab_size == task.vocab_size and model.config.pad_id == tasks.PAD
   assert step_config.batch_size == config.batch_size
   if runlocal:
     assert task.options() == {"n": 5, "max_exponent": 2}

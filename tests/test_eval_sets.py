@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from amp_debate import tasks
-from amp_debate.tasks import eval_sets
+from amp_debate.data import eval_sets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N = 16  # examples per difficulty in these tests
@@ -160,8 +160,8 @@ def test_cli_builds_prints_and_never_imports_tensorflow(tmp_path):
       sys.argv = ["eval_sets", "--task", "permutation", "--option", "max_exponent=4", "--option", "n=5",
                   "--examples_per_difficulty", "8", "--num_show", "1",
                   "--data_dir", {os.fspath(tmp_path)!r}]
-      runpy.run_module("amp_debate.tasks.eval_sets", run_name="__main__", alter_sys=True)
-      import amp_debate.tasks.eval_sets  # a normal import after the CLI must still register
+      runpy.run_module("amp_debate.data.eval_sets", run_name="__main__", alter_sys=True)
+      import amp_debate.data.eval_sets  # a normal import after the CLI must still register
       print("tensorflow imported:", "tensorflow" in sys.modules)
   """)
   python_path = os.pathsep.join([os.fspath(REPO), os.environ.get("PYTHONPATH", "")])

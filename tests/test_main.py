@@ -67,3 +67,44 @@ def test_main_reports_an_unknown_field_without_a_traceback(tmp_path):
                  "--config.debate.tmax=3", f"--workdir={tmp_path}")
   assert result.returncode != 0
   assert "tmax" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_main_reports_a_missing_config_file_without_a_traceback(tmp_path):
+  for overrides in ([], ["--config.seed=3"]):  # ml_collections defers the error; overrides raise it
+    result = _main("--config=experiments/configs/nosuch.py:task=permutation", *overrides,
+                   f"--workdir={tmp_path}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: cannot load --config: No such file or directory: 'experiments/configs/nosuch.py'")
+
+
+@pytest.mark.parametrize("kind", ["file", "under_a_file"])
+def test_main_reports_a_bad_workdir_before_compiling(tmp_path, kind):
+  blocker = tmp_path / "blocker"
+  blocker.write_text("not a directory")
+  workdir = blocker if kind == "file" else blocker / "run"
+  result = _main("--config=experiments/configs/default.py:task=permutation,runlocal",
+                 f"--workdir={workdir}")
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  expected = (f"error: workdir {workdir} is a file, not a directory" if kind == "file" else
+              f"error: cannot create workdir {workdir}: Not a directory")
+  assert result.stderr.strip().splitlines()[-1] == expected
+  assert blocker.read_text() == "not a directory"
+
+
+def test_reference_file_errors_are_value_errors(tmp_path):
+  """``main`` turns ValueErrors into one-line messages (the tests above)."""
+  from amp_debate import main
+  path = tmp_path / "reference.json"
+  with pytest.raises(ValueError, match="cannot read --reference .*reference.json: No such file"):
+    main.load_reference(str(path))
+  path.write_text("{")
+  with pytest.raises(ValueError, match="is not valid JSON"):
+    main.load_reference(str(path))
+  path.write_text('{"amp_debate_eval/permutation:1.0.0": 1.0}')
+  with pytest.raises(ValueError, match="must map eval-set names"):
+    main.load_reference(str(path))
+  path.write_text('{"amp_debate_eval/permutation:1.0.0": {"0": 1.0}}')
+  assert main.load_reference(str(path)) == {"amp_debate_eval/permutation:1.0.0": {"0": 1.0}}
+  stored = os.path.join(REPO, "experiments", "results", "supervised_reference.json")
+  assert all(isinstance(v, dict) for v in main.load_reference(stored).values())

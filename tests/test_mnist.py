@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from amp_debate.tasks import mnist
+from amp_debate.data import mnist
 
 # Label counts of the official MNIST test split.
 TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

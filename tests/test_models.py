@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from amp_debate import models
+from amp_debate import models, tasks
 from amp_debate.models import transformer
 from amp_debate.models.config import ModelConfig
 
@@ -108,7 +108,7 @@ def test_small_preset_is_deeper_than_tiny_and_sizes_grow():
     ("num_layers", 0), ("d_model", -4), ("num_heads", 3), ("vocab_size", 1), ("max_len", 2.5),
     ("positions", "sinusoid"), ("mask", "bidirectional"), ("norm", "batchnorm"), ("dtype", "int8"),
     ("param_dtype", "float64"), ("dropout", 1.0), ("attention_impl", "flash"),
-    ("tie_embeddings", "yes"),
+    ("tie_embeddings", "yes"), ("pad_id", VOCAB), ("pad_id", -1), ("pad_id", True),
 ])
 def test_invalid_config_names_the_field(field, value):
   with pytest.raises(ValueError, match=field):
@@ -252,6 +252,24 @@ def test_explicit_prompt_lengths_hide_whatever_the_padding_holds():
 def test_leading_pad_counts_only_the_leading_run():
   prompts = jnp.asarray([[0, 0, 5, 0, 6], [3, 0, 0, 4, 0], [0, 0, 0, 0, 7]], jnp.int32)
   np.testing.assert_array_equal(transformer.leading_pad(prompts), [2, 0, 4])
+  np.testing.assert_array_equal(transformer.leading_pad(prompts + 3, pad_id=3), [2, 0, 4])
+
+
+def test_pad_id_comes_from_the_config():
+  """models never import tasks: the default pad id equals the tasks' PAD, and a model built with
+  another pad id treats exactly the leading run of that token as padding."""
+  assert ModelConfig(vocab_size=VOCAB).pad_id == tasks.PAD
+  model, params = model_and_params(tiny())
+  other = models.LanguageModel(tiny(pad_id=VOCAB - 1))  # same shapes: the same params fit
+  prompts, _ = random_prompts(10)
+  prompts = jnp.where(prompts == VOCAB - 1, 1, prompts)  # VOCAB - 1 appears only as padding below
+  swapped = jnp.where(prompts == 0, VOCAB - 1, prompts)
+  answers = jax.random.randint(key(2), (prompts.shape[0], ANSWER_LEN), 1, VOCAB)
+  logits = jitted(model)["answer_logits"](params, prompts, answers)
+  np.testing.assert_allclose(jitted(other)["answer_logits"](params, swapped, answers), logits,
+                             atol=ATOL)
+  # The default model reads those VOCAB - 1 tokens as real ones (rows 1.. have padding).
+  assert np.abs(jitted(model)["answer_logits"](params, swapped, answers) - logits)[1:].max() > 1e-4
 
 
 def test_answer_mask_zeroes_masked_positions():

@@ -82,6 +82,7 @@ def test_hybrid_run_writes_logs_checkpoints_and_a_result_table(tmp_path, capsys)
   assert "| difficulty" in table and "H alone" in table and "amp_debate_eval/permutation" in table
   assert "Debate honesty" in table and "concedes to false" in table
   assert "Human calls per training question" in table and "leaves" in table
+  assert "supervised (reference)" not in table  # no reference given
   assert "H alone" in capsys.readouterr().out
 
 
@@ -90,8 +91,13 @@ def test_resume_continues_exactly(tmp_path, capsys):
   train.run(_config(steps=4, checkpoint__every=4), straight)
   resumed = str(tmp_path / "resumed")
   train.run(_config(steps=2, checkpoint__every=4), resumed)  # stops (and saves) at step 2
-  result = train.run(_config(steps=4, checkpoint__every=4), resumed)  # num_steps: a safe change
+  # num_steps is a safe change. A reference for this eval set adds its column to the table.
+  name = "amp_debate_eval/permutation+max_exponent-4+n-4+examples_per_difficulty-16:1.0.0"
+  reference = {name: {"0": 0.125, "1": 0.375, "mean": 0.625}, "amp_debate_eval/other:1.0.0": {}}
+  result = train.run(_config(steps=4, checkpoint__every=4), resumed, reference=reference)
   assert result.step == 4 and "Resumed from step 2" in capsys.readouterr().out
+  assert "supervised (reference)" in result.table
+  assert "0.125" in result.table and "0.375" in result.table and "0.625" in result.table
   _assert_trees_equal(_restore_params(straight)[1], _restore_params(resumed)[1])
 
 

@@ -23,6 +23,9 @@ MASKS = ("causal", "prefix")
 NORMS = ("layernorm", "rmsnorm")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
+# The padding token id of every task tokenizer (``tasks.tokenizer.PAD``); models never import tasks,
+# so the id travels in the config.
+DEFAULT_PAD_ID = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,8 @@ class ModelConfig:
       key is given).
     attention_impl: ``implementation`` of ``jax.nn.dot_product_attention``: None (JAX chooses),
       "xla", or "cudnn" (fused kernel on NVIDIA GPUs; needs a half-precision ``dtype``).
+    pad_id: the padding token (the task tokenizer's ``PAD``); a prompt's leading run of it is
+      padding (see ``transformer``).
   """
 
   vocab_size: int
@@ -64,6 +69,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   dropout: float = 0.0
   attention_impl: str | None = None
+  pad_id: int = DEFAULT_PAD_ID
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len"):
@@ -87,6 +93,10 @@ class ModelConfig:
     if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (
         0.0 <= self.dropout < 1.0):
       raise ValueError(f"ModelConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
+    if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int) or not (
+        0 <= self.pad_id < self.vocab_size):
+      raise ValueError(f"ModelConfig.pad_id must be an int in [0, vocab_size={self.vocab_size}), "
+                       f"got {self.pad_id!r}")
 
   @property
   def head_dim(self) -> int:

@@ -4,9 +4,10 @@ One model plays every role (answerer, supporter, stop, verdict, review): each ro
 prompt (a protocol question) and M answers it with ``answer_len`` tokens.
 
 Conventions (all functions are pure and jittable; shapes are static):
-  prompts   int32[B, Lp]  LEFT-padded with PAD (= 0): a prompt's real tokens are right-aligned,
-                          so the answer always starts at index Lp. Only the leading run of PAD
-                          tokens is padding (a PAD inside a prompt is an ordinary token); pass
+  prompts   int32[B, Lp]  LEFT-padded with PAD (``config.pad_id``, by default the tasks' PAD = 0):
+                          a prompt's real tokens are right-aligned, so the answer always starts
+                          at index Lp. Only the leading run of PAD tokens is padding (a PAD
+                          inside a prompt is an ordinary token); pass
                           ``prompt_lengths`` int32[B] to state the real lengths explicitly instead.
                           Padding keys are never attended to and position ids start at 0 on the
                           first real token, so the amount of padding does not change answers.
@@ -35,9 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from amp_debate.models import partitioning
-from amp_debate.models.config import ModelConfig
+from amp_debate.models.config import DEFAULT_PAD_ID, ModelConfig
 from amp_debate.models.layers import Block, Embedder, norm
-from amp_debate.tasks.tokenizer import PAD
 
 
 class Transformer(nn.Module):
@@ -109,12 +109,13 @@ class Sample:
   log_probs: jax.Array
 
 
-def leading_pad(prompts: jax.Array, prompt_lengths: jax.Array | None = None) -> jax.Array:
-  """int32[B]: number of leading padding tokens of each prompt (Lp - prompt_lengths if given)."""
+def leading_pad(prompts: jax.Array, prompt_lengths: jax.Array | None = None, *,
+                pad_id: int = DEFAULT_PAD_ID) -> jax.Array:
+  """int32[B]: number of leading ``pad_id`` tokens of each prompt (Lp - prompt_lengths if given)."""
   if prompt_lengths is not None:
     chex.assert_shape(prompt_lengths, prompts.shape[:1])
     return (prompts.shape[1] - prompt_lengths).astype(jnp.int32)
-  leading = jnp.cumprod((prompts == PAD).astype(jnp.int32), axis=1)
+  leading = jnp.cumprod((prompts == pad_id).astype(jnp.int32), axis=1)
   return leading.sum(axis=1).astype(jnp.int32)
 
 
@@ -192,7 +193,7 @@ class LanguageModel:
     self._check_lengths(prompt_len, answer_len)
     tokens = jnp.concatenate([prompts, answers[:, :-1]], axis=1)
     index = jnp.arange(tokens.shape[1])
-    pad = leading_pad(prompts, prompt_lengths)
+    pad = leading_pad(prompts, prompt_lengths, pad_id=self.config.pad_id)
     prefix = prompt_len if self.config.mask == "prefix" else None
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
     logits, _ = self.module.apply(
@@ -240,7 +241,7 @@ class LanguageModel:
     self._check_lengths(prompt_len, answer_len)
     cache_len = prompt_len + answer_len - 1
     empty = jnp.zeros((batch, cache_len, cfg.num_heads, cfg.head_dim), cfg.compute_dtype)
-    pad = leading_pad(prompts, prompt_lengths)
+    pad = leading_pad(prompts, prompt_lengths, pad_id=self.config.pad_id)
     index = jnp.arange(prompt_len)
     prefix = prompt_len if cfg.mask == "prefix" else None
     logits, layers = self.module.apply(

@@ -4,6 +4,6 @@
 the objects they describe.
 """
 
-from amp_debate.train.trainer import RunResult, TrainingDiverged, load_state, run
+from amp_debate.train.trainer import RunResult, TrainingDiverged, WorkdirError, load_state, run
 
-__all__ = ["RunResult", "TrainingDiverged", "load_state", "run"]
+__all__ = ["RunResult", "TrainingDiverged", "WorkdirError", "load_state", "run"]

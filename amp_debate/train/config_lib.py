@@ -232,7 +232,7 @@ def make_model(config: ml_collections.ConfigDict, task: tasks.Task) -> models.La
                if config.model[k]}
   model_config = models.preset(
       config.model.preset, task.vocab_size, required_max_len(task), mask=config.model.mask,
-      positions=config.model.positions, dtype=config.model.dtype, **overrides)
+      positions=config.model.positions, dtype=config.model.dtype, pad_id=tasks.PAD, **overrides)
   return models.LanguageModel(model_config)
 
 

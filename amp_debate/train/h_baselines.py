@@ -18,8 +18,8 @@ import numpy as np
 import tqdm
 
 from amp_debate import tasks
+from amp_debate.data import eval_sets
 from amp_debate.procedure.amplify import amplify, human_alone_fn, oracle_fn
-from amp_debate.tasks import eval_sets
 
 COLUMNS = ("difficulty", "questions", "H alone", "Amp(H, H alone)", "Amp(H, oracle)",
            "H calls / question")

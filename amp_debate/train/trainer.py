@@ -34,10 +34,10 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from amp_debate.data import eval_sets
 from amp_debate.procedure import debate, players
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
-from amp_debate.tasks import eval_sets
 from amp_debate.train import checkpoint as checkpoint_lib
 from amp_debate.train import config_lib, metrics_io, sharding
 from amp_debate.train import step as step_lib
@@ -45,6 +45,10 @@ from amp_debate.train import step as step_lib
 
 class TrainingDiverged(RuntimeError):
   """A loss or gradient norm became NaN or Inf (the message names them and the step)."""
+
+
+class WorkdirError(ValueError):
+  """The work directory is a file, or cannot be created or written (a one-line message)."""
 
 
 @dataclasses.dataclass
@@ -271,14 +275,16 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
   return out
 
 
-def _load_reference(config, eval_name: str) -> dict | None:
-  """The stored supervised reference for this eval set (experiments/results), if there is one."""
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir,
-                      "experiments", "results", "supervised_reference.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f).get(eval_name)
+def make_workdir(workdir: str) -> None:
+  """Creates ``workdir`` (and its parents) if missing; WorkdirError if it cannot hold a run."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir} is a file, not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"cannot create workdir {workdir}: {e.strerror or e}") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise WorkdirError(f"workdir {workdir} is not writable")
 
 
 def initialize_distributed() -> None:
@@ -331,19 +337,27 @@ def load_state(workdir: str, step: int | None = None):
   return restored["state"], config, step
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        reference: Mapping[str, Mapping[str, float]] | None = None) -> RunResult:
   """Trains (or resumes) the run described by ``config`` in ``workdir``. See the module docstring.
 
+  Args:
+    config: a config of ``experiments/configs/default.py``'s schema.
+    workdir: directory for checkpoints, metrics and results (created if missing).
+    reference: optional supervised accuracies, {eval-set name: {str(difficulty): accuracy}} (the
+      format of ``experiments/results/supervised_reference.json``); when it holds this run's eval
+      set, the final table gets a "supervised (reference)" column.
   Raises:
     config_lib.ConfigError: a bad config (before anything compiles).
     checkpoint_lib.CheckpointError: an incompatible or unreadable checkpoint in ``workdir``.
     TrainingDiverged: a NaN/Inf loss or gradient (the last good checkpoint stays on disk).
+    WorkdirError: ``workdir`` is not a directory and cannot be made one.
   """
   if config.distributed:
     initialize_distributed()
   config_lib.validate(config)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
   task, model, tx, step_config, init_fn = _build(config)
   data, fsdp = config_lib.mesh_shape(config)
   mesh = sharding.make_mesh(data=data, fsdp=fsdp)
@@ -456,8 +470,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       last_eval = run_eval(state)
       writer.write_scalars(step, last_eval)
     checkpointer.wait()
-    reference = _load_reference(config, eval_set.name)
-    table = results_table(last_eval, sorted(eval_set.splits), reference)
+    table = results_table(last_eval, sorted(eval_set.splits), (reference or {}).get(eval_set.name))
     honesty = honesty_table(last_eval, sorted(eval_set.splits))
     if honesty:
       table += ("\n\nDebate honesty (M greedy, in both seats, against scripted liars defending a "

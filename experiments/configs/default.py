@@ -138,7 +138,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.distributed = False  # jax.distributed.initialize() (the launcher sets this on multi-host runs)
 
-  # Evaluation on the task's TFDS eval split (amp_debate.tasks.eval_sets).
+  # Evaluation on the task's TFDS eval split (amp_debate.data.eval_sets).
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 100 if runlocal else 1000
   c.eval.data_dir = ""  # "" -> $AMP_DEBATE_DATA_DIR or ~/tensorflow_datasets

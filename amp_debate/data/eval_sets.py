@@ -26,7 +26,7 @@ Usage::
   eval_set.splits[2]["question"]                    # int32[500, Lq]
   eval_set.batch(2)                                 # tasks.Batch of jnp arrays
 
-CLI: ``python -m amp_debate.tasks.eval_sets --task permutation [--option max_exponent=16 ...]
+CLI: ``python -m amp_debate.data.eval_sets --task permutation [--option max_exponent=16 ...]
 [--data_dir D]`` builds the set and prints a summary.
 """
 
@@ -188,7 +188,7 @@ def _jitted_sample(task: Task):
 
 
 # Under ``python -m`` this file runs as ``__main__``; registering there too would make a later import
-# of ``amp_debate.tasks.eval_sets`` fail with "Dataset with name amp_debate_eval already registered".
+# of ``amp_debate.data.eval_sets`` fail with "Dataset with name amp_debate_eval already registered".
 class AmpDebateEval(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__main__"):
   """Fixed evaluation questions per task and difficulty (see module docstring)."""
 

@@ -1,6 +1,6 @@
 """Task demo: sample questions, show H's decomposition of each and the ground truth.
 
-  python -m amp_debate.tasks --task=permutation --num=3 --option=n=6 --option=max_exponent=8
+  python -m amp_debate.data.demo --task=permutation --num=3 --option=n=6 --option=max_exponent=8
 
 The subquestions are answered by an oracle (a perfect M), so the recombined answer must equal the
 ground truth: this prints Amp(H, oracle)(q) next to solve(q).
