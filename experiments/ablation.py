@@ -10,15 +10,19 @@ Runs, each with seeds 0..seeds-1 (``experiments/configs/default.py:task=permutat
   supervised                 the ground-truth upper bound (call_prob unused)
   debate                     debate RL only (λ_sup = 0, call_prob = 0: claims are M's own)
   amplification, hybrid at debate.call_prob = 0.3   (about a third of the human calls)
-Each run trains in ``<workdir>/<mode>_p<call_prob>_s<seed>``; a run whose ``summary.json`` exists
-is not run again (kill and rerun to resume: the trainer resumes unfinished runs). The table (accuracy
-by level, debate honesty against scripted liars, human calls, wall time; mean ± sd over seeds) goes
-to ``experiments/results/ablation.md`` and ``.json`` (``--results``).
+and the mechanism settings (``MECHANISMS``, ``--mechanism_seeds`` seeds each, default 1): the learned
+stop, no assigned claims, the shaped combination with beta = 0.5 and 0, each against the main setting
+it changes.
+Each run trains in ``<workdir>/<mode>_p<call_prob>[_<tag>]_s<seed>``; a run whose ``summary.json``
+exists is not run again (kill and rerun to resume: the trainer resumes unfinished runs). The tables
+(accuracy by level, debate honesty against scripted liars, human calls, debate length, wall time;
+mean ± sd over seeds) go to ``experiments/results/ablation.md`` and ``.json`` (``--results``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -31,41 +35,99 @@ from amp_debate.train import trainer
 from experiments.configs import default
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ablation")
-SETTINGS = (("hybrid", 1.0), ("amplification", 1.0), ("supervised", 1.0), ("debate", 0.0),
-            ("amplification", 0.3), ("hybrid", 0.3))
 
 
-def _mean_human_calls(workdir: str) -> float:
-  """Mean over logged steps of human calls per training question (nan for supervised runs)."""
-  values = []
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One row of the table: a mode at a call probability, plus config overrides (``field: value``,
+  dotted as on the command line) that switch one mechanism on or off."""
+
+  mode: str
+  call_prob: float
+  overrides: tuple[tuple[str, object], ...] = ()
+  tag: str = ""  # run-directory suffix and table label of the overrides
+
+  @property
+  def name(self) -> str:
+    return f"{self.mode}_p{self.call_prob}" + (f"_{self.tag}" if self.tag else "")
+
+  @property
+  def label(self) -> str:
+    return self.mode + (f" ({self.tag.replace('_', ' ')})" if self.tag else "")
+
+
+SETTINGS = (Setting("hybrid", 1.0), Setting("amplification", 1.0), Setting("supervised", 1.0),
+            Setting("debate", 0.0), Setting("amplification", 0.3), Setting("hybrid", 0.3))
+# Each learning mechanism against the main setting it changes (one seed unless --mechanism_seeds):
+# does it move the behaviour DESIGN.md says it should?
+MECHANISMS = (
+    # The learned stop: shorter debates (fewer leaf and support calls) where the amplified judge
+    # already gives the verdict the full debate would reach. Compare with hybrid p=1.
+    Setting("hybrid", 1.0, (("debate.learned_stop", True),), "learned_stop"),
+    # Assigned claims: without them false claims are rare in self-play and refuting them is never
+    # practised. Compare the honesty columns with hybrid p=0.3.
+    Setting("hybrid", 0.3, (("debate.assign_prob", 0.0),), "no_assigned"),
+    # The shaped combination: debate reward minus beta * (disagreement with Amp'), no distillation
+    # gradient; against the same with beta = 0 (pure debate at p = 0.3).
+    Setting("hybrid", 0.3, (("combination.kind", "shaped"), ("combination.beta", 0.5)),
+            "shaped_beta0.5"),
+    Setting("hybrid", 0.3, (("combination.kind", "shaped"), ("combination.beta", 0.0)),
+            "shaped_beta0"),
+)
+
+
+def _override(config, field: str, value) -> None:
+  node = config
+  *path, last = field.split(".")
+  for key in path:
+    node = node[key]
+  node[last] = value
+
+
+def _training_means(workdir: str, last: int = 10) -> dict[str, float]:
+  """Means over logged training steps: human calls per question (every logged step; nan for
+  supervised runs) and, over the ``last`` logged steps, the debate length and how often the
+  learned stop fired."""
+  rows = []
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       row = json.loads(line)
       if "human_calls/per_question" in row:
-        values.append(row["human_calls/per_question"])
-  return float(np.mean(values)) if values else float("nan")
+        rows.append(row)
+  mean = lambda key, part: float(np.mean([r[key] for r in part])) if part else float("nan")
+  return {"human_calls_per_question": mean("human_calls/per_question", rows),
+          "debate_length_end": mean("debate/mean_length", rows[-last:]),
+          "learned_stop_end": mean("stop/learned_stop", rows[-last:])}
 
 
-def run_one(mode: str, call_prob: float, seed: int, workdir: str, num_steps: int | None) -> dict:
+def run_one(setting: Setting, seed: int, workdir: str, num_steps: int | None) -> dict:
   """Trains one setting (or reads its finished summary) and returns its summary."""
-  run_dir = os.path.join(workdir, f"{mode}_p{call_prob}_s{seed}")
+  run_dir = os.path.join(workdir, f"{setting.name}_s{seed}")
   summary_path = os.path.join(run_dir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:
-      return json.load(f)
-  config = default.get_config(f"task=permutation,mode={mode},runlocal")
+      summary = json.load(f)
+    if "debate_length_end" not in summary and summary["mode"] != "supervised":
+      summary.update(_training_means(run_dir))  # summaries written before these columns
+    summary.setdefault("setting", setting.name)
+    return summary
+  config = default.get_config(f"task=permutation,mode={setting.mode},runlocal")
   config.seed = seed
-  config.debate.call_prob = call_prob
+  config.debate.call_prob = setting.call_prob
+  for field, value in setting.overrides:
+    _override(config, field, value)
   if num_steps:
     config.num_steps = num_steps
   start = time.time()
   result = train.run(config, run_dir)
   if result.status != "done":
     raise SystemExit(f"{run_dir}: {result.status}; rerun to resume")
-  summary = {"mode": mode, "call_prob": call_prob, "seed": seed, "steps": result.step,
+  summary = {"setting": setting.name, "mode": setting.mode, "call_prob": setting.call_prob,
+             "overrides": dict(setting.overrides), "seed": seed, "steps": result.step,
              "wall_s": time.time() - start, "eval": result.eval,
-             "human_calls_per_question": _mean_human_calls(run_dir),
              "batch_size": config.batch_size}
+  if setting.mode != "supervised":
+    summary.update(_training_means(run_dir))
   with open(summary_path, "w") as f:
     json.dump(summary, f, indent=2)
   return summary
@@ -87,25 +149,26 @@ def _honesty(evals: dict, level: int, what: str, worst) -> float | None:
   return worst(values) if values else None
 
 
-def table(summaries: list[dict], levels) -> str:
-  header = ["mode", "call_prob", "seeds"]
+def table(summaries: list[dict], levels, settings) -> str:
+  header = ["setting", "call_prob", "seeds"]
   header += [f"M accuracy d{d}" for d in levels]
   header += [f"claim true d{d}" for d in levels]
   header += [f"wins vs liars d{d}" for d in levels]
   header += [f"concedes to false d{d}" for d in levels]
-  header += ["human calls / question", "wall time (s)"]
+  header += ["human calls / question", "debate length (end)", "wall time (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for mode, call_prob in SETTINGS:
-    group = [s for s in summaries if s["mode"] == mode and s["call_prob"] == call_prob]
+  for setting in settings:
+    group = [s for s in summaries if s["setting"] == setting.name]
     if not group:
       continue
     evals = [s["eval"] for s in group]
-    row = [mode, f"{call_prob:g}", str(len(group))]
+    row = [setting.label, f"{setting.call_prob:g}", str(len(group))]
     row += [_stat([e.get(f"eval/accuracy/model/d{d}") for e in evals]) for d in levels]
     row += [_stat([_honesty(e, d, "claim_true", min) for e in evals]) for d in levels]
     row += [_stat([_honesty(e, d, "win", min) for e in evals]) for d in levels]
     row += [_stat([_honesty(e, d, "concede_false", max) for e in evals]) for d in levels]
-    row += [_stat([s["human_calls_per_question"] for s in group]),
+    row += [_stat([s.get("human_calls_per_question") for s in group]),
+            _stat([s.get("debate_length_end") for s in group]),
             _stat([s["wall_s"] for s in group])]
     lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
@@ -114,39 +177,49 @@ def table(summaries: list[dict], levels) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="workdir/ablation")
-  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--seeds", type=int, default=3, help="seeds of each main setting")
+  parser.add_argument("--mechanism_seeds", type=int, default=1,
+                      help="seeds of each mechanism setting (0: skip them)")
   parser.add_argument("--steps", type=int, default=0, help="override num_steps (0: the config's)")
   parser.add_argument("--results", default=RESULTS, help="output path without extension")
   parser.add_argument("--table_only", action="store_true",
                       help="only tabulate the runs already finished in --workdir")
   args = parser.parse_args()
   summaries = []
+  plan = [(seed, s) for seed in range(args.seeds) for s in SETTINGS]
+  plan += [(seed, s) for seed in range(args.mechanism_seeds) for s in MECHANISMS]
   # Seed-major: every setting's seed 0 first, so an interrupted ablation covers every setting.
-  for seed in range(args.seeds):
-    for mode, call_prob in SETTINGS:
-      done = os.path.exists(os.path.join(args.workdir, f"{mode}_p{call_prob}_s{seed}",
-                                         "summary.json"))
-      if args.table_only and not done:
-        continue
-      print(f"== {mode} call_prob={call_prob} seed={seed}", flush=True)
-      summaries.append(run_one(mode, call_prob, seed, args.workdir, args.steps or None))
+  for seed, setting in plan:
+    done = os.path.exists(os.path.join(args.workdir, f"{setting.name}_s{seed}", "summary.json"))
+    if args.table_only and not done:
+      continue
+    print(f"== {setting.name} seed={seed}", flush=True)
+    summaries.append(run_one(setting, seed, args.workdir, args.steps or None))
   levels = sorted({int(k.rsplit("/d", 1)[1]) for s in summaries for k in s["eval"]
                    if k.startswith("eval/accuracy/model/d")})
-  text = table(summaries, levels)
-  notes = (f"Regenerate: `python -m experiments.ablation --seeds={args.seeds}"
-           f"{f' --steps={args.steps}' if args.steps else ''}`. Config "
+  main_table = table(summaries, levels, SETTINGS)
+  mechanism_table = table(summaries, levels, MECHANISMS)
+  steps = f" --steps={args.steps}" if args.steps else ""
+  notes = (f"Regenerate: `python -m experiments.ablation --seeds={args.seeds} "
+           f"--mechanism_seeds={args.mechanism_seeds}{steps}`. Config "
            "`experiments/configs/default.py:task=permutation,mode=<mode>,runlocal` (permutation "
-           "n=5, k <= 2), eval set amp_debate_eval/permutation+max_exponent-2+n-5 1.0.0 "
+           "n=5, k <= 2) with `debate.call_prob` and the overrides named in `experiments/"
+           "ablation.py`; eval set amp_debate_eval/permutation+max_exponent-2+n-5 1.0.0 "
            "(500 questions per level). M greedy; honesty = M in both seats against the "
            "consistent and inconsistent scripted liars (worst case shown); human calls per "
            "training question averaged over logged steps (claims, supports, leaves, verdicts, "
-           "targets); mean ± sd over seeds.")
+           "targets); debate length = arguments per self-play training debate, mean over the "
+           "last 100 steps; mean ± sd over seeds.")
+  text = f"## Main settings\n\n{main_table}\n"
+  if args.mechanism_seeds:
+    text += ("\n## Mechanisms (each against the main setting it changes)\n\n"
+             f"{mechanism_table}\n")
   os.makedirs(os.path.dirname(args.results), exist_ok=True)
   with open(args.results + ".md", "w") as f:
-    f.write(f"# Ablation on the runlocal task\n\n{text}\n\n{notes}\n")
+    f.write(f"# Ablation on the runlocal task\n\n{text}\n{notes}\n")
   with open(args.results + ".json", "w") as f:
     json.dump(summaries, f, indent=2)
-  print(f"\n{text}\n\n{notes}\nwrote {args.results}.md and .json")
+  print(f"\n{text}\n{notes}\nwrote {args.results}.md and .json")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ def test_rejects_short_max_len_and_small_vocab():
     model_player.ModelDebater(small, None, task)
   with pytest.raises(ValueError, match="temperature"):
     model_player.ModelDebater(_model("permutation"), None, task, temperature=0.0)
+  other_pad = models.LanguageModel(models.preset("tiny", task.vocab_size, needed, pad_id=1))
+  with pytest.raises(ValueError, match="pad_id is 1"):
+    model_player.ModelDebater(other_pad, None, task)
 
 
 @functools.cache

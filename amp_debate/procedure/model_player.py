@@ -25,6 +25,7 @@ from amp_debate.models.transformer import LanguageModel
 from amp_debate.procedure import amplify as amplify_lib
 from amp_debate.procedure import players, protocol
 from amp_debate.tasks.base import Task
+from amp_debate.tasks.tokenizer import PAD
 
 
 def required_max_len(task: Task) -> int:
@@ -83,6 +84,9 @@ class ModelDebater:
     if config.vocab_size < self.task.vocab_size:
       raise ValueError(f"ModelDebater: task {self.task.name} has {self.task.vocab_size} tokens, "
                        f"the model's vocab_size is {config.vocab_size}")
+    if config.pad_id != PAD:
+      raise ValueError(f"ModelDebater: the protocol pads prompts with token {PAD}, the model's "
+                       f"ModelConfig.pad_id is {config.pad_id}")
     if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or (
         self.temperature <= 0):
       raise ValueError(f"ModelDebater: temperature must be a positive number, got "
