@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from amp_debate import models, tasks
-from amp_debate.procedure import combine, debate, model_player
+from amp_debate.procedure import combine, curriculum, debate, model_player
 from amp_debate.train import sharding
 from amp_debate.train import step as step_lib
 
@@ -47,7 +47,7 @@ def setup(kind: str, mesh: jax.sharding.Mesh | None = None):
   # into up to lr·δ/eps; eps = 1e-6 (not 1e-8) keeps that below the tests' tolerance.
   tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 1.0, "cat": 1.0}),
                      clip_norm=1.0, optimizer=optax.adam(1e-3, eps=1e-6))
-  config = step_lib.StepConfig(batch_size=8, curriculum="off",
+  config = step_lib.StepConfig(batch_size=8, curriculum=curriculum.CurriculumConfig(kind="off"),
                                debate=debate.DebateConfig(t_max=4, learned_stop=True,
                                                           assign_prob=0.5))
   build = step_lib.build_train_step if kind == "hybrid" else step_lib.build_supervised_step

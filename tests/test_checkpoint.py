@@ -19,7 +19,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from amp_debate.train.checkpoint import Checkpointer, CheckpointError, check_compatible
+from amp_debate.train.checkpoint import Checkpointer, CheckpointError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = {"num_steps": 100, "model": {"d": 8, "layers": (1, 2)}, "eval": {"every": 10}}
@@ -317,23 +317,3 @@ def test_close_waits_for_the_async_save(tmp_path):
     ckpt.save(1, _state(), config=CONFIG)
   assert (tmp_path / "1" / "commit_success.txt").exists()
   ckpt.close()  # idempotent
-
-
-def test_check_compatible():
-  saved = {"num_steps": 100, "lr": 1e-3, "model": {"d": 8, "heads": [2, 2]},
-           "eval": {"every": 10, "n": 64}, "evaluation": 1, "flag": 1}
-  same = {**saved, "model": {"d": 8, "heads": (2, 2)}}  # a tuple equals the saved list
-  assert check_compatible(saved, same, safe=()) == []
-  current = {**saved, "num_steps": 200, "eval": {"every": 5, "n": 64, "new": True}}
-  assert check_compatible(saved, current, safe=("num_steps", "eval")) == [
-      "eval.every", "eval.new", "num_steps"]
-  current = {**current, "lr": 1e-2, "model": {"d": 16}, "flag": True, "evaluation": 2}
-  with pytest.raises(CheckpointError) as error:
-    check_compatible(saved, current, safe=("num_steps", "eval"))
-  message = str(error.value)
-  for part in ["evaluation: 1 → 2", "flag: 1 → true", "lr: 0.001 → 0.01",
-               "model.d: 8 → 16", "model.heads: [2, 2] → <absent>", "resume_allow_unsafe=True"]:
-    assert part in message
-  assert "num_steps" not in message and "eval.every" not in message
-  assert check_compatible(saved, current, safe=("num_steps", "eval"), allow_unsafe=True) == [
-      "eval.every", "eval.new", "evaluation", "flag", "lr", "model.d", "model.heads", "num_steps"]

@@ -1,12 +1,17 @@
-"""Experiment configs: every mode validates; bad fields are named before anything compiles."""
+"""Experiment configs: every mode validates; bad fields are named before anything compiles (by the
+dataclass that owns them, or by config_lib); the option parser; resume compatibility."""
+
+import dataclasses
 
 import jax
+import ml_collections
 import optax
 import pytest
 
-from amp_debate import tasks
-from amp_debate.procedure import combine
+from amp_debate import checks, models, options, tasks
+from amp_debate.procedure import combine, curriculum, debate
 from amp_debate.train import config_lib
+from amp_debate.train import step as step_lib
 from experiments.configs import default
 
 
@@ -44,7 +49,17 @@ def test_every_mode_validates_and_builds(mode, runlocal):
     ("eval.every", -1, "config.eval.every must be >= 0"),
     ("batch_size", 12, "config.batch_size=12 is not divisible by the 8 data-parallel shards"),
     ("mesh.fsdp", 3, "config.mesh: data=-1 x fsdp=3 does not match the 8 devices"),
-    ("model.num_heads", 3, "num_heads"),
+    ("model.num_heads", 3, "config.model.num_heads must divide d_model=128, got 3"),
+    ("model.preset", "huge", "config.model.preset must be one of 'tiny'"),
+    ("step.temperature", 0.0, "config.step.temperature must be > 0.0, got 0.0"),
+    ("step.clip_eps", -0.1, "config.step.clip_eps must be > 0.0"),
+    ("step.advantage", "gae", "config.step.advantage must be one of 'none'"),
+    ("step.target_period", -1, "config.step.target_period must be >= 1, got -1"),
+    ("step.target_ema", 1.0, "config.step.target_ema must be < 1.0"),
+    ("combination.beta", -0.5, "config.combination.beta must be >= 0.0"),
+    ("curriculum.ema", 1.0, "config.curriculum.ema must be < 1.0"),
+    ("curriculum.min_steps", 0, "config.curriculum.min_steps must be >= 1"),
+    ("debate.confidence_threshold", 1.5, "config.debate.confidence_threshold must be <= 1.0"),
 ])
 def test_invalid_values_name_the_field(field, value, message):
   config = default.get_config("task=permutation,runlocal")
@@ -53,8 +68,10 @@ def test_invalid_values_name_the_field(field, value, message):
   for p in parents:
     node = node[p]
   node[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+  pattern = message.replace("(", r"\(").replace(")", r"\)")
+  with pytest.raises(config_lib.ConfigError, match=pattern) as error:
     config_lib.validate(config, num_devices=8)
+  assert "\n" not in str(error.value)
 
 
 def test_unknown_and_missing_fields():
@@ -114,3 +131,65 @@ def test_target_and_confidence_sentinels():
   assert step_config.target_period == 50 and step_config.target_ema is None
   assert step_config.debate.confidence_threshold == 0.7
   assert isinstance(config_lib.make_optimizer(config), optax.GradientTransformation)
+
+
+def test_every_owned_field_is_a_dataclass_field():
+  owners = {"StepConfig": step_lib.StepConfig, "DebateConfig": debate.DebateConfig,
+            "CurriculumConfig": curriculum.CurriculumConfig, "ModelConfig": models.ModelConfig}
+  for name, owned in config_lib.OWNED.items():
+    owner, field = owned.split(".")
+    assert name not in config_lib.FIELDS, name  # one place checks each field
+    if owner in owners:
+      assert field in {f.name for f in dataclasses.fields(owners[owner])}, owned
+  assert config_lib.OWNED["model.preset"] == "models.preset"
+
+
+def test_a_dataclass_error_outside_the_config_keeps_its_own_name():
+  with pytest.raises(checks.FieldError, match=r"^DebateConfig.t_max must be >= 1, got 0$"):
+    debate.DebateConfig(t_max=0)
+  with pytest.raises(checks.FieldError, match=r"^CurriculumConfig.kind must be one of"):
+    curriculum.CurriculumConfig(kind="linear")
+
+
+def test_flatten():
+  config = ml_collections.ConfigDict({"a": 1, "b": {"c": 2, "d": {"e": (3,)}}, "opts": {"n": 4}})
+  assert config_lib.flatten(config) == {"a": 1, "b.c": 2, "b.d.e": (3,), "opts.n": 4}
+  assert config_lib.flatten(config.to_dict(), keep=("opts", "b.d")) == {
+      "a": 1, "b.c": 2, "b.d": {"e": (3,)}, "opts": {"n": 4}}
+
+
+def test_option_parser():
+  assert options.parse("task=permutation, mode=hybrid,runlocal", bare=True) == {
+      "task": "permutation", "mode": "hybrid", "runlocal": True}
+  assert options.parse(["n=8", "rate=0.5", "flag=False", "name=x"]) == {
+      "n": 8, "rate": 0.5, "flag": False, "name": "x"}
+  assert options.parse("") == {} and options.parse([]) == {}
+  with pytest.raises(ValueError, match="--option 'runlocal' is not key=value"):
+    options.parse(["runlocal"])
+  with pytest.raises(ValueError, match="config arg: unknown key 'tsk'; allowed keys: task, mode"):
+    options.parse("tsk=permutation", keys=("task", "mode"), what="config arg")
+  assert not default.get_config("task=permutation,runlocal=False").runlocal
+
+
+def test_check_compatible():
+  saved = {"num_steps": 100, "lr": 1e-3, "model": {"d": 8, "heads": [2, 2]},
+           "eval": {"every": 10, "n": 64}, "evaluation": 1, "flag": 1}
+  same = {**saved, "model": {"d": 8, "heads": (2, 2)}}  # a tuple equals the saved list
+  assert config_lib.check_compatible(saved, same, safe=()) == []
+  current = {**saved, "num_steps": 200, "eval": {"every": 5, "n": 64, "new": True}}
+  assert config_lib.check_compatible(saved, current, safe=("num_steps", "eval")) == [
+      "eval.every", "eval.new", "num_steps"]
+  current = {**current, "lr": 1e-2, "model": {"d": 16}, "flag": True, "evaluation": 2}
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.check_compatible(saved, current, safe=("num_steps", "eval"))
+  message = str(error.value)
+  for part in ["evaluation: 1 → 2", "flag: 1 → true", "lr: 0.001 → 0.01",
+               "model.d: 8 → 16", "model.heads: [2, 2] → <absent>", "resume_allow_unsafe=True"]:
+    assert part in message
+  assert "num_steps" not in message and "eval.every" not in message
+  assert config_lib.check_compatible(saved, current, safe=("num_steps", "eval"),
+                                     allow_unsafe=True) == [
+      "eval.every", "eval.new", "evaluation", "flag", "lr", "model.d", "model.heads", "num_steps"]
+  config = default.get_config("task=permutation,runlocal").to_dict()
+  changed = {**config, "num_steps": 5, "eval": {**config["eval"], "every": 7}}
+  assert config_lib.check_compatible(config, changed) == ["eval.every", "num_steps"]

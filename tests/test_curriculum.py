@@ -14,8 +14,9 @@ MAX = 4
 
 def _run(kind, agreements, **options):
   """Applies update once per agreement value (jitted); returns the states after each step."""
-  update = jax.jit(functools.partial(curriculum.update, kind=kind, max_level=MAX, **options))
-  state, states = curriculum.init(kind, MAX), []
+  config = curriculum.CurriculumConfig(kind=kind, **options)
+  update = jax.jit(functools.partial(curriculum.update, config=config, max_level=MAX))
+  state, states = curriculum.init(config, MAX), []
   for step, agreement in enumerate(agreements):
     state = update(state, jnp.int32(step), jnp.float32(agreement))
     states.append(jax.device_get(state))
@@ -23,9 +24,9 @@ def _run(kind, agreements, **options):
 
 
 def test_init():
-  assert int(curriculum.init("off", MAX).level) == MAX
+  assert int(curriculum.init(curriculum.CurriculumConfig(kind="off"), MAX).level) == MAX
   for kind in ("fixed", "adaptive"):
-    state = curriculum.init(kind, MAX)
+    state = curriculum.init(curriculum.CurriculumConfig(kind=kind), MAX)
     assert int(state.level) == 0 and int(state.steps_at_level) == 0 and float(state.agreement) == 0
     assert state.level.dtype == jnp.int32 and state.agreement.dtype == jnp.float32
 
@@ -75,8 +76,8 @@ def test_adaptive_never_exceeds_max_level():
 
 def test_simulated_loop_rises_then_stops():
   """M masters levels below 3 but never level 3: the level climbs to 3 and stays (inside jit)."""
-  update = functools.partial(curriculum.update, kind="adaptive", max_level=MAX, threshold=0.9,
-                             ema=0.8, min_steps=5)
+  config = curriculum.CurriculumConfig(kind="adaptive", threshold=0.9, ema=0.8, min_steps=5)
+  update = functools.partial(curriculum.update, config=config, max_level=MAX)
 
   def step(state, t):
     agreement = jnp.where(curriculum.max_difficulty(state) < 3, 0.97, 0.6)
@@ -84,7 +85,7 @@ def test_simulated_loop_rises_then_stops():
     return state, state.level
 
   _, levels = jax.jit(lambda s: jax.lax.scan(step, s, jnp.arange(200)))(
-      curriculum.init("adaptive", MAX))
+      curriculum.init(config, MAX))
   levels = np.asarray(levels)
   assert levels[-1] == 3 and levels.max() == 3
   assert np.all(np.diff(levels) >= 0)
@@ -108,12 +109,15 @@ def test_amplified_agreement():
                                            ({"ema": -0.5}, "ema"),
                                            ({"min_steps": 0}, "min_steps"),
                                            ({"steps_per_level": 0}, "steps_per_level"),
-                                           ({"max_level": -1}, "max_level")])
+                                           ({"steps_per_level": 2.0}, "steps_per_level")])
 def test_bad_options(options, name):
-  kwargs = {"kind": "adaptive", "max_level": MAX, **options}
-  state = curriculum.init("fixed", MAX)
-  with pytest.raises(ValueError, match=name):
-    curriculum.update(state, 0, jnp.float32(1.0), **kwargs)
-  if set(options) <= {"kind", "max_level"}:
-    with pytest.raises(ValueError, match=name):
-      curriculum.init(kwargs["kind"], kwargs["max_level"])
+  with pytest.raises(ValueError, match=f"CurriculumConfig.{name} must be"):
+    curriculum.CurriculumConfig(**options)
+
+
+def test_bad_max_level():
+  config = curriculum.CurriculumConfig(kind="fixed")
+  with pytest.raises(ValueError, match="max_level"):
+    curriculum.init(config, -1)
+  with pytest.raises(ValueError, match="max_level"):
+    curriculum.update(curriculum.init(config, MAX), 0, jnp.float32(1.0), config, max_level=-1)

@@ -1,8 +1,8 @@
-"""The task demo CLI (``python -m amp_debate.data.demo``): its text and its option parsing."""
+"""The task demo CLI (``python -m amp_debate.data.demo``): its text and its option errors."""
 
 import pytest
 
-from amp_debate import tasks
+from amp_debate import options, tasks
 from amp_debate.data import demo
 
 
@@ -12,9 +12,10 @@ def test_describe_shows_decompositions_and_the_ground_truth():
   assert text.count("H recombines:") == 3 and "-> M says" in text
 
 
-def test_parse_options_errors_are_clear():
-  assert demo.parse_options(["n=6", "max_exponent=8"]) == {"n": 6, "max_exponent": 8}
-  with pytest.raises(ValueError, match="key=value"):
-    demo.parse_options(["n6"])
-  with pytest.raises(ValueError, match="expected an integer"):
-    demo.parse_options(["n=six"])
+def test_option_errors_are_clear():
+  """The demo builds its task from ``options.parse(--option ...)``; the task checks the values."""
+  assert options.parse(["n=6", "max_exponent=8"]) == {"n": 6, "max_exponent": 8}
+  with pytest.raises(ValueError, match="--option 'n6' is not key=value"):
+    options.parse(["n6"])
+  with pytest.raises(ValueError, match="option n must be an integer, got 'six'"):
+    tasks.get("permutation", **options.parse(["n=six"]))

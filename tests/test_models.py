@@ -116,7 +116,7 @@ def test_invalid_config_names_the_field(field, value):
 
 
 def test_config_errors_for_unknown_names():
-  with pytest.raises(ValueError, match="unknown model preset"):
+  with pytest.raises(ValueError, match="models.preset must be one of"):
     models.preset("huge", VOCAB, 16)
   with pytest.raises(ValueError, match="unknown field"):
     models.preset("tiny", VOCAB, 16, width=3)

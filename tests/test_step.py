@@ -9,12 +9,13 @@ import optax
 import pytest
 
 from amp_debate import models, tasks
-from amp_debate.procedure import combine, debate, model_player
+from amp_debate.procedure import combine, curriculum, debate, model_player
 from amp_debate.train import step as step_lib
 
 TASK = tasks.get("permutation", n=4, max_exponent=4)
 MODEL = models.LanguageModel(models.preset("tiny", TASK.vocab_size,
                                            model_player.required_max_len(TASK)))
+OFF = curriculum.CurriculumConfig(kind="off")
 
 
 def _tx(weights):
@@ -39,7 +40,7 @@ def _run(weights, force_stop_after=None, steps=2, catastrophe=None):
   tx = _tx(weights)
   extra = {} if catastrophe is None else dict(catastrophe=catastrophe)
   config = step_lib.StepConfig(
-      batch_size=8, curriculum="off", **extra,
+      batch_size=8, curriculum=OFF, **extra,
       debate=debate.DebateConfig(t_max=4, learned_stop=True, force_stop_after=force_stop_after))
   state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
   combination = "shaped" if weights == "shaped" else "weighted"
@@ -101,12 +102,16 @@ def test_a_firing_catastrophe_predicate_is_penalised():
 
 
 def test_bad_step_config_names_the_field():
-  with pytest.raises(ValueError, match="batch_size"):
+  with pytest.raises(ValueError, match="StepConfig.batch_size must be >= 1"):
     step_lib.StepConfig(batch_size=0)
-  with pytest.raises(ValueError, match="advantage"):
+  with pytest.raises(ValueError, match="StepConfig.advantage must be one of"):
     step_lib.StepConfig(advantage="gae")
-  with pytest.raises(ValueError, match="period|ema"):
+  with pytest.raises(ValueError, match="StepConfig.temperature must be > 0"):
+    step_lib.StepConfig(temperature=0.0)
+  with pytest.raises(ValueError, match="StepConfig.target_period and target_ema: give exactly one"):
     step_lib.StepConfig(target_period=None, target_ema=None)
+  with pytest.raises(ValueError, match="StepConfig.curriculum must be a CurriculumConfig"):
+    step_lib.StepConfig(curriculum="off")
 
 
 def _two_steps(combination, beta=0.0):
@@ -114,7 +119,7 @@ def _two_steps(combination, beta=0.0):
   period, same key) reports the distillation loss of the updated M on the same targets."""
   tx = combine.chain(combination, clip_norm=None, optimizer=optax.sgd(0.05))
   config = step_lib.StepConfig(
-      batch_size=16, curriculum="off", advantage="none", shaped_beta=beta, target_period=1000,
+      batch_size=16, curriculum=OFF, advantage="none", shaped_beta=beta, target_period=1000,
       target_ema=None,
       debate=debate.DebateConfig(t_max=4, call_prob=0.5, learned_stop=False, assign_prob=0.5))
   kind = "shaped" if beta or combination is _SHAPED else "constrained"

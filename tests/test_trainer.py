@@ -106,11 +106,11 @@ def test_resume_with_a_changed_model_or_task_is_refused(tmp_path):
   config = lambda **kw: _config(mode="supervised", **kw)
   workdir = str(tmp_path / "run")
   train.run(config(steps=2, eval__every=0), workdir)
-  with pytest.raises(checkpoint_lib.CheckpointError, match="model.d_model"):
+  with pytest.raises(config_lib.ConfigError, match="model.d_model"):
     train.run(config(steps=4, model__d_model=64), workdir)
-  with pytest.raises(checkpoint_lib.CheckpointError, match="task_options"):
+  with pytest.raises(config_lib.ConfigError, match="task_options"):
     train.run(config(steps=4, task_options__n=5), workdir)
-  with pytest.raises(checkpoint_lib.CheckpointError, match="resume_allow_unsafe"):
+  with pytest.raises(config_lib.ConfigError, match="resume_allow_unsafe"):
     train.run(config(steps=4, step__clip_eps=0.3), workdir)
   result = train.run(config(steps=3, step__clip_eps=0.3, resume_allow_unsafe=True,
                             eval__every=0), workdir)

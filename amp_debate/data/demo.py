@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from amp_debate import tasks
+from amp_debate import options, tasks
 from amp_debate.procedure.amplify import amplify, oracle_fn
 
 _TASK = flags.DEFINE_string("task", "permutation", f"One of: {', '.join(tasks.names())}.")
@@ -22,20 +22,6 @@ _NUM = flags.DEFINE_integer("num", 3, "How many questions to show.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _DIFFICULTY = flags.DEFINE_integer("difficulty", None, "Only this difficulty level (default: any).")
 _OPTIONS = flags.DEFINE_multi_string("option", [], "Task option as key=value (repeatable).")
-
-
-def parse_options(pairs: list[str]) -> dict[str, int]:
-  """['n=6', 'max_exponent=8'] -> {'n': 6, 'max_exponent': 8} (clear error on bad syntax)."""
-  options = {}
-  for pair in pairs:
-    key, sep, value = pair.partition("=")
-    if not sep or not key:
-      raise ValueError(f"--option expects key=value, got {pair!r}")
-    try:
-      options[key.strip()] = int(value)
-    except ValueError:
-      raise ValueError(f"--option {key}: expected an integer, got {value!r}") from None
-  return options
 
 
 def describe(task: tasks.Task, num: int, seed: int, difficulty: int | None = None) -> str:
@@ -62,7 +48,7 @@ def describe(task: tasks.Task, num: int, seed: int, difficulty: int | None = Non
 def main(argv):
   del argv
   try:
-    task = tasks.get(_TASK.value, **parse_options(_OPTIONS.value))
+    task = tasks.get(_TASK.value, **options.parse(_OPTIONS.value))
   except ValueError as e:
     sys.exit(f"error: {e}")
   print(describe(task, _NUM.value, _SEED.value, _DIFFICULTY.value))

@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from amp_debate import options as options_lib
 from amp_debate import tasks as tasks_lib
 from amp_debate.tasks.base import Batch, Task, check_option
 
@@ -61,23 +62,12 @@ _RESERVED = ("examples_per_difficulty", "seed")
 
 # ---- configs and their names ------------------------------------------------------------------
 def _format_value(key: str, value) -> str:
-  """``str(value)``, checked to fit a TFDS config name and to parse back to ``value``."""
+  """``str(value)``, checked to fit a TFDS config name and to parse back to ``value``
+  (``options.parse_value`` reads it)."""
   text = str(value)
-  if not re.fullmatch(r"[\w\-.]+", text) or _parse_value(text) != value:
+  if not re.fullmatch(r"[\w\-.]+", text) or options_lib.parse_value(text) != value:
     raise ValueError(f"option {key}={value!r} cannot be spelled in an eval-set config name "
                      "(ints, bools, plain floats and word-like strings can)")
-  return text
-
-
-def _parse_value(text: str):
-  """Inverse of ``_format_value``: a bool, int or float if ``text`` spells one, else ``text``."""
-  if text in ("True", "False"):
-    return text == "True"
-  for cast in (int, float):
-    try:
-      return cast(text)
-    except ValueError:
-      pass
   return text
 
 
@@ -114,7 +104,7 @@ def parse_config_name(name: str) -> tuple[Task, int, int]:
     if not sep or not key:
       raise ValueError(f"malformed field {field!r} in eval-set config name {name!r} "
                        "(expected key-value, e.g. 'permutation+max_exponent-16+n-8')")
-    values[key] = _parse_value(text)
+    values[key] = options_lib.parse_value(text)
   examples = values.pop("examples_per_difficulty", DEFAULT_EXAMPLES_PER_DIFFICULTY)
   seed = values.pop("seed", DEFAULT_SEED)
   return tasks_lib.get(task_name, **values), examples, seed
@@ -358,17 +348,6 @@ def load(task: Task | str, *, difficulty: int | Iterable[int] | None = None,
 
 
 # ---- CLI --------------------------------------------------------------------------------------
-def _parse_options(pairs: list[str]) -> dict:
-  """``["n=8", "max_exponent=16"]`` -> {"n": 8, "max_exponent": 16}."""
-  options = {}
-  for pair in pairs:
-    key, sep, value = pair.partition("=")
-    if not sep or not key.strip():
-      raise ValueError(f"--option {pair!r} is not key=value")
-    options[key.strip()] = _parse_value(value.strip())
-  return options
-
-
 def summary(eval_set: EvalSet, num_show: int = 3) -> str:
   """Split sizes, version, path and a few pretty-printed examples per split."""
   lines = [f"{eval_set.name}  (version {eval_set.version})", f"path: {eval_set.path}"]
@@ -393,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--num_show", type=int, default=3, help="examples printed per split")
   args = parser.parse_args(argv)
   try:
-    eval_set = load(args.task, options=_parse_options(args.option),
+    eval_set = load(args.task, options=options_lib.parse(args.option),
                     examples_per_difficulty=args.examples_per_difficulty, seed=args.seed,
                     data_dir=args.data_dir)
   except ValueError as e:  # bad task, option or name: a usage error, not a crash

@@ -18,6 +18,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from amp_debate import checks
+
 POSITIONS = ("learned", "rotary")
 MASKS = ("causal", "prefix")
 NORMS = ("layernorm", "rmsnorm")
@@ -30,7 +32,8 @@ DEFAULT_PAD_ID = 0
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Decoder-only transformer over a task's token language.
+  """Decoder-only transformer over a task's token language (checked on construction:
+  ``checks.FieldError`` names the field).
 
   Attributes:
     vocab_size: number of token ids (the task tokenizer's ``vocab_size``).
@@ -72,31 +75,24 @@ class ModelConfig:
   pad_id: int = DEFAULT_PAD_ID
 
   def __post_init__(self):
-    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len"):
-      _check_positive_int(name, getattr(self, name))
-    if self.vocab_size < 2:
-      raise ValueError(f"ModelConfig.vocab_size must be >= 2, got {self.vocab_size}")
+    checks.check_fields(
+        self, vocab_size=checks.integer(2), num_layers=checks.integer(1),
+        d_model=checks.integer(1), num_heads=checks.integer(1), d_ff=checks.integer(1),
+        max_len=checks.integer(1), positions=checks.choice(*POSITIONS),
+        tie_embeddings=checks.boolean, mask=checks.choice(*MASKS), norm=checks.choice(*NORMS),
+        dtype=checks.choice(*DTYPES), param_dtype=checks.choice(*DTYPES),
+        dropout=checks.number(0.0, 1.0, hi_open=True),
+        attention_impl=checks.choice(*ATTENTION_IMPLS), pad_id=checks.integer(0))
+    if self.pad_id >= self.vocab_size:
+      raise checks.FieldError("ModelConfig", "pad_id",
+                              f"must be < vocab_size={self.vocab_size}, got {self.pad_id}")
     if self.d_model % self.num_heads:
-      raise ValueError(f"ModelConfig.d_model={self.d_model} must be divisible by "
-                       f"ModelConfig.num_heads={self.num_heads}")
-    _check_choice("positions", self.positions, POSITIONS)
-    _check_choice("mask", self.mask, MASKS)
-    _check_choice("norm", self.norm, NORMS)
-    _check_choice("dtype", self.dtype, DTYPES)
-    _check_choice("param_dtype", self.param_dtype, DTYPES)
-    _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+      raise checks.FieldError("ModelConfig", "num_heads",
+                              f"must divide d_model={self.d_model}, got {self.num_heads}")
     if self.positions == "rotary" and self.head_dim % 2:
-      raise ValueError(f"ModelConfig.positions='rotary' needs an even head_dim "
-                       f"(d_model / num_heads), got {self.head_dim}")
-    if not isinstance(self.tie_embeddings, bool):
-      raise ValueError(f"ModelConfig.tie_embeddings must be a bool, got {self.tie_embeddings!r}")
-    if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (
-        0.0 <= self.dropout < 1.0):
-      raise ValueError(f"ModelConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
-    if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int) or not (
-        0 <= self.pad_id < self.vocab_size):
-      raise ValueError(f"ModelConfig.pad_id must be an int in [0, vocab_size={self.vocab_size}), "
-                       f"got {self.pad_id!r}")
+      raise checks.FieldError("ModelConfig", "positions",
+                              f"'rotary' needs an even head_dim (d_model / num_heads), got "
+                              f"{self.head_dim}")
 
   @property
   def head_dim(self) -> int:
@@ -132,20 +128,9 @@ def preset(name: str, vocab_size: int, max_len: int, **overrides) -> ModelConfig
 
   Example: ``preset("small", task.vocab_size, task.question_len + task.answer_len, mask="causal")``.
   """
-  if name not in PRESETS:
-    raise ValueError(f"unknown model preset {name!r}; available presets: {', '.join(PRESETS)}")
+  checks.check("models", "preset", name, checks.choice(*PRESETS))
   fields = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(overrides) - fields)
   if unknown:
     raise ValueError(f"ModelConfig: unknown field(s) {unknown}; fields: {sorted(fields)}")
   return ModelConfig(vocab_size=vocab_size, max_len=max_len, **{**PRESETS[name], **overrides})
-
-
-def _check_positive_int(name, value):
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-
-
-def _check_choice(name, value, choices):
-  if value not in choices:
-    raise ValueError(f"ModelConfig.{name}={value!r} is not one of {choices}")

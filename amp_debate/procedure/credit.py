@@ -14,7 +14,8 @@ per side.
 
 Credit (``argument_rewards``): zero-sum per game, +1 spread evenly over the winner's arguments that
 carry sampled tokens, -1 over the loser's, 0 in a draw; within an argument every token weighs
-1 / (its argument's token count), so an argument counts once whatever its length.
+1 / (its argument's token count), so an argument counts once whatever its length. The shaped reward
+compares each row with the amplified target of its question (``policy_targets``, ``row_mismatch``).
 
 Distillation targets (``distill_rows``) come from the debate's own computations, each human call
 used once: ANSWER(n) -> the computation's answer and SUPPORT(n, answer) -> its subanswers wherever
@@ -176,6 +177,39 @@ def row_mismatch(rows: Rows, targets: jax.Array, has_target: jax.Array) -> jax.A
   wrong = (counted & (rows.tokens != targets)).sum(-1).astype(jnp.float32)
   total = counted.sum(-1).astype(jnp.float32)
   return jnp.where(total > 0, wrong / jnp.maximum(total, 1.0), 0.0)
+
+
+def policy_targets(transcript: debate.Transcript, rows: Rows, sub_amp: AmpOutput | None = None,
+                   sub_posed: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Amplified targets of the policy rows' questions, for the shaped reward (``row_mismatch``).
+
+  Direct answers on node r: the other side's computation of node r where H was called;
+  subanswers: the subquestion pass ``sub_amp`` over ``posed_subquestions`` flattened to
+  [B*R*2*S] (none without it); supports: none.
+
+  Args:
+    transcript: the debates; rows: their policy Rows [B, R, 2, K].
+    sub_amp: the Amp′ pass over the posed subquestions, or None; sub_posed: bool[B*R*2*S].
+  Returns:
+    (targets int32[B, R, 2, K, L], has_target bool[B, R, 2, K]).
+  """
+  comps = transcript.comps
+  length = rows.tokens.shape[-1]
+  pad = lambda x: _pad_to(x, length, PAD)
+  other = comps.answer[:, :, ::-1]
+  other_ok = (comps.active & comps.called)[:, :, ::-1]
+  b, r, _, k, _ = rows.tokens.shape
+  s = k - 2
+  if sub_amp is None:
+    sub_targets = jnp.zeros((b, r, 2, s, length), jnp.int32)
+    sub_ok = jnp.zeros((b, r, 2, s), bool)
+  else:
+    sub_targets = pad(sub_amp.answers).reshape(b, r, 2, s, length)
+    sub_ok = (sub_posed & sub_amp.called).reshape(b, r, 2, s)
+  targets = jnp.concatenate([pad(other)[:, :, :, None], sub_targets,
+                             jnp.zeros((b, r, 2, 1, length), jnp.int32)], axis=3)
+  has = jnp.concatenate([other_ok[..., None], sub_ok, jnp.zeros((b, r, 2, 1), bool)], axis=3)
+  return targets, has
 
 
 # ---- distillation -------------------------------------------------------------------------------

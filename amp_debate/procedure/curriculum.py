@@ -9,7 +9,7 @@ M agrees with Amp′(H, M_target) on the current levels often enough (a threshol
 The signal is agreement with the *amplified target*, never ground truth (DESIGN.md section 2):
 ``task.solve`` must not drive the curriculum. ``amplified_agreement`` computes the signal.
 
-Kinds (static):
+Options travel as one frozen ``CurriculumConfig`` (checked on construction). Kinds:
   "off": level = max_level always (D over all levels).
   "fixed": level = min(max_level, step // steps_per_level): one level every steps_per_level steps.
   "adaptive": raise the level by one when the EMA of agreement is >= threshold and at least
@@ -21,13 +21,41 @@ The state lives in the train state (it checkpoints with it); ``update`` is pure 
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from amp_debate import checks
 
 KINDS = ("off", "fixed", "adaptive")
+
+
+@dataclasses.dataclass(frozen=True)
+class CurriculumConfig:
+  """Static curriculum options (checked on construction: ``checks.FieldError`` names the field).
+
+  Attributes:
+    kind: "off", "fixed" or "adaptive" (module docstring).
+    threshold: "adaptive": raise when the agreement EMA is >= threshold, in (0, 1].
+    ema: "adaptive": EMA decay in [0, 1) (0: this step's agreement alone).
+    min_steps: "adaptive": least number of updates at a level before raising it (>= 1).
+    steps_per_level: "fixed": steps per level (>= 1).
+  """
+
+  kind: str = "adaptive"
+  threshold: float = 0.9
+  ema: float = 0.9
+  min_steps: int = 10
+  steps_per_level: int = 100
+
+  def __post_init__(self):
+    checks.check_fields(
+        self, kind=checks.choice(*KINDS), threshold=checks.number(0.0, 1.0, lo_open=True),
+        ema=checks.number(0.0, 1.0, hi_open=True), min_steps=checks.integer(1),
+        steps_per_level=checks.integer(1))
 
 
 @flax.struct.dataclass
@@ -43,36 +71,20 @@ class CurriculumState:
   steps_at_level: jax.Array
 
 
-def _check_int(name: str, value, lo: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-    raise ValueError(f"curriculum: option {name}={value!r} must be an integer >= {lo}")
+def _check_max_level(max_level: int) -> None:
+  checks.check("curriculum", "max_level", max_level, checks.integer(0))
 
 
-def check_options(kind: str, max_level: int, *, steps_per_level: int = 1, threshold: float = 0.9,
-                  ema: float = 0.0, min_steps: int = 1) -> None:
-  """Raises ValueError naming the first bad option (see ``update`` for their meaning)."""
-  if kind not in KINDS:
-    raise ValueError(f"curriculum: option kind={kind!r} is unknown; allowed: {KINDS}")
-  _check_int("max_level", max_level, 0)
-  _check_int("steps_per_level", steps_per_level, 1)
-  _check_int("min_steps", min_steps, 1)
-  if not 0.0 < threshold <= 1.0:
-    raise ValueError(f"curriculum: option threshold={threshold!r} must be in (0, 1]")
-  if not 0.0 <= ema < 1.0:
-    raise ValueError(f"curriculum: option ema={ema!r} must be in [0, 1)")
-
-
-def init(kind: str, max_level: int) -> CurriculumState:
+def init(config: CurriculumConfig, max_level: int) -> CurriculumState:
   """Initial state: level max_level for "off", else 0."""
-  check_options(kind, max_level)
-  return CurriculumState(level=jnp.asarray(max_level if kind == "off" else 0, jnp.int32),
+  _check_max_level(max_level)
+  return CurriculumState(level=jnp.asarray(max_level if config.kind == "off" else 0, jnp.int32),
                          agreement=jnp.zeros((), jnp.float32),
                          steps_at_level=jnp.zeros((), jnp.int32))
 
 
-def update(state: CurriculumState, step: int | jax.Array, agreement: jax.Array, *, kind: str,
-           max_level: int, steps_per_level: int = 1000, threshold: float = 0.9, ema: float = 0.9,
-           min_steps: int = 10) -> CurriculumState:
+def update(state: CurriculumState, step: int | jax.Array, agreement: jax.Array,
+           config: CurriculumConfig, max_level: int) -> CurriculumState:
   """The state after one training step.
 
   Args:
@@ -81,26 +93,21 @@ def update(state: CurriculumState, step: int | jax.Array, agreement: jax.Array, 
     agreement: float32[]: fraction of this step's questions (sampled at the current levels) on which
       M's answer equals Amp′(H, M_target)'s answer, from ``amplified_agreement``. Must NOT be
       computed from ground truth.
-    kind: "off", "fixed" or "adaptive" (static).
+    config: the options (static).
     max_level: the task's maximum difficulty.
-    steps_per_level: "fixed": steps per level (>= 1).
-    threshold: "adaptive": raise when the agreement EMA is >= threshold, in (0, 1].
-    ema: "adaptive": EMA decay in [0, 1) (0: this step's agreement alone).
-    min_steps: "adaptive": least number of updates at a level before raising it (>= 1).
   Returns:
     The new CurriculumState; the level never exceeds max_level.
   """
-  check_options(kind, max_level, steps_per_level=steps_per_level, threshold=threshold, ema=ema,
-                min_steps=min_steps)
+  _check_max_level(max_level)
   agreement = jnp.asarray(agreement, jnp.float32)
   chex.assert_shape(agreement, ())
-  average = ema * state.agreement + (1.0 - ema) * agreement
-  if kind == "off":
+  average = config.ema * state.agreement + (1.0 - config.ema) * agreement
+  if config.kind == "off":
     level = jnp.asarray(max_level, jnp.int32)
-  elif kind == "fixed":
-    level = jnp.minimum(jnp.asarray(step, jnp.int32) // steps_per_level, max_level)
+  elif config.kind == "fixed":
+    level = jnp.minimum(jnp.asarray(step, jnp.int32) // config.steps_per_level, max_level)
   else:
-    ready = (average >= threshold) & (state.steps_at_level + 1 >= min_steps)
+    ready = (average >= config.threshold) & (state.steps_at_level + 1 >= config.min_steps)
     level = jnp.where(ready & (state.level < max_level), state.level + 1, state.level)
   level = level.astype(jnp.int32)
   raised = level != state.level

@@ -51,6 +51,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from amp_debate import checks
 from amp_debate.procedure import protocol
 from amp_debate.procedure.amplify import AmpOutput, amplify
 from amp_debate.procedure.players import wrong_answer
@@ -66,7 +67,7 @@ NO_ASSIGNMENT = -1
 
 @dataclasses.dataclass(frozen=True)
 class DebateConfig:
-  """Static rollout options.
+  """Static rollout options (checked on construction: ``checks.FieldError`` names the field).
 
   Attributes:
     t_max: maximum number of arguments per debate (>= 1).
@@ -90,19 +91,11 @@ class DebateConfig:
   assign_prob: float = 0.0
 
   def __post_init__(self):
-    if isinstance(self.t_max, bool) or not isinstance(self.t_max, int) or self.t_max < 1:
-      raise ValueError(f"debate: t_max must be an integer >= 1, got {self.t_max!r}")
-    if not 0.0 <= self.call_prob <= 1.0:
-      raise ValueError(f"debate: call_prob must be in [0, 1], got {self.call_prob!r}")
-    if self.confidence_threshold is not None and not 0.0 <= self.confidence_threshold <= 1.0:
-      raise ValueError(f"debate: confidence_threshold must be None or in [0, 1], "
-                       f"got {self.confidence_threshold!r}")
-    if self.force_stop_after is not None and (
-        not isinstance(self.force_stop_after, int) or self.force_stop_after < 1):
-      raise ValueError(f"debate: force_stop_after must be None or an integer >= 1, "
-                       f"got {self.force_stop_after!r}")
-    if not 0.0 <= self.assign_prob <= 1.0:
-      raise ValueError(f"debate: assign_prob must be in [0, 1], got {self.assign_prob!r}")
+    checks.check_fields(
+        self, t_max=checks.integer(1), call_prob=checks.number(0.0, 1.0),
+        confidence_threshold=checks.optional(checks.number(0.0, 1.0)),
+        learned_stop=checks.boolean, force_stop_after=checks.optional(checks.integer(1)),
+        early_exit=checks.boolean, assign_prob=checks.number(0.0, 1.0))
 
   @property
   def num_rounds(self) -> int:

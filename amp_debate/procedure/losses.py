@@ -27,7 +27,12 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from amp_debate import checks
+
 ADVANTAGE_KINDS = ("none", "normalize", "baseline")
+# The rules of the static options (``StepConfig`` applies them to its fields on construction).
+ADVANTAGE_KIND = checks.choice(*ADVANTAGE_KINDS)
+CLIP_EPS = checks.number(0.0, lo_open=True)
 
 # (question int32[Lq], argument int32[L]) -> bool[]
 CatastrophePredicate = Callable[[jax.Array, jax.Array], jax.Array]
@@ -72,8 +77,7 @@ def advantages(rewards: jax.Array, turn_mask: jax.Array, kind: str) -> jax.Array
   """
   _check_turns(turn_mask, rewards)
   chex.assert_type(rewards, jnp.float32)
-  if kind not in ADVANTAGE_KINDS:
-    raise ValueError(f"advantages: option kind={kind!r} is unknown; allowed: {ADVANTAGE_KINDS}")
+  checks.check("advantages", "kind", kind, ADVANTAGE_KIND)
   rewards = jnp.where(turn_mask, rewards, 0.0)
   if kind == "none":
     return rewards
@@ -111,8 +115,8 @@ def policy_gradient_loss(logp: jax.Array, logp_old: jax.Array, token_mask: jax.A
   _check_tokens(turn_mask, token_mask, logp, logp_old)
   _check_turns(turn_mask, advantages)
   chex.assert_type(advantages, jnp.float32)
-  if isinstance(clip_eps, (int, float)) and not clip_eps > 0:
-    raise ValueError(f"policy_gradient_loss: option clip_eps={clip_eps} must be > 0")
+  if isinstance(clip_eps, (int, float)):  # a traced ε is the caller's to check
+    checks.check("policy_gradient_loss", "clip_eps", clip_eps, CLIP_EPS)
   mask = token_mask & turn_mask[..., None]
   weights = jnp.ones(mask.shape, jnp.float32) if token_weights is None else token_weights
   chex.assert_equal_shape([weights, mask])

@@ -21,11 +21,19 @@ import chex
 import flax.struct
 import jax
 
+from amp_debate import checks
 from amp_debate.models.transformer import LanguageModel
 from amp_debate.procedure import amplify as amplify_lib
 from amp_debate.procedure import players, protocol
 from amp_debate.tasks.base import Task
 from amp_debate.tasks.tokenizer import PAD
+
+
+# A sampling temperature: softmax(logits / temperature) needs a finite number > 0 (0 or a negative
+# one would sample from NaN or inverted logits without an error). ``ModelDebater`` checks its own;
+# ``StepConfig`` applies the rule to the temperature it will build its debaters with, so that a bad
+# config fails before anything is traced.
+TEMPERATURE = checks.number(0.0, lo_open=True)
 
 
 def required_max_len(task: Task) -> int:
@@ -62,8 +70,9 @@ class ModelDebater:
     temperature: sampling temperature (static); log-probs are under softmax(logits / temperature).
     greedy: take argmax tokens instead of sampling (static); log-probs are still reported.
   Raises (at construction):
-    ValueError: the model's max_len is shorter than ``required_max_len(task)`` or its vocabulary
-      smaller than the task's.
+    ValueError: the model's max_len is shorter than ``required_max_len(task)``, its vocabulary
+      smaller than the task's or its pad id not the protocol's; ``checks.FieldError`` for a
+      temperature that is not a finite number > 0.
   """
 
   model: LanguageModel = flax.struct.field(pytree_node=False)
@@ -87,10 +96,7 @@ class ModelDebater:
     if config.pad_id != PAD:
       raise ValueError(f"ModelDebater: the protocol pads prompts with token {PAD}, the model's "
                        f"ModelConfig.pad_id is {config.pad_id}")
-    if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or (
-        self.temperature <= 0):
-      raise ValueError(f"ModelDebater: temperature must be a positive number, got "
-                       f"{self.temperature!r}")
+    checks.check_fields(self, temperature=TEMPERATURE)
 
   # ---- sampling and scoring -------------------------------------------------------------------
   def _sample(self, prompts, rng, answer_len: int) -> players.Move:

@@ -5,18 +5,21 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from amp_debate import checks
 
 
-def check_target_options(period: int | None, ema: float | None) -> None:
-  """Raises ValueError unless exactly one of period (int >= 1) or ema (in [0, 1)) is given."""
+def check_target_options(period: int | None, ema: float | None, *, owner: str = "update_target",
+                         names: tuple[str, str] = ("period", "ema")) -> None:
+  """Raises ``checks.FieldError`` unless exactly one of period (an integer >= 1) or ema (in
+  [0, 1)) is given. ``owner`` and ``names`` are how the caller calls them (``StepConfig``:
+  target_period, target_ema)."""
+  period_name, ema_name = names
   if (period is None) == (ema is None):
-    raise ValueError("update_target: give exactly one of the options period (config target_period) "
-                     f"and ema (config target_ema); got period={period!r}, ema={ema!r}")
-  if period is not None and (isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 1):
-    raise ValueError(f"update_target: option period={period!r} must be an integer >= 1")
-  if ema is not None and not 0.0 <= ema < 1.0:
-    raise ValueError(f"update_target: option ema={ema!r} must be in [0, 1)")
+    raise checks.FieldError(owner, period_name, f"and {ema_name}: give exactly one, got "
+                            f"{period_name}={period!r}, {ema_name}={ema!r}")
+  checks.check(owner, period_name, period, checks.optional(checks.integer(1)))
+  checks.check(owner, ema_name, ema, checks.optional(checks.number(0.0, 1.0, hi_open=True)))
 
 
 def update_target(params: chex.ArrayTree, target_params: chex.ArrayTree, step: int | jax.Array, *,
@@ -31,7 +34,7 @@ def update_target(params: chex.ArrayTree, target_params: chex.ArrayTree, step: i
     params: M's params.
     target_params: M_target's params, same tree structure and shapes.
     step: int or traced int32[]: the step count used by the period mode (ignored by ema).
-    period, ema: the mode; ValueError unless exactly one is given and in range.
+    period, ema: the mode; ``checks.FieldError`` unless exactly one is given and in range.
   """
   check_target_options(period, ema)
   chex.assert_trees_all_equal_shapes(params, target_params)

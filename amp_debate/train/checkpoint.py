@@ -2,7 +2,7 @@
 
   with Checkpointer(workdir + "/checkpoints", keep=3, best_metric="eval/accuracy") as ckpt:
     if ckpt.latest_step() is not None:
-      check_compatible(ckpt.saved_config(), config, safe=SAFE_TO_CHANGE)
+      config_lib.check_compatible(ckpt.saved_config(), config.to_dict())
       state, _ = ckpt.restore(jax.eval_shape(init_fn))  # init_fn jitted with out_shardings
     ...
     ckpt.save(step, state, config=config.to_dict(), metrics={"eval/accuracy": acc})
@@ -34,7 +34,7 @@ or a different tree is refused. Typed PRNG keys (``jax.random.key``) need nothin
 0.12.8 saves their key data and records the impl, and restores a typed key with that impl.
 
 Errors users can hit (no checkpoint, missing step, corrupt or mismatched checkpoint, config not
-JSON, incompatible config on resume) raise ``CheckpointError``: one line naming the directory and
+JSON) raise ``CheckpointError``: one line naming the directory and
 step, never a raw Orbax/TensorStore traceback (the original error is chained as ``__cause__``).
 
 Multi-process: every process constructs the Checkpointer and calls save/restore/wait with the same
@@ -410,44 +410,3 @@ class Checkpointer:
       more = (f" and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else "")
       raise CheckpointError(f"checkpoint: step {step} in {self.directory} does not match the state "
                             f"to restore: {'; '.join(problems[:_MAX_LISTED])}{more}")
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{dotted key: leaf value}; an empty dict is a leaf (so adding its first field shows)."""
-  out = {}
-  for key, value in config.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, Mapping) and value:
-      out.update(_flatten(value, name + "."))
-    else:
-      out[name] = value
-  return out
-
-
-_ABSENT = "<absent>"
-
-
-def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *,
-                     safe: Sequence[str] = (), allow_unsafe: bool = False) -> list[str]:
-  """The dotted config keys whose values differ between a checkpoint's config and this run's.
-
-  A key is safe to change if it equals an entry of ``safe`` or lies under one (``"eval"`` covers
-  ``"eval.every"``). Values are compared as JSON holds them (a tuple equals the saved list).
-  Raises CheckpointError listing the unsafe changes (saved → current) unless ``allow_unsafe``.
-  """
-  if isinstance(safe, str):
-    safe = (safe,)
-  old = _flatten(_to_json(saved, "saved config"))
-  new = _flatten(_to_json(current, "current config"))
-  changed = sorted(k for k in old.keys() | new.keys()
-                   if k not in old or k not in new or old[k] != new[k]
-                   or isinstance(old[k], bool) != isinstance(new[k], bool))  # True == 1 in Python
-  is_safe = lambda k: any(k == s or k.startswith(s + ".") for s in safe)
-  unsafe = [k for k in changed if not is_safe(k)]
-  if unsafe and not allow_unsafe:
-    show = lambda cfg, k: json.dumps(cfg[k]) if k in cfg else _ABSENT
-    fields = ", ".join(f"{k}: {show(old, k)} → {show(new, k)}" for k in unsafe)
-    raise CheckpointError(f"resume: the config differs from the checkpoint's in fields that are "
-                          f"not safe to change ({fields}); restore the saved values, start a new "
-                          f"workdir, or set resume_allow_unsafe=True to resume anyway")
-  return changed

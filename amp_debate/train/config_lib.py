@@ -1,24 +1,38 @@
-"""Experiment configs: validation before anything compiles, and the objects a config describes.
+"""Experiment configs: the schema, validation before anything compiles, the objects a config
+describes, and resume safety.
 
-A config is an ``ml_collections.ConfigDict`` (``experiments/configs/*.py``). ``validate`` checks
-every field against ``FIELDS`` (dotted name -> check) and raises ``ConfigError`` naming the first
-bad or unknown field, so a typo or a negative weight stops the run in milliseconds instead of
-minutes into an XLA compile. The ``make_*`` functions build the task, model, optimiser and step
-options from a validated config; ``SAFE_TO_CHANGE`` lists the fields a resumed run may change.
+A config is an ``ml_collections.ConfigDict`` (``experiments/configs/*.py``). Each field is checked
+in one place:
+  * ``debate.*``, ``curriculum.*``, ``step.*``, ``model.*``, ``batch_size`` and
+    ``combination.beta`` set fields of the frozen dataclasses the pure code consumes
+    (``DebateConfig``, ``CurriculumConfig``, ``StepConfig``, and ``ModelConfig`` through
+    ``models.preset``), which check them on construction. ``OWNED`` maps each such config field to
+    the dataclass field it sets; the builders (``make_model``, ``make_step_config``) report the
+    dataclass's ``checks.FieldError`` as a ``ConfigError`` naming the config field.
+  * every other field is checked here, by ``FIELDS`` (dotted name -> check).
+``validate`` rejects unknown and missing fields, runs the checks and builds the dataclasses, so a
+typo or a negative weight stops the run in milliseconds, with a one-line message such as
+``config.debate.t_max must be >= 1, got 0``, instead of minutes into an XLA compile. The config's
+sentinels (0 or a negative number for "none") become the dataclasses' None in the builders.
+
+``check_compatible`` refuses to resume a checkpoint with a config that changes more than
+``SAFE_TO_CHANGE``; ``flatten`` gives the dotted field names both use.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+import contextlib
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import optax
 
-from amp_debate import models, tasks
-from amp_debate.procedure import combine, curriculum, debate, losses
+from amp_debate import checks, models, tasks
+from amp_debate.procedure import combine, curriculum, debate
 from amp_debate.procedure.model_player import required_max_len
 from amp_debate.train import step as step_lib
 
@@ -26,130 +40,84 @@ MODES = ("hybrid", "amplification", "debate", "supervised")
 
 
 class ConfigError(ValueError):
-  """A config field is unknown, missing or invalid (the message names it)."""
+  """A config field is unknown, missing or invalid, or differs from a checkpoint's (the message
+  names it)."""
 
 
-# ---- field checks ------------------------------------------------------------------------------
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
+# ---- the schema --------------------------------------------------------------------------------
+def _fields(cls, *set_elsewhere: str) -> tuple[str, ...]:
+  """The fields of dataclass ``cls`` but those the config sets elsewhere (or not at all)."""
+  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in set_elsewhere)
 
 
-def _is_number(v) -> bool:
-  return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+_MODEL_SIZES = ("num_layers", "d_model", "num_heads", "d_ff")  # 0 in the config: the preset's
 
 
-def _int(lo: int | None = None) -> Callable[[Any], str | None]:
-  def check(v):
-    if not _is_int(v):
-      return f"must be an integer, got {v!r}"
-    if lo is not None and v < lo:
-      return f"must be >= {lo}, got {v!r}"
-    return None
-  return check
+# Config fields set on a dataclass of the pure code, which checks them: config field -> the
+# dataclass field ("owner.field", as ``checks.FieldError`` names it).
+OWNED: dict[str, str] = {
+    "batch_size": "StepConfig.batch_size",
+    "combination.beta": "StepConfig.shaped_beta",
+    **{f"step.{f}": f"StepConfig.{f}" for f in _fields(
+        step_lib.StepConfig, "batch_size", "debate", "curriculum", "shaped_beta", "catastrophe")},
+    **{f"debate.{f}": f"DebateConfig.{f}" for f in _fields(debate.DebateConfig, "early_exit")},
+    **{f"curriculum.{f}": f"CurriculumConfig.{f}" for f in _fields(curriculum.CurriculumConfig)},
+    "model.preset": "models.preset",
+    **{f"model.{f}": f"ModelConfig.{f}" for f in (*_MODEL_SIZES, "mask", "positions", "dtype")},
+}
+_CONFIG_FIELD = {owned: name for name, owned in OWNED.items()}
+# Config sentinels for what the dataclasses spell None or a default (ConfigDict overrides of None
+# fields are awkward); the builders translate them, and errors recall them.
+_SENTINELS = {"debate.confidence_threshold": "< 0: no confidence rule",
+              "debate.force_stop_after": "0: never", "step.target_period": "0: Polyak averaging",
+              **{f"model.{k}": "0: the preset's" for k in _MODEL_SIZES}}
 
 
-def _number(lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False):
-  def check(v):
-    if not _is_number(v):
-      return f"must be a finite number, got {v!r}"
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-      return f"must be {'>' if lo_open else '>='} {lo}, got {v!r}"
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-      return f"must be {'<' if hi_open else '<='} {hi}, got {v!r}"
-    return None
-  return check
-
-
-def _choice(*choices):
-  def check(v):
-    return None if v in choices else f"must be one of {', '.join(map(repr, choices))}, got {v!r}"
-  return check
-
-
-def _bool(v):
-  return None if isinstance(v, bool) else f"must be True or False, got {v!r}"
-
-
-def _str(v):
-  return None if isinstance(v, str) else f"must be a string, got {v!r}"
-
-
-def _any(v):
-  del v
+def _mesh_axis(value):
+  if not checks.is_integer(value) or (value < 1 and value != -1):
+    return f"must be a positive integer or -1 (all remaining devices), got {value!r}"
   return None
 
 
-def _mesh_axis(v):
-  if not _is_int(v) or (v < 1 and v != -1):
-    return f"must be a positive integer or -1 (all remaining devices), got {v!r}"
-  return None
+def _best_metric(value):
+  if isinstance(value, str) and (value == "" or value.startswith("eval/")):
+    return None
+  return f"must be '' or an eval metric such as 'eval/accuracy/model/mean', got {value!r}"
 
 
-_WEIGHT = _number(0.0)
+_WEIGHT = checks.number(0.0)
+# The fields no dataclass owns: dotted name -> check.
 FIELDS: dict[str, Callable[[Any], str | None]] = {
-    "task": _str,
-    "task_options": _any,  # checked by the task itself (tasks.get raises naming the option)
-    "mode": _choice(*MODES),
-    "runlocal": _bool,
-    "seed": _int(0),
-    "num_steps": _int(1),
-    "batch_size": _int(1),
-    "log_every": _int(1),
-    "model.preset": _choice(*models.PRESETS),
-    "model.num_layers": _int(0),
-    "model.d_model": _int(0),
-    "model.num_heads": _int(0),
-    "model.d_ff": _int(0),
-    "model.mask": _choice(*models.config.MASKS),
-    "model.positions": _choice(*models.config.POSITIONS),
-    "model.dtype": _choice(*models.config.DTYPES),
-    "optimizer.learning_rate": _number(0.0, lo_open=True),
-    "optimizer.warmup_steps": _int(0),
-    "optimizer.clip_norm": _number(0.0),
-    "optimizer.b2": _number(0.0, 1.0, hi_open=True),
-    "combination.kind": _choice("weighted", "constrained", "shaped"),
-    "combination.weights.rl": _WEIGHT,
-    "combination.weights.sup": _WEIGHT,
-    "combination.weights.cat": _WEIGHT,
-    "combination.weights_end.rl": _WEIGHT,
-    "combination.weights_end.sup": _WEIGHT,
-    "combination.weights_end.cat": _WEIGHT,
-    "combination.anneal_steps": _int(0),
-    "combination.limit": _number(0.0),
-    "combination.multiplier_lr": _number(0.0, lo_open=True),
-    "combination.beta": _number(0.0),
-    "debate.t_max": _int(1),
-    "debate.call_prob": _number(0.0, 1.0),
-    "debate.confidence_threshold": _number(None, 1.0),
-    "debate.learned_stop": _bool,
-    "debate.force_stop_after": _int(0),
-    "debate.assign_prob": _number(0.0, 1.0),
-    "step.temperature": _number(0.0, lo_open=True),
-    "step.clip_eps": _number(0.0, lo_open=True),
-    "step.advantage": _choice(*losses.ADVANTAGE_KINDS),
-    "step.target_period": _int(0),
-    "step.target_ema": _number(0.0, 1.0, hi_open=True),
-    "step.distill_subquestions": _bool,
-    "curriculum.kind": _choice(*curriculum.KINDS),
-    "curriculum.threshold": _number(0.0, 1.0, lo_open=True),
-    "curriculum.ema": _number(0.0, 1.0, hi_open=True),
-    "curriculum.min_steps": _int(1),
-    "curriculum.steps_per_level": _int(1),
+    "task": checks.string,
+    "task_options": lambda value: None,  # the task checks its options (make_task)
+    "mode": checks.choice(*MODES),
+    "runlocal": checks.boolean,
+    "seed": checks.integer(0),
+    "num_steps": checks.integer(1),
+    "log_every": checks.integer(1),
+    "optimizer.learning_rate": checks.number(0.0, lo_open=True),
+    "optimizer.warmup_steps": checks.integer(0),
+    "optimizer.clip_norm": checks.number(0.0),
+    "optimizer.b2": checks.number(0.0, 1.0, hi_open=True),
+    "combination.kind": checks.choice("weighted", "constrained", "shaped"),
+    **{f"combination.{group}.{k}": _WEIGHT for group in ("weights", "weights_end")
+       for k in combine.OBJECTIVES},
+    "combination.anneal_steps": checks.integer(0),
+    "combination.limit": checks.number(0.0),
+    "combination.multiplier_lr": checks.number(0.0, lo_open=True),
     "mesh.data": _mesh_axis,
     "mesh.fsdp": _mesh_axis,
-    "distributed": _bool,
-    "eval.every": _int(0),
-    "eval.data_dir": _str,
-    "eval.examples_per_difficulty": _int(1),
-    "eval.batch_size": _int(1),
-    "eval.debates": _bool,
-    "checkpoint.every": _int(0),
-    "checkpoint.keep": _int(1),
-    "checkpoint.best_metric": lambda v: None if isinstance(v, str) and (
-        v == "" or v.startswith("eval/")) else (
-            f"must be '' or an eval metric such as 'eval/accuracy/model/mean', got {v!r}"),
-    "checkpoint.async_save": _bool,
-    "resume_allow_unsafe": _bool,
+    "distributed": checks.boolean,
+    "eval.every": checks.integer(0),
+    "eval.data_dir": checks.string,
+    "eval.examples_per_difficulty": checks.integer(1),
+    "eval.batch_size": checks.integer(1),
+    "eval.debates": checks.boolean,
+    "checkpoint.every": checks.integer(0),
+    "checkpoint.keep": checks.integer(1),
+    "checkpoint.best_metric": _best_metric,
+    "checkpoint.async_save": checks.boolean,
+    "resume_allow_unsafe": checks.boolean,
 }
 
 # Fields a resumed run may change without resume_allow_unsafe (they do not change what is learned).
@@ -157,32 +125,51 @@ SAFE_TO_CHANGE = ("num_steps", "log_every", "eval", "checkpoint", "resume_allow_
                   "distributed")
 
 
-def flatten(config: Mapping | ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-  """{"a.b": value} for every leaf; ``task_options`` is kept as one dict-valued leaf."""
+def flatten(config: Mapping | ml_collections.ConfigDict, *, keep: Sequence[str] = (),
+            prefix: str = "") -> dict[str, Any]:
+  """{"a.b": value} for every leaf of a nested config (a ConfigDict or plain dicts); a section
+  named in ``keep`` (dotted) stays one dict-valued leaf. An empty section has no leaves."""
   out = {}
-  items = config.items() if isinstance(config, Mapping) else config.items()
-  for key, value in items:
+  for key, value in config.items():
     name = f"{prefix}{key}"
-    if name != "task_options" and isinstance(value, (Mapping, ml_collections.ConfigDict)):
-      out.update(flatten(value, name + "."))
+    if not isinstance(value, (Mapping, ml_collections.ConfigDict)):
+      out[name] = value
+    elif name in keep:
+      out[name] = dict(value)
     else:
-      out[name] = dict(value) if name == "task_options" else value
+      out.update(flatten(value, keep=keep, prefix=name + "."))
   return out
+
+
+# ---- validation --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _named_as_config_fields():
+  """Turns a dataclass's FieldError about an owned field into a ConfigError naming the config
+  field (``OWNED``); any other error passes through."""
+  try:
+    yield
+  except checks.FieldError as e:
+    name = _CONFIG_FIELD.get(f"{e.owner}.{e.field}")
+    if name is None:
+      raise
+    sentinel = f" ({_SENTINELS[name]})" if name in _SENTINELS else ""
+    raise ConfigError(f"config.{name} {e.problem}{sentinel}") from None
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError naming the first unknown, missing or invalid field.
 
   Cross-field checks: the task and its options (``tasks.get``), the model shape (heads divide
-  d_model), the mesh against ``num_devices`` (default: all devices) and the batch size against the
-  number of data-parallel shards.
+  d_model), the forced stop within t_max, the mesh against ``num_devices`` (default: all devices)
+  and the batch size against the number of data-parallel shards.
   """
-  flat = flatten(config)
-  unknown = sorted(set(flat) - set(FIELDS))
+  flat = flatten(config, keep=("task_options",))
+  known = FIELDS.keys() | OWNED.keys()
+  unknown = sorted(set(flat) - known)
   if unknown:
     raise ConfigError(f"config.{unknown[0]}: unknown field (known top-level fields: "
-                      f"{', '.join(sorted({k.split('.')[0] for k in FIELDS}))})")
-  missing = sorted(set(FIELDS) - set(flat))
+                      f"{', '.join(sorted({k.split('.')[0] for k in known}))})")
+  missing = sorted(known - set(flat))
   if missing:
     raise ConfigError(f"config.{missing[0]}: missing field")
   for name, check in FIELDS.items():
@@ -193,10 +180,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     task = make_task(config)
   except ValueError as e:
     raise ConfigError(f"config.task_options: {e}") from None
-  try:
-    make_model(config, task)
-  except ValueError as e:
-    raise ConfigError(f"config.model: {e}") from None
+  make_model(config, task)
+  make_step_config(config)
   if config.mode != "supervised" and config.debate.force_stop_after > config.debate.t_max:
     raise ConfigError(f"config.debate.force_stop_after={config.debate.force_stop_after} exceeds "
                       f"config.debate.t_max={config.debate.t_max}")
@@ -222,18 +207,79 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int | None = None
   return data, fsdp
 
 
+# ---- resume safety -----------------------------------------------------------------------------
+_ABSENT = "<absent>"
+
+
+def _as_json(config: Mapping[str, Any]) -> dict:
+  """``config`` as a checkpoint's JSON holds it (tuples become lists, numpy scalars numbers)."""
+  return json.loads(json.dumps(config, default=lambda value: value.item()))
+
+
+def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                     safe: Sequence[str] = SAFE_TO_CHANGE, allow_unsafe: bool = False) -> list[str]:
+  """The dotted config keys whose values differ between a checkpoint's config and this run's.
+
+  A key is safe to change if it equals an entry of ``safe`` or lies under one (``"eval"`` covers
+  ``"eval.every"``). Values are compared as JSON holds them (a tuple equals the saved list).
+  Raises ConfigError listing the unsafe changes (saved → current) unless ``allow_unsafe``.
+  """
+  if isinstance(safe, str):
+    safe = (safe,)
+  old, new = flatten(_as_json(saved)), flatten(_as_json(current))
+  changed = sorted(k for k in old.keys() | new.keys()
+                   if k not in old or k not in new or old[k] != new[k]
+                   or isinstance(old[k], bool) != isinstance(new[k], bool))  # True == 1 in Python
+  is_safe = lambda k: any(k == s or k.startswith(s + ".") for s in safe)
+  unsafe = [k for k in changed if not is_safe(k)]
+  if unsafe and not allow_unsafe:
+    show = lambda cfg, k: json.dumps(cfg[k]) if k in cfg else _ABSENT
+    fields = ", ".join(f"{k}: {show(old, k)} → {show(new, k)}" for k in unsafe)
+    raise ConfigError(f"resume: the config differs from the checkpoint's in fields that are not "
+                      f"safe to change ({fields}); restore the saved values, start a new workdir, "
+                      f"or set resume_allow_unsafe=True to resume anyway")
+  return changed
+
+
 # ---- builders ----------------------------------------------------------------------------------
+def _none_if(value, unset: Callable[[Any], bool]):
+  """None where a config sentinel means "none" (the dataclasses' None); any other value as is, for
+  the dataclass to check."""
+  return None if checks.is_number(value) and unset(value) else value
+
+
 def make_task(config: ml_collections.ConfigDict) -> tasks.Task:
   return tasks.get(config.task, **dict(config.task_options))
 
 
 def make_model(config: ml_collections.ConfigDict, task: tasks.Task) -> models.LanguageModel:
-  overrides = {k: config.model[k] for k in ("num_layers", "d_model", "num_heads", "d_ff")
-               if config.model[k]}
-  model_config = models.preset(
-      config.model.preset, task.vocab_size, required_max_len(task), mask=config.model.mask,
-      positions=config.model.positions, dtype=config.model.dtype, pad_id=tasks.PAD, **overrides)
+  """M: the config's preset with its nonzero size overrides, sized for ``task``'s protocol."""
+  m = config.model
+  overrides = {k: m[k] for k in _MODEL_SIZES if m[k]}
+  with _named_as_config_fields():
+    model_config = models.preset(
+        m.preset, task.vocab_size, required_max_len(task), mask=m.mask, positions=m.positions,
+        dtype=m.dtype, pad_id=tasks.PAD, **overrides)
   return models.LanguageModel(model_config)
+
+
+def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
+  """The step's static options (the debate's and the curriculum's inside)."""
+  d, s = config.debate, config.step
+  target_period = _none_if(s.target_period, lambda v: v == 0)
+  with _named_as_config_fields():
+    return step_lib.StepConfig(**{
+        **s,
+        "batch_size": config.batch_size,
+        "debate": debate.DebateConfig(**{
+            **d,
+            "confidence_threshold": _none_if(d.confidence_threshold, lambda v: v < 0),
+            "force_stop_after": _none_if(d.force_stop_after, lambda v: v == 0)}),
+        "curriculum": curriculum.CurriculumConfig(**config.curriculum),
+        "target_period": target_period,
+        "target_ema": None if target_period is not None else s.target_ema,
+        "shaped_beta": config.combination.beta,
+    })
 
 
 def _weight(config: ml_collections.ConfigDict, name: str):
@@ -261,20 +307,3 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     lr = optax.linear_schedule(0.0, lr, config.optimizer.warmup_steps)
   return combine.chain(combination, clip_norm=config.optimizer.clip_norm or None,
                        optimizer=optax.adam(lr, b2=config.optimizer.b2))
-
-
-def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
-  d, s, cur = config.debate, config.step, config.curriculum
-  return step_lib.StepConfig(
-      batch_size=config.batch_size,
-      debate=debate.DebateConfig(
-          t_max=d.t_max, call_prob=d.call_prob,
-          confidence_threshold=None if d.confidence_threshold < 0 else d.confidence_threshold,
-          learned_stop=d.learned_stop, force_stop_after=d.force_stop_after or None,
-          assign_prob=d.assign_prob),
-      temperature=s.temperature, clip_eps=s.clip_eps, advantage=s.advantage,
-      target_period=s.target_period or None, target_ema=None if s.target_period else s.target_ema,
-      curriculum=cur.kind, curriculum_threshold=cur.threshold, curriculum_ema=cur.ema,
-      curriculum_min_steps=cur.min_steps, steps_per_level=cur.steps_per_level,
-      shaped_beta=config.combination.beta if config.combination.kind == "shaped" else 0.0,
-      distill_subquestions=s.distill_subquestions)

@@ -38,8 +38,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from amp_debate import checks
 from amp_debate.models.transformer import LanguageModel
-from amp_debate.procedure import combine, credit, curriculum, debate, losses, protocol, target
+from amp_debate.procedure import (combine, credit, curriculum, debate, losses, model_player,
+                                  protocol, target)
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
 from amp_debate.tasks.base import Batch, Task
@@ -48,35 +50,45 @@ from amp_debate.tasks.tokenizer import SEP
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """Static options of the training step (validated on construction)."""
+  """Static options of the training step (checked on construction: ``checks.FieldError`` names
+  the field; the debate and curriculum options check their own).
+
+  Attributes:
+    batch_size: questions (debates) per step.
+    debate: the rollout's options.
+    curriculum: the difficulty curriculum's options.
+    temperature: M_target's sampling temperature (and the one the policy loss rescores at).
+    clip_eps: PPO clipping ε (> 0).
+    advantage: how rewards become advantages (``losses.ADVANTAGE_KINDS``).
+    target_period, target_ema: the target network's update; exactly one is given
+      (``target.update_target``).
+    shaped_beta: β of the shaped reward (read only when the step is built with
+      ``combination="shaped"``).
+    distill_subquestions: one more Amp′ pass gives distillation targets for every subquestion posed.
+    catastrophe: the catastrophe predicate (``losses.never_catastrophic``: no penalty).
+  """
 
   batch_size: int = 32
   debate: debate.DebateConfig = debate.DebateConfig()
+  curriculum: curriculum.CurriculumConfig = curriculum.CurriculumConfig()
   temperature: float = 1.0
   clip_eps: float = 0.2
   advantage: str = "normalize"
   target_period: int | None = None
   target_ema: float | None = 0.9
-  curriculum: str = "adaptive"
-  curriculum_threshold: float = 0.9
-  curriculum_ema: float = 0.9
-  curriculum_min_steps: int = 10
-  steps_per_level: int = 100
-  shaped_beta: float = 0.0  # only used by the "shaped" combination
+  shaped_beta: float = 0.0
   distill_subquestions: bool = True
   catastrophe: Any = losses.never_catastrophic
 
   def __post_init__(self):
-    if not isinstance(self.batch_size, int) or self.batch_size < 1:
-      raise ValueError(f"step: batch_size must be a positive integer, got {self.batch_size!r}")
-    if not self.temperature > 0:
-      raise ValueError(f"step: temperature must be > 0, got {self.temperature!r}")
-    if not self.clip_eps > 0:
-      raise ValueError(f"step: clip_eps must be > 0, got {self.clip_eps!r}")
-    if self.advantage not in losses.ADVANTAGE_KINDS:
-      raise ValueError(f"step: advantage must be one of {losses.ADVANTAGE_KINDS}, "
-                       f"got {self.advantage!r}")
-    target.check_target_options(self.target_period, self.target_ema)
+    checks.check_fields(
+        self, batch_size=checks.integer(1), debate=checks.of_type(debate.DebateConfig),
+        curriculum=checks.of_type(curriculum.CurriculumConfig),
+        temperature=model_player.TEMPERATURE, clip_eps=losses.CLIP_EPS,
+        advantage=losses.ADVANTAGE_KIND, shaped_beta=checks.number(0.0),
+        distill_subquestions=checks.boolean)
+    target.check_target_options(self.target_period, self.target_ema, owner="StepConfig",
+                                names=("target_period", "target_ema"))
 
 
 @flax.struct.dataclass
@@ -139,31 +151,6 @@ def _greedy_answers(task: Task, model: LanguageModel, params, questions, rng):
   return m_greedy.answer(questions, rng).tokens
 
 
-def _policy_targets(task: Task, transcript: debate.Transcript, rows: credit.Rows, sub_amp,
-                    sub_posed):
-  """Amplified targets of the policy rows' questions, for the shaped reward: (targets
-  int32[B, R, 2, K, L], has_target bool[B, R, 2, K]). Direct answers on node r: the other side's
-  computation of node r where H was called; subanswers: the subquestion pass (if any); supports:
-  none."""
-  comps = transcript.comps
-  length = rows.tokens.shape[-1]
-  pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])])
-  other = comps.answer[:, :, ::-1]
-  other_ok = (comps.active & comps.called)[:, :, ::-1]
-  b, r, _, k, _ = rows.tokens.shape
-  s = k - 2
-  if sub_amp is None:
-    sub_targets = jnp.zeros((b, r, 2, s, length), jnp.int32)
-    sub_ok = jnp.zeros((b, r, 2, s), bool)
-  else:
-    sub_targets = pad(sub_amp.answers).reshape(b, r, 2, s, length)
-    sub_ok = (sub_posed & sub_amp.called).reshape(b, r, 2, s)
-  targets = jnp.concatenate([pad(other)[:, :, :, None], sub_targets,
-                             jnp.zeros((b, r, 2, 1, length), jnp.int32)], axis=3)
-  has = jnp.concatenate([other_ok[..., None], sub_ok, jnp.zeros((b, r, 2, 1), bool)], axis=3)
-  return targets, has
-
-
 def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
                      config: StepConfig, combination: str = "weighted",
                      constrain_batch: Callable[[Batch], Batch] | None = None):
@@ -214,7 +201,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     row_adv = credit.row_values(adv.reshape(rewards.shape), num_nodes, num_sub)  # [B, R, 2, K]
     mismatch = jnp.zeros(row_adv.shape, jnp.float32)
     if combination == "shaped":  # each sampled answer pays β·(its disagreement with Amp′)
-      targets, has_target = _policy_targets(task, transcript, prows, sub_amp, sub_posed)
+      targets, has_target = credit.policy_targets(transcript, prows, sub_amp, sub_posed)
       mismatch = credit.row_mismatch(prows, targets, has_target)
       row_adv = combine.shape_rewards(
           row_adv.reshape(batch_size, -1), mismatch.reshape(batch_size, -1), config.shaped_beta,
@@ -260,10 +247,8 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         x[:, 0], side.reshape((-1, 1) + (1,) * (x.ndim - 3)), axis=1)[:, 0], transcript.comps)
     agreement = curriculum.amplified_agreement(root_answers, root.answer,
                                                valid=root.called & root.active)
-    curriculum_state = curriculum.update(
-        state.curriculum, step, agreement, kind=config.curriculum, max_level=task.max_difficulty,
-        steps_per_level=config.steps_per_level, threshold=config.curriculum_threshold,
-        ema=config.curriculum_ema, min_steps=config.curriculum_min_steps)
+    curriculum_state = curriculum.update(state.curriculum, step, agreement, config.curriculum,
+                                         task.max_difficulty)
 
     exact = lambda answers: (answers == batch.answers).all(-1).mean()
     winner_claim = jnp.take_along_axis(transcript.claims[:, 0], jnp.minimum(game.winner, 1)[
@@ -331,11 +316,8 @@ def build_supervised_step(task: Task, model: LanguageModel, tx: optax.GradientTr
     params, opt_state, step, target_params = _update(tx, config, state, grads, {"sup": sup})
     root_answers = _greedy_answers(task, model, state.params, batch.questions, eval_rng)
     correct = (root_answers == batch.answers).all(-1)
-    curriculum_state = curriculum.update(
-        state.curriculum, step, correct.mean(), kind=config.curriculum,
-        max_level=task.max_difficulty, steps_per_level=config.steps_per_level,
-        threshold=config.curriculum_threshold, ema=config.curriculum_ema,
-        min_steps=config.curriculum_min_steps)
+    curriculum_state = curriculum.update(state.curriculum, step, correct.mean(),
+                                         config.curriculum, task.max_difficulty)
     metrics = {
         "loss/sup": sup,
         "grad_norm/sup": optax.tree.norm(grad),

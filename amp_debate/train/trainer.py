@@ -348,8 +348,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       format of ``experiments/results/supervised_reference.json``); when it holds this run's eval
       set, the final table gets a "supervised (reference)" column.
   Raises:
-    config_lib.ConfigError: a bad config (before anything compiles).
-    checkpoint_lib.CheckpointError: an incompatible or unreadable checkpoint in ``workdir``.
+    config_lib.ConfigError: a bad config (before anything compiles), or one that changes unsafe
+      fields of the checkpoint's in ``workdir`` (``config_lib.check_compatible``).
+    checkpoint_lib.CheckpointError: an unreadable checkpoint in ``workdir``.
     TrainingDiverged: a NaN/Inf loss or gradient (the last good checkpoint stays on disk).
     WorkdirError: ``workdir`` is not a directory and cannot be made one.
   """
@@ -387,8 +388,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     latest = checkpointer.latest_step()
     if latest is not None:
       saved = checkpointer.saved_config(latest) or {}
-      checkpoint_lib.check_compatible(saved, config_json, safe=config_lib.SAFE_TO_CHANGE,
-                                      allow_unsafe=config.resume_allow_unsafe)
+      config_lib.check_compatible(saved, config_json, allow_unsafe=config.resume_allow_unsafe)
       abstract_sharded = jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
       restored, _ = checkpointer.restore({"state": abstract_sharded, "rng": step_rng_root}, latest)

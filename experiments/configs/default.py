@@ -29,29 +29,18 @@ from __future__ import annotations
 
 import ml_collections
 
-from amp_debate import tasks
+from amp_debate import models, options, tasks
+from amp_debate.train.config_lib import MODES
 
-MODES = ("hybrid", "amplification", "debate", "supervised")
-SIZES = ("tiny", "small", "base", "large")
+SIZES = tuple(models.PRESETS)
 ARG_KEYS = ("task", "mode", "size", "runlocal")
 
 # The runlocal task: small enough for a CPU, deep enough for two levels of decomposition.
 RUNLOCAL_TASK_OPTIONS = {"permutation": dict(n=5, max_exponent=2)}
 
 
-def parse_arg(arg: str) -> dict[str, str | bool]:
-  """'task=permutation,mode=hybrid,runlocal' -> {'task': 'permutation', 'mode': 'hybrid', 'runlocal': True}."""
-  parsed: dict[str, str | bool] = {}
-  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-    key, sep, value = item.partition("=")
-    if key not in ARG_KEYS:
-      raise ValueError(f"config arg: unknown key {key!r}; allowed keys: {', '.join(ARG_KEYS)}")
-    parsed[key] = value if sep else True
-  return parsed
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
+  args = options.parse(arg or "", keys=ARG_KEYS, bare=True, what="config arg")
   mode = args.get("mode", "hybrid")
   if mode not in MODES:
     raise ValueError(f"config arg: mode={mode!r} is not one of {', '.join(MODES)}")
@@ -62,10 +51,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c = ml_collections.ConfigDict()
   c.task = str(args.get("task", "permutation"))
-  options = tasks.get(c.task).options()  # the task's defaults (raises on an unknown task)
+  task_options = tasks.get(c.task).options()  # the task's defaults (raises on an unknown task)
   if runlocal:
-    options.update(RUNLOCAL_TASK_OPTIONS.get(c.task, {}))
-  c.task_options = ml_collections.ConfigDict(options)
+    task_options.update(RUNLOCAL_TASK_OPTIONS.get(c.task, {}))
+  c.task_options = ml_collections.ConfigDict(task_options)
   c.mode = mode
   c.runlocal = runlocal
   c.seed = 0
