@@ -114,12 +114,12 @@ def test_bad_step_config_names_the_field():
     step_lib.StepConfig(curriculum="off")
 
 
-def _two_steps(combination, beta=0.0):
+def _two_steps(combination, beta=0.0, advantage="none"):
   """Step 1 updates M from a fixed init; step 2 (same rollout: M_target is frozen by a long target
   period, same key) reports the distillation loss of the updated M on the same targets."""
   tx = combine.chain(combination, clip_norm=None, optimizer=optax.sgd(0.05))
   config = step_lib.StepConfig(
-      batch_size=16, curriculum=OFF, advantage="none", shaped_beta=beta, target_period=1000,
+      batch_size=16, curriculum=OFF, advantage=advantage, shaped_beta=beta, target_period=1000,
       target_ema=None,
       debate=debate.DebateConfig(t_max=4, call_prob=0.5, learned_stop=False, assign_prob=0.5))
   kind = "shaped" if beta or combination is _SHAPED else "constrained"
@@ -136,10 +136,13 @@ _SHAPED = combine.make("shaped")
 
 def test_shaped_penalty_reaches_the_update():
   """With β > 0 the argument-dependent penalty changes the policy-gradient update (the shaped
-  combination reads no g_sup); tests/test_credit.py shows its direction on a tabular policy."""
-  plain, first, _ = _two_steps(_SHAPED, beta=0.0)
-  shaped, _, _ = _two_steps(_SHAPED, beta=2.0)
+  combination reads no g_sup); tests/test_credit.py shows its direction on a tabular policy. The
+  penalty enters the reward before the advantage baseline: the shaped advantages stay centred
+  (a negative offset on every penalised row sharpened the policy onto its mode in a full run)."""
+  plain, first, _ = _two_steps(_SHAPED, beta=0.0, advantage="baseline")
+  shaped, shaped_first, _ = _two_steps(_SHAPED, beta=2.0, advantage="baseline")
   assert float(first["shaped/mismatch"]) > 0.1  # an untrained M often disagrees with Amp′
+  assert abs(float(shaped_first["pg/advantage_mean"])) < 1e-5
   gap = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), plain.params,
                                      shaped.params))
   assert max(gap) > 1e-4
