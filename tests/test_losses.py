@@ -262,3 +262,21 @@ def test_target_bad_options(kwargs, match):
   params, target = _trees()
   with pytest.raises(ValueError, match=match):
     update_target(params, target, 0, **kwargs)
+
+
+def test_entropy_bonus_is_the_weighted_mean_entropy_over_valid_tokens():
+  vocab = 5
+  logits = jnp.zeros((2, 3, vocab), jnp.float32).at[1, 0].set(jnp.array([50.0, 0, 0, 0, 0]))
+  token_mask = jnp.array([[True, True, False], [True, True, True]])
+  turn_mask = jnp.array([True, True])
+  got = losses.entropy_bonus(logits, token_mask, turn_mask)
+  # Four uniform positions (entropy log 5) and one near one-hot (entropy ~0), over 5 tokens.
+  np.testing.assert_allclose(float(got), 4 * np.log(vocab) / 5, rtol=1e-4)
+  # A masked row contributes nothing, whatever its logits hold (NaN included).
+  nan_row = logits.at[0].set(jnp.nan)
+  only_second = losses.entropy_bonus(nan_row, token_mask, jnp.array([False, True]))
+  np.testing.assert_allclose(float(only_second), 2 * np.log(vocab) / 3, rtol=1e-4)
+  # Its gradient raises the entropy: a sharp distribution flattens.
+  peaked = logits.at[1, 0, 0].set(2.0)
+  grad = jax.grad(lambda l: losses.entropy_bonus(l, token_mask, turn_mask))(peaked)
+  assert float(grad[1, 0, 0]) < 0 < float(grad[1, 0, 1])  # the dominant logit goes down

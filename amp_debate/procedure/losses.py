@@ -137,6 +137,34 @@ def policy_gradient_loss(logp: jax.Array, logp_old: jax.Array, token_mask: jax.A
   return loss, metrics
 
 
+def entropy_bonus(logits: jax.Array, token_mask: jax.Array, turn_mask: jax.Array,
+                  temperature: float | jax.Array = 1.0,
+                  token_weights: jax.Array | None = None) -> jax.Array:
+  """float32[]: the mean entropy of M's next-token distributions at the sampled positions.
+
+  Subtracted (times a coefficient) from the policy loss, it keeps self-play from collapsing onto
+  one deterministic answer: there both sides say the same thing, every game is a draw and the
+  policy gradient vanishes.
+
+  Args:
+    logits: float32[..., L, V] M's logits at the argument positions (teacher forced).
+    token_mask: bool[..., L]; turn_mask: bool[...]; token_weights: float32[..., L] or None, as in
+      ``policy_gradient_loss`` (the same weighted mean).
+    temperature: the sampling temperature the distributions are taken at.
+  Returns:
+    Σ w·H / Σ w over valid tokens; 0 when there are none.
+  """
+  chex.assert_rank(logits, token_mask.ndim + 1)
+  _check_tokens(turn_mask, token_mask)
+  mask = token_mask & turn_mask[..., None]
+  weights = jnp.ones(mask.shape, jnp.float32) if token_weights is None else token_weights
+  weights = jnp.where(mask, jax.lax.stop_gradient(weights), 0.0)
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+  entropy = -(jnp.exp(log_p) * log_p).sum(-1)
+  entropy = jnp.where(mask, entropy, 0.0)
+  return (jnp.sum(weights * entropy) / jnp.maximum(jnp.sum(weights), 1e-9)).astype(jnp.float32)
+
+
 # ---- distillation toward Amp′(H, M_target) ------------------------------------------------------
 def distillation_loss(logp_targets: jax.Array, mask: jax.Array) -> jax.Array:
   """float32[]: cross-entropy of M on the Amp′(H, M_target) answer tokens.

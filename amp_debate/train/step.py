@@ -64,6 +64,8 @@ class StepConfig:
       (``target.update_target``).
     shaped_beta: β of the shaped reward (read only when the step is built with
       ``combination="shaped"``).
+    entropy_coef: weight of the entropy bonus on the sampled positions, subtracted from the
+      policy loss (0: none, and no full-logit pass).
     distill_subquestions: one more Amp′ pass gives distillation targets for every subquestion posed.
     catastrophe: the catastrophe predicate (``losses.never_catastrophic``: no penalty).
   """
@@ -77,6 +79,7 @@ class StepConfig:
   target_period: int | None = None
   target_ema: float | None = 0.9
   shaped_beta: float = 0.0
+  entropy_coef: float = 0.0
   distill_subquestions: bool = True
   catastrophe: Any = losses.never_catastrophic
 
@@ -86,6 +89,7 @@ class StepConfig:
         curriculum=checks.of_type(curriculum.CurriculumConfig),
         temperature=model_player.TEMPERATURE, clip_eps=losses.CLIP_EPS,
         advantage=losses.ADVANTAGE_KIND, shaped_beta=checks.number(0.0),
+        entropy_coef=checks.number(0.0),
         distill_subquestions=checks.boolean)
     target.check_target_options(self.target_period, self.target_ema, owner="StepConfig",
                                 names=("target_period", "target_ema"))
@@ -224,10 +228,21 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     never = config.catastrophe is losses.never_catastrophic  # static: skip a constant-zero loss
 
     def policy_losses(params):  # RL and catastrophe share the forward pass over sampled tokens
-      logp = model.log_prob(params, policy_prompts, flat.tokens, answer_mask=flat.mask,
-                            temperature=config.temperature).reshape(shape)
+      if config.entropy_coef > 0:  # static: the full logits are needed only for the entropy
+        logits = model.answer_logits(params, policy_prompts, flat.tokens)  # [N, L, V]
+        log_p = jax.nn.log_softmax(logits / config.temperature, axis=-1)
+        logp = jnp.take_along_axis(log_p, flat.tokens[..., None], axis=-1)[..., 0]
+        logp = jnp.where(flat.mask, logp, 0.0).reshape(shape)
+      else:
+        logp = model.log_prob(params, policy_prompts, flat.tokens, answer_mask=flat.mask,
+                              temperature=config.temperature).reshape(shape)
       rl, pg_metrics = losses.policy_gradient_loss(logp, logp_old, prows.mask, prows.active,
                                                    row_adv, config.clip_eps, token_weights=weights)
+      if config.entropy_coef > 0:
+        entropy = losses.entropy_bonus(logits.reshape(shape + logits.shape[-1:]), prows.mask,
+                                       prows.active, config.temperature, token_weights=weights)
+        rl = rl - config.entropy_coef * entropy
+        pg_metrics = {**pg_metrics, "entropy": entropy}
       values = {"rl": rl}
       if not never:
         flags = losses.catastrophe_flags(config.catastrophe, prows.questions, prows.tokens,

@@ -107,6 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.step = ml_collections.ConfigDict()
   c.step.temperature = 1.0
   c.step.clip_eps = 0.2
+  # Entropy bonus on the sampled argument tokens (0: none): keeps self-play from collapsing onto
+  # one answer, where every game is a draw and the policy gradient vanishes.
+  c.step.entropy_coef = 0.0
   c.step.advantage = "normalize"
   c.step.target_period = 0  # > 0: hard copy every target_period steps (else Polyak target_ema)
   c.step.target_ema = 0.9
