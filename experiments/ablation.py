@@ -11,8 +11,8 @@ Runs, each with seeds 0..seeds-1 (``experiments/configs/default.py:task=permutat
   debate                     debate RL only (λ_sup = 0, call_prob = 0: claims are M's own)
   amplification, hybrid at debate.call_prob = 0.3   (about a third of the human calls)
 and the mechanism settings (``MECHANISMS``, ``--mechanism_seeds`` seeds each, default 1): the learned
-stop, no assigned claims, the shaped combination with beta = 0.5 and 0, each against the main setting
-it changes.
+stop, no assigned claims, the shaped combination with beta = 0.5 and 0, pure debate with an entropy
+bonus, each against the main setting it changes.
 Each run trains in ``<workdir>/<mode>_p<call_prob>[_<tag>]_s<seed>``; a run whose ``summary.json``
 exists is not run again (kill and rerun to resume: the trainer resumes unfinished runs). The tables
 (accuracy by level, debate honesty against scripted liars, human calls, debate length, wall time;
@@ -73,6 +73,9 @@ MECHANISMS = (
             "shaped_beta0.5"),
     Setting("hybrid", 0.3, (("combination.kind", "shaped"), ("combination.beta", 0.0)),
             "shaped_beta0"),
+    # The entropy bonus: pure debate collapses onto one answer per role (every game a draw, no
+    # gradient); does keeping the policy's entropy up let the debate signal teach M?
+    Setting("debate", 0.0, (("step.entropy_coef", 0.1),), "entropy0.1"),
 )
 
 
