@@ -308,3 +308,113 @@ def test_reading_the_state_fails_clearly():
     combine.multiplier(combine.shaped().init(PARAMS))
   with pytest.raises(ValueError, match="found 0"):
     combine.weights(optax.adam(1e-3).init(PARAMS))
+
+
+# --- hyperparameters as data ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start, end, steps", [(1.0, 0.0, 10), (1.0, 0.0, 25), (0.3, 0.7, 4)])
+def test_linear_weight_follows_optax_linear_schedule_and_anneals_to_exactly_zero(start, end, steps):
+  schedule = optax.linear_schedule(start, end, steps)
+  data = combine.weighted({"sup": combine.Linear(start, end, steps)})
+  compiled = combine.weighted({"sup": schedule})
+  update_data, update_compiled = jax.jit(data.update), jax.jit(compiled.update)
+  state_data, state_compiled = data.init(PARAMS), compiled.init(PARAMS)
+  for _ in range(steps + 3):
+    _, state_data = update_data({"sup": G_SUP}, state_data)
+    _, state_compiled = update_compiled({"sup": G_SUP}, state_compiled)
+    np.testing.assert_allclose(combine.weights(state_data)["sup"],
+                               combine.weights(state_compiled)["sup"], rtol=1e-6, atol=1e-7)
+  assert combine.weights(state_data)["sup"] == np.float32(end)  # 0.0 exactly when annealed to 0
+
+
+def test_constant_and_linear_weights_live_in_the_state():
+  state = combine.weighted({"rl": 0.5, "sup": combine.Linear(1.0, 0.0, 10),
+                            "cat": optax.constant_schedule(2.0)}).init(PARAMS)
+  assert set(state.schedules) == {"rl", "sup"}  # the callable stays compiled in
+  assert state.schedules["rl"] == (0.5, 0.5, 0) and state.schedules["sup"] == (1.0, 0.0, 10)
+  assert [x.dtype for x in state.schedules["sup"]] == [jnp.float32, jnp.float32, jnp.int32]
+
+
+def _counted(update):
+  """jax.jit(update) and a list that grows by one each time jit traces it (compiles)."""
+  traces = []
+
+  def counted(*args, **kwargs):
+    traces.append(1)
+    return update(*args, **kwargs)
+
+  return jax.jit(counted), traces
+
+
+@pytest.mark.parametrize("lam", [[0.0, 0.5, 2.0]])
+def test_a_weight_sweep_compiles_the_update_once_and_matches_constant_weights(lam):
+  tx = combine.weighted({"rl": 1.0, "sup": 1.0})
+  update, traces = _counted(tx.update)
+  outs = []
+  for value in lam:
+    state = combine.set_hparams(tx.init(PARAMS), weights={"sup": value})
+    assert float(combine.weights(state)["sup"]) == value
+    out, state = update({"rl": G_RL, "sup": G_SUP}, state)
+    assert float(combine.weights(state)["sup"]) == value
+    # The former path: λ a Python constant compiled into the program (one compile per value).
+    old = combine.weighted({"rl": lambda count: 1.0, "sup": lambda count, v=value: v})
+    expected, _ = jax.jit(old.update)({"rl": G_RL, "sup": G_SUP}, old.init(PARAMS))
+    _assert_close(out, expected, rtol=1e-6)
+    outs.append(out)
+  assert len(traces) == 1 and update._cache_size() == 1
+  assert not np.allclose(outs[0]["w"], outs[1]["w"]) and not np.allclose(outs[1]["w"], outs[2]["w"])
+
+
+def test_constrained_hyperparameters_are_data():
+  """limit, multiplier_lr and max_multiplier set by set_hparams behave as if given to
+  ``constrained``, through one compiled update."""
+  update, traces = _counted(combine.constrained(limit=0.0, multiplier_lr=1.0).update)
+  base = combine.constrained(limit=0.0, multiplier_lr=1.0).init(PARAMS)
+  for limit, lr, top in [(0.5, 0.1, 100.0), (1.0, 0.3, 100.0), (0.0, 2.0, 0.5)]:
+    state = combine.set_hparams(base, limit=limit, multiplier_lr=lr, max_multiplier=top)
+    reference_tx = combine.constrained(limit=limit, multiplier_lr=lr, max_multiplier=top)
+    reference = reference_tx.init(PARAMS)
+    for sup in (2.5, 1.2, 0.1):
+      out, state = update(ALL, state, losses={"sup": jnp.float32(sup)})
+      expected, reference = jax.jit(reference_tx.update)(ALL, reference,
+                                                         losses={"sup": jnp.float32(sup)})
+      _assert_close(out, expected, rtol=1e-6)
+      np.testing.assert_allclose(state.multiplier, reference.multiplier, rtol=1e-6)
+  assert float(state.multiplier) == 0.5  # clamped at the new max_multiplier
+  assert len(traces) == 1
+
+
+def test_set_hparams_refuses_what_is_not_data():
+  weighted = combine.chain(combine.weighted({"rl": 1.0, "sup": optax.constant_schedule(1.0)}),
+                           clip_norm=None, optimizer=optax.sgd(0.1)).init(PARAMS)
+  with pytest.raises(ValueError, match="'sup' is not data"):
+    combine.set_hparams(weighted, weights={"sup": 0.5})
+  with pytest.raises(ValueError, match="'cat' is not data"):
+    combine.set_hparams(weighted, weights={"cat": 0.5})
+  with pytest.raises(ValueError, match="has no option 'beta'"):
+    combine.set_hparams(weighted, beta=0.5)
+  with pytest.raises(ValueError, match="has no option 'limit'"):
+    combine.set_hparams(combine.shaped().init(PARAMS), limit=0.5)
+  with pytest.raises(ValueError, match="'weights\\['rl'\\]' must be a finite number >= 0.0"):
+    combine.set_hparams(weighted, weights={"rl": -1.0})
+  with pytest.raises(ValueError, match="'beta' must be a finite number >= 0.0"):
+    combine.set_hparams(combine.shaped().init(PARAMS), beta=-1.0)
+  chained = combine.set_hparams(weighted, weights={"rl": combine.Linear(2.0, 0.0, 5)})
+  assert jax.tree.structure(chained) == jax.tree.structure(weighted)
+  assert float(combine.weights(chained)["rl"]) == 2.0
+  shaped = combine.set_hparams(combine.shaped(beta=0.5).init(PARAMS), beta=2.0)
+  assert float(combine.beta(shaped)) == 2.0
+  with pytest.raises(ValueError, match="not 'shaped'"):
+    combine.beta(weighted)
+
+
+def test_hyperparameters_vmap_over_settings():
+  """A batch of settings (arrays, unchecked) runs as one vmapped update."""
+  tx = combine.weighted({"rl": 1.0, "sup": 1.0})
+  lams = jnp.array([0.0, 0.5, 2.0])
+  states = jax.vmap(lambda lam: combine.set_hparams(tx.init(PARAMS), weights={"sup": lam}))(lams)
+  outs, _ = jax.vmap(lambda s: tx.update({"rl": G_RL, "sup": G_SUP}, s))(states)
+  for i, lam in enumerate(lams):
+    _assert_close(jax.tree.map(lambda x: x[i], outs),
+                  _linear((1.0, G_RL), (float(lam), G_SUP)), rtol=1e-6)

@@ -105,10 +105,16 @@ def test_annealed_weights_follow_a_schedule():
   config.combination.weights.rl = 1.0
   config.combination.weights_end.rl = 0.0
   config.combination.anneal_steps = 10
-  weight = config_lib._weight(config, "rl")
-  assert float(weight(0)) == 1.0 and float(weight(5)) == pytest.approx(0.5)
-  assert float(weight(10)) == 0.0
-  assert isinstance(config_lib._weight(config, "sup"), float)
+  assert config_lib._weight(config, "rl") == combine.Linear(1.0, 0.0, 10)
+  tx = combine.weighted({"rl": config_lib._weight(config, "rl")})
+  update = jax.jit(tx.update)
+  state, applied = tx.init({}), []
+  for _ in range(12):
+    _, state = update({"rl": {}}, state)
+    applied.append(float(combine.weights(state)["rl"]))
+  assert applied[0] == 1.0 and applied[5] == pytest.approx(0.5) and applied[10:] == [0.0, 0.0]
+  sup = config_lib._weight(config, "sup")  # weights.sup == weights_end.sup: a constant
+  assert sup.start == sup.end == config.combination.weights.sup
 
 
 def test_config_arg_errors():

@@ -114,17 +114,26 @@ def test_bad_step_config_names_the_field():
     step_lib.StepConfig(curriculum="off")
 
 
-def _two_steps(combination, beta=0.0, advantage="none"):
-  """Step 1 updates M from a fixed init; step 2 (same rollout: M_target is frozen by a long target
-  period, same key) reports the distillation loss of the updated M on the same targets."""
+@functools.cache
+def _compiled(combination, advantage):
+  """(tx, config, jitted train step), built once per combination and advantage kind: the β of
+  the shaped combination is data in the state, so every β shares this step."""
   tx = combine.chain(combination, clip_norm=None, optimizer=optax.sgd(0.05))
   config = step_lib.StepConfig(
-      batch_size=16, curriculum=OFF, advantage=advantage, shaped_beta=beta, target_period=1000,
-      target_ema=None,
+      batch_size=16, curriculum=OFF, advantage=advantage, target_period=1000, target_ema=None,
       debate=debate.DebateConfig(t_max=4, call_prob=0.5, learned_stop=False, assign_prob=0.5))
-  kind = "shaped" if beta or combination is _SHAPED else "constrained"
-  train_step = step_lib.make_train_step(TASK, MODEL, tx, config, combination=kind)
-  state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+  kind = "shaped" if combination is _SHAPED else "constrained"
+  return tx, config, step_lib.make_train_step(TASK, MODEL, tx, config, combination=kind)
+
+
+@functools.cache
+def _two_steps(combination, beta=None, advantage="none"):
+  """Step 1 updates M from a fixed init; step 2 (same rollout: M_target is frozen by a long target
+  period, same key) reports the distillation loss of the updated M on the same targets.
+  ``beta``: the shaped β set in the initial state (None: the combination's own)."""
+  tx, config, train_step = _compiled(combination, advantage)
+  hparams = None if beta is None else {"beta": beta}
+  state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0), hparams=hparams)
   state, first = train_step(state, jax.random.key(1))
   probe = jax.tree.map(jnp.copy, state)
   _, second = train_step(probe, jax.random.key(2))
@@ -163,3 +172,55 @@ def test_human_calls_are_split_by_where_they_were_spent():
     parts = [float(metrics[f"human_calls/{k}"]) for k in debate.CALL_KINDS + ("targets",)]
     np.testing.assert_allclose(sum(parts), float(metrics["human_calls/per_question"]), rtol=1e-6)
     assert float(metrics["human_calls/claims"]) >= 1.0  # call_prob 1: every root claim
+
+
+def test_a_beta_sweep_reuses_one_compiled_step():
+  """Three β values of the shaped reward run through one compiled step (β is data in the
+  combination's state) and give three different updates."""
+  runs = [_two_steps(_SHAPED, beta=beta, advantage="baseline") for beta in (0.0, 0.5, 2.0)]
+  assert _compiled(_SHAPED, "baseline")[2]._cache_size() == 1
+  for (a, _, _), (b, _, _) in [(runs[0], runs[1]), (runs[1], runs[2])]:
+    gap = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a.params, b.params))
+    assert max(gap) > 1e-5
+  assert [float(combine.beta(state.opt_state)) for state, _, _ in runs] == [0.0, 0.5, 2.0]
+
+
+def test_a_lambda_sweep_compiles_the_step_once_and_matches_constant_weights():
+  """λ_sup ∈ {1, 0, 0.5}: one tx and one jitted step serve the sweep (states initialised with
+  ``hparams``); each result equals the step built for that λ alone, and λ_sup = 0.5 equals the
+  former path with λ a Python constant compiled into the program."""
+  tx = _tx(ALL)
+  config = step_lib.StepConfig(batch_size=8, curriculum=OFF,
+                               debate=debate.DebateConfig(t_max=4, learned_stop=True))
+  traces = []
+  pure = step_lib.build_train_step(TASK, MODEL, tx, config)
+
+  def counted(state, rng):
+    traces.append(1)  # runs once per trace, i.e. per compilation
+    return pure(state, rng)
+
+  train_step = jax.jit(counted, donate_argnums=0)
+  results = {}
+  for lam in (1.0, 0.0, 0.5):
+    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0),
+                                hparams={"weights": {"sup": lam}})
+    for i in range(2):
+      state, metrics = train_step(state, jax.random.key(i + 1))
+      assert float(metrics["weight/sup"]) == lam
+    results[lam] = jax.device_get(state.params)
+  assert len(traces) == 1 and train_step._cache_size() == 1
+  same = lambda a, b: jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
+  same(results[1.0], _run(ALL)[0].params)
+  same(results[0.0], _run((("rl", 1.0), ("sup", 0.0), ("cat", 1.0)))[0].params)
+  constant = lambda value: lambda count: value  # an optax schedule: compiled in
+  compiled_in = combine.chain(
+      combine.weighted({"rl": constant(1.0), "sup": constant(0.5), "cat": constant(1.0)}),
+      clip_norm=1.0, optimizer=optax.sgd(0.1))
+  state = step_lib.init_state(TASK, MODEL, compiled_in, config, jax.random.key(0))
+  old_step = step_lib.make_train_step(TASK, MODEL, compiled_in, config)
+  for i in range(2):
+    state, _ = old_step(state, jax.random.key(i + 1))
+  same(results[0.5], jax.device_get(state.params))
+  gap = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b)))
+  assert gap(results[1.0], results[0.5]) > 0 and gap(results[0.5], results[0.0]) > 0

@@ -6,8 +6,9 @@ each with the params' structure, of LOSSES to minimise: ``{"rl": g_rl, "sup": g_
 (params' structure), which the rest of an ``optax.chain`` (clipping, the optimiser) consumes; see
 ``chain``. The combination must come first in the chain.
 
-- ``weighted``: Σ_k λ_k(count)·g_k, each λ a constant or an optax schedule of the step count
-  (annealing to pure amplification, λ_rl → 0, or to pure debate, λ_sup → 0, is a config).
+- ``weighted``: Σ_k λ_k(count)·g_k, each λ a constant, a ``Linear`` anneal or an optax schedule of
+  the step count (annealing to pure amplification, λ_rl → 0, or to pure debate, λ_sup → 0, is a
+  config).
 - ``constrained``: minimise L_rl + λ_cat·L_cat subject to L_sup ≤ limit through the Lagrangian
   L_rl + λ_cat·L_cat + μ·(L_sup − limit), μ ≥ 0 updated by projected gradient ascent. Needs the
   current losses: ``update(updates, state, params, losses={"sup": L_sup, ...})``.
@@ -16,6 +17,12 @@ each with the params' structure, of LOSSES to minimise: ``{"rl": g_rl, "sup": g_
 The state (step count, the multiplier, the weights applied last) lives in the optax state and so
 checkpoints with the optimiser; ``weights``, ``multiplier`` and ``metrics`` read it out of a chain's
 state for logging. ``make`` builds a combination by name from config options.
+
+Hyperparameters are data: constant and ``Linear`` weights, the constrained ``limit``,
+``multiplier_lr`` and ``max_multiplier``, and the shaped ``beta`` are float32/int32 scalars in the
+state, set by ``init`` (from the options) or by ``set_hparams``, and ``update`` reads them from the
+state. One compiled update (or train step) therefore serves every value of a sweep, and the values
+can be vmapped over. Only callable schedules stay compiled into the program.
 """
 
 from __future__ import annotations
@@ -28,11 +35,31 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 OBJECTIVES = ("rl", "sup", "cat")
 
-Weight = float | Callable[[jax.Array], Any]  # a constant or an optax schedule of the step count
+
+
+class Linear(NamedTuple):
+  """A weight annealed linearly from ``start`` to ``end`` over ``steps`` updates, then held at
+  ``end`` (the values of ``optax.linear_schedule(start, end, steps)``); ``steps == 0`` or
+  ``start == end``: the constant ``start``. While annealing, values below SCHEDULE_ZERO count as 0.
+
+  As an option its fields are numbers (start, end finite >= 0; steps an integer >= 0) or arrays
+  (not checked: e.g. batched for vmap); in a combination's state they are float32[], float32[],
+  int32[] (data: changing them does not recompile the update).
+  """
+
+  start: Any
+  end: Any
+  steps: Any
+
+
+# A constant >= 0 (carried as data, like Linear), a Linear anneal (data), or an optax schedule of
+# the step count (a Python callable: compiled into the update).
+Weight = float | Linear | Callable[[jax.Array], Any]
 
 # Schedule values below this count as exactly 0. Jitted optax schedules miss an end value of 0 by
 # float rounding: optax.linear_schedule(1.0, 0.0, n) gives -1.5e-8 for n = 10 and +2.2e-8 for n = 25
@@ -48,10 +75,13 @@ class WeightedState(NamedTuple):
     count: int32[] number of updates done.
     weights: {objective: float32[]} the λ_k applied by the latest update (after init: those the
       first update will apply).
+    schedules: {objective: Linear of float32[], float32[], int32[]} the weights given as numbers
+      or Linear (hyperparameters as data); callable schedules are not here.
   """
 
   count: jax.Array
   weights: dict[str, jax.Array]
+  schedules: dict[str, Linear]
 
 
 class ConstrainedState(NamedTuple):
@@ -62,11 +92,19 @@ class ConstrainedState(NamedTuple):
     multiplier: float32[] μ ∈ [0, max_multiplier], the multiplier the NEXT update applies.
     weights: {"rl", "sup", "cat": float32[]} the weights applied by the latest update; "sup" is the
       μ it applied (before its own ascent step). After init: those the first update will apply.
+    schedules: {"rl", "cat" (those given as numbers or Linear): Linear} λ_rl, λ_cat as data.
+    limit: float32[] the bound on L_sup.
+    multiplier_lr: float32[] the ascent step size on μ.
+    max_multiplier: float32[] the clamp on μ.
   """
 
   count: jax.Array
   multiplier: jax.Array
   weights: dict[str, jax.Array]
+  schedules: dict[str, Linear]
+  limit: jax.Array
+  multiplier_lr: jax.Array
+  max_multiplier: jax.Array
 
 
 class ShapedState(NamedTuple):
@@ -76,10 +114,15 @@ class ShapedState(NamedTuple):
     count: int32[] number of updates done.
     weights: {"rl", "cat": float32[]} the weights applied by the latest update (after init: those
       the first update will apply).
+    schedules: {"rl", "cat" (those given as numbers or Linear): Linear} the weights as data.
+    beta: float32[] β of the shaped reward (``shape_rewards``), read by the train step (``beta``);
+      the update itself does not use it.
   """
 
   count: jax.Array
   weights: dict[str, jax.Array]
+  schedules: dict[str, Linear]
+  beta: jax.Array
 
 
 CombinationState = WeightedState | ConstrainedState | ShapedState
@@ -102,22 +145,67 @@ def _check_number(option: str, value: Any, *, low: float, low_inclusive: bool = 
   return number
 
 
+def _hparam(option: str, value: Any, dtype, *, low: float, low_inclusive: bool = True) -> Any:
+  """A hyperparameter option: an array as is (cast to ``dtype``, unchecked: it may be traced or
+  batched), else a finite number above ``low`` (ValueError naming the option)."""
+  if isinstance(value, jax.core.Tracer) or np.ndim(value) > 0:
+    return jnp.asarray(value, dtype)
+  number = _check_number(option, value, low=low, low_inclusive=low_inclusive)
+  if dtype == jnp.int32 and number != int(number):
+    raise ValueError(f"option '{option}' must be an integer, got {value!r}")
+  return int(number) if dtype == jnp.int32 else number
+
+
 def _check_weight(option: str, weight: Weight) -> Weight:
-  """A schedule (callable) as is; a constant must be finite and >= 0 (ValueError naming option)."""
-  return weight if callable(weight) else _check_number(option, weight, low=0.0)
+  """A schedule (callable) as is; a constant or Linear is checked (finite, >= 0; integer steps)
+  and returned as a Linear of numbers (ValueError naming the option)."""
+  if callable(weight):
+    return weight
+  if isinstance(weight, Linear):
+    return Linear(_hparam(f"{option}.start", weight.start, jnp.float32, low=0.0),
+                  _hparam(f"{option}.end", weight.end, jnp.float32, low=0.0),
+                  _hparam(f"{option}.steps", weight.steps, jnp.int32, low=0.0))
+  value = _hparam(option, weight, jnp.float32, low=0.0)
+  return Linear(value, value, 0)
 
 
-def _weight_at(weight: Weight, count: jax.Array) -> jax.Array:
-  """float32[] the weight at step ``count`` (int32[]); schedule values < SCHEDULE_ZERO become 0."""
-  if not callable(weight):
-    return jnp.asarray(weight, jnp.float32)
+def _as_data(weight: Linear) -> Linear:
+  """The Linear as state arrays: float32[], float32[], int32[]."""
+  return Linear(jnp.asarray(weight.start, jnp.float32), jnp.asarray(weight.end, jnp.float32),
+                jnp.asarray(weight.steps, jnp.int32))
+
+
+def _linear_at(weight: Linear, count: jax.Array) -> jax.Array:
+  """float32[] a Linear (state arrays) at step ``count`` (int32[]), computed in the graph.
+
+  Matches ``optax.linear_schedule(start, end, steps)(count)`` (to float32 rounding) while
+  annealing, where values below SCHEDULE_ZERO become 0; else the constant ``start``.
+  """
+  annealing = (weight.steps > 0) & (weight.start != weight.end)
+  steps = jnp.maximum(weight.steps, 1)
+  frac = 1 - jnp.clip(count, 0, steps) / steps
+  value = ((weight.start - weight.end) * frac + weight.end).astype(jnp.float32)
+  value = jnp.where(value < SCHEDULE_ZERO, 0.0, value)
+  return jnp.where(annealing, value, weight.start)
+
+
+def _weight_at(weight: Callable[[jax.Array], Any], count: jax.Array) -> jax.Array:
+  """float32[] a callable schedule at step ``count`` (int32[]); values < SCHEDULE_ZERO become 0."""
   value = jnp.asarray(weight(count), jnp.float32)
   return jnp.where(value < SCHEDULE_ZERO, 0.0, value)
 
 
-def _weights_at(weights: Mapping[str, Weight], count: jax.Array) -> dict[str, jax.Array]:
-  """{objective: float32[]} each weight evaluated at step ``count`` (int32[])."""
-  return {name: _weight_at(w, count) for name, w in weights.items()}
+def _weights_at(weights: Mapping[str, Weight], schedules: Mapping[str, Linear],
+                count: jax.Array) -> dict[str, jax.Array]:
+  """{objective: float32[]} each weight at step ``count`` (int32[]): a callable in ``weights``
+  from the closure, any other from its data in ``schedules`` (the state's)."""
+  return {name: _weight_at(w, count) if callable(w) else _linear_at(schedules[name], count)
+          for name, w in weights.items()}
+
+
+def _schedules(weights: Mapping[str, Weight]) -> dict[str, Linear]:
+  """{objective: Linear of state arrays} for the weights that are data (not callables)."""
+  return {name: _as_data(w) for name, w in weights.items() if not callable(w)}
 
 
 def _check_updates(updates: Updates, allowed: Any, combination: str) -> None:
@@ -158,21 +246,25 @@ def _combine(updates: Updates, weights: Mapping[str, jax.Array]) -> optax.Update
 # The three combinations.
 
 
-def _scheduled_sum(weights: Mapping[str, Weight], *, allowed: Any, name: str,
-                   state_type) -> optax.GradientTransformationExtraArgs:
-  """Σ λ_k(count) g_k over ``weights`` (objectives in ``allowed`` but not in ``weights`` are
-  ignored); the state (``state_type``: count, weights applied) counts steps for the schedules."""
+def _scheduled_sum(weights: Mapping[str, Weight], *, allowed: Any, name: str, state_type,
+                   **extra_fields: float) -> optax.GradientTransformationExtraArgs:
+  """Σ λ_k(count) g_k over ``weights`` (checked; objectives in ``allowed`` but not in ``weights``
+  are ignored); the state (``state_type``: count, weights applied, schedules, and
+  ``extra_fields`` as float32[] that the update carries along) counts steps for the schedules."""
 
   def init_fn(params):
     del params
     count = jnp.zeros([], jnp.int32)
-    return state_type(count=count, weights=_weights_at(weights, count))
+    schedules = _schedules(weights)
+    extra = {k: jnp.asarray(v, jnp.float32) for k, v in extra_fields.items()}
+    return state_type(count=count, weights=_weights_at(weights, schedules, count),
+                      schedules=schedules, **extra)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     _check_updates(updates, allowed, name)
-    applied = _weights_at(weights, state.count)
-    new_state = state_type(count=optax.safe_increment(state.count), weights=applied)
+    applied = _weights_at(weights, state.schedules, state.count)
+    new_state = state._replace(count=optax.safe_increment(state.count), weights=applied)
     return _combine(updates, applied), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -182,8 +274,10 @@ def weighted(weights: Mapping[str, Weight]) -> optax.GradientTransformationExtra
   """Σ_k λ_k(count)·g_k: the weighted sum of the per-objective gradients.
 
   Args:
-    weights: {objective: λ}, each a constant >= 0 or an optax schedule of the step count (e.g.
-      ``optax.linear_schedule(1.0, 0.0, 10_000)``; its values below SCHEDULE_ZERO count as 0).
+    weights: {objective: λ}, each a constant >= 0, a ``Linear(start, end, steps)`` anneal (both
+      carried as data in the state) or an optax schedule of the step count (e.g.
+      ``optax.linear_schedule(1.0, 0.0, 10_000)``, compiled in; its values below SCHEDULE_ZERO
+      count as 0).
       ``updates`` may hold any subset of these keys; an objective with λ == 0 contributes exactly
       0.0 (even where its gradient is not finite).
   Returns:
@@ -220,8 +314,8 @@ def constrained(limit: float, multiplier_lr: float, *, rl_weight: Weight = 1.0,
   Args:
     limit: finite >= 0, the bound on L_sup (e.g. a baseline's L_sup + ε).
     multiplier_lr: finite > 0, the step size of the ascent on μ.
-    rl_weight: λ_rl, constant >= 0 or a schedule of the step count.
-    cat_weight: λ_cat, constant >= 0 or a schedule of the step count.
+    rl_weight: λ_rl, constant >= 0, Linear or a schedule of the step count.
+    cat_weight: λ_cat, constant >= 0, Linear or a schedule of the step count.
     init_multiplier: μ at step 0, in [0, max_multiplier].
     max_multiplier: finite > 0, the clamp on μ.
     project: whether to apply the CPO-style projection of g_rl.
@@ -233,33 +327,40 @@ def constrained(limit: float, multiplier_lr: float, *, rl_weight: Weight = 1.0,
   multiplier_lr = _check_number("multiplier_lr", multiplier_lr, low=0.0, low_inclusive=False)
   max_multiplier = _check_number("max_multiplier", max_multiplier, low=0.0, low_inclusive=False)
   init_multiplier = _check_number("init_multiplier", init_multiplier, low=0.0)
+  # limit, multiplier_lr, max_multiplier and the data weights go into the state at init; the
+  # update reads them from there.
   if init_multiplier > max_multiplier:
     raise ValueError(f"option 'init_multiplier' ({init_multiplier}) must be <= option "
                      f"'max_multiplier' ({max_multiplier})")
   fixed = {"rl": _check_weight("rl_weight", rl_weight),
            "cat": _check_weight("cat_weight", cat_weight)}
 
-  def applied_at(count, mu):
-    return {**_weights_at(fixed, count), "sup": mu}
+  def applied_at(count, mu, schedules):
+    return {**_weights_at(fixed, schedules, count), "sup": mu}
 
   def init_fn(params):
     del params
     count = jnp.zeros([], jnp.int32)
     mu = jnp.asarray(init_multiplier, jnp.float32)
-    return ConstrainedState(count=count, multiplier=mu, weights=applied_at(count, mu))
+    schedules = _schedules(fixed)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    return ConstrainedState(count=count, multiplier=mu, weights=applied_at(count, mu, schedules),
+                            schedules=schedules, limit=f32(limit),
+                            multiplier_lr=f32(multiplier_lr), max_multiplier=f32(max_multiplier))
 
   def update_fn(updates, state, params=None, *, losses=None, **extra_args):
     del params, extra_args
     _check_updates(updates, OBJECTIVES, "constrained")
     sup_loss = _sup_loss(losses)
-    applied = applied_at(state.count, state.multiplier)
-    violated = sup_loss > limit  # False for NaN
+    applied = applied_at(state.count, state.multiplier, state.schedules)
+    violated = sup_loss > state.limit  # False for NaN
     if project and "rl" in updates and "sup" in updates:
       updates = {**updates, "rl": _project_away(updates["rl"], updates["sup"], violated)}
-    ascended = jnp.clip(state.multiplier + multiplier_lr * (sup_loss - limit), 0.0, max_multiplier)
+    ascended = jnp.clip(state.multiplier + state.multiplier_lr * (sup_loss - state.limit), 0.0,
+                        state.max_multiplier)
     mu = jnp.where(jnp.isfinite(sup_loss), ascended, state.multiplier)
-    new_state = ConstrainedState(count=optax.safe_increment(state.count), multiplier=mu,
-                                 weights=applied)
+    new_state = state._replace(count=optax.safe_increment(state.count), multiplier=mu,
+                               weights=applied)
     return _combine(updates, applied), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -291,8 +392,8 @@ def _project_away(g: optax.Updates, d: optax.Updates, active: jax.Array) -> opta
   return jax.tree.map(lambda x, y: (x - coef * y).astype(x.dtype), g, d)
 
 
-def shaped(*, rl_weight: Weight = 1.0,
-           cat_weight: Weight = 1.0) -> optax.GradientTransformationExtraArgs:
+def shaped(*, rl_weight: Weight = 1.0, cat_weight: Weight = 1.0,
+           beta: float = 0.0) -> optax.GradientTransformationExtraArgs:
   """λ_rl·g_rl + λ_cat·g_cat, ignoring g_sup.
 
   In the shaped mode the supervised loss already entered the RL reward (``shape_rewards``: r ← r −
@@ -300,15 +401,19 @@ def shaped(*, rl_weight: Weight = 1.0,
   this the weighted mode). A "sup" entry in ``updates`` is therefore accepted and ignored.
 
   Args:
-    rl_weight: λ_rl, constant >= 0 or a schedule of the step count.
-    cat_weight: λ_cat, constant >= 0 or a schedule of the step count.
+    rl_weight: λ_rl, constant >= 0, Linear or a schedule of the step count.
+    cat_weight: λ_cat, constant >= 0, Linear or a schedule of the step count.
+    beta: finite >= 0, β of the shaped reward. Kept in the state (data) for the train step, which
+      reads it with ``combine.beta(opt_state)``; the update does not use it.
   Returns:
     a GradientTransformationExtraArgs with ``ShapedState``; extra args are accepted and ignored.
   """
   fixed = {"rl": _check_weight("rl_weight", rl_weight),
            "cat": _check_weight("cat_weight", cat_weight)}
+  beta = _check_number("beta", beta, low=0.0)
 
-  return _scheduled_sum(fixed, allowed=OBJECTIVES, name="shaped", state_type=ShapedState)
+  return _scheduled_sum(fixed, allowed=OBJECTIVES, name="shaped", state_type=ShapedState,
+                        beta=beta)
 
 
 def shape_rewards(rewards: jax.Array, sup_losses: jax.Array, beta: float | jax.Array,
@@ -390,6 +495,68 @@ def find_state(opt_state: Any) -> CombinationState:
 def weights(opt_state: Any) -> dict[str, jax.Array]:
   """{objective: float32[]} the weights the latest update applied ("sup" in constrained: μ)."""
   return dict(find_state(opt_state).weights)
+
+
+def beta(opt_state: Any) -> jax.Array:
+  """float32[] β of the shaped reward (shaped only)."""
+  state = find_state(opt_state)
+  if not isinstance(state, ShapedState):
+    raise ValueError(f"beta: the combination is not 'shaped' (state {type(state).__name__})")
+  return state.beta
+
+
+def set_hparams(opt_state: Any, *, weights: Mapping[str, float | Linear] | None = None,
+                limit: Any = None, multiplier_lr: Any = None, max_multiplier: Any = None,
+                beta: Any = None) -> Any:
+  """``opt_state`` with the combination's hyperparameters replaced; None leaves one as it is.
+
+  The state's structure, shapes and dtypes do not change, so an update (or train step) compiled
+  for one value serves them all: build the optimiser and the step once, then give each setting
+  of a sweep its own state (``step.init_state(..., hparams=...)``). The weights the next update
+  applies (``weights``) are recomputed at the state's count. The arrays not replaced are shared
+  with ``opt_state`` (mind donation).
+
+  Args:
+    opt_state: an optimiser state holding one combination state (e.g. a chain's).
+    weights: {objective: constant >= 0 or Linear} for objectives whose weight is data (given to
+      the combination as a number or Linear, not a callable schedule).
+    limit, multiplier_lr, max_multiplier: constrained only (checked as in ``constrained``; μ is
+      clamped to the new max_multiplier).
+    beta: shaped only, >= 0.
+    Numbers are checked; arrays (e.g. batched, for vmap) are cast to float32/int32 unchecked.
+  Returns:
+    the optimiser state with the new combination state. ValueError names a bad option.
+  """
+  state = find_state(opt_state)
+  kind = type(state).__name__
+  changes = {}
+  schedules = dict(state.schedules)
+  for name, weight in (weights or {}).items():
+    if name not in schedules:
+      raise ValueError(f"set_hparams: the weight of {name!r} is not data in this {kind} (data "
+                       f"weights: {sorted(schedules)}; a callable schedule is compiled in)")
+    if callable(weight):
+      raise ValueError(f"set_hparams: weights[{name!r}] must be a number or Linear, got a callable")
+    schedules[name] = _as_data(_check_weight(f"weights[{name!r}]", weight))
+  if weights:
+    changes["schedules"] = schedules
+    changes["weights"] = {**state.weights, **{name: _linear_at(schedules[name], state.count)
+                                              for name in weights}}
+  constrained_only = {"limit": (limit, 0.0, True), "multiplier_lr": (multiplier_lr, 0.0, False),
+                      "max_multiplier": (max_multiplier, 0.0, False)}
+  for option, (value, low, inclusive) in {**constrained_only, "beta": (beta, 0.0, True)}.items():
+    if value is None:
+      continue
+    if not hasattr(state, option):
+      raise ValueError(f"set_hparams: {kind} has no option {option!r}")
+    value = _hparam(option, value, jnp.float32, low=low, low_inclusive=inclusive)
+    changes[option] = jnp.asarray(value, jnp.float32)
+  if "max_multiplier" in changes:
+    changes["multiplier"] = jnp.minimum(state.multiplier, changes["max_multiplier"])
+  new = state._replace(**changes)
+  kinds = (WeightedState, ConstrainedState, ShapedState)
+  return jax.tree.map(lambda node: new if isinstance(node, kinds) else node, opt_state,
+                      is_leaf=lambda x: isinstance(x, kinds))
 
 
 def multiplier(opt_state: Any) -> jax.Array:

@@ -3,8 +3,8 @@ describes, and resume safety.
 
 A config is an ``ml_collections.ConfigDict`` (``experiments/configs/*.py``). Each field is checked
 in one place:
-  * ``debate.*``, ``curriculum.*``, ``step.*``, ``model.*``, ``batch_size`` and
-    ``combination.beta`` set fields of the frozen dataclasses the pure code consumes
+  * ``debate.*``, ``curriculum.*``, ``step.*``, ``model.*`` and ``batch_size`` set fields of the
+    frozen dataclasses the pure code consumes
     (``DebateConfig``, ``CurriculumConfig``, ``StepConfig``, and ``ModelConfig`` through
     ``models.preset``), which check them on construction. ``OWNED`` maps each such config field to
     the dataclass field it sets; the builders (``make_model``, ``make_step_config``) report the
@@ -57,9 +57,8 @@ _MODEL_SIZES = ("num_layers", "d_model", "num_heads", "d_ff")  # 0 in the config
 # dataclass field ("owner.field", as ``checks.FieldError`` names it).
 OWNED: dict[str, str] = {
     "batch_size": "StepConfig.batch_size",
-    "combination.beta": "StepConfig.shaped_beta",
     **{f"step.{f}": f"StepConfig.{f}" for f in _fields(
-        step_lib.StepConfig, "batch_size", "debate", "curriculum", "shaped_beta", "catastrophe")},
+        step_lib.StepConfig, "batch_size", "debate", "curriculum", "catastrophe")},
     **{f"debate.{f}": f"DebateConfig.{f}" for f in _fields(debate.DebateConfig, "early_exit")},
     **{f"curriculum.{f}": f"CurriculumConfig.{f}" for f in _fields(curriculum.CurriculumConfig)},
     "model.preset": "models.preset",
@@ -105,6 +104,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "combination.anneal_steps": checks.integer(0),
     "combination.limit": checks.number(0.0),
     "combination.multiplier_lr": checks.number(0.0, lo_open=True),
+    "combination.beta": checks.number(0.0),
     "mesh.data": _mesh_axis,
     "mesh.fsdp": _mesh_axis,
     "distributed": checks.boolean,
@@ -278,20 +278,21 @@ def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
         "curriculum": curriculum.CurriculumConfig(**config.curriculum),
         "target_period": target_period,
         "target_ema": None if target_period is not None else s.target_ema,
-        "shaped_beta": config.combination.beta,
     })
 
 
-def _weight(config: ml_collections.ConfigDict, name: str):
-  start, end = config.combination.weights[name], config.combination.weights_end[name]
-  steps = config.combination.anneal_steps
-  if steps == 0 or start == end:
-    return float(start)
-  return optax.linear_schedule(float(start), float(end), steps)
+def _weight(config: ml_collections.ConfigDict, name: str) -> combine.Linear:
+  """λ_name: weights.name annealed linearly to weights_end.name over anneal_steps (0: constant)."""
+  c = config.combination
+  return combine.Linear(float(c.weights[name]), float(c.weights_end[name]), int(c.anneal_steps))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-  """combination -> clip -> adam (with optional linear warm-up)."""
+  """combination -> clip -> adam (with optional linear warm-up).
+
+  The combination's hyperparameters (the λ anneals, limit, multiplier_lr, β) are data in its
+  state (``combine``), so configs that differ only in them share one compiled step.
+  """
   kind = config.combination.kind
   if kind == "weighted":
     combination = combine.make("weighted", weights={k: _weight(config, k) for k in combine.OBJECTIVES})
@@ -301,7 +302,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                                rl_weight=_weight(config, "rl"), cat_weight=_weight(config, "cat"))
   else:
     combination = combine.make("shaped", rl_weight=_weight(config, "rl"),
-                               cat_weight=_weight(config, "cat"))
+                               cat_weight=_weight(config, "cat"), beta=config.combination.beta)
   lr = config.optimizer.learning_rate
   if config.optimizer.warmup_steps:
     lr = optax.linear_schedule(0.0, lr, config.optimizer.warmup_steps)

@@ -30,6 +30,7 @@ the ground-truth answers of the same question distribution (all levels; no H, no
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import chex
@@ -62,8 +63,6 @@ class StepConfig:
     advantage: how rewards become advantages (``losses.ADVANTAGE_KINDS``).
     target_period, target_ema: the target network's update; exactly one is given
       (``target.update_target``).
-    shaped_beta: β of the shaped reward (read only when the step is built with
-      ``combination="shaped"``).
     entropy_coef: weight of the entropy bonus on the sampled positions, subtracted from the
       policy loss (0: none, and no full-logit pass).
     distill_subquestions: one more Amp′ pass gives distillation targets for every subquestion posed.
@@ -78,7 +77,6 @@ class StepConfig:
   advantage: str = "normalize"
   target_period: int | None = None
   target_ema: float | None = 0.9
-  shaped_beta: float = 0.0
   entropy_coef: float = 0.0
   distill_subquestions: bool = True
   catastrophe: Any = losses.never_catastrophic
@@ -88,7 +86,7 @@ class StepConfig:
         self, batch_size=checks.integer(1), debate=checks.of_type(debate.DebateConfig),
         curriculum=checks.of_type(curriculum.CurriculumConfig),
         temperature=model_player.TEMPERATURE, clip_eps=losses.CLIP_EPS,
-        advantage=losses.ADVANTAGE_KIND, shaped_beta=checks.number(0.0),
+        advantage=losses.ADVANTAGE_KIND,
         entropy_coef=checks.number(0.0),
         distill_subquestions=checks.boolean)
     target.check_target_options(self.target_period, self.target_ema, owner="StepConfig",
@@ -107,11 +105,26 @@ class TrainState:
 
 
 def init_state(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
-               config: StepConfig, rng: jax.Array) -> TrainState:
+               config: StepConfig, rng: jax.Array,
+               hparams: Mapping[str, Any] | None = None) -> TrainState:
+  """A fresh TrainState: M from ``rng``, M_target a copy, ``tx``'s state, the curriculum's start.
+
+  ``hparams``: keyword arguments of ``combine.set_hparams`` (``weights``, ``limit``,
+  ``multiplier_lr``, ``max_multiplier``, ``beta``) replacing the values ``tx`` was built with. The
+  step built once from ``tx`` serves states initialised with any such values without recompiling
+  (a λ or β sweep).
+  """
   params = model.init(rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    target_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
-                    curriculum=curriculum.init(config.curriculum, task.max_difficulty))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     target_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
+                     curriculum=curriculum.init(config.curriculum, task.max_difficulty))
+  return with_hparams(state, **hparams) if hparams else state
+
+
+def with_hparams(state: TrainState, **hparams) -> TrainState:
+  """``state`` with the combination's hyperparameters replaced (``combine.set_hparams``; same
+  structure, so the same compiled step runs it). Shares the unchanged arrays with ``state``."""
+  return state.replace(opt_state=combine.set_hparams(state.opt_state, **hparams))
 
 
 def _safe_prompts(prompts):
@@ -210,7 +223,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       row_mask = prows.active.reshape(batch_size, -1)
       row_rewards = combine.shape_rewards(
           credit.row_values(rewards, num_nodes, num_sub).reshape(batch_size, -1),
-          mismatch.reshape(batch_size, -1), config.shaped_beta, row_mask)
+          mismatch.reshape(batch_size, -1), combine.beta(state.opt_state), row_mask)
       row_adv = losses.advantages(row_rewards, row_mask, config.advantage).reshape(
           prows.active.shape)  # [B, R, 2, K]
     else:
