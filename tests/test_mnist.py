@@ -22,7 +22,7 @@ def shared_dir():
 
 
 @pytest.fixture(scope="module")
-def test_split(shared_dir):
+def offline_test_split(shared_dir):
   return mnist.load("test", source="offline", offline_dir=shared_dir)
 
 
@@ -35,8 +35,8 @@ def copy_dir(shared_dir, tmp_path):
   return target
 
 
-def test_test_split_shapes_dtypes_and_labels(test_split):
-  images, labels = test_split
+def test_test_split_shapes_dtypes_and_labels(offline_test_split):
+  images, labels = offline_test_split
   assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
   assert labels.shape == (10_000,) and labels.dtype == np.int32
   assert labels.min() == 0 and labels.max() == 9
@@ -46,8 +46,8 @@ def test_test_split_shapes_dtypes_and_labels(test_split):
   assert images[:, :, :2].mean() < 1 and images[:, 10:18, 10:18].mean() > 50
 
 
-def test_splits_partition_the_test_split(test_split, shared_dir):
-  images, labels = test_split
+def test_splits_partition_the_test_split(offline_test_split, shared_dir):
+  images, labels = offline_test_split
   train_images, train_labels = mnist.load("judge_train", source="offline", offline_dir=shared_dir)
   eval_images, eval_labels = mnist.load("eval", source="offline", offline_dir=shared_dir)
   assert train_images.shape == (8_000, 28, 28) and eval_images.shape == (2_000, 28, 28)
@@ -57,12 +57,12 @@ def test_splits_partition_the_test_split(test_split, shared_dir):
     assert (np.bincount(split_labels, minlength=10) > 0.07 * len(split_labels)).all()
 
 
-def test_auto_uses_the_offline_copy_without_tfds(shared_dir, test_split, monkeypatch):
+def test_auto_uses_the_offline_copy_without_tfds(shared_dir, offline_test_split, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("auto must not go to TFDS when the offline copy exists")
   monkeypatch.setattr(mnist, "load_tfds", fail)
   images, labels = mnist.load("eval", offline_dir=shared_dir)
-  np.testing.assert_array_equal(labels, test_split[1][8_000:])
+  np.testing.assert_array_equal(labels, offline_test_split[1][8_000:])
 
 
 def test_environment_variable_sets_the_offline_dir(copy_dir, monkeypatch):
