@@ -216,7 +216,7 @@ class LanguageModel:
     """
     logits = self.answer_logits(params, prompts, answers, prompt_lengths=prompt_lengths,
                                 dropout_rng=dropout_rng)
-    log_probs = _token_log_probs(logits, answers, temperature)
+    log_probs = token_log_probs(logits, answers, temperature)
     if answer_mask is not None:
       chex.assert_equal_shape([answer_mask, answers])
       log_probs = jnp.where(answer_mask, log_probs, 0.0)
@@ -295,7 +295,7 @@ class LanguageModel:
       token = jnp.where(greedy, jnp.argmax(logits, axis=-1),
                         jax.random.categorical(key, logits / temperature, axis=-1))
       token = token.astype(jnp.int32)
-      return token, _token_log_probs(logits, token, temperature)
+      return token, token_log_probs(logits, token, temperature)
 
     keys = jax.random.split(rng, answer_len)
     first = choose(logits, keys[0])
@@ -327,7 +327,7 @@ class LanguageModel:
     return jax.lax.fori_loop(0, answer_len, body, answers)
 
 
-def _token_log_probs(logits, tokens, temperature):
+def token_log_probs(logits, tokens, temperature):
   """float32[..., V] logits, int32[...] tokens -> float32[...] log softmax(logits / T)[token]."""
   log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
   return jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]

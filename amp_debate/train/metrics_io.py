@@ -118,7 +118,17 @@ def _json_value(name: str, value: Any) -> Any:
   return value
 
 
-class JsonlWriter:
+class _ClosedOnExit:
+  """``with obj: ...`` calls ``obj.close()`` on the way out (the writers and the progress bar)."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+class JsonlWriter(_ClosedOnExit):
   """Appends ``{"step": s, "time": t, **metrics}`` lines to ``<logdir>/<filename>``.
 
   Every line is flushed to the OS as it is written (and ``fsync``-ed too if ``fsync=True``, which
@@ -160,12 +170,6 @@ class JsonlWriter:
     if self._file is not None:
       self._file.close()
       self._file = None
-
-  def __enter__(self) -> JsonlWriter:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
 
 
 def _drop_partial_last_line(path: str) -> None:
@@ -226,7 +230,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 _EVENT_FILE_IDS = itertools.count()  # numbers the event files this process opens
 
 
-class MetricWriter:
+class MetricWriter(_ClosedOnExit):
   """Fan-out to a TensorBoard event file and a ``JsonlWriter`` in ``logdir``, on process 0 only.
 
   On other processes (``jax.process_index() != 0`` at construction) every method is a no-op and
@@ -283,12 +287,6 @@ class MetricWriter:
       self._jsonl.close()
       self._jsonl = None
 
-  def __enter__(self) -> MetricWriter:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
-
 
 # ----------------------------------------------------------------------------------------------
 # Progress bar.
@@ -338,7 +336,7 @@ class _LogLines:
     self._stream.flush()
 
 
-class ProgressBar:
+class ProgressBar(_ClosedOnExit):
   """A ``tqdm`` bar driven by the absolute step: ``desc: pct|bar| step/total [elapsed<ETA, rate,
   postfix]``.
 
@@ -379,12 +377,6 @@ class ProgressBar:
   def close(self) -> None:
     """Shows the final state and ends the line. Idempotent."""
     self._bar.close()
-
-  def __enter__(self) -> ProgressBar:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
 
 
 # ----------------------------------------------------------------------------------------------

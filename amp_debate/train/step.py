@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from amp_debate import checks
-from amp_debate.models.transformer import LanguageModel
+from amp_debate.models.transformer import LanguageModel, token_log_probs
 from amp_debate.procedure import (combine, credit, curriculum, debate, losses, model_player,
                                   protocol, target)
 from amp_debate.procedure.amplify import amplify
@@ -243,8 +243,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     def policy_losses(params):  # RL and catastrophe share the forward pass over sampled tokens
       if config.entropy_coef > 0:  # static: the full logits are needed only for the entropy
         logits = model.answer_logits(params, policy_prompts, flat.tokens)  # [N, L, V]
-        log_p = jax.nn.log_softmax(logits / config.temperature, axis=-1)
-        logp = jnp.take_along_axis(log_p, flat.tokens[..., None], axis=-1)[..., 0]
+        logp = token_log_probs(logits, flat.tokens, config.temperature)
         logp = jnp.where(flat.mask, logp, 0.0).reshape(shape)
       else:
         logp = model.log_prob(params, policy_prompts, flat.tokens, answer_mask=flat.mask,
