@@ -10,7 +10,8 @@ of every step, replicated outputs of the step) and ``DIR/params.npz`` (the final
 resharded to be replicated on every device so that one process can read them whole).
 
 ``tests/test_sharding.py`` launches two of these and compares the files with ``run`` on one
-process with 8 devices; both use the tiny setup defined here (``setup``).
+process with 8 devices; both use the tiny run of ``tests/tiny.py`` with the optimiser chosen here
+(``setup``).
 """
 
 from __future__ import annotations
@@ -24,21 +25,18 @@ import jax
 import numpy as np
 import optax
 
-from amp_debate import models, tasks
-from amp_debate.procedure import combine, curriculum, debate, model_player
+import tiny
+from amp_debate.procedure import combine
 from amp_debate.train import sharding
 from amp_debate.train import step as step_lib
 
-TASK = tasks.get("permutation", n=4, max_exponent=4)
-# The tiny preset: d_model = 32, divisible by fsdp = 4.
-MODEL = models.LanguageModel(models.preset("tiny", TASK.vocab_size,
-                                           model_player.required_max_len(TASK)))
+TASK, MODEL = tiny.TASK, tiny.MODEL  # d_model = 32, divisible by fsdp = 4
 KINDS = ("hybrid", "supervised")
 
 
 def setup(kind: str, mesh: jax.sharding.Mesh | None = None):
-  """(tx, config, pure step) of the tiny run: all three objectives weighted 1, Adam (so the
-  optimiser state holds mu/nu copies of the params), batch 8, 4 debate turns. With a mesh, the
+  """(tx, config, pure step) of the tiny run (``tiny.step_config``): all three objectives weighted
+  1, Adam (so the optimiser state holds mu/nu copies of the params). With a mesh, the
   step pins the sampled batch to the data shards (``sharding.batch_constraint``) when the step
   builder offers that hook (``constrain_batch``)."""
   if kind not in KINDS:
@@ -47,9 +45,7 @@ def setup(kind: str, mesh: jax.sharding.Mesh | None = None):
   # into up to lr·δ/eps; eps = 1e-6 (not 1e-8) keeps that below the tests' tolerance.
   tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 1.0, "cat": 1.0}),
                      clip_norm=1.0, optimizer=optax.adam(1e-3, eps=1e-6))
-  config = step_lib.StepConfig(batch_size=8, curriculum=curriculum.CurriculumConfig(kind="off"),
-                               debate=debate.DebateConfig(t_max=4, learned_stop=True,
-                                                          assign_prob=0.5))
+  config = tiny.step_config()
   build = step_lib.build_train_step if kind == "hybrid" else step_lib.build_supervised_step
   constrain = None if mesh is None else sharding.batch_constraint(mesh)
   return tx, config, build(TASK, MODEL, tx, config, constrain_batch=constrain)

@@ -79,17 +79,22 @@ def test_honest_support_is_consistent_and_a_false_claim_is_not(task):
 
 
 def _dispute_row(task, node, j, key):
-  """The honest support against one with row j changed: (valid[j], first_dispute both ways round,
+  """The honest support against one with every row from j on answered wrongly (so several rows
+  differ and "first" is what picks j): (valid of both supports, first_dispute both ways round,
   first_dispute of identical supports, descend at the disputed row, the subquestion rows)."""
   support = _oracle_support(task, node)
   subs, valid, rows = protocol.subquestions_of(task, node, support)
-  alternative = rows.at[j].set(_wrong(task, rows[j], key)).reshape(-1)
+  keys = jax.random.split(key, task.num_subquestions)
+  wrong = jax.vmap(lambda row, k: _wrong(task, row, k))(rows, keys)
+  later = jnp.arange(task.num_subquestions)[:, None] >= j
+  alternative = jnp.where(later, wrong, rows).reshape(-1)
+  _, valid_alt, _ = protocol.subquestions_of(task, node, alternative)
   forward = protocol.first_dispute(task, node, support, alternative)
   backward = protocol.first_dispute(task, node, alternative, support)
   _, same = protocol.first_dispute(task, node, support, support)
   descended = protocol.descend(task, node, support, alternative, forward[0])
-  return valid[j], forward, backward, same, descended, subs[j], rows[j], alternative.reshape(
-      rows.shape)[j]
+  return (valid, valid_alt), forward, backward, same, descended, subs[j], rows[j], \
+      alternative.reshape(rows.shape)[j]
 
 
 @functools.cache
@@ -97,20 +102,37 @@ def _jitted_dispute_row(task):
   return jax.jit(jax.vmap(functools.partial(_dispute_row, task), in_axes=(0, None, 0)))
 
 
+def _first_valid_from(valid, j):
+  """(index, found) per example: the first i >= j with valid[:, i] (index 0 when there is none)."""
+  later = valid & (np.arange(valid.shape[1]) >= j)
+  return np.argmax(later, axis=1), later.any(axis=1)
+
+
 def test_first_dispute_finds_the_first_differing_valid_row(task):
   batch = _batch(task)
   leaf = np.asarray(task.batch_is_leaf(batch.questions))
   run = _jitted_dispute_row(task)
+  multi = 0  # examples where more than one valid row differs: "first" decides the answer
+  most_posed = 0
   for j in range(task.num_subquestions):
-    valid, (index, agree), (index_b, agree_b), same, descended, sub_j, row_j, alt_j = jax.tree.map(
-        np.asarray, run(batch.questions, j, jax.random.split(jax.random.key(j), BATCH)))
+    (valid_all, valid_alt), (index, agree), (index_b, agree_b), same, descended, sub_j, row_j, \
+        alt_j = jax.tree.map(np.asarray, run(batch.questions, j,
+                                             jax.random.split(jax.random.key(j), BATCH)))
+    valid = valid_all[:, j]
     assert same.all()  # identical supports: no dispute
-    assert not valid[leaf].any()
+    assert not valid_all[leaf].any()
     assert valid.any(), j
-    # A changed valid row is disputed whichever side holds it; a changed invalid row is ignored.
-    assert (index[valid] == j).all() and not agree[valid].any()
-    assert (index_b[valid] == j).all() and not agree_b[valid].any()
-    assert agree[~valid].all() and agree_b[~valid].all()
+    # Rows before j agree, so row j is posed (valid) alike on both sides.
+    np.testing.assert_array_equal(valid_alt[:, j], valid)
+    multi += int((valid_all[:, j:].sum(1) > 1).sum())
+    most_posed = max(most_posed, int(valid_all.sum(1).max()))
+    # The first differing valid row is disputed, whichever side holds which support; differing
+    # invalid rows are skipped; with no valid row differing, the supports agree.
+    for got, got_agree, posed in ((index, agree, valid_all), (index_b, agree_b, valid_alt)):
+      first, found = _first_valid_from(posed, j)
+      np.testing.assert_array_equal(got_agree, ~found)
+      np.testing.assert_array_equal(got[found], first[found])
+    assert (index[valid] == j).all() and (index_b[valid] == j).all()
     # Descent: the disputed subquestion (rows before j agree, so both sides posed it), and each
     # side's own answer there as its new claim.
     node, claim_even, claim_odd = descended
@@ -118,6 +140,7 @@ def test_first_dispute_finds_the_first_differing_valid_row(task):
     np.testing.assert_array_equal(claim_even[valid], row_j[valid])
     np.testing.assert_array_equal(claim_odd[valid], alt_j[valid])
     assert (claim_even[valid] != claim_odd[valid]).any(-1).all()
+  assert multi > 0 or most_posed == 1  # (a task whose nodes pose one subquestion at most)
 
 
 def _debate_step(task, node, claim_even, claim_odd, key):

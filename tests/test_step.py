@@ -1,27 +1,19 @@
 """The jitted train step: one update from debates, amplified targets and the three losses."""
 
+import collections
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from amp_debate import models, tasks
-from amp_debate.procedure import combine, curriculum, debate, model_player
+import tiny
+from amp_debate.procedure import combine, debate
 from amp_debate.train import step as step_lib
 
-TASK = tasks.get("permutation", n=4, max_exponent=4)
-MODEL = models.LanguageModel(models.preset("tiny", TASK.vocab_size,
-                                           model_player.required_max_len(TASK)))
-OFF = curriculum.CurriculumConfig(kind="off")
-
-
-def _tx(weights):
-  combination = (combine.make("shaped") if weights == "shaped" else
-                 combine.make("weighted", weights=dict(weights)))
-  return combine.chain(combination, clip_norm=1.0, optimizer=optax.sgd(0.1))
+TASK, MODEL = tiny.TASK, tiny.MODEL
+OBJECTIVES = ("rl", "sup", "cat")
 
 
 def _starts_with_a_number(question, argument):
@@ -30,26 +22,60 @@ def _starts_with_a_number(question, argument):
   return TASK.tokenizer.is_number(argument[0])
 
 
-@functools.cache
-def _run(weights, force_stop_after=None, steps=2, catastrophe=None):
-  """Params, metrics after ``steps`` steps from a fixed init.
+TRACES = collections.Counter()  # _program's arguments -> times its step was traced (compiled)
 
-  weights: a tuple of (objective, λ) pairs for the weighted combination, or "shaped" (g_rl + g_cat,
-  the supervised loss entering only through the reward, here with β = 0).
-  """
-  tx = _tx(weights)
+
+@functools.cache
+def _program(kind, force_stop_after=None, catastrophe=None):
+  """(tx, config, jitted train step) of one program: the combination ``kind`` ("weighted",
+  "constrained" or "shaped") with SGD; the combination's hyperparameters (λ weights, β, limit)
+  are data in the state, so every setting of them shares this one compiled step. No assigned
+  claims: the shaped path takes its advantage baseline over answer rows, the others over
+  arguments, which coincide only without them (test_zero_supervised_weight_is_pure_debate). The
+  baseline (not normalised) advantage keeps the update linear in the shaped β (with normalised
+  advantages and all-zero rewards every β > 0 gives the same update)."""
+  combination = {"weighted": lambda: combine.make("weighted", weights=dict.fromkeys(OBJECTIVES, 1.0)),
+                 "constrained": lambda: combine.make("constrained", limit=0.5, multiplier_lr=0.5),
+                 "shaped": lambda: combine.make("shaped")}[kind]()
+  tx = combine.chain(combination, clip_norm=1.0, optimizer=optax.sgd(0.1))
   extra = {} if catastrophe is None else dict(catastrophe=catastrophe)
-  config = step_lib.StepConfig(
-      batch_size=8, curriculum=OFF, **extra,
-      debate=debate.DebateConfig(t_max=4, learned_stop=True, force_stop_after=force_stop_after))
-  state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
-  combination = "shaped" if weights == "shaped" else "weighted"
-  train_step = step_lib.make_train_step(TASK, MODEL, tx, config, combination=combination)
+  config = tiny.step_config(dict(force_stop_after=force_stop_after, assign_prob=0.0),
+                            advantage="baseline", **extra)
+  pure = step_lib.build_train_step(TASK, MODEL, tx, config, combination=kind)
+
+  def counted(state, rng):
+    TRACES[kind, force_stop_after, catastrophe] += 1  # runs once per trace
+    return pure(state, rng)
+
+  return tx, config, jax.jit(counted, donate_argnums=0)
+
+
+@functools.cache
+def _steps(kind, beta=None, weights=None, force_stop_after=None, catastrophe=None, steps=2):
+  """(final state, per-step metrics) of ``steps`` steps of ``_program(kind, ...)`` from a fixed
+  init, with the shaped ``beta`` or the weighted ``weights`` ((objective, λ) pairs) set as data
+  in the initial state (None: the combination's own)."""
+  tx, config, train_step = _program(kind, force_stop_after, catastrophe)
+  hparams = {}
+  if beta is not None:
+    hparams["beta"] = beta
+  if weights is not None:
+    hparams["weights"] = dict(weights)
+  state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0), hparams=hparams or None)
   history = []
   for i in range(steps):
     state, metrics = train_step(state, jax.random.key(i + 1))
     history.append(jax.device_get(metrics))
   return jax.device_get(state), history
+
+
+def _run(weights, force_stop_after=None, catastrophe=None):
+  """``_steps`` of the weighted combination with ``weights``, or of the shaped one with β = 0
+  (``weights="shaped"``: g_rl + g_cat, the supervised loss entering only through the reward)."""
+  if weights == "shaped":
+    return _steps("shaped", beta=0.0, force_stop_after=force_stop_after, catastrophe=catastrophe)
+  return _steps("weighted", weights=weights, force_stop_after=force_stop_after,
+                catastrophe=catastrophe)
 
 
 ALL = (("rl", 1.0), ("sup", 1.0), ("cat", 1.0))
@@ -114,42 +140,13 @@ def test_bad_step_config_names_the_field():
     step_lib.StepConfig(curriculum="off")
 
 
-@functools.cache
-def _compiled(combination, advantage):
-  """(tx, config, jitted train step), built once per combination and advantage kind: the β of
-  the shaped combination is data in the state, so every β shares this step."""
-  tx = combine.chain(combination, clip_norm=None, optimizer=optax.sgd(0.05))
-  config = step_lib.StepConfig(
-      batch_size=16, curriculum=OFF, advantage=advantage, target_period=1000, target_ema=None,
-      debate=debate.DebateConfig(t_max=4, call_prob=0.5, learned_stop=False, assign_prob=0.5))
-  kind = "shaped" if combination is _SHAPED else "constrained"
-  return tx, config, step_lib.make_train_step(TASK, MODEL, tx, config, combination=kind)
-
-
-@functools.cache
-def _two_steps(combination, beta=None, advantage="none"):
-  """Step 1 updates M from a fixed init; step 2 (same rollout: M_target is frozen by a long target
-  period, same key) reports the distillation loss of the updated M on the same targets.
-  ``beta``: the shaped β set in the initial state (None: the combination's own)."""
-  tx, config, train_step = _compiled(combination, advantage)
-  hparams = None if beta is None else {"beta": beta}
-  state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0), hparams=hparams)
-  state, first = train_step(state, jax.random.key(1))
-  probe = jax.tree.map(jnp.copy, state)
-  _, second = train_step(probe, jax.random.key(2))
-  return jax.device_get(state), jax.device_get(first), jax.device_get(second)
-
-
-_SHAPED = combine.make("shaped")
-
-
 def test_shaped_penalty_reaches_the_update():
   """With β > 0 the argument-dependent penalty changes the policy-gradient update (the shaped
   combination reads no g_sup); tests/test_credit.py shows its direction on a tabular policy. The
   penalty enters the reward before the advantage baseline: the shaped advantages stay centred
   (a negative offset on every penalised row sharpened the policy onto its mode in a full run)."""
-  plain, first, _ = _two_steps(_SHAPED, beta=0.0, advantage="baseline")
-  shaped, shaped_first, _ = _two_steps(_SHAPED, beta=2.0, advantage="baseline")
+  plain, (first, _) = _steps("shaped", beta=0.0)
+  shaped, (shaped_first, _) = _steps("shaped", beta=2.0)
   assert float(first["shaped/mismatch"]) > 0.1  # an untrained M often disagrees with Amp′
   assert abs(float(shaped_first["pg/advantage_mean"])) < 1e-5
   gap = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), plain.params,
@@ -159,7 +156,7 @@ def test_shaped_penalty_reaches_the_update():
 
 def test_constrained_runs_through_the_real_train_step():
   init = jax.device_get(MODEL.init(jax.random.key(0)))
-  state, first, second = _two_steps(combine.make("constrained", limit=0.5, multiplier_lr=0.5))
+  state, (first, second) = _steps("constrained")
   assert float(first["loss/sup"]) > 0.5  # violated: the multiplier rises from 0
   assert float(first["weight/sup"]) == 0.0 and float(second["weight/sup"]) > 0.0
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), state.params, init))
@@ -177,50 +174,23 @@ def test_human_calls_are_split_by_where_they_were_spent():
 def test_a_beta_sweep_reuses_one_compiled_step():
   """Three β values of the shaped reward run through one compiled step (β is data in the
   combination's state) and give three different updates."""
-  runs = [_two_steps(_SHAPED, beta=beta, advantage="baseline") for beta in (0.0, 0.5, 2.0)]
-  assert _compiled(_SHAPED, "baseline")[2]._cache_size() == 1
-  for (a, _, _), (b, _, _) in [(runs[0], runs[1]), (runs[1], runs[2])]:
+  runs = [_steps("shaped", beta=beta)[0] for beta in (0.0, 0.5, 2.0)]
+  assert TRACES["shaped", None, None] == 1
+  for a, b in [(runs[0], runs[1]), (runs[1], runs[2])]:
     gap = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a.params, b.params))
     assert max(gap) > 1e-5
-  assert [float(combine.beta(state.opt_state)) for state, _, _ in runs] == [0.0, 0.5, 2.0]
+  assert [float(combine.beta(state.opt_state)) for state in runs] == [0.0, 0.5, 2.0]
 
 
-def test_a_lambda_sweep_compiles_the_step_once_and_matches_constant_weights():
-  """λ_sup ∈ {1, 0, 0.5}: one tx and one jitted step serve the sweep (states initialised with
-  ``hparams``); each result equals the step built for that λ alone, and λ_sup = 0.5 equals the
-  former path with λ a Python constant compiled into the program."""
-  tx = _tx(ALL)
-  config = step_lib.StepConfig(batch_size=8, curriculum=OFF,
-                               debate=debate.DebateConfig(t_max=4, learned_stop=True))
-  traces = []
-  pure = step_lib.build_train_step(TASK, MODEL, tx, config)
-
-  def counted(state, rng):
-    traces.append(1)  # runs once per trace, i.e. per compilation
-    return pure(state, rng)
-
-  train_step = jax.jit(counted, donate_argnums=0)
+def test_a_lambda_sweep_compiles_the_step_once():
+  """λ_sup ∈ {1, 0, 0.5}: one tx and one jitted step, traced and compiled once, serve the sweep
+  (states initialised with ``hparams``), and the three updates differ. That λ as data gives what
+  λ compiled in as a constant gives is shown on the update alone in tests/test_combine.py."""
   results = {}
   for lam in (1.0, 0.0, 0.5):
-    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0),
-                                hparams={"weights": {"sup": lam}})
-    for i in range(2):
-      state, metrics = train_step(state, jax.random.key(i + 1))
-      assert float(metrics["weight/sup"]) == lam
-    results[lam] = jax.device_get(state.params)
-  assert len(traces) == 1 and train_step._cache_size() == 1
-  same = lambda a, b: jax.tree.map(
-      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
-  same(results[1.0], _run(ALL)[0].params)
-  same(results[0.0], _run((("rl", 1.0), ("sup", 0.0), ("cat", 1.0)))[0].params)
-  constant = lambda value: lambda count: value  # an optax schedule: compiled in
-  compiled_in = combine.chain(
-      combine.weighted({"rl": constant(1.0), "sup": constant(0.5), "cat": constant(1.0)}),
-      clip_norm=1.0, optimizer=optax.sgd(0.1))
-  state = step_lib.init_state(TASK, MODEL, compiled_in, config, jax.random.key(0))
-  old_step = step_lib.make_train_step(TASK, MODEL, compiled_in, config)
-  for i in range(2):
-    state, _ = old_step(state, jax.random.key(i + 1))
-  same(results[0.5], jax.device_get(state.params))
+    state, history = _run((("rl", 1.0), ("sup", lam), ("cat", 1.0)))
+    assert [float(m["weight/sup"]) for m in history] == [lam, lam]
+    results[lam] = state.params
+  assert TRACES["weighted", None, None] == 1
   gap = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b)))
   assert gap(results[1.0], results[0.5]) > 0 and gap(results[0.5], results[0.0]) > 0

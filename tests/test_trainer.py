@@ -10,34 +10,23 @@ import jax
 import numpy as np
 import pytest
 
+import tiny
 from amp_debate import train
 from amp_debate.train import checkpoint as checkpoint_lib
 from amp_debate.train import config_lib, metrics_io
 from amp_debate.train import step as step_lib
-from experiments.configs import default
+from amp_debate.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, ".jax_cache", "eval_data")  # built once, reused by every test here
 
 
 def _config(mode="hybrid", steps=4, **overrides):
-  """A seconds-sized run: permutation n=4, k <= 4, a 1-layer d=32 model, batch 8, t_max 4."""
-  c = default.get_config(f"task=permutation,mode={mode},runlocal")
-  c.task_options.n, c.task_options.max_exponent = 4, 4
-  c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.d_ff = 1, 32, 2, 64
-  c.num_steps, c.batch_size, c.log_every = steps, 8, 1
-  if mode != "amplification":
-    c.debate.t_max = 4
-  c.eval.examples_per_difficulty, c.eval.batch_size, c.eval.every = 16, 16, 2
-  c.eval.data_dir = DATA_DIR
-  c.checkpoint.every = 2
-  for key, value in overrides.items():
-    *parents, leaf = key.split("__")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  """The tiny run (tests/tiny.py) with a 16-question-per-level eval set every 2 steps and a
+  checkpoint every 2 steps."""
+  return tiny.config(mode, steps, **{
+      "eval__examples_per_difficulty": 16, "eval__batch_size": 16, "eval__every": 2,
+      "eval__data_dir": DATA_DIR, "checkpoint__every": 2, **overrides})
 
 
 def _restore_params(workdir, step=None):
@@ -130,6 +119,7 @@ def test_nan_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     return step
 
   monkeypatch.setattr(step_lib, "build_supervised_step", poisoned)
+  monkeypatch.setattr(trainer, "_PROGRAMS", {})  # not an unpoisoned step built by an earlier test
   workdir = str(tmp_path / "run")
   with pytest.raises(train.TrainingDiverged, match=r"step 3: loss/sup became NaN"):
     train.run(_config(mode="supervised", steps=6, eval__every=0), workdir)
@@ -137,26 +127,21 @@ def test_nan_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert ckpt.all_steps() == [2]
 
 
-def _main_cmd(workdir, *overrides):
-  return [sys.executable, "-m", "amp_debate.main",
-          "--config=experiments/configs/default.py:task=permutation,mode=hybrid,runlocal",
-          f"--workdir={workdir}", "--config.task_options.n=4",
-          "--config.task_options.max_exponent=4", "--config.model.num_layers=1",
-          "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.d_ff=64",
-          "--config.batch_size=8", "--config.debate.t_max=4", "--config.log_every=1",
-          "--config.eval.examples_per_difficulty=16", "--config.eval.batch_size=16",
-          "--config.eval.every=0", f"--config.eval.data_dir={DATA_DIR}",
-          "--config.checkpoint.every=1000", *overrides]
+def _main_cmd(workdir, config):
+  """The CLI command of the run ``config`` (the tiny run's flags: tests/tiny.py)."""
+  return [sys.executable, "-m", "amp_debate.main", f"--workdir={workdir}", *tiny.cli_args(config)]
 
 
 def test_sigterm_saves_and_a_rerun_resumes_bitwise(tmp_path):
   """N steps, SIGTERM (in a subprocess, at whatever step it reached), rerun: equals 2N straight."""
   steps = 30
+  # Only the final evaluation runs; its debates (a large program) are not what this test is about.
+  config = _config(steps=steps, eval__every=0, eval__debates=False, checkpoint__every=1000)
   straight = str(tmp_path / "straight")
-  train.run(_config(steps=steps, eval__every=0, checkpoint__every=1000), straight)
+  train.run(config, straight)
 
   workdir = str(tmp_path / "killed")
-  cmd = _main_cmd(workdir, f"--config.num_steps={steps}")
+  cmd = _main_cmd(workdir, config)
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   log = os.path.join(workdir, "metrics.jsonl")
   deadline = time.monotonic() + 300
@@ -191,7 +176,6 @@ def test_evaluation_debates_use_one_protocol_in_every_mode():
   """An amplification run trains with one-argument debates; its honesty is still measured in full
   debates (no forced stop, room to reach a leaf), like every other mode's."""
   from amp_debate.procedure import debate
-  from amp_debate.train import config_lib, trainer
   for mode in ("amplification", "hybrid", "debate"):
     config = _config(mode)
     task = config_lib.make_task(config)

@@ -316,6 +316,61 @@ def _build(config: ml_collections.ConfigDict):
   return task, model, tx, step_config, init_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+  """What a run traces and compiles, built from its config and mesh alone."""
+
+  task: Any
+  model: Any
+  tx: Any
+  step_config: step_lib.StepConfig
+  init_fn: Any
+  shardings: Any  # of the TrainState
+  train_step: Any  # jitted, sharded, donating the state
+  eval_fn: Any  # jitted
+
+
+# Config fields that never reach a traced program (host-side schedule, paths, the seed's key is an
+# argument). Runs in one process whose configs differ only in these (a resumed run, a sweep over
+# seeds or run lengths, tests) reuse the traced and compiled programs: tracing alone takes
+# seconds per program, and the persistent compilation cache still has to load and check them.
+_HOST_ONLY = ("num_steps", "log_every", "seed", "checkpoint", "eval.every", "eval.data_dir",
+              "eval.examples_per_difficulty", "eval.batch_size", "resume_allow_unsafe",
+              "distributed")
+_PROGRAMS: dict[str, _Programs] = {}  # most recently used last
+_KEEP_PROGRAMS = 4
+
+
+def _programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> _Programs:
+  """The run's programs, from this process's cache when an earlier run built the same ones."""
+  fields = {name: value for name, value in config_lib.flatten(config).items()
+            if not any(name == f or name.startswith(f + ".") for f in _HOST_ONLY)}
+  key = json.dumps([sorted(fields.items()), dict(mesh.shape),
+                    [d.id for d in mesh.devices.flat]], default=repr)
+  if key in _PROGRAMS:
+    _PROGRAMS[key] = _PROGRAMS.pop(key)
+    return _PROGRAMS[key]
+  task, model, tx, step_config, init_fn = _build(config)
+  constrain = sharding.batch_constraint(mesh)
+  if config.mode == "supervised":
+    step_fn = step_lib.build_supervised_step(task, model, tx, step_config,
+                                             constrain_batch=constrain)
+  else:
+    step_fn = step_lib.build_train_step(task, model, tx, step_config,
+                                        combination=config.combination.kind,
+                                        constrain_batch=constrain)
+  abstract = jax.eval_shape(init_fn, jax.random.key(0))
+  shardings = sharding.state_shardings(mesh, abstract, model, tx)
+  eval_fn = jax.jit(make_eval_fn(task, model, step_config,
+                                 config.eval.debates and config.mode != "supervised"))
+  programs = _Programs(task, model, tx, step_config, init_fn, shardings,
+                       sharding.shard_step(step_fn, mesh, shardings), eval_fn)
+  _PROGRAMS[key] = programs
+  while len(_PROGRAMS) > _KEEP_PROGRAMS:
+    _PROGRAMS.pop(next(iter(_PROGRAMS)))
+  return programs
+
+
 def load_state(workdir: str, step: int | None = None):
   """(TrainState, config ConfigDict, step) from ``<workdir>/checkpoints`` (default: the latest
   step), restored onto the first local device: for evaluation scripts and notebooks.
@@ -359,26 +414,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config)
   is_main = jax.process_index() == 0
   make_workdir(workdir)
-  task, model, tx, step_config, init_fn = _build(config)
   data, fsdp = config_lib.mesh_shape(config)
   mesh = sharding.make_mesh(data=data, fsdp=fsdp)
   config_json = config.to_dict()
-
-  constrain = sharding.batch_constraint(mesh)
-  if config.mode == "supervised":
-    step_fn = step_lib.build_supervised_step(task, model, tx, step_config,
-                                             constrain_batch=constrain)
-  else:
-    step_fn = step_lib.build_train_step(task, model, tx, step_config,
-                                        combination=config.combination.kind,
-                                        constrain_batch=constrain)
+  programs = _programs(config, mesh)
+  task, init_fn, shardings = programs.task, programs.init_fn, programs.shardings
+  train_step, eval_fn = programs.train_step, programs.eval_fn
   # Replicated global keys (checkpointable in multi-process runs, where host-local arrays are not).
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   init_rng, step_rng_root = jax.jit(lambda seed: tuple(jax.random.split(jax.random.key(seed))),
                                     out_shardings=(replicated, replicated))(config.seed)
   abstract = jax.eval_shape(init_fn, init_rng)
-  shardings = sharding.state_shardings(mesh, abstract, model, tx)
-  train_step = sharding.shard_step(step_fn, mesh, shardings)
 
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
@@ -402,8 +448,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
     eval_set = eval_sets.load(task, data_dir=config.eval.data_dir or None,
                               examples_per_difficulty=config.eval.examples_per_difficulty)
-    eval_fn = jax.jit(make_eval_fn(task, model, step_config,
-                                   config.eval.debates and config.mode != "supervised"))
     shards = data * fsdp  # the eval batch is rounded up to a multiple of the shards (padded rows)
     eval_batch = -(-min(config.eval.batch_size, config.eval.examples_per_difficulty) // shards) * shards
 
