@@ -50,14 +50,18 @@ def is_number(value) -> bool:
 
 
 # ---- checks ------------------------------------------------------------------------------------
-def integer(lo: int | None = None) -> Check:
-  """An integer, at least ``lo`` if given."""
+def integer(lo: int | None = None, hi: int | None = None) -> Check:
+  """An integer, at least ``lo`` and at most ``hi`` where given."""
 
   def check_integer(value):
     if not is_integer(value):
       return f"must be an integer, got {value!r}"
+    if lo is not None and hi is not None and not lo <= value <= hi:
+      return f"must be in [{lo}, {hi}], got {value!r}"
     if lo is not None and value < lo:
       return f"must be >= {lo}, got {value!r}"
+    if hi is not None and value > hi:
+      return f"must be <= {hi}, got {value!r}"
     return None
 
   return check_integer

@@ -241,20 +241,21 @@ def test_make_builds_each_kind():
     ("hybrid", {}, "unknown combination kind 'hybrid'"),
     ("weighted", {"weights": {"rl": 1.0}, "lr": 1.0}, r"unknown option\(s\) \['lr'\]"),
     ("constrained", {"limit": 1.0}, r"missing required option\(s\) \['multiplier_lr'\]"),
-    ("weighted", {"weights": {"rl": 1.0, "sup": -0.5}}, "'weights\\['sup'\\]'"),
-    ("weighted", {"weights": {}}, "'weights'"),
-    ("weighted", {"weights": {"rl": "high"}}, "'weights\\['rl'\\]' must be a number"),
-    ("constrained", {"limit": -1.0, "multiplier_lr": 0.1}, "'limit'"),
-    ("constrained", {"limit": np.inf, "multiplier_lr": 0.1}, "'limit'"),
-    ("constrained", {"limit": 1.0, "multiplier_lr": 0.0}, "'multiplier_lr'"),
+    ("weighted", {"weights": {"rl": 1.0, "sup": -0.5}}, "combine.weights.sup must be >= 0.0, got -0.5"),
+    ("weighted", {"weights": {}}, "combine.weights must name at least one objective"),
+    ("weighted", {"weights": {"rl": "high"}}, "combine.weights.rl must be a finite number, got 'high'"),
+    ("constrained", {"limit": -1.0, "multiplier_lr": 0.1}, "combine.limit must be >= 0.0, got -1.0"),
+    ("constrained", {"limit": np.inf, "multiplier_lr": 0.1}, "combine.limit must be a finite number"),
+    ("constrained", {"limit": 1.0, "multiplier_lr": 0.0}, "combine.multiplier_lr must be > 0.0"),
     ("constrained", {"limit": 1.0, "multiplier_lr": 0.1, "max_multiplier": np.inf},
-     "'max_multiplier'"),
+     "combine.max_multiplier must be a finite number"),
     ("constrained", {"limit": 1.0, "multiplier_lr": 0.1, "init_multiplier": -1.0},
-     "'init_multiplier'"),
+     "combine.init_multiplier must be >= 0.0"),
     ("constrained", {"limit": 1.0, "multiplier_lr": 0.1, "init_multiplier": 5.0,
-                     "max_multiplier": 1.0}, "'init_multiplier'"),
-    ("constrained", {"limit": 1.0, "multiplier_lr": 0.1, "cat_weight": -1.0}, "'cat_weight'"),
-    ("shaped", {"rl_weight": -1.0}, "'rl_weight'"),
+                     "max_multiplier": 1.0},
+     r"combine.init_multiplier must be <= max_multiplier \(1.0\), got 5.0"),
+    ("constrained", {"limit": 1.0, "multiplier_lr": 0.1, "cat_weight": -1.0}, "combine.cat_weight must be >="),
+    ("shaped", {"rl_weight": -1.0}, "combine.rl_weight must be >="),
 ])
 def test_make_rejects_bad_kinds_and_options(kind, options, match):
   with pytest.raises(ValueError, match=match):
@@ -396,9 +397,9 @@ def test_set_hparams_refuses_what_is_not_data():
     combine.set_hparams(weighted, beta=0.5)
   with pytest.raises(ValueError, match="has no option 'limit'"):
     combine.set_hparams(combine.shaped().init(PARAMS), limit=0.5)
-  with pytest.raises(ValueError, match="'weights\\['rl'\\]' must be a finite number >= 0.0"):
+  with pytest.raises(ValueError, match="combine.weights.rl must be >= 0.0, got -1.0"):
     combine.set_hparams(weighted, weights={"rl": -1.0})
-  with pytest.raises(ValueError, match="'beta' must be a finite number >= 0.0"):
+  with pytest.raises(ValueError, match="combine.beta must be >= 0.0, got -1.0"):
     combine.set_hparams(combine.shaped().init(PARAMS), beta=-1.0)
   chained = combine.set_hparams(weighted, weights={"rl": combine.Linear(2.0, 0.0, 5)})
   assert jax.tree.structure(chained) == jax.tree.structure(weighted)

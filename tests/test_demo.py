@@ -17,5 +17,5 @@ def test_option_errors_are_clear():
   assert options.parse(["n=6", "max_exponent=8"]) == {"n": 6, "max_exponent": 8}
   with pytest.raises(ValueError, match="--option 'n6' is not key=value"):
     options.parse(["n6"])
-  with pytest.raises(ValueError, match="option n must be an integer, got 'six'"):
+  with pytest.raises(ValueError, match="permutation.n must be an integer, got 'six'"):
     tasks.get("permutation", **options.parse(["n=six"]))

@@ -139,13 +139,13 @@ def test_unknown_task_is_a_clear_value_error(name, tmp_path):
 
 
 def test_bad_arguments_are_value_errors(tmp_path):
-  with pytest.raises(ValueError, match="option n=99 is out of range"):
+  with pytest.raises(ValueError, match=r"permutation.n must be in \[2, 64\], got 99"):
     eval_sets.builder("permutation", options={"n": 99}, data_dir=tmp_path)
   with pytest.raises(ValueError, match="malformed field 'n8'"):
     eval_sets.builder("amp_debate_eval/permutation+n8", data_dir=tmp_path)
   with pytest.raises(ValueError, match="only accepted with a task name"):
     eval_sets.builder(tasks.get("permutation"), options={"n": 4}, data_dir=tmp_path)
-  with pytest.raises(ValueError, match="examples_per_difficulty=0 is out of range"):
+  with pytest.raises(ValueError, match="examples_per_difficulty must be >= 1, got 0"):
     eval_sets.builder("permutation", examples_per_difficulty=0, data_dir=tmp_path)
   with pytest.raises(ValueError, match="seed must be an integer"):
     eval_sets.builder("amp_debate_eval/permutation+seed-0.5", data_dir=tmp_path)
@@ -181,4 +181,4 @@ def test_cli_reports_bad_arguments_as_usage_errors(capsys, tmp_path):
   with pytest.raises(SystemExit) as exit_info:
     eval_sets.main(["--task", "permutation", "--option", "n=99", "--data_dir", os.fspath(tmp_path)])
   assert exit_info.value.code == 2
-  assert "option n=99 is out of range" in capsys.readouterr().err
+  assert "permutation.n must be in [2, 64], got 99" in capsys.readouterr().err

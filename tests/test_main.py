@@ -51,7 +51,7 @@ def test_main_reports_bad_task_option_without_a_traceback(tmp_path):
   result = _main("--config=experiments/configs/default.py:task=permutation",
                  "--config.task_options.n=1", f"--workdir={tmp_path}")
   assert result.returncode != 0, result.stderr
-  assert "option n=1 is out of range" in result.stderr and "Traceback" not in result.stderr
+  assert "config.task_options.n must be in [2, 64], got 1" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_main_reports_an_invalid_field_before_compiling(tmp_path):

@@ -28,7 +28,6 @@ can be vmapped over. Only callable schedules stay compiled into the program.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -37,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from amp_debate import checks
 
 OBJECTIVES = ("rl", "sup", "cat")
 
@@ -132,28 +133,31 @@ CombinationState = WeightedState | ConstrainedState | ShapedState
 # Shared pieces.
 
 
-def _check_number(option: str, value: Any, *, low: float, low_inclusive: bool = True) -> float:
-  """float(value) if it is a finite number above ``low``, else a ValueError naming the option."""
-  try:
-    number = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"option '{option}' must be a number, got {value!r}") from None
-  too_low = number < low if low_inclusive else number <= low
-  if not math.isfinite(number) or too_low:
-    bound = f">= {low}" if low_inclusive else f"> {low}"
-    raise ValueError(f"option '{option}' must be a finite number {bound}, got {value!r}")
-  return number
+# The rules of the combination's options; ``train.config_lib`` applies the same ones to the config
+# fields that feed them.
+WEIGHT = checks.number(0.0)
+ANNEAL_STEPS = checks.integer(0)
+LIMIT = checks.number(0.0)
+MULTIPLIER_LR = checks.number(0.0, lo_open=True)
+MAX_MULTIPLIER = checks.number(0.0, lo_open=True)
+INIT_MULTIPLIER = checks.number(0.0)
+BETA = checks.number(0.0)
+CLIP_NORM = checks.number(0.0, lo_open=True)
+_OWNER = "combine"  # errors read "combine.limit must be >= 0.0, got -1"
 
 
-def _hparam(option: str, value: Any, dtype, *, low: float, low_inclusive: bool = True) -> Any:
+def _checked(option: str, value: Any, rule: checks.Check) -> Any:
+  """``value`` if ``rule`` accepts it, else a ``checks.FieldError`` naming the option."""
+  checks.check(_OWNER, option, value, rule)
+  return value
+
+
+def _hparam(option: str, value: Any, dtype, rule: checks.Check) -> Any:
   """A hyperparameter option: an array as is (cast to ``dtype``, unchecked: it may be traced or
-  batched), else a finite number above ``low`` (ValueError naming the option)."""
+  batched), else a number ``rule`` accepts (``checks.FieldError`` naming the option)."""
   if isinstance(value, jax.core.Tracer) or np.ndim(value) > 0:
     return jnp.asarray(value, dtype)
-  number = _check_number(option, value, low=low, low_inclusive=low_inclusive)
-  if dtype == jnp.int32 and number != int(number):
-    raise ValueError(f"option '{option}' must be an integer, got {value!r}")
-  return int(number) if dtype == jnp.int32 else number
+  return _checked(option, value, rule)
 
 
 def _check_weight(option: str, weight: Weight) -> Weight:
@@ -162,10 +166,10 @@ def _check_weight(option: str, weight: Weight) -> Weight:
   if callable(weight):
     return weight
   if isinstance(weight, Linear):
-    return Linear(_hparam(f"{option}.start", weight.start, jnp.float32, low=0.0),
-                  _hparam(f"{option}.end", weight.end, jnp.float32, low=0.0),
-                  _hparam(f"{option}.steps", weight.steps, jnp.int32, low=0.0))
-  value = _hparam(option, weight, jnp.float32, low=0.0)
+    return Linear(_hparam(f"{option}.start", weight.start, jnp.float32, WEIGHT),
+                  _hparam(f"{option}.end", weight.end, jnp.float32, WEIGHT),
+                  _hparam(f"{option}.steps", weight.steps, jnp.int32, ANNEAL_STEPS))
+  value = _hparam(option, weight, jnp.float32, WEIGHT)
   return Linear(value, value, 0)
 
 
@@ -284,10 +288,11 @@ def weighted(weights: Mapping[str, Weight]) -> optax.GradientTransformationExtra
     a GradientTransformationExtraArgs with ``WeightedState``; extra args are accepted and ignored.
   """
   if not isinstance(weights, Mapping) and not hasattr(weights, "items"):
-    raise ValueError(f"option 'weights' must be a mapping {{objective: weight}}, got {weights!r}")
-  weights = {name: _check_weight(f"weights[{name!r}]", w) for name, w in weights.items()}
+    raise checks.FieldError(_OWNER, "weights",
+                            f"must be a mapping {{objective: weight}}, got {weights!r}")
+  weights = {name: _check_weight(f"weights.{name}", w) for name, w in weights.items()}
   if not weights:
-    raise ValueError("option 'weights' must name at least one objective")
+    raise checks.FieldError(_OWNER, "weights", "must name at least one objective")
 
   return _scheduled_sum(weights, allowed=weights, name="weighted", state_type=WeightedState)
 
@@ -323,15 +328,15 @@ def constrained(limit: float, multiplier_lr: float, *, rl_weight: Weight = 1.0,
     a GradientTransformationExtraArgs with ``ConstrainedState``. Its ``update`` requires the extra
     keyword ``losses: Mapping[str, float32[]]`` (scalar value per objective; only "sup" is read).
   """
-  limit = _check_number("limit", limit, low=0.0)
-  multiplier_lr = _check_number("multiplier_lr", multiplier_lr, low=0.0, low_inclusive=False)
-  max_multiplier = _check_number("max_multiplier", max_multiplier, low=0.0, low_inclusive=False)
-  init_multiplier = _check_number("init_multiplier", init_multiplier, low=0.0)
+  limit = _checked("limit", limit, LIMIT)
+  multiplier_lr = _checked("multiplier_lr", multiplier_lr, MULTIPLIER_LR)
+  max_multiplier = _checked("max_multiplier", max_multiplier, MAX_MULTIPLIER)
+  init_multiplier = _checked("init_multiplier", init_multiplier, INIT_MULTIPLIER)
   # limit, multiplier_lr, max_multiplier and the data weights go into the state at init; the
   # update reads them from there.
   if init_multiplier > max_multiplier:
-    raise ValueError(f"option 'init_multiplier' ({init_multiplier}) must be <= option "
-                     f"'max_multiplier' ({max_multiplier})")
+    raise checks.FieldError(_OWNER, "init_multiplier", f"must be <= max_multiplier "
+                            f"({max_multiplier}), got {init_multiplier}")
   fixed = {"rl": _check_weight("rl_weight", rl_weight),
            "cat": _check_weight("cat_weight", cat_weight)}
 
@@ -410,7 +415,7 @@ def shaped(*, rl_weight: Weight = 1.0, cat_weight: Weight = 1.0,
   """
   fixed = {"rl": _check_weight("rl_weight", rl_weight),
            "cat": _check_weight("cat_weight", cat_weight)}
-  beta = _check_number("beta", beta, low=0.0)
+  beta = _checked("beta", beta, BETA)
 
   return _scheduled_sum(fixed, allowed=OBJECTIVES, name="shaped", state_type=ShapedState,
                         beta=beta)
@@ -473,8 +478,7 @@ def chain(combination: optax.GradientTransformation, *, clip_norm: float | None,
   """
   clip = []
   if clip_norm is not None:
-    clip = [optax.clip_by_global_norm(_check_number("clip_norm", clip_norm, low=0.0,
-                                                    low_inclusive=False))]
+    clip = [optax.clip_by_global_norm(_checked("clip_norm", clip_norm, CLIP_NORM))]
   return optax.chain(combination, *clip, optimizer)
 
 
@@ -537,19 +541,19 @@ def set_hparams(opt_state: Any, *, weights: Mapping[str, float | Linear] | None 
                        f"weights: {sorted(schedules)}; a callable schedule is compiled in)")
     if callable(weight):
       raise ValueError(f"set_hparams: weights[{name!r}] must be a number or Linear, got a callable")
-    schedules[name] = _as_data(_check_weight(f"weights[{name!r}]", weight))
+    schedules[name] = _as_data(_check_weight(f"weights.{name}", weight))
   if weights:
     changes["schedules"] = schedules
     changes["weights"] = {**state.weights, **{name: _linear_at(schedules[name], state.count)
                                               for name in weights}}
-  constrained_only = {"limit": (limit, 0.0, True), "multiplier_lr": (multiplier_lr, 0.0, False),
-                      "max_multiplier": (max_multiplier, 0.0, False)}
-  for option, (value, low, inclusive) in {**constrained_only, "beta": (beta, 0.0, True)}.items():
+  given = {"limit": (limit, LIMIT), "multiplier_lr": (multiplier_lr, MULTIPLIER_LR),
+           "max_multiplier": (max_multiplier, MAX_MULTIPLIER), "beta": (beta, BETA)}
+  for option, (value, rule) in given.items():
     if value is None:
       continue
     if not hasattr(state, option):
       raise ValueError(f"set_hparams: {kind} has no option {option!r}")
-    value = _hparam(option, value, jnp.float32, low=low, low_inclusive=inclusive)
+    value = _hparam(option, value, jnp.float32, rule)
     changes[option] = jnp.asarray(value, jnp.float32)
   if "max_multiplier" in changes:
     changes["multiplier"] = jnp.minimum(state.multiplier, changes["max_multiplier"])

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amp_debate import checks
 from amp_debate.tasks.tokenizer import Tokenizer
 
 
@@ -45,12 +46,9 @@ class Batch:
 
 
 def check_option(task: str, name: str, value, lo, hi=None) -> None:
-  """Raises ValueError naming the option and its allowed range unless lo <= value <= hi."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{task}: option {name} must be an integer, got {value!r}")
-  if value < lo or (hi is not None and value > hi):
-    allowed = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-    raise ValueError(f"{task}: option {name}={value} is out of range; allowed: {allowed}")
+  """Raises ``checks.FieldError`` (a ValueError: "permutation.n must be in [2, 64], got 1")
+  unless ``value`` is an integer with lo <= value <= hi."""
+  checks.check(task, name, value, checks.integer(lo, hi))
 
 
 @dataclasses.dataclass(frozen=True)

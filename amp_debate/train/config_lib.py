@@ -84,7 +84,6 @@ def _best_metric(value):
   return f"must be '' or an eval metric such as 'eval/accuracy/model/mean', got {value!r}"
 
 
-_WEIGHT = checks.number(0.0)
 # The fields no dataclass owns: dotted name -> check.
 FIELDS: dict[str, Callable[[Any], str | None]] = {
     "task": checks.string,
@@ -99,12 +98,13 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "optimizer.clip_norm": checks.number(0.0),
     "optimizer.b2": checks.number(0.0, 1.0, hi_open=True),
     "combination.kind": checks.choice("weighted", "constrained", "shaped"),
-    **{f"combination.{group}.{k}": _WEIGHT for group in ("weights", "weights_end")
+    # The combination's own rules (combine applies them to its options too).
+    **{f"combination.{group}.{k}": combine.WEIGHT for group in ("weights", "weights_end")
        for k in combine.OBJECTIVES},
-    "combination.anneal_steps": checks.integer(0),
-    "combination.limit": checks.number(0.0),
-    "combination.multiplier_lr": checks.number(0.0, lo_open=True),
-    "combination.beta": checks.number(0.0),
+    "combination.anneal_steps": combine.ANNEAL_STEPS,
+    "combination.limit": combine.LIMIT,
+    "combination.multiplier_lr": combine.MULTIPLIER_LR,
+    "combination.beta": combine.BETA,
     "mesh.data": _mesh_axis,
     "mesh.fsdp": _mesh_axis,
     "distributed": checks.boolean,
@@ -178,7 +178,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       raise ConfigError(f"config.{name} {problem}")
   try:
     task = make_task(config)
-  except ValueError as e:
+  except checks.FieldError as e:  # the task's own rule for one of its options
+    raise ConfigError(f"config.task_options.{e.field} {e.problem}") from None
+  except ValueError as e:  # an unknown task or option
     raise ConfigError(f"config.task_options: {e}") from None
   make_model(config, task)
   make_step_config(config)
