@@ -10,6 +10,7 @@ import pytest
 
 import tiny
 from amp_debate.procedure import combine, debate
+from amp_debate.train import config_lib
 from amp_debate.train import step as step_lib
 
 TASK, MODEL = tiny.TASK, tiny.MODEL
@@ -194,3 +195,34 @@ def test_a_lambda_sweep_compiles_the_step_once():
   assert TRACES["weighted", None, None] == 1
   gap = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b)))
   assert gap(results[1.0], results[0.5]) > 0 and gap(results[0.5], results[0.0]) > 0
+
+
+def test_a_learning_rate_sweep_compiles_the_step_once():
+  """The trainer's optimiser (``config_lib.make_optimizer``: Adam under
+  ``optax.inject_hyperparams``) keeps the learning rate as data: three rates through one compiled
+  (supervised) step. Adam's first update moves each parameter by about lr·sign(g), so the largest
+  move equals the rate."""
+  tx = config_lib.make_optimizer(tiny.config(mode="supervised"))
+  config = tiny.step_config()
+  pure = step_lib.build_supervised_step(TASK, MODEL, tx, config)
+  traces = []
+
+  def counted(state, rng):
+    traces.append(1)
+    return pure(state, rng)
+
+  train_step = jax.jit(counted)
+  init = jax.device_get(MODEL.init(jax.random.key(0)))
+  for lr in (1e-4, 1e-3, 1e-2):
+    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0),
+                                hparams={"learning_rate": lr})
+    state, _ = train_step(state, jax.random.key(1))
+    moved = max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(),
+                                             jax.device_get(state.params), init)))
+    np.testing.assert_allclose(moved, lr, rtol=0.02)
+  assert len(traces) == 1
+  with pytest.raises(ValueError, match="with_hparams.learning_rate must be > 0.0, got -1.0"):
+    step_lib.with_hparams(state, learning_rate=-1.0)
+  sgd_state = step_lib.init_state(TASK, MODEL, _program("weighted")[0], config, jax.random.key(0))
+  with pytest.raises(ValueError, match="needs an optimiser built with optax.inject_hyperparams"):
+    step_lib.with_hparams(sgd_state, learning_rate=1e-3)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -290,10 +291,12 @@ def _weight(config: ml_collections.ConfigDict, name: str) -> combine.Linear:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-  """combination -> clip -> adam (with optional linear warm-up).
+  """combination -> clip -> Adam (with optional linear warm-up).
 
   The combination's hyperparameters (the λ anneals, limit, multiplier_lr, β) are data in its
-  state (``combine``), so configs that differ only in them share one compiled step.
+  state (``combine``), and so is Adam's learning rate (``optax.inject_hyperparams``; the warm-up
+  multiplies the update by min(1, count / warmup_steps)), so configs that differ only
+  in them share one compiled step; ``step.init_state(..., hparams=...)`` sets them.
   """
   kind = config.combination.kind
   if kind == "weighted":
@@ -305,8 +308,15 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   else:
     combination = combine.make("shaped", rl_weight=_weight(config, "rl"),
                                cat_weight=_weight(config, "cat"), beta=config.combination.beta)
-  lr = config.optimizer.learning_rate
-  if config.optimizer.warmup_steps:
-    lr = optax.linear_schedule(0.0, lr, config.optimizer.warmup_steps)
+  # Only the learning rate is injected: b2 compiled in keeps the updates bitwise those of
+  # optax.adam (1 - b2 folded in float64 vs computed in float32 differs by an ulp).
+  optimizer = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))(
+      learning_rate=config.optimizer.learning_rate, b2=config.optimizer.b2)
+  warmup = config.optimizer.warmup_steps
+  if warmup:
+    optimizer = optax.chain(optimizer, optax.scale_by_schedule(
+        lambda count: jnp.minimum(1.0, count / warmup)))
   return combine.chain(combination, clip_norm=config.optimizer.clip_norm or None,
-                       optimizer=optax.adam(lr, b2=config.optimizer.b2))
+                       optimizer=optimizer)
+
+

@@ -37,6 +37,7 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from amp_debate import checks
@@ -109,10 +110,10 @@ def init_state(task: Task, model: LanguageModel, tx: optax.GradientTransformatio
                hparams: Mapping[str, Any] | None = None) -> TrainState:
   """A fresh TrainState: M from ``rng``, M_target a copy, ``tx``'s state, the curriculum's start.
 
-  ``hparams``: keyword arguments of ``combine.set_hparams`` (``weights``, ``limit``,
-  ``multiplier_lr``, ``max_multiplier``, ``beta``) replacing the values ``tx`` was built with. The
-  step built once from ``tx`` serves states initialised with any such values without recompiling
-  (a λ or β sweep).
+  ``hparams``: keyword arguments of ``with_hparams`` (``learning_rate``, and the combination's
+  ``weights``, ``limit``, ``multiplier_lr``, ``max_multiplier``, ``beta``) replacing the values
+  ``tx`` was built with. The step built once from ``tx`` serves states initialised with any such
+  values without recompiling (a λ, β or learning-rate sweep).
   """
   params = model.init(rng)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -121,10 +122,37 @@ def init_state(task: Task, model: LanguageModel, tx: optax.GradientTransformatio
   return with_hparams(state, **hparams) if hparams else state
 
 
-def with_hparams(state: TrainState, **hparams) -> TrainState:
-  """``state`` with the combination's hyperparameters replaced (``combine.set_hparams``; same
-  structure, so the same compiled step runs it). Shares the unchanged arrays with ``state``."""
-  return state.replace(opt_state=combine.set_hparams(state.opt_state, **hparams))
+def with_hparams(state: TrainState, *, learning_rate: Any = None, **combination) -> TrainState:
+  """``state`` with hyperparameters replaced: ``learning_rate`` (of an optimiser built with
+  ``optax.inject_hyperparams``, as ``config_lib.make_optimizer`` builds Adam) and the
+  combination's (``combine.set_hparams``). Same structure, so the same compiled step runs it;
+  shares the unchanged arrays with ``state``."""
+  opt_state = state.opt_state
+  if combination:
+    opt_state = combine.set_hparams(opt_state, **combination)
+  if learning_rate is not None:
+    opt_state = _set_learning_rate(opt_state, learning_rate)
+  return state.replace(opt_state=opt_state)
+
+
+_INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+
+def _set_learning_rate(opt_state: Any, learning_rate: Any) -> Any:
+  """``opt_state`` with the injected learning rate replaced; ValueError if it has none, or the
+  value is not a finite number > 0 (arrays, e.g. batched for vmap, are cast unchecked)."""
+  found = [node for node in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, _INJECTED))
+           if isinstance(node, _INJECTED) and "learning_rate" in node.hyperparams]
+  if len(found) != 1:
+    raise ValueError(f"with_hparams: learning_rate needs an optimiser built with "
+                     f"optax.inject_hyperparams and a learning_rate (found {len(found)})")
+  if not (isinstance(learning_rate, jax.core.Tracer) or np.ndim(learning_rate) > 0):
+    checks.check("with_hparams", "learning_rate", learning_rate, checks.number(0.0, lo_open=True))
+  old = found[0]
+  new = old._replace(hyperparams={**old.hyperparams, "learning_rate": jnp.asarray(
+      learning_rate, old.hyperparams["learning_rate"].dtype)})
+  return jax.tree.map(lambda node: new if node is old else node, opt_state,
+                      is_leaf=lambda x: isinstance(x, _INJECTED))
 
 
 def _safe_prompts(prompts):
