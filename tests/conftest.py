@@ -18,3 +18,16 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                    ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+# The slowest modules first. With ``--dist loadfile`` (setup.cfg) each module runs whole on one
+# xdist worker; a long module scheduled last leaves the other worker idle for minutes (seen: the
+# trainer tests, which xdist's default reordering by number of tests put last). Longest first,
+# with ``--no-loadscope-reorder`` so xdist keeps this order, balances the two workers; the order
+# of tests within a module is kept (a stable sort).
+_SLOW_FIRST = ("test_trainer.py", "test_sharding.py", "test_step.py", "test_debate.py",
+               "test_credit.py", "test_model_player.py", "test_models.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(_SLOW_FIRST)))
