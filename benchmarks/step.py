@@ -1,0 +1,161 @@
+"""Cost of one train step by mode, measured in one run: time, FLOPs, utilisation, memory.
+
+    python benchmarks/step.py [--task permutation] [--modes supervised,amplification,hybrid]
+        [--batch 0] [--steps 10] [--repeats 5] [--out benchmarks/results/step_cpu.md]
+
+Each mode's step is built exactly as the trainer builds it from
+``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (model, optimiser, debate and
+step options; ``--batch`` > 0 overrides the batch size) and jitted on one device. Reported:
+
+* step time: median over ``--repeats`` blocks of ``--steps`` steps each (the block's time / steps),
+  with the fastest and slowest block, after two untimed steps (compile and warm-up);
+* the ratio of each mode's median to the supervised step's (the goal in issue 11: hybrid <= 5x,
+  amplification-only <= 3x per optimiser update);
+* FLOPs per step from XLA's cost analysis of the compiled step. XLA counts a loop body once, not
+  once per iteration, so for the debate modes (a ``lax.scan`` / ``while_loop`` over turns, and the
+  model's decoding loops) this is a lower bound;
+* utilisation: those FLOPs per second over the matmul peak measured in the same run (fp32,
+  1024 x 1024 x 1024, best of 5);
+* compiled memory: arguments, outputs and temporaries (XLA's memory analysis).
+
+Asserted while timing: no step is traced (compiled) again after the first, and nothing moves
+between host and device (``jax.transfer_guard("disallow")``): the step keeps everything on device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from amp_debate.train import config_lib  # noqa: E402
+from amp_debate.train import step as step_lib  # noqa: E402
+from experiments.configs import default  # noqa: E402
+
+MODES = ("supervised", "amplification", "hybrid", "debate")
+
+
+def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of the fastest of ``repeats`` fp32 n x n x n matmuls."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(f(a))
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best
+
+
+def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int) -> dict:
+  """One mode's step: {"mode", "batch", "median_s", "min_s", "max_s", "flops", "memory"}."""
+  config = default.get_config(f"task={task_name},mode={mode},runlocal")
+  if batch:
+    config.batch_size = batch
+  config_lib.validate(config, num_devices=1)
+  task = config_lib.make_task(config)
+  model = config_lib.make_model(config, task)
+  tx = config_lib.make_optimizer(config)
+  step_config = config_lib.make_step_config(config)
+  if mode == "supervised":
+    pure = step_lib.build_supervised_step(task, model, tx, step_config)
+  else:
+    pure = step_lib.build_train_step(task, model, tx, step_config,
+                                     combination=config.combination.kind)
+  traces = []
+
+  def counted(state, rng):
+    traces.append(1)  # runs once per trace
+    return pure(state, rng)
+
+  train_step = jax.jit(counted, donate_argnums=0)
+  state = jax.jit(lambda rng: step_lib.init_state(task, model, tx, step_config, rng))(
+      jax.random.key(config.seed))
+  keys = list(jax.random.split(jax.random.key(1), 2 + steps * repeats))
+  compiled = train_step.lower(state, keys[0]).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  memory = compiled.memory_analysis()
+  for key in keys[:2]:  # compile (the jit's own) and warm up
+    state, metrics = train_step(state, key)
+  jax.block_until_ready(state)
+  times = []
+  with jax.transfer_guard("disallow"):
+    for r in range(repeats):
+      start = time.perf_counter()
+      for key in keys[2 + r * steps: 2 + (r + 1) * steps]:
+        state, metrics = train_step(state, key)
+      jax.block_until_ready((state, metrics))
+      times.append((time.perf_counter() - start) / steps)
+  assert len(traces) == 1, f"{mode}: the step was traced {len(traces)} times"
+  return {"mode": mode, "batch": config.batch_size, "median_s": statistics.median(times),
+          "min_s": min(times), "max_s": max(times), "flops": float(cost.get("flops", 0.0)),
+          "memory": {"arguments": memory.argument_size_in_bytes,
+                     "outputs": memory.output_size_in_bytes,
+                     "temporaries": memory.temp_size_in_bytes}}
+
+
+def table(rows: list[dict], peak: float) -> str:
+  base = next((r["median_s"] for r in rows if r["mode"] == "supervised"), None)
+  lines = ["| mode | batch | step time, median (min–max) | vs supervised | GFLOP per step "
+           "(compiled, lower bound) | utilisation of peak | temporaries MiB |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    ratio = f"{r['median_s'] / base:.1f}x" if base else "–"
+    utilisation = r["flops"] / r["median_s"] / peak
+    lines.append(
+        f"| {r['mode']} | {r['batch']} | {r['median_s'] * 1e3:.1f} ms "
+        f"({r['min_s'] * 1e3:.1f}–{r['max_s'] * 1e3:.1f}) | {ratio} | {r['flops'] / 1e9:.3f} | "
+        f"{utilisation:.1%} | {r['memory']['temporaries'] / 2 ** 20:.1f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--task", default="permutation")
+  parser.add_argument("--modes", default="supervised,amplification,hybrid",
+                      help=f"comma-separated, of {', '.join(MODES)}")
+  parser.add_argument("--batch", type=int, default=0, help="> 0: overrides the config's batch")
+  parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+  parser.add_argument("--repeats", type=int, default=5, help="timed blocks per mode")
+  parser.add_argument("--out", default="", help="also write the report (markdown) here")
+  args = parser.parse_args(argv)
+  modes = [m for m in args.modes.split(",") if m]
+  bad = [m for m in modes if m not in MODES]
+  if bad or not modes:
+    parser.error(f"--modes: unknown {bad or 'none given'}; choose from {', '.join(MODES)}")
+  if args.steps < 1 or args.repeats < 1 or args.batch < 0:
+    parser.error("--steps and --repeats must be >= 1, --batch >= 0")
+
+  peak = matmul_peak()
+  rows = []
+  for mode in modes:
+    try:
+      rows.append(measure(args.task, mode, args.batch, args.steps, args.repeats))
+    except config_lib.ConfigError as e:
+      parser.error(str(e))
+    print(f"{mode}: {rows[-1]['median_s'] * 1e3:.1f} ms per step", file=sys.stderr, flush=True)
+  device = jax.devices()[0]
+  report = (f"Train step by mode: {args.task} runlocal config, {device.platform} "
+            f"({device.device_kind}, {os.cpu_count()} host cores), jax {jax.__version__}; "
+            f"{args.repeats} blocks of {args.steps} steps each. Matmul peak measured in the same "
+            f"run: {peak / 1e9:.0f} GFLOP/s (fp32, 1024^3).\n\n{table(rows, peak)}\n\n"
+            f"Command: python benchmarks/step.py --task {args.task} --modes {args.modes} "
+            f"--batch {args.batch} --steps {args.steps} --repeats {args.repeats}\n")
+  print(report)
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      f.write(report)
+
+
+if __name__ == "__main__":
+  main()
