@@ -111,6 +111,12 @@ def test_force_stop_after_one_is_pure_imitative_amplification():
   for metrics in history:
     assert float(metrics["debate/mean_length"]) == 1.0
     assert float(metrics["grad_norm/rl"]) == 0.0  # no contest: zero reward, zero RL gradient
+    assert "pg/clip_fraction" not in metrics  # ... so the step skips the policy pass
+  assert all("pg/clip_fraction" in m for m in _run(ALL)[1])
+  # With a catastrophe predicate the pass runs (it scores the sampled tokens) and the policy
+  # gradient is still exactly zero.
+  _, firing = _run(ALL, force_stop_after=1, catastrophe=_starts_with_a_number)
+  assert all("pg/clip_fraction" in m and float(m["loss/rl"]) == 0.0 for m in firing)
   pure_amplification, _ = _run((("rl", 0.0), ("sup", 1.0), ("cat", 0.0)), force_stop_after=1)
   _same_params(state.params, pure_amplification.params)
 

@@ -267,6 +267,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     logp_old = prows.log_probs  # recorded when M_target sampled them, at the same temperature
 
     never = config.catastrophe is losses.never_catastrophic  # static: skip a constant-zero loss
+    no_contest = config.debate.force_stop_after == 1 and config.entropy_coef == 0 and never
 
     def policy_losses(params):  # RL and catastrophe share the forward pass over sampled tokens
       if config.entropy_coef > 0:  # static: the full logits are needed only for the entropy
@@ -295,7 +296,15 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       logp_targets = model.log_prob(params, distill_prompts, drows.tokens, answer_mask=drows.mask)
       return losses.distillation_loss(logp_targets, drows.mask)
 
-    grads, (pg_metrics, values) = jax.jacrev(policy_losses, has_aux=True)(state.params)
+    if no_contest:
+      # One-argument debates have no winner: zero rewards, so the policy gradient is exactly zero
+      # (without an entropy bonus or a catastrophe predicate, nothing else reads the pass over
+      # the sampled tokens). Skipping it halves an amplification-only step
+      # (benchmarks/step.py); the pg/ ratio metrics are then absent.
+      grads = {"rl": jax.tree.map(jnp.zeros_like, state.params)}
+      pg_metrics, values = {}, {"rl": jnp.zeros((), jnp.float32)}
+    else:
+      grads, (pg_metrics, values) = jax.jacrev(policy_losses, has_aux=True)(state.params)
     values["sup"], grads["sup"] = jax.value_and_grad(distill_loss)(state.params)
     if never:
       values["cat"] = jnp.zeros((), jnp.float32)
