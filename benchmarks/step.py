@@ -1,7 +1,8 @@
 """Cost of one train step by mode, measured in one run: time, FLOPs, utilisation, memory.
 
     python benchmarks/step.py [--task permutation] [--modes supervised,amplification,hybrid]
-        [--batch 0] [--steps 10] [--repeats 5] [--out benchmarks/results/step_cpu.md]
+        [--batch 0] [--steps 10] [--repeats 5] [--phases hybrid]
+        [--out benchmarks/results/step_cpu.md]
 
 Each mode's step is built exactly as the trainer builds it from
 ``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (model, optimiser, debate and
@@ -16,7 +17,8 @@ step options; ``--batch`` > 0 overrides the batch size) and jitted on one device
   model's decoding loops) this is a lower bound;
 * utilisation: those FLOPs per second over the matmul peak measured in the same run (fp32,
   1024 x 1024 x 1024, best of 5);
-* compiled memory: arguments, outputs and temporaries (XLA's memory analysis).
+* compiled memory: arguments, outputs and temporaries (XLA's memory analysis);
+* for the modes in ``--phases``: the step's main phases jitted and timed alone (``phases``).
 
 Asserted while timing: no step is traced (compiled) again after the first, and nothing moves
 between host and device (``jax.transfer_guard("disallow")``): the step keeps everything on device.
@@ -103,6 +105,61 @@ def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int) -> 
                      "temporaries": memory.temp_size_in_bytes}}
 
 
+def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tuple[float, float]]:
+  """{phase: (median seconds, compiled GFLOP)} of the step's main phases, each jitted alone on an
+  untrained M (so they do not add up exactly to the step): the debate rollout, M's greedy answers
+  (the curriculum signal), and the gradients of the policy loss over the recorded answer rows and
+  of the distillation loss over the target rows (the log-probability passes the losses take)."""
+  from amp_debate.procedure import credit, debate  # noqa: PLC0415
+  from amp_debate.procedure.model_player import ModelDebater  # noqa: PLC0415
+
+  config = default.get_config(f"task={task_name},mode={mode},runlocal")
+  if batch:
+    config.batch_size = batch
+  task = config_lib.make_task(config)
+  model = config_lib.make_model(config, task)
+  step_config = config_lib.make_step_config(config)
+  played = step_config.debate
+  params = jax.jit(model.init)(jax.random.key(0))
+  questions = task.sample(jax.random.key(1), config.batch_size,
+                          difficulty=task.max_difficulty).questions
+
+  def rollout(params, questions, rng):
+    m = ModelDebater(model=model, params=params, task=task, temperature=step_config.temperature)
+    assigned = (debate.sample_assignments(rng, questions.shape[0], played.assign_prob)
+                if played.assign_prob > 0 else None)
+    return debate.rollout(task, m, m, questions, rng, played, assigned=assigned)
+
+  rollout = jax.jit(rollout)
+  _, transcript = rollout(params, questions, jax.random.key(2))
+  prows = credit.policy_rows(task, transcript).flatten()
+  drows = credit.distill_rows(task, transcript, played)
+  policy = jax.jit(jax.grad(lambda p: model.log_prob(
+      p, step_lib._safe_prompts(prows.prompts), prows.tokens, answer_mask=prows.mask,
+      temperature=step_config.temperature).sum()))
+  distill = jax.jit(jax.grad(lambda p: model.log_prob(
+      p, step_lib._safe_prompts(drows.prompts), drows.tokens, answer_mask=drows.mask).sum()))
+  greedy = jax.jit(lambda p, q, rng: step_lib._greedy_answers(task, model, p, q, rng))
+  calls = {"rollout": (rollout, (params, questions, jax.random.key(2))),
+           "greedy answers": (greedy, (params, questions, jax.random.key(3))),
+           f"policy gradient ({prows.tokens.shape[0]} rows, {int(prows.active.sum())} real)":
+               (policy, (params,)),
+           f"distillation gradient ({drows.tokens.shape[0]} rows, {int(drows.active.sum())} real)":
+               (distill, (params,))}
+  out = {}
+  for name, (fn, args) in calls.items():
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times.append(time.perf_counter() - start)
+    out[name] = (statistics.median(times), float(cost.get("flops", 0.0)) / 1e9)
+  return out
+
+
 def table(rows: list[dict], peak: float) -> str:
   base = next((r["median_s"] for r in rows if r["mode"] == "supervised"), None)
   lines = ["| mode | batch | step time, median (min–max) | vs supervised | GFLOP per step "
@@ -126,6 +183,8 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=0, help="> 0: overrides the config's batch")
   parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
   parser.add_argument("--repeats", type=int, default=5, help="timed blocks per mode")
+  parser.add_argument("--phases", default="hybrid",
+                      help="comma-separated modes whose phases to time alone ('' for none)")
   parser.add_argument("--out", default="", help="also write the report (markdown) here")
   args = parser.parse_args(argv)
   modes = [m for m in args.modes.split(",") if m]
@@ -143,13 +202,26 @@ def main(argv=None):
     except config_lib.ConfigError as e:
       parser.error(str(e))
     print(f"{mode}: {rows[-1]['median_s'] * 1e3:.1f} ms per step", file=sys.stderr, flush=True)
+  phase_lines = []
+  for mode in [m for m in args.phases.split(",") if m]:
+    if mode not in MODES[1:]:
+      parser.error(f"--phases: {mode!r} has no debate phases; choose from {', '.join(MODES[1:])}")
+    phase_lines += [f"| {mode} | {name} | {t * 1e3:.1f} ms | {gflop:.2f} |"
+                    for name, (t, gflop) in phases(args.task, mode, args.batch,
+                                                   args.repeats).items()]
+  phase_table = ""
+  if phase_lines:
+    phase_table = ("\n\nPhases, each jitted and timed alone on an untrained M at the top level "
+                   "(they do not add up exactly to the step):\n\n| mode | phase | median time | "
+                   "compiled GFLOP |\n|---|---|---|---|\n" + "\n".join(phase_lines))
   device = jax.devices()[0]
   report = (f"Train step by mode: {args.task} runlocal config, {device.platform} "
             f"({device.device_kind}, {os.cpu_count()} host cores), jax {jax.__version__}; "
             f"{args.repeats} blocks of {args.steps} steps each. Matmul peak measured in the same "
-            f"run: {peak / 1e9:.0f} GFLOP/s (fp32, 1024^3).\n\n{table(rows, peak)}\n\n"
+            f"run: {peak / 1e9:.0f} GFLOP/s (fp32, 1024^3).\n\n{table(rows, peak)}{phase_table}\n\n"
             f"Command: python benchmarks/step.py --task {args.task} --modes {args.modes} "
-            f"--batch {args.batch} --steps {args.steps} --repeats {args.repeats}\n")
+            f"--batch {args.batch} --steps {args.steps} --repeats {args.repeats} "
+            f"--phases '{args.phases}'\n")
   print(report)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
