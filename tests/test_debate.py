@@ -503,7 +503,7 @@ def test_odd_t_max_keeps_every_stop_bit_and_finished_games_are_frozen():
   assert int(state.calls["leaves"]) == int((state.reason == debate.LEAF).sum())
 
 
-SCAN_CONFIG = DebateConfig(t_max=9, call_prob=0.5, learned_stop=True, early_exit=False)  # R = 4 nodes
+SCAN_CONFIG = DebateConfig(t_max=9, call_prob=0.5, learned_stop=True)  # R = 4 nodes
 
 
 @functools.cache
