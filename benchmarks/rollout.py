@@ -1,0 +1,97 @@
+"""Debate rollout cost against t_max: the scan over every round vs the early-exit while loop.
+
+    python benchmarks/rollout.py [--task permutation] [--t_max 4,8,12,32] [--batch 64]
+        [--repeats 5] [--out benchmarks/results/rollout_cpu.md]
+
+Self-play of an untrained M (the runlocal model of ``experiments/configs/default.py``) on questions
+at the task's top level, as the train step plays it (M_target in both seats, the config's call rule,
+stop rule and assigned claims), jitted once per (t_max, variant). Both variants give identical
+games (tests/test_debate.py); the scan runs all t_max rounds with finished games masked, the while
+loop stops when every game in the batch is done. Median of ``--repeats`` calls after one untimed
+call; the ratio to the smallest t_max shows whether cost follows t_max or the actual debate length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from amp_debate.procedure import debate  # noqa: E402
+from amp_debate.procedure.model_player import ModelDebater  # noqa: E402
+from amp_debate.train import config_lib  # noqa: E402
+from experiments.configs import default  # noqa: E402
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--task", default="permutation")
+  parser.add_argument("--t_max", default="4,8,12,32", help="comma-separated debate lengths")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--out", default="", help="also write the report (markdown) here")
+  args = parser.parse_args(argv)
+  try:
+    lengths = sorted({int(t) for t in args.t_max.split(",") if t})
+  except ValueError:
+    parser.error(f"--t_max must be comma-separated integers, got {args.t_max!r}")
+  if not lengths or lengths[0] < 1 or args.batch < 1 or args.repeats < 1:
+    parser.error("--t_max values, --batch and --repeats must be >= 1")
+
+  config = default.get_config(f"task={args.task},mode=hybrid,runlocal")
+  task = config_lib.make_task(config)
+  model = config_lib.make_model(config, task)
+  played = config_lib.make_step_config(config).debate
+  params = jax.jit(model.init)(jax.random.key(0))
+  questions = task.sample(jax.random.key(1), args.batch, difficulty=task.max_difficulty).questions
+
+  rows, base = [], {}
+  for t_max in lengths:
+    cells = [str(t_max)]
+    for early_exit in (False, True):
+      options = dataclasses.replace(played, t_max=t_max, early_exit=early_exit)
+
+      def play(params, questions, rng, options=options):
+        m = ModelDebater(model=model, params=params, task=task, temperature=1.0)
+        assigned = (debate.sample_assignments(rng, questions.shape[0], options.assign_prob)
+                    if options.assign_prob > 0 else None)
+        return debate.rollout(task, m, m, questions, rng, options, assigned=assigned)[0]
+
+      play = jax.jit(play)
+      game = jax.block_until_ready(play(params, questions, jax.random.key(2)))
+      times = []
+      for _ in range(args.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(play(params, questions, jax.random.key(2)))
+        times.append(time.perf_counter() - start)
+      median = statistics.median(times)
+      base.setdefault(early_exit, median)
+      cells.append(f"{median * 1e3:.1f} ms ({median / base[early_exit]:.2f}x)")
+    cells.append(f"{float(game.num_args.mean()):.2f} (max {int(game.num_args.max())})")
+    rows.append("| " + " | ".join(cells) + " |")
+    print(rows[-1], file=sys.stderr, flush=True)
+
+  device = jax.devices()[0]
+  report = (f"Debate rollout by t_max: {args.task} (top level), untrained runlocal M, batch "
+            f"{args.batch}, {device.platform} ({os.cpu_count()} host cores), jax {jax.__version__}; "
+            f"median of {args.repeats}; in brackets the ratio to t_max = {lengths[0]}.\n\n"
+            "| t_max | scan (all rounds) | early-exit while loop | arguments per debate |\n"
+            "|---|---|---|---|\n" + "\n".join(rows) +
+            f"\n\nCommand: python benchmarks/rollout.py --task {args.task} --t_max {args.t_max} "
+            f"--batch {args.batch} --repeats {args.repeats}\n")
+  print(report)
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      f.write(report)
+
+
+if __name__ == "__main__":
+  main()
