@@ -11,8 +11,8 @@ the defaults on a 2-core CPU (mostly compilation).
 from __future__ import annotations
 
 import argparse
-import time
 
+import common
 import jax
 import numpy as np
 
@@ -21,13 +21,7 @@ from amp_debate import models
 
 def best_time(fn, *args, repeats: int = 3) -> float:
   """Fastest of ``repeats`` timed calls (after one untimed call that compiles)."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return min(times)
+  return min(common.call_times(fn, *args, repeats=repeats))
 
 
 def main():

@@ -18,8 +18,8 @@ import dataclasses
 import os
 import statistics
 import sys
-import time
 
+import common
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,13 +65,9 @@ def main(argv=None):
         return debate.rollout(task, m, m, questions, rng, options, assigned=assigned)[0]
 
       play = jax.jit(play)
-      game = jax.block_until_ready(play(params, questions, jax.random.key(2)))
-      times = []
-      for _ in range(args.repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(play(params, questions, jax.random.key(2)))
-        times.append(time.perf_counter() - start)
-      median = statistics.median(times)
+      game = play(params, questions, jax.random.key(2))
+      median = statistics.median(common.call_times(play, params, questions, jax.random.key(2),
+                                                   repeats=args.repeats))
       base.setdefault(early_exit, median)
       cells.append(f"{median * 1e3:.1f} ms ({median / base[early_exit]:.2f}x)")
     cells.append(f"{float(game.num_args.mean()):.2f} (max {int(game.num_args.max())})")
@@ -86,11 +82,7 @@ def main(argv=None):
             "|---|---|---|---|\n" + "\n".join(rows) +
             f"\n\nCommand: python benchmarks/rollout.py --task {args.task} --t_max {args.t_max} "
             f"--batch {args.batch} --repeats {args.repeats}\n")
-  print(report)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      f.write(report)
+  common.emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 
@@ -47,14 +48,7 @@ MODES = ("supervised", "amplification", "hybrid", "debate")
 def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
   """FLOP/s of the fastest of ``repeats`` fp32 n x n x n matmuls."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  jax.block_until_ready(f(a))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(f(a))
-    best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best
+  return 2 * n ** 3 / min(common.call_times(jax.jit(lambda x: x @ x), a, repeats=repeats))
 
 
 def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int) -> dict:
@@ -83,8 +77,6 @@ def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int) -> 
       jax.random.key(config.seed))
   keys = list(jax.random.split(jax.random.key(1), 2 + steps * repeats))
   compiled = train_step.lower(state, keys[0]).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
   for key in keys[:2]:  # compile (the jit's own) and warm up
     state, metrics = train_step(state, key)
@@ -99,7 +91,7 @@ def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int) -> 
       times.append((time.perf_counter() - start) / steps)
   assert len(traces) == 1, f"{mode}: the step was traced {len(traces)} times"
   return {"mode": mode, "batch": config.batch_size, "median_s": statistics.median(times),
-          "min_s": min(times), "max_s": max(times), "flops": float(cost.get("flops", 0.0)),
+          "min_s": min(times), "max_s": max(times), "flops": common.compiled_flops(compiled),
           "memory": {"arguments": memory.argument_size_in_bytes,
                      "outputs": memory.output_size_in_bytes,
                      "temporaries": memory.temp_size_in_bytes}}
@@ -140,23 +132,19 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
   distill = jax.jit(jax.grad(lambda p: model.log_prob(
       p, step_lib._safe_prompts(drows.prompts), drows.tokens, answer_mask=drows.mask).sum()))
   greedy = jax.jit(lambda p, q, rng: step_lib._greedy_answers(task, model, p, q, rng))
+  skipped = ("; the step skips it: one-argument debates"
+             if step_lib.skips_policy_pass(step_config) else "")
   calls = {"rollout": (rollout, (params, questions, jax.random.key(2))),
            "greedy answers": (greedy, (params, questions, jax.random.key(3))),
-           f"policy gradient ({prows.tokens.shape[0]} rows, {int(prows.active.sum())} real)":
+           f"policy gradient ({prows.tokens.shape[0]} rows, {int(prows.active.sum())} real)"
+           f"{skipped}":
                (policy, (params,)),
            f"distillation gradient ({drows.tokens.shape[0]} rows, {int(drows.active.sum())} real)":
                (distill, (params,))}
   out = {}
   for name, (fn, args) in calls.items():
-    cost = fn.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times.append(time.perf_counter() - start)
-    out[name] = (statistics.median(times), float(cost.get("flops", 0.0)) / 1e9)
+    out[name] = (statistics.median(common.call_times(fn, *args, repeats=repeats)),
+                 common.compiled_flops(fn.lower(*args).compile()) / 1e9)
   return out
 
 
@@ -222,11 +210,7 @@ def main(argv=None):
             f"Command: python benchmarks/step.py --task {args.task} --modes {args.modes} "
             f"--batch {args.batch} --steps {args.steps} --repeats {args.repeats} "
             f"--phases '{args.phases}'\n")
-  print(report)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      f.write(report)
+  common.emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -135,24 +135,18 @@ def with_hparams(state: TrainState, *, learning_rate: Any = None, **combination)
   return state.replace(opt_state=opt_state)
 
 
-_INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-
-
 def _set_learning_rate(opt_state: Any, learning_rate: Any) -> Any:
-  """``opt_state`` with the injected learning rate replaced; ValueError if it has none, or the
-  value is not a finite number > 0 (arrays, e.g. batched for vmap, are cast unchecked)."""
-  found = [node for node in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, _INJECTED))
-           if isinstance(node, _INJECTED) and "learning_rate" in node.hyperparams]
-  if len(found) != 1:
-    raise ValueError(f"with_hparams: learning_rate needs an optimiser built with "
-                     f"optax.inject_hyperparams and a learning_rate (found {len(found)})")
+  """``opt_state`` with the injected learning rate replaced (``optax.tree_utils.tree_set``);
+  ValueError if it has none, or the value is not a finite number > 0 (arrays, e.g. batched for
+  vmap, are cast unchecked)."""
+  old = optax.tree_utils.tree_get(opt_state, "learning_rate")
+  if old is None:
+    raise ValueError("with_hparams: learning_rate needs an optimiser built with "
+                     "optax.inject_hyperparams and a learning_rate")
   if not (isinstance(learning_rate, jax.core.Tracer) or np.ndim(learning_rate) > 0):
     checks.check("with_hparams", "learning_rate", learning_rate, checks.number(0.0, lo_open=True))
-  old = found[0]
-  new = old._replace(hyperparams={**old.hyperparams, "learning_rate": jnp.asarray(
-      learning_rate, old.hyperparams["learning_rate"].dtype)})
-  return jax.tree.map(lambda node: new if node is old else node, opt_state,
-                      is_leaf=lambda x: isinstance(x, _INJECTED))
+  return optax.tree_utils.tree_set(opt_state,
+                                   learning_rate=jnp.asarray(learning_rate, old.dtype))
 
 
 def _safe_prompts(prompts):
@@ -194,6 +188,14 @@ def _greedy_answers(task: Task, model: LanguageModel, params, questions, rng):
   """M's greedy answers int32[B, La] to questions int32[B, Lq] (curriculum signal, accuracy)."""
   m_greedy = ModelDebater(model=model, params=params, task=task, temperature=1.0, greedy=True)
   return m_greedy.answer(questions, rng).tokens
+
+
+def skips_policy_pass(config: StepConfig) -> bool:
+  """Whether the step skips the policy-loss pass over the sampled tokens: one-argument debates
+  (``force_stop_after=1``) have no winner, so zero rewards and an exactly zero policy gradient,
+  and nothing else reads the pass (no entropy bonus, no catastrophe predicate)."""
+  return (config.debate.force_stop_after == 1 and config.entropy_coef == 0
+          and config.catastrophe is losses.never_catastrophic)
 
 
 def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
@@ -267,7 +269,6 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     logp_old = prows.log_probs  # recorded when M_target sampled them, at the same temperature
 
     never = config.catastrophe is losses.never_catastrophic  # static: skip a constant-zero loss
-    no_contest = config.debate.force_stop_after == 1 and config.entropy_coef == 0 and never
 
     def policy_losses(params):  # RL and catastrophe share the forward pass over sampled tokens
       if config.entropy_coef > 0:  # static: the full logits are needed only for the entropy
@@ -296,11 +297,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       logp_targets = model.log_prob(params, distill_prompts, drows.tokens, answer_mask=drows.mask)
       return losses.distillation_loss(logp_targets, drows.mask)
 
-    if no_contest:
-      # One-argument debates have no winner: zero rewards, so the policy gradient is exactly zero
-      # (without an entropy bonus or a catastrophe predicate, nothing else reads the pass over
-      # the sampled tokens). Skipping it halves an amplification-only step
-      # (benchmarks/step.py); the pg/ ratio metrics are then absent.
+    if skips_policy_pass(config):  # its gradient is exactly zero; the pg/ metrics are absent
       grads = {"rl": jax.tree.map(jnp.zeros_like, state.params)}
       pg_metrics, values = {}, {"rl": jnp.zeros((), jnp.float32)}
     else:

@@ -321,10 +321,8 @@ class _Programs:
   """What a run traces and compiles, built from its config and mesh alone."""
 
   task: Any
-  model: Any
-  tx: Any
-  step_config: step_lib.StepConfig
   init_fn: Any
+  abstract: Any  # the TrainState's shapes and dtypes
   shardings: Any  # of the TrainState
   train_step: Any  # jitted, sharded, donating the state
   eval_fn: Any  # jitted
@@ -363,7 +361,7 @@ def _programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> _Pr
   shardings = sharding.state_shardings(mesh, abstract, model, tx)
   eval_fn = jax.jit(make_eval_fn(task, model, step_config,
                                  config.eval.debates and config.mode != "supervised"))
-  programs = _Programs(task, model, tx, step_config, init_fn, shardings,
+  programs = _Programs(task, init_fn, abstract, shardings,
                        sharding.shard_step(step_fn, mesh, shardings), eval_fn)
   _PROGRAMS[key] = programs
   while len(_PROGRAMS) > _KEEP_PROGRAMS:
@@ -418,13 +416,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.make_mesh(data=data, fsdp=fsdp)
   config_json = config.to_dict()
   programs = _programs(config, mesh)
-  task, init_fn, shardings = programs.task, programs.init_fn, programs.shardings
-  train_step, eval_fn = programs.train_step, programs.eval_fn
+  task, init_fn, abstract = programs.task, programs.init_fn, programs.abstract
+  shardings, train_step, eval_fn = programs.shardings, programs.train_step, programs.eval_fn
   # Replicated global keys (checkpointable in multi-process runs, where host-local arrays are not).
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   init_rng, step_rng_root = jax.jit(lambda seed: tuple(jax.random.split(jax.random.key(seed))),
                                     out_shardings=(replicated, replicated))(config.seed)
-  abstract = jax.eval_shape(init_fn, init_rng)
 
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
