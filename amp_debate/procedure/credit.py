@@ -213,10 +213,20 @@ def policy_targets(transcript: debate.Transcript, rows: Rows, sub_amp: AmpOutput
 
 
 # ---- distillation -------------------------------------------------------------------------------
-def distill_rows(task: Task, transcript: debate.Transcript, config: debate.DebateConfig) -> Rows:
-  """Distillation targets from the debate's own computations, flattened: Rows [N, ...] (no
-  subquestion pass; see ``subquestion_targets``). ``config`` (static) leaves out the groups that
-  cannot have targets (judges and stops without the learned stop, verdicts without a contest)."""
+def per_game(rows: Rows, num_games: int | None = None) -> Rows:
+  """Rows [B, ...] (any leading shape after the game axis), or flat Rows [B * G] in game-major
+  order with ``num_games`` = B, as Rows [B, G]."""
+  return jax.tree.map(lambda x: x.reshape((num_games or x.shape[0], -1) + x.shape[-1:]), rows)
+
+
+def distill_rows(task: Task, transcript: debate.Transcript, config: debate.DebateConfig,
+                 by_game: bool = False) -> Rows:
+  """Distillation targets from the debate's own computations (no subquestion pass; see
+  ``subquestion_targets``). ``config`` (static) leaves out the groups that cannot have targets
+  (judges and stops without the learned stop, verdicts without a contest).
+
+  Returns Rows [N, ...] flattened group by group (every game's ANSWER rows, then every game's
+  SUPPORT rows, ...), or with ``by_game`` Rows [B, G], each game's rows together."""
   lq = task.question_len
   comps = transcript.comps
   used = comps.active & comps.called  # [B, R, 2]
@@ -245,6 +255,8 @@ def distill_rows(task: Task, transcript: debate.Transcript, config: debate.Debat
                       final.active & final.called))
     rows.append(_rows(task, final_prompts, transcript.final_node,
                       task.batch_leaf_answer(transcript.final_node), transcript.leaf_reached))
+  if by_game:
+    return concat([per_game(r) for r in rows], axis=1)
   return concat([r.flatten() for r in rows], axis=0)
 
 

@@ -43,7 +43,7 @@ import optax
 from amp_debate import checks
 from amp_debate.models.transformer import LanguageModel, token_log_probs
 from amp_debate.procedure import (combine, credit, curriculum, debate, losses, model_player,
-                                  protocol, target)
+                                  packing, protocol, target)
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
 from amp_debate.tasks.base import Batch, Task
@@ -67,6 +67,10 @@ class StepConfig:
     entropy_coef: weight of the entropy bonus on the sampled positions, subtracted from the
       policy loss (0: none, and no full-logit pass).
     distill_subquestions: one more Amp′ pass gives distillation targets for every subquestion posed.
+    pack_width: > 0: the gradient passes sort each game's rows real-first and score them in
+      chunks of this many row slots per game, only the chunks that hold a real row
+      (``procedure.packing``; the same losses up to float rounding); 0: every slot in one pass.
+      1 was fastest on CPU (benchmarks/step.py --pack-widths).
     catastrophe: the catastrophe predicate (``losses.never_catastrophic``: no penalty).
   """
 
@@ -80,6 +84,7 @@ class StepConfig:
   target_ema: float | None = 0.9
   entropy_coef: float = 0.0
   distill_subquestions: bool = True
+  pack_width: int = 1
   catastrophe: Any = losses.never_catastrophic
 
   def __post_init__(self):
@@ -89,7 +94,7 @@ class StepConfig:
         temperature=model_player.TEMPERATURE, clip_eps=losses.CLIP_EPS,
         advantage=losses.ADVANTAGE_KIND,
         entropy_coef=checks.number(0.0),
-        distill_subquestions=checks.boolean)
+        distill_subquestions=checks.boolean, pack_width=checks.integer(0))
     target.check_target_options(self.target_period, self.target_ema, owner="StepConfig",
                                 names=("target_period", "target_ema"))
 
@@ -230,7 +235,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     weights = credit.token_weights(prows, num_nodes)
 
     # Distillation targets from the debate's own computations (+ the subquestion pass).
-    drows = credit.distill_rows(task, transcript, config.debate)
+    drows = credit.distill_rows(task, transcript, config.debate, by_game=True)  # [B, G]
     sub_amp = sub_posed = None
     target_calls = jnp.zeros((), jnp.int32)
     if config.distill_subquestions:
@@ -241,8 +246,8 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
                         call_prob=config.debate.call_prob,
                         confidence_threshold=config.debate.confidence_threshold)
       target_calls = (sub_amp.called & sub_posed).sum().astype(jnp.int32)
-      drows = credit.concat(
-          [drows, credit.subquestion_targets(task, subquestions, sub_amp, sub_posed)])
+      drows = credit.concat([drows, credit.per_game(
+          credit.subquestion_targets(task, subquestions, sub_amp, sub_posed), batch_size)], axis=1)
     if combination == "shaped":
       # Each sampled answer's reward pays β·(its disagreement with Amp′), and the advantage
       # baseline is taken after shaping (over rows). Shaping the already-centred advantages added
@@ -262,47 +267,78 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       row_adv = credit.row_values(adv.reshape(rewards.shape), num_nodes, num_sub)  # [B, R, 2, K]
       mismatch = jnp.zeros(row_adv.shape, jnp.float32)
 
-    flat = prows.flatten()
-    shape = prows.tokens.shape
-    policy_prompts = _safe_prompts(flat.prompts)
-    distill_prompts = _safe_prompts(drows.prompts)
-    logp_old = prows.log_probs  # recorded when M_target sampled them, at the same temperature
-
     never = config.catastrophe is losses.never_catastrophic  # static: skip a constant-zero loss
+    # The gradient passes score the rows game by game ([B, G]); with ``pack_width`` each game's
+    # real rows come first and only the slot chunks that hold one are scored
+    # (``procedure.packing``). Every loss is a ratio of sums over rows; a chunk contributes its
+    # loss times its share of the denominator, so the sum over chunks is the loss over all rows.
+    policy = {"rows": credit.per_game(prows),
+              "adv": row_adv.reshape(batch_size, -1),
+              "weights": weights.reshape((batch_size, -1) + weights.shape[-1:])}
+    p_active = policy["rows"].active
+    p_tokens = prows.mask  # the losses' valid tokens (a row is active iff it has one)
+    p_weight = jnp.where(p_tokens, weights, 0.0).sum()
+    p_count = p_tokens.sum()
+    p_rows = prows.active.sum()
+    d_active = drows.active
+    d_count = drows.mask.sum()
+    if config.pack_width:
+      policy, p_active = packing.active_first(policy, p_active)
+      drows, d_active = packing.active_first(drows, d_active)
+    width = lambda active: config.pack_width or active.shape[1]
 
-    def policy_losses(params):  # RL and catastrophe share the forward pass over sampled tokens
+    def policy_losses(params, chunk):  # RL and catastrophe share the forward pass
+      rows = chunk["rows"]
+      flat = rows.flatten()
+      prompts = _safe_prompts(flat.prompts)
+      shape = rows.tokens.shape
       if config.entropy_coef > 0:  # static: the full logits are needed only for the entropy
-        logits = model.answer_logits(params, policy_prompts, flat.tokens)  # [N, L, V]
+        logits = model.answer_logits(params, prompts, flat.tokens)  # [N, L, V]
         logp = token_log_probs(logits, flat.tokens, config.temperature)
         logp = jnp.where(flat.mask, logp, 0.0).reshape(shape)
       else:
-        logp = model.log_prob(params, policy_prompts, flat.tokens, answer_mask=flat.mask,
+        logp = model.log_prob(params, prompts, flat.tokens, answer_mask=flat.mask,
                               temperature=config.temperature).reshape(shape)
-      rl, pg_metrics = losses.policy_gradient_loss(logp, logp_old, prows.mask, prows.active,
-                                                   row_adv, config.clip_eps, token_weights=weights)
+      # logp_old: recorded when M_target sampled the tokens, at the same temperature.
+      rl, pg_metrics = losses.policy_gradient_loss(logp, rows.log_probs, rows.mask, rows.active,
+                                                   chunk["adv"], config.clip_eps,
+                                                   token_weights=chunk["weights"])
+      by_weight = packing.weight_of(jnp.where(rows.mask, chunk["weights"], 0.0).sum(), p_weight)
+      by_token = packing.weight_of(rows.mask.sum(), p_count)
+      pg_metrics = {k: v * by_token for k, v in pg_metrics.items()}
       if config.entropy_coef > 0:
-        entropy = losses.entropy_bonus(logits.reshape(shape + logits.shape[-1:]), prows.mask,
-                                       prows.active, config.temperature, token_weights=weights)
+        entropy = losses.entropy_bonus(logits.reshape(shape + logits.shape[-1:]), rows.mask,
+                                       rows.active, config.temperature,
+                                       token_weights=chunk["weights"])
         rl = rl - config.entropy_coef * entropy
-        pg_metrics = {**pg_metrics, "entropy": entropy}
-      values = {"rl": rl}
+        pg_metrics = {**pg_metrics, "entropy": entropy * by_weight}
+      values = {"rl": rl * by_weight}
       if not never:
-        flags = losses.catastrophe_flags(config.catastrophe, prows.questions, prows.tokens,
-                                         prows.active)
-        p_cat = losses.catastrophe_probability(logp, logp_old, prows.mask, prows.active, flags)
-        values["cat"] = losses.catastrophe_loss(p_cat, prows.active)
+        flags = losses.catastrophe_flags(config.catastrophe, rows.questions, rows.tokens,
+                                         rows.active)
+        p_cat = losses.catastrophe_probability(logp, rows.log_probs, rows.mask, rows.active,
+                                               flags)
+        values["cat"] = losses.catastrophe_loss(p_cat, rows.active) * packing.weight_of(
+            rows.active.sum(), p_rows)
       return values, (pg_metrics, values)  # the values again as aux: no second forward pass
 
-    def distill_loss(params):
-      logp_targets = model.log_prob(params, distill_prompts, drows.tokens, answer_mask=drows.mask)
-      return losses.distillation_loss(logp_targets, drows.mask)
+    def distill_loss(params, chunk):
+      flat = chunk.flatten()
+      logp_targets = model.log_prob(params, _safe_prompts(flat.prompts), flat.tokens,
+                                    answer_mask=flat.mask)
+      return losses.distillation_loss(logp_targets, flat.mask) * packing.weight_of(
+          flat.mask.sum(), d_count)
 
     if skips_policy_pass(config):  # its gradient is exactly zero; the pg/ metrics are absent
       grads = {"rl": jax.tree.map(jnp.zeros_like, state.params)}
       pg_metrics, values = {}, {"rl": jnp.zeros((), jnp.float32)}
     else:
-      grads, (pg_metrics, values) = jax.jacrev(policy_losses, has_aux=True)(state.params)
-    values["sup"], grads["sup"] = jax.value_and_grad(distill_loss)(state.params)
+      grads, (pg_metrics, values) = packing.chunked_sum(
+          lambda chunk: jax.jacrev(policy_losses, has_aux=True)(state.params, chunk),
+          policy, p_active, width(p_active))
+    values["sup"], grads["sup"] = packing.chunked_sum(
+        lambda chunk: jax.value_and_grad(distill_loss)(state.params, chunk), drows, d_active,
+        width(d_active))
     if never:
       values["cat"] = jnp.zeros((), jnp.float32)
       grads["cat"] = jax.tree.map(jnp.zeros_like, state.params)
@@ -337,7 +373,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
             jnp.maximum(decided.sum(), 1)),
         "human_calls/targets": target_calls / batch_size,
         "human_calls/per_question": (game.human_calls + target_calls) / batch_size,
-        "distill/targets": drows.active.sum(),
+        "distill/targets": d_active.sum(),
         "rl/arguments": has_tokens.sum() / batch_size,
         "stop/label_yes": (transcript.stop_label.sum() / jnp.maximum(
             transcript.stop_labelled.sum(), 1)),

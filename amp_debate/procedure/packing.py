@@ -1,0 +1,93 @@
+"""Scoring only the rows that exist: a gradient pass over row chunks, as many as the batch needs.
+
+The losses score *rows* laid out per game, [B, G] (``credit``'s policy rows [B, R, 2, K] reshaped,
+the distillation targets per game). Static shapes reserve a slot for every row a game could have;
+in a typical batch half of them or more are empty (a side that did not compute, a node H was not
+called on, subquestions a node did not pose), and a pass over all G slots spends half its FLOPs on
+padding. ``active_first`` sorts each game's rows so its real ones come first (a per-game gather:
+it never moves rows between games, so under data parallelism each device keeps its own), and
+``chunked_sum`` then visits the slot columns in chunks of ``width``, only as many chunks as the
+fullest game needs (``ceil(max_b active_b / width)``, a traced trip count: a ``lax.while_loop``,
+no recompilation), summing what each chunk returns (gradients and loss terms).
+
+Every loss here is a ratio of sums over rows (Σ num / Σ den, ``procedure.losses``), so the sum
+over chunks of ``chunk_loss · chunk_den / total_den`` is the loss over all rows exactly (up to the
+order of floating-point additions), and so is its gradient: ``weight_of`` computes those fractions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import chex
+import jax
+import jax.numpy as jnp
+
+Tree = TypeVar("Tree")
+
+
+def _take(x: jax.Array, order: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def active_first(tree: Tree, active: jax.Array) -> tuple[Tree, jax.Array]:
+  """Sorts every game's rows so the active ones come first, in their original order.
+
+  Args:
+    tree: a pytree of arrays [B, G, ...] (rows per game).
+    active: bool[B, G].
+  Returns:
+    (tree with axis 1 permuted the same way in every leaf, active permuted likewise).
+  """
+  chex.assert_rank(active, 2)
+  chex.assert_tree_shape_prefix(tree, active.shape)
+  order = jnp.argsort(~active, axis=1, stable=True)
+  return jax.tree.map(lambda x: _take(x, order), tree), _take(active, order)
+
+
+def num_chunks(active: jax.Array, width: int) -> jax.Array:
+  """int32[]: chunks of ``width`` slot columns that hold every active row once sorted
+  (``active_first``): ceil(max over games of active rows / width)."""
+  most = active.sum(1).max().astype(jnp.int32)
+  return (most + width - 1) // width
+
+
+def chunked_sum(fn: Callable[[Any], Any], tree: Tree, active: jax.Array, width: int) -> Any:
+  """Σ over slot-column chunks of ``fn(chunk)``, skipping the chunks that hold no active row.
+
+  Args:
+    fn: chunk -> pytree of arrays (summed leafwise over chunks); a chunk is ``tree`` with axis 1
+      cut to ``width`` slots ([B, width, ...]). It must return zeros for a chunk of inactive rows
+      (the losses do), since a partly active chunk still carries some.
+    tree: pytree of arrays [B, G, ...], sorted with ``active_first``.
+    active: bool[B, G], sorted likewise.
+    width: static chunk width (>= 1). ``width >= G``: one call on the whole tree, no loop.
+  Returns:
+    the sum, shaped like ``fn``'s output.
+  """
+  chex.assert_rank(active, 2)
+  g = active.shape[1]
+  if width < 1:
+    raise ValueError(f"chunked_sum: width must be >= 1, got {width}")
+  if width >= g:
+    return fn(tree)
+  pad = -g % width
+  if pad:  # inactive padding slots (zeros: PAD tokens, masks False)
+    widen = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    tree, active = jax.tree.map(widen, tree), widen(active)
+  shape = jax.eval_shape(fn, jax.tree.map(lambda x: x[:, :width], tree))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+
+  def body(i, total):
+    chunk = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i * width, width, axis=1),
+                         tree)
+    return jax.tree.map(jnp.add, total, fn(chunk))
+
+  return jax.lax.fori_loop(0, num_chunks(active, width), body, zeros)
+
+
+def weight_of(part: jax.Array, total: jax.Array) -> jax.Array:
+  """float32[]: a chunk's share ``part / total`` of a loss's denominator (0 when total is 0);
+  never differentiated."""
+  part, total = jax.lax.stop_gradient((part, total))
+  return jnp.where(total > 0, part / jnp.where(total > 0, total, 1), 0.0).astype(jnp.float32)

@@ -1,0 +1,73 @@
+"""procedure.packing: real rows first, per game; a sum over only the chunks that hold one."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amp_debate.procedure import losses, packing
+
+
+def _rows(seed=0, games=5, slots=7, length=3):
+  rng = np.random.default_rng(seed)
+  active = rng.random((games, slots)) < 0.4
+  active[0] = False  # a game with no rows
+  active[1, -1] = True  # ... and one whose last slot is real
+  mask = active[..., None] & (rng.random((games, slots, length)) < 0.7)
+  mask[..., 0] |= active  # an active row has a token
+  tree = {"x": jnp.asarray(rng.normal(size=(games, slots, length)), jnp.float32),
+          "mask": jnp.asarray(mask), "id": jnp.arange(games * slots).reshape(games, slots)}
+  return tree, jnp.asarray(active)
+
+
+def test_active_first_keeps_each_games_rows_and_their_order():
+  tree, active = _rows()
+  out, out_active = packing.active_first(tree, active)
+  for b in range(active.shape[0]):
+    real = np.asarray(tree["id"][b])[np.asarray(active[b])]
+    k = len(real)
+    np.testing.assert_array_equal(np.asarray(out["id"][b, :k]), real)
+    assert np.asarray(out_active[b, :k]).all() and not np.asarray(out_active[b, k:]).any()
+    assert sorted(np.asarray(out["id"][b]).tolist()) == np.asarray(tree["id"][b]).tolist()
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 7, 10])
+def test_chunks_visited_are_only_those_holding_a_real_row(width):
+  tree, active = _rows()
+  sorted_tree, sorted_active = packing.active_first(tree, active)
+  most = int(np.asarray(active).sum(1).max())
+  expected = 1 if width >= active.shape[1] else -(-most // width)
+  visits = jax.jit(lambda t, a: packing.chunked_sum(lambda c: jnp.ones((), jnp.int32), t, a,
+                                                    width))(sorted_tree, sorted_active)
+  assert int(visits) == expected
+  # No real row anywhere: no chunk is scored at all (unless one chunk is the whole).
+  none = jnp.zeros_like(active)
+  assert int(packing.chunked_sum(lambda c: jnp.ones((), jnp.int32), tree, none, width)) == (
+      1 if width >= active.shape[1] else 0)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_a_chunked_ratio_of_sums_and_its_gradient_equal_the_whole(width):
+  """The distillation loss (a mean over masked tokens) over all rows equals Σ over chunks of the
+  chunk's loss times its share of the token count, and so does the gradient."""
+  tree, active = _rows(seed=1)
+  total = tree["mask"].sum()
+
+  def loss(scale, rows):
+    logp = -jnp.square(rows["x"] * scale).reshape(-1, rows["x"].shape[-1])
+    mask = rows["mask"].reshape(logp.shape)
+    return losses.distillation_loss(logp, mask) * packing.weight_of(mask.sum(), total)
+
+  whole = jax.value_and_grad(loss)(1.5, tree)
+  sorted_tree, sorted_active = packing.active_first(tree, active)
+  chunked = packing.chunked_sum(lambda c: jax.value_and_grad(loss)(1.5, c), sorted_tree,
+                                sorted_active, width)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+  assert float(whole[0]) > 0
+
+
+def test_weight_of_an_empty_total_is_zero():
+  assert float(packing.weight_of(jnp.asarray(0), jnp.asarray(0))) == 0.0
+  assert float(packing.weight_of(jnp.asarray(3.0), jnp.asarray(4.0))) == 0.75
+  with pytest.raises(ValueError, match="width must be >= 1"):
+    packing.chunked_sum(lambda c: 0, {"x": jnp.zeros((2, 3))}, jnp.zeros((2, 3), bool), 0)
