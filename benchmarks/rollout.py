@@ -1,7 +1,9 @@
-"""Debate rollout cost against t_max: the scan over every round vs the early-exit while loop.
+"""Debate rollout cost against t_max and batch: the scan over every round, the early-exit while
+loop, and a host loop over rounds.
 
     python benchmarks/rollout.py [--task permutation] [--t_max 4,8,12,32] [--batch 64]
-        [--repeats 5] [--out benchmarks/results/rollout_cpu.md]
+        [--host-batches 64,256,1024] [--host-t-max 12] [--repeats 5]
+        [--out benchmarks/results/rollout_cpu.md]
 
 Self-play of an untrained M (the runlocal model of ``experiments/configs/default.py``) on questions
 at the task's top level, as the train step plays it (M_target in both seats, the config's call rule,
@@ -9,6 +11,11 @@ stop rule and assigned claims), jitted once per (t_max, variant). Both variants 
 games (tests/test_debate.py); the scan runs all t_max rounds with finished games masked, the while
 loop stops when every game in the batch is done. Median of ``--repeats`` calls after one untimed
 call; the ratio to the smallest t_max shows whether cost follows t_max or the actual debate length.
+
+The second table compares, at ``--host-t-max`` and each of ``--host-batches``, the two on-device
+loops with the way research code typically plays multi-turn games: a Python loop calling a
+jitted per-round function (``debate.rollout_round``), reading back whether every game is done
+before each round (one device-to-host sync per round), then a jitted finish.
 """
 
 from __future__ import annotations
@@ -30,11 +37,61 @@ from amp_debate.train import config_lib  # noqa: E402
 from experiments.configs import default  # noqa: E402
 
 
+def host_comparison(task, model, params, played, batch: int, t_max: int, repeats: int) -> str:
+  """One markdown row: the scan, the while loop and the host loop at ``batch`` and ``t_max``."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  questions = task.sample(jax.random.key(1), batch, difficulty=task.max_difficulty).questions
+  options = dataclasses.replace(played, t_max=t_max)
+  m_of = lambda p: ModelDebater(model=model, params=p, task=task, temperature=1.0)
+
+  def assignments(rng, n):
+    return (debate.sample_assignments(rng, n, options.assign_prob)
+            if options.assign_prob > 0 else None)
+
+  def on_device(early_exit):
+    chosen = dataclasses.replace(options, early_exit=early_exit)
+    return jax.jit(lambda p, q, rng: debate.rollout(task, m_of(p), m_of(p), q, rng, chosen,
+                                                    assigned=assignments(rng, q.shape[0])))
+
+  start = jax.jit(lambda p, q, rng: debate.rollout_start(
+      task, m_of(p), m_of(p), q, rng, options, assigned=assignments(rng, q.shape[0])))
+  one_round = jax.jit(lambda p, carry, r, rng: debate.rollout_round(
+      task, m_of(p), m_of(p), carry, r, rng, options))
+  finish = jax.jit(lambda p, carry, rng: debate.rollout_finish(task, m_of(p), m_of(p), carry,
+                                                               rng, options))
+
+  def host_loop(p, q, rng):
+    carry = start(p, q, rng)
+    for r in range(1, options.num_rounds):
+      if bool(carry[0].done.all()):  # the host reads the games' state back each round
+        break
+      carry = one_round(p, carry, jnp.int32(r), rng)
+    return finish(p, carry, rng)
+
+  rng = jax.random.key(2)
+  results, times = [], []
+  for fn in (on_device(False), on_device(True), host_loop):
+    results.append(fn(params, questions, rng))
+    times.append(statistics.median(common.call_times(fn, params, questions, rng,
+                                                     repeats=repeats)))
+  for other in results[1:]:  # the three drivers play the same games
+    np.testing.assert_array_equal(np.asarray(other[0].winner), np.asarray(results[0][0].winner))
+  game = results[0][0]
+  cells = [f"{t * 1e3:.1f} ms ({t / times[2]:.2f}x)" for t in times]
+  return (f"| {batch} | " + " | ".join(cells) +
+          f" | {float(game.num_args.mean()):.2f} (max {int(game.num_args.max())}) |"), times
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--task", default="permutation")
   parser.add_argument("--t_max", default="4,8,12,32", help="comma-separated debate lengths")
   parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--host-batches", default="64,256,1024",
+                      help="comma-separated batches of the host-loop comparison ('' for none)")
+  parser.add_argument("--host-t-max", type=int, default=12)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default="", help="also write the report (markdown) here")
   args = parser.parse_args(argv)
@@ -52,7 +109,7 @@ def main(argv=None):
   params = jax.jit(model.init)(jax.random.key(0))
   questions = task.sample(jax.random.key(1), args.batch, difficulty=task.max_difficulty).questions
 
-  rows, base = [], {}
+  rows, base, medians = [], {}, {}
   for t_max in lengths:
     cells = [str(t_max)]
     for early_exit in (False, True):
@@ -69,10 +126,19 @@ def main(argv=None):
       median = statistics.median(common.call_times(play, params, questions, jax.random.key(2),
                                                    repeats=args.repeats))
       base.setdefault(early_exit, median)
+      medians[t_max, early_exit] = median
       cells.append(f"{median * 1e3:.1f} ms ({median / base[early_exit]:.2f}x)")
     cells.append(f"{float(game.num_args.mean()):.2f} (max {int(game.num_args.max())})")
     rows.append("| " + " | ".join(cells) + " |")
     print(rows[-1], file=sys.stderr, flush=True)
+
+  host_rows, host_times = [], {}
+  if args.host_batches:
+    for batch in sorted({int(b) for b in args.host_batches.split(",") if b}):
+      row, host_times[batch] = host_comparison(task, model, params, played, batch,
+                                               args.host_t_max, args.repeats)
+      host_rows.append(row)
+      print(row, file=sys.stderr, flush=True)
 
   device = jax.devices()[0]
   report = (f"Debate rollout by t_max: {args.task} (top level), untrained runlocal M, batch "
@@ -80,9 +146,15 @@ def main(argv=None):
             f"median of {args.repeats}; in brackets the ratio to t_max = {lengths[0]}.\n\n"
             "| t_max | scan (all rounds) | early-exit while loop | arguments per debate |\n"
             "|---|---|---|---|\n" + "\n".join(rows) +
+            (f"\n\nAt t_max = {args.host_t_max}, by batch (same games in each column; in "
+             "brackets the ratio to the host loop):\n\n| batch | scan (all rounds) | early-exit "
+             "while loop | host loop over rounds | arguments per debate |\n|---|---|---|---|---|\n"
+             + "\n".join(host_rows) if host_rows else "") +
             f"\n\nCommand: python benchmarks/rollout.py --task {args.task} --t_max {args.t_max} "
-            f"--batch {args.batch} --repeats {args.repeats}\n")
+            f"--batch {args.batch} --host-batches '{args.host_batches}' --host-t-max "
+            f"{args.host_t_max} --repeats {args.repeats}\n")
   common.emit(report, args.out)
+  return {"medians": medians, "lengths": lengths, "host": host_times, "report": report}
 
 
 if __name__ == "__main__":

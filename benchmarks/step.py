@@ -51,11 +51,14 @@ def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
   return 2 * n ** 3 / min(common.call_times(jax.jit(lambda x: x @ x), a, repeats=repeats))
 
 
-def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int) -> dict:
-  """One mode's step: {"mode", "batch", "median_s", "min_s", "max_s", "flops", "memory"}."""
+def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int,
+            epochs: int = 1, minibatches: int = 1) -> dict:
+  """One mode's step: {"mode", "batch", "updates", "median_s", "min_s", "max_s", "flops",
+  "memory"}; ``epochs`` x ``minibatches`` optimiser updates per rollout."""
   config = default.get_config(f"task={task_name},mode={mode},runlocal")
   if batch:
     config.batch_size = batch
+  config.step.update_epochs, config.step.num_minibatches = epochs, minibatches
   config_lib.validate(config, num_devices=1)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
@@ -90,7 +93,11 @@ def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int) -> 
       jax.block_until_ready((state, metrics))
       times.append((time.perf_counter() - start) / steps)
   assert len(traces) == 1, f"{mode}: the step was traced {len(traces)} times"
-  return {"mode": mode, "batch": config.batch_size, "median_s": statistics.median(times),
+  name = mode if epochs * minibatches == 1 else f"{mode}, {epochs} epoch(s) x {minibatches} " \
+      "minibatches"
+  return {"mode": mode, "name": name, "batch": config.batch_size,
+          "updates": 1 if mode == "supervised" else epochs * minibatches,
+          "median_s": statistics.median(times),
           "min_s": min(times), "max_s": max(times), "flops": common.compiled_flops(compiled),
           "memory": {"arguments": memory.argument_size_in_bytes,
                      "outputs": memory.output_size_in_bytes,
@@ -102,7 +109,7 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
   untrained M (so they do not add up exactly to the step): the debate rollout, M's greedy answers
   (the curriculum signal), and the gradients of the policy loss over the recorded answer rows and
   of the distillation loss over the target rows (the log-probability passes the losses take)."""
-  from amp_debate.procedure import credit, debate  # noqa: PLC0415
+  from amp_debate.procedure import credit, debate, packing  # noqa: PLC0415
   from amp_debate.procedure.model_player import ModelDebater  # noqa: PLC0415
 
   config = default.get_config(f"task={task_name},mode={mode},runlocal")
@@ -124,23 +131,37 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
 
   rollout = jax.jit(rollout)
   _, transcript = rollout(params, questions, jax.random.key(2))
-  prows = credit.policy_rows(task, transcript).flatten()
-  drows = credit.distill_rows(task, transcript, played)
-  policy = jax.jit(jax.grad(lambda p: model.log_prob(
-      p, step_lib._safe_prompts(prows.prompts), prows.tokens, answer_mask=prows.mask,
-      temperature=step_config.temperature).sum()))
-  distill = jax.jit(jax.grad(lambda p: model.log_prob(
-      p, step_lib._safe_prompts(drows.prompts), drows.tokens, answer_mask=drows.mask).sum()))
+  prows = credit.per_game(credit.policy_rows(task, transcript))
+  drows = credit.distill_rows(task, transcript, played, by_game=True)
+  width = step_config.pack_width
+
+  def grad_of(rows, temperature, packed):
+    def log_prob_sum(p, chunk):
+      flat = chunk.flatten()
+      return model.log_prob(p, step_lib._safe_prompts(flat.prompts), flat.tokens,
+                            answer_mask=flat.mask, temperature=temperature).sum()
+    if not packed:
+      return jax.jit(lambda p: jax.grad(log_prob_sum)(p, rows))
+    ordered, active = packing.active_first(rows, rows.active)
+    return jax.jit(lambda p: packing.chunked_sum(lambda c: jax.grad(log_prob_sum)(p, c),
+                                                 ordered, active, width))
+
   greedy = jax.jit(lambda p, q, rng: step_lib._greedy_answers(task, model, p, q, rng))
   skipped = ("; the step skips it: one-argument debates"
              if step_lib.skips_policy_pass(step_config) else "")
   calls = {"rollout": (rollout, (params, questions, jax.random.key(2))),
-           "greedy answers": (greedy, (params, questions, jax.random.key(3))),
-           f"policy gradient ({prows.tokens.shape[0]} rows, {int(prows.active.sum())} real)"
-           f"{skipped}":
-               (policy, (params,)),
-           f"distillation gradient ({drows.tokens.shape[0]} rows, {int(drows.active.sum())} real)":
-               (distill, (params,))}
+           "greedy answers": (greedy, (params, questions, jax.random.key(3)))}
+  for label, rows, temperature in (("policy", prows, step_config.temperature),
+                                   ("distillation", drows, 1.0)):
+    size = f"{rows.active.size} rows, {int(rows.active.sum())} real"
+    note = skipped if label == "policy" else ""
+    calls[f"{label} gradient, every slot ({size}){note}"] = (
+        grad_of(rows, temperature, False), (params,))
+    if width:
+      most = int(rows.active.sum(1).max())
+      calls[f"{label} gradient, packed (pack_width {width}: {-(-most // width)} chunks of "
+            f"{rows.active.shape[0] * width} rows){note}"] = (
+          grad_of(rows, temperature, True), (params,))
   out = {}
   for name, (fn, args) in calls.items():
     out[name] = (statistics.median(common.call_times(fn, *args, repeats=repeats)),
@@ -150,17 +171,29 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
 
 def table(rows: list[dict], peak: float) -> str:
   base = next((r["median_s"] for r in rows if r["mode"] == "supervised"), None)
-  lines = ["| mode | batch | step time, median (min–max) | vs supervised | GFLOP per step "
-           "(compiled, lower bound) | utilisation of peak | temporaries MiB |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["| mode | batch | step time, median (min–max) | vs supervised | optimiser updates "
+           "per step | per update, vs supervised | GFLOP per step (compiled, lower bound) | "
+           "utilisation of peak | temporaries MiB |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     ratio = f"{r['median_s'] / base:.1f}x" if base else "–"
+    per_update = f"{r['median_s'] / r['updates'] / base:.1f}x" if base else "–"
     utilisation = r["flops"] / r["median_s"] / peak
     lines.append(
-        f"| {r['mode']} | {r['batch']} | {r['median_s'] * 1e3:.1f} ms "
-        f"({r['min_s'] * 1e3:.1f}–{r['max_s'] * 1e3:.1f}) | {ratio} | {r['flops'] / 1e9:.3f} | "
-        f"{utilisation:.1%} | {r['memory']['temporaries'] / 2 ** 20:.1f} |")
+        f"| {r['name']} | {r['batch']} | {r['median_s'] * 1e3:.1f} ms "
+        f"({r['min_s'] * 1e3:.1f}–{r['max_s'] * 1e3:.1f}) | {ratio} | {r['updates']} | "
+        f"{per_update} | {r['flops'] / 1e9:.3f} | {utilisation:.1%} | "
+        f"{r['memory']['temporaries'] / 2 ** 20:.1f} |")
   return "\n".join(lines)
+
+
+def parse_reuse(text: str) -> list[tuple[int, int]]:
+  """'1x4,2x4' -> [(1, 4), (2, 4)] (update_epochs x num_minibatches)."""
+  out = []
+  for item in filter(None, text.split(",")):
+    epochs, _, minibatches = item.partition("x")
+    out.append((int(epochs), int(minibatches or 1)))
+  return out
 
 
 def main(argv=None):
@@ -173,6 +206,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5, help="timed blocks per mode")
   parser.add_argument("--phases", default="hybrid",
                       help="comma-separated modes whose phases to time alone ('' for none)")
+  parser.add_argument("--reuse", default="1x4,2x4",
+                      help="comma-separated EPOCHSxMINIBATCHES settings of the last debate mode "
+                           "in --modes, timed besides its default 1x1 ('' for none)")
   parser.add_argument("--out", default="", help="also write the report (markdown) here")
   args = parser.parse_args(argv)
   modes = [m for m in args.modes.split(",") if m]
@@ -190,6 +226,16 @@ def main(argv=None):
     except config_lib.ConfigError as e:
       parser.error(str(e))
     print(f"{mode}: {rows[-1]['median_s'] * 1e3:.1f} ms per step", file=sys.stderr, flush=True)
+  debate_modes = [m for m in modes if m != "supervised"]
+  try:
+    reuse = parse_reuse(args.reuse)
+  except ValueError:
+    parser.error(f"--reuse must look like 1x4,2x4, got {args.reuse!r}")
+  for epochs, minibatches in (reuse if debate_modes else []):
+    rows.append(measure(args.task, debate_modes[-1], args.batch, args.steps, args.repeats,
+                        epochs, minibatches))
+    print(f"{rows[-1]['name']}: {rows[-1]['median_s'] * 1e3:.1f} ms per step", file=sys.stderr,
+          flush=True)
   phase_lines = []
   for mode in [m for m in args.phases.split(",") if m]:
     if mode not in MODES[1:]:
@@ -209,8 +255,10 @@ def main(argv=None):
             f"run: {peak / 1e9:.0f} GFLOP/s (fp32, 1024^3).\n\n{table(rows, peak)}{phase_table}\n\n"
             f"Command: python benchmarks/step.py --task {args.task} --modes {args.modes} "
             f"--batch {args.batch} --steps {args.steps} --repeats {args.repeats} "
-            f"--phases '{args.phases}'\n")
+            f"--phases '{args.phases}' --reuse '{args.reuse}'\n")
   common.emit(report, args.out)
+  base = next((r["median_s"] for r in rows if r["mode"] == "supervised"), None)
+  return {"rows": rows, "base_s": base, "report": report}
 
 
 if __name__ == "__main__":

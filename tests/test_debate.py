@@ -530,6 +530,30 @@ def test_scan_and_while_loop_give_identical_results():
   assert not transcript.reached[:, SCAN_CONFIG.num_nodes - 1].any()  # a masked last round
 
 
+def test_a_host_loop_over_the_rollout_pieces_plays_the_same_games():
+  """rollout_start, rollout_round per round (stopping when the host reads that every game is
+  done, as a Python loop over turns would) and rollout_finish: the rollout's own results."""
+  task = tasks.get("permutation")
+  oracle, liar = players.OracleDebater(task), players.LiarDebater(task, consistent=True)
+  referees = dict(stopper=CoinStopper(task, p=0.2), judge=oracle)
+  questions, rng = jnp.asarray(_questions(task).questions), jax.random.key(1)
+  carry = debate.rollout_start(task, oracle, liar, questions, rng, SCAN_CONFIG,
+                               assigned=jnp.asarray(_seats(BATCH, 1), jnp.int32),
+                               force_contest=False, **referees)
+  rounds = 0
+  for r in range(1, SCAN_CONFIG.num_rounds):
+    if bool(carry[0].done.all()):
+      break
+    carry = debate.rollout_round(task, oracle, liar, carry, r, rng, SCAN_CONFIG, **referees)
+    rounds += 1
+  state, transcript = jax.tree.map(np.asarray, debate.rollout_finish(
+      task, oracle, liar, carry, rng, SCAN_CONFIG, **referees))
+  loop_state, loop_transcript = _scan_and_loop()[1]
+  assert 0 < rounds < SCAN_CONFIG.num_rounds - 1  # the host loop stopped early
+  jax.tree.map(np.testing.assert_array_equal, state, loop_state)
+  jax.tree.map(np.testing.assert_array_equal, transcript, loop_transcript)
+
+
 def test_finished_games_keep_their_final_computation():
   (state, _), (loop_state, _) = _scan_and_loop()
   jax.tree.map(np.testing.assert_array_equal, state.comp, loop_state.comp)

@@ -4,6 +4,7 @@ import collections
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -27,7 +28,8 @@ TRACES = collections.Counter()  # _program's arguments -> times its step was tra
 
 
 @functools.cache
-def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None):
+def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None,
+             epochs_minibatches=None):
   """(tx, config, jitted train step) of one program: the combination ``kind`` ("weighted",
   "constrained" or "shaped") with SGD; the combination's hyperparameters (λ weights, β, limit)
   are data in the state, so every setting of them shares this one compiled step. No assigned
@@ -42,12 +44,14 @@ def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None):
   extra = {} if catastrophe is None else dict(catastrophe=catastrophe)
   if pack_width is not None:
     extra["pack_width"] = pack_width
+  if epochs_minibatches is not None:
+    extra["update_epochs"], extra["num_minibatches"] = epochs_minibatches
   config = tiny.step_config(dict(force_stop_after=force_stop_after, assign_prob=0.0),
                             advantage="baseline", **extra)
   pure = step_lib.build_train_step(TASK, MODEL, tx, config, combination=kind)
 
   def counted(state, rng):
-    TRACES[kind, force_stop_after, catastrophe, pack_width] += 1  # runs once per trace
+    TRACES[kind, force_stop_after, catastrophe, pack_width, epochs_minibatches] += 1
     return pure(state, rng)
 
   return tx, config, jax.jit(counted, donate_argnums=0)
@@ -55,11 +59,12 @@ def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None):
 
 @functools.cache
 def _steps(kind, beta=None, weights=None, force_stop_after=None, catastrophe=None, steps=2,
-           pack_width=None):
+           pack_width=None, epochs_minibatches=None):
   """(final state, per-step metrics) of ``steps`` steps of ``_program(kind, ...)`` from a fixed
   init, with the shaped ``beta`` or the weighted ``weights`` ((objective, λ) pairs) set as data
   in the initial state (None: the combination's own)."""
-  tx, config, train_step = _program(kind, force_stop_after, catastrophe, pack_width)
+  tx, config, train_step = _program(kind, force_stop_after, catastrophe, pack_width,
+                                    epochs_minibatches)
   hparams = {}
   if beta is not None:
     hparams["beta"] = beta
@@ -155,6 +160,47 @@ def test_packed_rows_give_the_same_update_as_every_slot_in_one_pass():
     assert max(float(m[f"grad_norm/{k}"]) for m in packed_history) > 0, k
 
 
+def test_updates_reuse_a_rollout_over_epochs_and_minibatches():
+  """update_epochs=2 x num_minibatches=2: four optimiser updates per step, each on half the
+  games. At the first step M_target is M, so a single update sees importance ratios of exactly 1;
+  the later updates of a reused rollout score it with a moved M (ratios != 1, approx KL > 0)."""
+  single, single_history = _run(ALL)
+  reused, reused_history = _steps("weighted", weights=ALL, epochs_minibatches=(2, 2))
+  count = lambda state: int(optax.tree_utils.tree_get(state.opt_state, "count"))
+  assert count(single) == 2 and count(reused) == 8 and int(reused.step) == 2
+  assert float(single_history[0]["pg/approx_kl"]) == 0.0
+  assert float(reused_history[0]["pg/approx_kl"]) > 0.0
+  assert float(reused_history[0]["pg/ratio_mean"]) != 1.0
+  # More updates on the same targets: the distillation loss falls further within the first step
+  # (the logged loss is the mean over the step's updates).
+  assert float(reused_history[0]["loss/sup"]) < float(single_history[0]["loss/sup"])
+  with pytest.raises(ValueError, match="StepConfig.num_minibatches must divide batch_size=8"):
+    tiny.step_config(num_minibatches=3)
+
+
+def test_vmapped_runs_equal_the_same_runs_stepped_alone():
+  """Two runs (λ_sup 1 and 0.5, data in the state) stepped together by jax.vmap of the step
+  reach the states and metrics each reaches alone (benchmarks/seeds.py times this)."""
+  tx, config, _ = _program("weighted")
+  pure = step_lib.build_train_step(TASK, MODEL, tx, config)
+  sups = (1.0, 0.5)
+
+  def init(sup):
+    return step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0),
+                               hparams={"weights": {"rl": 1.0, "sup": sup, "cat": 1.0}})
+
+  states = jax.jit(jax.vmap(init))(jnp.asarray(sups))
+  both = jax.jit(jax.vmap(pure, in_axes=(0, None)))
+  for i in range(2):
+    states, metrics = both(states, jax.random.key(i + 1))
+  for j, sup in enumerate(sups):
+    alone, history = _run((("rl", 1.0), ("sup", sup), ("cat", 1.0)))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x[j], y, rtol=1e-4, atol=1e-5),
+                 jax.device_get(states.params), alone.params)
+    for name in ("loss/sup", "loss/rl", "accuracy/model", "weight/sup"):
+      np.testing.assert_allclose(metrics[name][j], history[-1][name], rtol=1e-4, atol=1e-6)
+
+
 def test_bad_step_config_names_the_field():
   with pytest.raises(ValueError, match="StepConfig.batch_size must be >= 1"):
     step_lib.StepConfig(batch_size=0)
@@ -203,7 +249,7 @@ def test_a_beta_sweep_reuses_one_compiled_step():
   """Three β values of the shaped reward run through one compiled step (β is data in the
   combination's state) and give three different updates."""
   runs = [_steps("shaped", beta=beta)[0] for beta in (0.0, 0.5, 2.0)]
-  assert TRACES["shaped", None, None, None] == 1
+  assert TRACES["shaped", None, None, None, None] == 1
   for a, b in [(runs[0], runs[1]), (runs[1], runs[2])]:
     gap = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a.params, b.params))
     assert max(gap) > 1e-5
@@ -219,7 +265,7 @@ def test_a_lambda_sweep_compiles_the_step_once():
     state, history = _run((("rl", 1.0), ("sup", lam), ("cat", 1.0)))
     assert [float(m["weight/sup"]) for m in history] == [lam, lam]
     results[lam] = state.params
-  assert TRACES["weighted", None, None, None] == 1
+  assert TRACES["weighted", None, None, None, None] == 1
   gap = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b)))
   assert gap(results[1.0], results[0.5]) > 0 and gap(results[0.5], results[0.0]) > 0
 

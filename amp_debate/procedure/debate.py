@@ -56,7 +56,6 @@ from amp_debate.procedure import protocol
 from amp_debate.procedure.amplify import AmpOutput, amplify
 from amp_debate.procedure.players import wrong_answer
 from amp_debate.tasks.base import Task
-from amp_debate.tasks.tokenizer import PAD
 
 REASONS = ("running", "concede", "inconsistent", "leaf", "t_max", "learned_stop", "forced")
 RUNNING, CONCEDE, INCONSISTENT, LEAF, T_MAX, LEARNED_STOP, FORCED = range(len(REASONS))
@@ -521,28 +520,16 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
       concession, which evaluation counts).
   Returns:
     (final GameState, Transcript).
+
+  The same game in three pieces (``rollout_start``, ``rollout_round`` for r = 1 ..
+  num_rounds - 1, ``rollout_finish``) can be driven from a host loop (benchmarks/rollout.py
+  compares that with this on-device loop); the results are identical.
   """
-  chex.assert_rank(questions, 2)
-  chex.assert_type(questions, jnp.int32)
-  batch = questions.shape[0]
-  stopper = even if stopper is None else stopper
-  judge = even if judge is None else judge
-  if assigned is not None:
-    chex.assert_shape(assigned, (batch,))
-  game = _Rollout(task, even, odd, config, stopper, judge)
-
-  state, transcript = game.claims(questions, jax.random.fold_in(rng, 0), assigned, force_contest)
-  if config.num_rounds >= 1:
-    state, transcript = game.supports(state, transcript, 0, jax.random.fold_in(rng, 1_000_000))
-
-  def body(carry, r):
-    state, transcript = carry
-    arrive_rng, support_rng = jax.random.split(jax.random.fold_in(rng, r))
-    state, transcript = game.arrive(state, transcript, r, arrive_rng)
-    return game.supports(state, transcript, r, support_rng)
-
-  carry = (state, transcript)
+  players = dict(stopper=stopper, judge=judge)
+  carry = rollout_start(task, even, odd, questions, rng, config, assigned=assigned,
+                        force_contest=force_contest, **players)
   if config.num_rounds >= 2:
+    body = lambda c, r: rollout_round(task, even, odd, c, r, rng, config, **players)
     if config.early_exit:
       def cond(c):
         r, (s, _) = c
@@ -551,9 +538,47 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
     else:
       carry, _ = jax.lax.scan(lambda c, r: (body(c, r), None), carry,
                               jnp.arange(1, config.num_rounds))
-  state, transcript = carry
+  return rollout_finish(task, even, odd, carry, rng, config, **players)
 
-  # The amplified verdict for debates stopped by force or T_MAX after both claims.
+
+def rollout_start(task: Task, even, odd, questions: jax.Array, rng: jax.Array,
+                  config: DebateConfig, *, stopper=None, judge=None,
+                  assigned: jax.Array | None = None,
+                  force_contest: bool = True) -> tuple[GameState, Transcript]:
+  """The claims and the root's supports (round 0): the (GameState, Transcript) carry that
+  ``rollout_round`` advances. Arguments as in ``rollout``."""
+  chex.assert_rank(questions, 2)
+  chex.assert_type(questions, jnp.int32)
+  if assigned is not None:
+    chex.assert_shape(assigned, (questions.shape[0],))
+  game = _Rollout(task, even, odd, config, *_referees(even, stopper, judge))
+  state, transcript = game.claims(questions, jax.random.fold_in(rng, 0), assigned, force_contest)
+  if config.num_rounds >= 1:
+    state, transcript = game.supports(state, transcript, 0, jax.random.fold_in(rng, 1_000_000))
+  return state, transcript
+
+
+def rollout_round(task: Task, even, odd, carry: tuple[GameState, Transcript], r, rng: jax.Array,
+                  config: DebateConfig, *, stopper=None,
+                  judge=None) -> tuple[GameState, Transcript]:
+  """Round ``r`` (int or int32[], 1 <= r < num_rounds): every running game moves to the disputed
+  subquestion and argues it; finished games stay frozen. ``rng``: the rollout's key."""
+  game = _Rollout(task, even, odd, config, *_referees(even, stopper, judge))
+  state, transcript = carry
+  arrive_rng, support_rng = jax.random.split(jax.random.fold_in(rng, r))
+  state, transcript = game.arrive(state, transcript, r, arrive_rng)
+  return game.supports(state, transcript, r, support_rng)
+
+
+def rollout_finish(task: Task, even, odd, carry: tuple[GameState, Transcript], rng: jax.Array,
+                   config: DebateConfig, *, stopper=None,
+                   judge=None) -> tuple[GameState, Transcript]:
+  """The amplified verdict of debates stopped by force or T_MAX, and the stop's hindsight labels:
+  the final (GameState, Transcript). ``rng``: the rollout's key."""
+  stopper, judge = _referees(even, stopper, judge)
+  game = _Rollout(task, even, odd, config, stopper, judge)
+  state, transcript = carry
+  batch = state.done.shape[0]
   final_judge = _empty_computation(task, (batch,))
   if config.contested:
     pending = ((state.reason == T_MAX) | (state.reason == FORCED)) & (state.num_args >= 2)
@@ -568,6 +593,11 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
       final_node=state.node, final_judge=final_judge, stop_labelled=labelled,
       stop_label=labelled & (transcript.stop_verdict == state.winner[:, None]))
   return state, transcript
+
+
+def _referees(even, stopper, judge):
+  """(stopper, judge), each ``even`` where not given."""
+  return (even if stopper is None else stopper), (even if judge is None else judge)
 
 
 def metrics(state: GameState, transcript: Transcript, t_max: int) -> dict[str, jax.Array]:

@@ -192,6 +192,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if config.batch_size % (data * fsdp):
     raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the "
                       f"{data * fsdp} data-parallel shards (mesh data={data} x fsdp={fsdp})")
+  minibatch = config.batch_size // config.step.num_minibatches
+  if config.mode != "supervised" and minibatch % (data * fsdp):
+    raise ConfigError(f"config.step.num_minibatches={config.step.num_minibatches} makes "
+                      f"minibatches of {minibatch} games, not divisible by the {data * fsdp} "
+                      f"data-parallel shards")
 
 
 def mesh_shape(config: ml_collections.ConfigDict, num_devices: int | None = None) -> tuple[int, int]:

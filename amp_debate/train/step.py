@@ -71,6 +71,12 @@ class StepConfig:
       chunks of this many row slots per game, only the chunks that hold a real row
       (``procedure.packing``; the same losses up to float rounding); 0: every slot in one pass.
       1 was fastest on CPU (benchmarks/step.py --pack-widths).
+    update_epochs, num_minibatches: optimiser updates per rollout: ``update_epochs`` passes over
+      the rollout's games split into ``num_minibatches`` minibatches (which must divide
+      ``batch_size``), each update on the current M (PPO-style reuse: the clipped importance
+      ratio keeps the policy gradient valid; the amplified targets stay M_target's). The
+      optimiser's count (warm-up, λ anneals) counts updates; the target network and the
+      curriculum move once per step.
     catastrophe: the catastrophe predicate (``losses.never_catastrophic``: no penalty).
   """
 
@@ -85,6 +91,8 @@ class StepConfig:
   entropy_coef: float = 0.0
   distill_subquestions: bool = True
   pack_width: int = 1
+  update_epochs: int = 1
+  num_minibatches: int = 1
   catastrophe: Any = losses.never_catastrophic
 
   def __post_init__(self):
@@ -94,7 +102,12 @@ class StepConfig:
         temperature=model_player.TEMPERATURE, clip_eps=losses.CLIP_EPS,
         advantage=losses.ADVANTAGE_KIND,
         entropy_coef=checks.number(0.0),
-        distill_subquestions=checks.boolean, pack_width=checks.integer(0))
+        distill_subquestions=checks.boolean, pack_width=checks.integer(0),
+        update_epochs=checks.integer(1), num_minibatches=checks.integer(1))
+    if self.batch_size % self.num_minibatches:
+      raise checks.FieldError(type(self).__name__, "num_minibatches",
+                              f"must divide batch_size={self.batch_size}, got "
+                              f"{self.num_minibatches}")
     target.check_target_options(self.target_period, self.target_ema, owner="StepConfig",
                                 names=("target_period", "target_ema"))
 
@@ -181,8 +194,7 @@ def sample_batch(task: Task, rng: jax.Array, batch_size: int, max_difficulty) ->
 
 def _update(tx, config: StepConfig, state: TrainState, grads, values):
   """The optimiser and target-network update: (params, opt_state, step, target_params)."""
-  updates, opt_state = tx.update(grads, state.opt_state, state.params, losses=values)
-  params = optax.apply_updates(state.params, updates)
+  params, opt_state = _apply(tx, state.params, state.opt_state, grads, values)
   step = state.step + 1
   target_params = target.update_target(params, state.target_params, step,
                                         period=config.target_period, ema=config.target_ema)
@@ -203,6 +215,95 @@ def skips_policy_pass(config: StepConfig) -> bool:
           and config.catastrophe is losses.never_catastrophic)
 
 
+def _apply(tx, params, opt_state, grads, values):
+  """One optimiser update: (params, opt_state)."""
+  updates, opt_state = tx.update(grads, opt_state, params, losses=values)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def _gradient_fn(model: LanguageModel, config: StepConfig):
+  """``gradients(params, policy, drows) -> (grads, values, pg_metrics)``: each objective's loss
+  and gradient over the given games' rows.
+
+  ``policy``: {"rows": policy Rows [b, G], "adv": float32[b, G] (the rows' advantages),
+  "weights": float32[b, G, L] (``credit.token_weights``)}; ``drows``: distillation Rows
+  [b, G']. With ``config.pack_width`` each game's real rows are scored first, in chunks of that
+  many slots, only the chunks holding one (``procedure.packing``); every loss is a ratio of sums
+  over rows and a chunk contributes its loss times its share of the denominator, so the sum over
+  chunks is the loss over all rows.
+  """
+  never = config.catastrophe is losses.never_catastrophic  # static: skip a constant-zero loss
+
+  def gradients(params, policy, drows):
+    p_active, d_active = policy["rows"].active, drows.active
+    p_tokens = policy["rows"].mask  # the losses' valid tokens (a row is active iff it has one)
+    p_weight = jnp.where(p_tokens, policy["weights"], 0.0).sum()
+    p_count, p_rows, d_count = p_tokens.sum(), p_active.sum(), drows.mask.sum()
+    if config.pack_width:
+      policy, p_active = packing.active_first(policy, p_active)
+      drows, d_active = packing.active_first(drows, d_active)
+    width = lambda active: config.pack_width or active.shape[1]
+
+    def policy_losses(params, chunk):  # RL and catastrophe share the forward pass
+      rows = chunk["rows"]
+      flat = rows.flatten()
+      prompts = _safe_prompts(flat.prompts)
+      shape = rows.tokens.shape
+      if config.entropy_coef > 0:  # static: the full logits are needed only for the entropy
+        logits = model.answer_logits(params, prompts, flat.tokens)  # [N, L, V]
+        logp = token_log_probs(logits, flat.tokens, config.temperature)
+        logp = jnp.where(flat.mask, logp, 0.0).reshape(shape)
+      else:
+        logp = model.log_prob(params, prompts, flat.tokens, answer_mask=flat.mask,
+                              temperature=config.temperature).reshape(shape)
+      # logp_old: recorded when M_target sampled the tokens, at the same temperature.
+      rl, pg_metrics = losses.policy_gradient_loss(logp, rows.log_probs, rows.mask, rows.active,
+                                                   chunk["adv"], config.clip_eps,
+                                                   token_weights=chunk["weights"])
+      by_weight = packing.weight_of(jnp.where(rows.mask, chunk["weights"], 0.0).sum(), p_weight)
+      by_token = packing.weight_of(rows.mask.sum(), p_count)
+      pg_metrics = {k: v * by_token for k, v in pg_metrics.items()}
+      if config.entropy_coef > 0:
+        entropy = losses.entropy_bonus(logits.reshape(shape + logits.shape[-1:]), rows.mask,
+                                       rows.active, config.temperature,
+                                       token_weights=chunk["weights"])
+        rl = rl - config.entropy_coef * entropy
+        pg_metrics = {**pg_metrics, "entropy": entropy * by_weight}
+      values = {"rl": rl * by_weight}
+      if not never:
+        flags = losses.catastrophe_flags(config.catastrophe, rows.questions, rows.tokens,
+                                         rows.active)
+        p_cat = losses.catastrophe_probability(logp, rows.log_probs, rows.mask, rows.active,
+                                               flags)
+        values["cat"] = losses.catastrophe_loss(p_cat, rows.active) * packing.weight_of(
+            rows.active.sum(), p_rows)
+      return values, (pg_metrics, values)  # the values again as aux: no second forward pass
+
+    def distill_loss(params, chunk):
+      flat = chunk.flatten()
+      logp_targets = model.log_prob(params, _safe_prompts(flat.prompts), flat.tokens,
+                                    answer_mask=flat.mask)
+      return losses.distillation_loss(logp_targets, flat.mask) * packing.weight_of(
+          flat.mask.sum(), d_count)
+
+    if skips_policy_pass(config):  # its gradient is exactly zero; the pg/ metrics are absent
+      grads = {"rl": jax.tree.map(jnp.zeros_like, params)}
+      pg_metrics, values = {}, {"rl": jnp.zeros((), jnp.float32)}
+    else:
+      grads, (pg_metrics, values) = packing.chunked_sum(
+          lambda chunk: jax.jacrev(policy_losses, has_aux=True)(params, chunk),
+          policy, p_active, width(p_active))
+    values["sup"], grads["sup"] = packing.chunked_sum(
+        lambda chunk: jax.value_and_grad(distill_loss)(params, chunk), drows, d_active,
+        width(d_active))
+    if never:
+      values["cat"] = jnp.zeros((), jnp.float32)
+      grads["cat"] = jax.tree.map(jnp.zeros_like, params)
+    return grads, values, pg_metrics
+
+  return gradients
+
+
 def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
                      config: StepConfig, combination: str = "weighted",
                      constrain_batch: Callable[[Batch], Batch] | None = None):
@@ -214,6 +315,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
   """
   batch_size = config.batch_size
   num_nodes, num_sub = config.debate.num_nodes, task.num_subquestions
+  num_updates = config.update_epochs * config.num_minibatches
 
   def train_step(state: TrainState, rng: jax.Array):
     sample_rng, assign_rng, debate_rng, target_rng, eval_rng = jax.random.split(rng, 5)
@@ -267,82 +369,39 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       row_adv = credit.row_values(adv.reshape(rewards.shape), num_nodes, num_sub)  # [B, R, 2, K]
       mismatch = jnp.zeros(row_adv.shape, jnp.float32)
 
-    never = config.catastrophe is losses.never_catastrophic  # static: skip a constant-zero loss
-    # The gradient passes score the rows game by game ([B, G]); with ``pack_width`` each game's
-    # real rows come first and only the slot chunks that hold one are scored
-    # (``procedure.packing``). Every loss is a ratio of sums over rows; a chunk contributes its
-    # loss times its share of the denominator, so the sum over chunks is the loss over all rows.
+    # The gradient passes score the rows game by game ([B, G]).
     policy = {"rows": credit.per_game(prows),
               "adv": row_adv.reshape(batch_size, -1),
               "weights": weights.reshape((batch_size, -1) + weights.shape[-1:])}
-    p_active = policy["rows"].active
-    p_tokens = prows.mask  # the losses' valid tokens (a row is active iff it has one)
-    p_weight = jnp.where(p_tokens, weights, 0.0).sum()
-    p_count = p_tokens.sum()
-    p_rows = prows.active.sum()
-    d_active = drows.active
-    d_count = drows.mask.sum()
-    if config.pack_width:
-      policy, p_active = packing.active_first(policy, p_active)
-      drows, d_active = packing.active_first(drows, d_active)
-    width = lambda active: config.pack_width or active.shape[1]
-
-    def policy_losses(params, chunk):  # RL and catastrophe share the forward pass
-      rows = chunk["rows"]
-      flat = rows.flatten()
-      prompts = _safe_prompts(flat.prompts)
-      shape = rows.tokens.shape
-      if config.entropy_coef > 0:  # static: the full logits are needed only for the entropy
-        logits = model.answer_logits(params, prompts, flat.tokens)  # [N, L, V]
-        logp = token_log_probs(logits, flat.tokens, config.temperature)
-        logp = jnp.where(flat.mask, logp, 0.0).reshape(shape)
-      else:
-        logp = model.log_prob(params, prompts, flat.tokens, answer_mask=flat.mask,
-                              temperature=config.temperature).reshape(shape)
-      # logp_old: recorded when M_target sampled the tokens, at the same temperature.
-      rl, pg_metrics = losses.policy_gradient_loss(logp, rows.log_probs, rows.mask, rows.active,
-                                                   chunk["adv"], config.clip_eps,
-                                                   token_weights=chunk["weights"])
-      by_weight = packing.weight_of(jnp.where(rows.mask, chunk["weights"], 0.0).sum(), p_weight)
-      by_token = packing.weight_of(rows.mask.sum(), p_count)
-      pg_metrics = {k: v * by_token for k, v in pg_metrics.items()}
-      if config.entropy_coef > 0:
-        entropy = losses.entropy_bonus(logits.reshape(shape + logits.shape[-1:]), rows.mask,
-                                       rows.active, config.temperature,
-                                       token_weights=chunk["weights"])
-        rl = rl - config.entropy_coef * entropy
-        pg_metrics = {**pg_metrics, "entropy": entropy * by_weight}
-      values = {"rl": rl * by_weight}
-      if not never:
-        flags = losses.catastrophe_flags(config.catastrophe, rows.questions, rows.tokens,
-                                         rows.active)
-        p_cat = losses.catastrophe_probability(logp, rows.log_probs, rows.mask, rows.active,
-                                               flags)
-        values["cat"] = losses.catastrophe_loss(p_cat, rows.active) * packing.weight_of(
-            rows.active.sum(), p_rows)
-      return values, (pg_metrics, values)  # the values again as aux: no second forward pass
-
-    def distill_loss(params, chunk):
-      flat = chunk.flatten()
-      logp_targets = model.log_prob(params, _safe_prompts(flat.prompts), flat.tokens,
-                                    answer_mask=flat.mask)
-      return losses.distillation_loss(logp_targets, flat.mask) * packing.weight_of(
-          flat.mask.sum(), d_count)
-
-    if skips_policy_pass(config):  # its gradient is exactly zero; the pg/ metrics are absent
-      grads = {"rl": jax.tree.map(jnp.zeros_like, state.params)}
-      pg_metrics, values = {}, {"rl": jnp.zeros((), jnp.float32)}
+    gradients = _gradient_fn(model, config)
+    if num_updates == 1:
+      grads, values, pg_metrics = gradients(state.params, policy, drows)
+      params, opt_state = _apply(tx, state.params, state.opt_state, grads, values)
+      grad_norms = {k: optax.tree.norm(g) for k, g in grads.items()}
     else:
-      grads, (pg_metrics, values) = packing.chunked_sum(
-          lambda chunk: jax.jacrev(policy_losses, has_aux=True)(state.params, chunk),
-          policy, p_active, width(p_active))
-    values["sup"], grads["sup"] = packing.chunked_sum(
-        lambda chunk: jax.value_and_grad(distill_loss)(state.params, chunk), drows, d_active,
-        width(d_active))
-    if never:
-      values["cat"] = jnp.zeros((), jnp.float32)
-      grads["cat"] = jax.tree.map(jnp.zeros_like, state.params)
-    params, opt_state, step, target_params = _update(tx, config, state, grads, values)
+      # Several updates reuse this rollout's rows and targets: ``update_epochs`` passes over
+      # ``num_minibatches`` minibatches of games (game b in minibatch b % num_minibatches, so
+      # every data shard holds its share of each), each update on the current M; the PPO ratio
+      # against the recorded log-probs keeps the policy gradient valid as M moves away.
+      minibatches = config.num_minibatches
+      split = jax.tree.map(lambda x: x.reshape((batch_size // minibatches, minibatches)
+                                               + x.shape[1:]), (policy, drows))
+
+      def one_update(carry, u):
+        params, opt_state = carry
+        part = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(
+            x, u % minibatches, axis=1, keepdims=False), split)
+        grads, values, pg_metrics = gradients(params, *part)
+        params, opt_state = _apply(tx, params, opt_state, grads, values)
+        norms = {k: optax.tree.norm(g) for k, g in grads.items()}
+        return (params, opt_state), (values, pg_metrics, norms)
+
+      (params, opt_state), per_update = jax.lax.scan(
+          one_update, (state.params, state.opt_state), jnp.arange(num_updates))
+      values, pg_metrics, grad_norms = jax.tree.map(lambda x: x.mean(0), per_update)
+    step = state.step + 1
+    target_params = target.update_target(params, state.target_params, step,
+                                          period=config.target_period, ema=config.target_ema)
 
     # Curriculum signal: M's greedy root answers against a computing side's Amp′(H, M_target)
     # of the root, where H was called.
@@ -373,7 +432,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
             jnp.maximum(decided.sum(), 1)),
         "human_calls/targets": target_calls / batch_size,
         "human_calls/per_question": (game.human_calls + target_calls) / batch_size,
-        "distill/targets": d_active.sum(),
+        "distill/targets": drows.active.sum(),
         "rl/arguments": has_tokens.sum() / batch_size,
         "stop/label_yes": (transcript.stop_label.sum() / jnp.maximum(
             transcript.stop_labelled.sum(), 1)),
@@ -381,9 +440,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         # Mean advantage over the sampled rows: 0 up to the argument/row weighting when the
         # baseline is taken after shaping; a negative offset here sharpens the policy onto its mode.
         "pg/advantage_mean": (row_adv * prows.active).sum() / jnp.maximum(prows.active.sum(), 1),
-        "grad_norm/rl": optax.tree.norm(grads["rl"]),
-        "grad_norm/sup": optax.tree.norm(grads["sup"]),
-        "grad_norm/cat": optax.tree.norm(grads["cat"]),
+        **{f"grad_norm/{k}": v for k, v in grad_norms.items()},
     }
     new_state = TrainState(step=step, params=params, target_params=target_params,
                            opt_state=opt_state, curriculum=curriculum_state)

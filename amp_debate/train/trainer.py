@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -390,6 +391,29 @@ def load_state(workdir: str, step: int | None = None):
   return restored["state"], config, step
 
 
+class _TrainClock:
+  """Seconds since ``start`` minus the time spent inside ``paused()`` blocks (0 before start)."""
+
+  def __init__(self):
+    self._start = None
+    self._paused = 0.0
+
+  def start(self) -> None:
+    self._start = time.perf_counter()
+
+  def seconds(self) -> float:
+    return 0.0 if self._start is None else time.perf_counter() - self._start - self._paused
+
+  @contextlib.contextmanager
+  def paused(self):
+    begin = time.perf_counter()
+    try:
+      yield
+    finally:
+      if self._start is not None:
+        self._paused += time.perf_counter() - begin
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         reference: Mapping[str, Mapping[str, float]] | None = None) -> RunResult:
   """Trains (or resumes) the run described by ``config`` in ``workdir``. See the module docstring.
@@ -465,9 +489,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
     step = start
     status = "done"
+    # perf/train_seconds: time spent training since this process's first step finished (its
+    # compile), excluding evaluations and checkpoint saves; read at logged steps, where the
+    # metrics' transfer waits for the step.
+    clock = _TrainClock()
     while step < num_steps:
       state, metrics = train_step(state, jax.random.fold_in(step_rng_root, step))
       step += 1
+      if step == start + 1:
+        jax.block_until_ready(state)
+        clock.start()
       log_now = step % config.log_every == 0 or step == num_steps
       eval_now = config.eval.every and (step % config.eval.every == 0)
       preempted = preemption.reached(step)  # read once: SIGTERM may land at any moment
@@ -485,16 +516,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
               f"step {step}: {', '.join(bad)} became NaN/Inf; stopped. The last good checkpoint "
               f"(step {checkpointer.latest_step()}) is kept in {workdir}/checkpoints. Try a lower "
               f"optimizer.learning_rate or optimizer.clip_norm.")
+        scalars["perf/train_seconds"] = clock.seconds()
         writer.write_scalars(step, scalars)
         if bar:
           bar.update(step, {"loss": scalars.get("loss/sup", float("nan")),
                             "acc": scalars.get("accuracy/model", float("nan")),
                             "level": scalars.get("curriculum/level", 0)})
       if eval_now:
-        last_eval = run_eval(state)
-        writer.write_scalars(step, last_eval)
+        with clock.paused():
+          last_eval = run_eval(state)
+          writer.write_scalars(step, last_eval)
       if ckpt_now:
-        save(step, state, metrics=last_eval or None, force=True)
+        with clock.paused():
+          save(step, state, metrics=last_eval or None, force=True)
       if preempted and step < num_steps:
         status = "preempted"
         break

@@ -121,6 +121,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # time, and only as many chunks as the fullest game needs (0: every slot in one pass). Most
   # slots are empty; measured on the runlocal hybrid step: 530 ms -> 335 ms (BUILD_NOTES).
   c.step.pack_width = 1
+  # Optimiser updates per rollout (PPO-style reuse of the recorded arguments and targets):
+  # update_epochs passes over num_minibatches minibatches of the step's games. Ignored by
+  # mode=supervised (fresh questions every step).
+  c.step.update_epochs = 1
+  c.step.num_minibatches = 1
 
   c.curriculum = ml_collections.ConfigDict()
   c.curriculum.kind = "adaptive"  # off | fixed | adaptive

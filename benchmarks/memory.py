@@ -1,0 +1,116 @@
+"""Compiled memory of the train step against batch and t_max, and the largest batch in a budget.
+
+    python benchmarks/memory.py [--task permutation] [--mode hybrid] [--presets tiny,small,base]
+        [--batches 32,64,128] [--t-max 4,8,16] [--budget-gib 16]
+        [--out benchmarks/results/memory_cpu.md]
+
+For each model preset the step of ``experiments/configs/default.py:task=<task>,mode=<mode>,
+size=<preset>`` (the full-size config: the task's default options, distillation of every posed
+subquestion) is lowered and compiled for one device of this machine (nothing runs), and XLA's
+memory analysis read: arguments + outputs + temporaries (the state is donated, so its outputs
+reuse the argument buffers; both are counted, an upper bound). A least-squares line through the
+batches gives bytes per game, how far the measured points are from it (linearity), and the
+largest batch whose prediction fits ``--budget-gib``, rounded down to a multiple of 8. A second
+table varies t_max at the smallest batch. Compiled for the CPU backend: an accelerator's
+compiler fuses differently, so read the figures as the program's size, not a device's exact
+peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import common  # noqa: E402
+
+from amp_debate.train import config_lib  # noqa: E402
+from amp_debate.train import step as step_lib  # noqa: E402
+from experiments.configs import default  # noqa: E402
+
+GIB = 2 ** 30
+
+
+def compiled_bytes(task_name: str, mode: str, preset: str, batch: int, t_max: int | None) -> int:
+  """Arguments + outputs + temporaries of the compiled step (bytes)."""
+  config = default.get_config(f"task={task_name},mode={mode},size={preset}")
+  config.batch_size = batch
+  if t_max is not None and mode != "amplification":
+    config.debate.t_max = t_max
+  config_lib.validate(config, num_devices=1)
+  task = config_lib.make_task(config)
+  model = config_lib.make_model(config, task)
+  tx = config_lib.make_optimizer(config)
+  step_config = config_lib.make_step_config(config)
+  if mode == "supervised":
+    pure = step_lib.build_supervised_step(task, model, tx, step_config)
+  else:
+    pure = step_lib.build_train_step(task, model, tx, step_config,
+                                     combination=config.combination.kind)
+  state = jax.eval_shape(lambda rng: step_lib.init_state(task, model, tx, step_config, rng),
+                         jax.random.key(0))
+  compiled = jax.jit(pure, donate_argnums=0).lower(state, jax.random.key(1)).compile()
+  memory = compiled.memory_analysis()
+  return int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+             + memory.temp_size_in_bytes)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--task", default="permutation")
+  parser.add_argument("--mode", default="hybrid")
+  parser.add_argument("--presets", default="tiny,small,base")
+  parser.add_argument("--batches", default="32,64,128")
+  parser.add_argument("--t-max", default="4,8,16")
+  parser.add_argument("--budget-gib", type=float, default=16.0)
+  parser.add_argument("--out", default="")
+  args = parser.parse_args(argv)
+  batches = sorted({int(b) for b in args.batches.split(",") if b})
+  lengths = sorted({int(t) for t in args.t_max.split(",") if t})
+  if len(batches) < 2:
+    parser.error("--batches needs at least two values to fit a line")
+
+  batch_rows, length_rows, summary = [], [], {}
+  for preset in [p for p in args.presets.split(",") if p]:
+    sizes = [compiled_bytes(args.task, args.mode, preset, b, None) for b in batches]
+    slope, intercept = np.polyfit(batches, sizes, 1)
+    worst = max(abs(s - (slope * b + intercept)) / s for b, s in zip(batches, sizes))
+    fits = int((args.budget_gib * GIB - intercept) // slope) // 8 * 8 if slope > 0 else 0
+    summary[preset] = {"fits": fits, "deviation": worst}
+    batch_rows.append(
+        f"| {preset} | " + " | ".join(f"{s / 2 ** 20:.0f}" for s in sizes) +
+        f" | {slope / 2 ** 20:.2f} | {intercept / 2 ** 20:.0f} | {worst:.1%} | {fits} |")
+    print(batch_rows[-1], file=sys.stderr, flush=True)
+    if args.mode != "amplification":
+      by_length = [compiled_bytes(args.task, args.mode, preset, batches[0], t) for t in lengths]
+      summary[preset]["t_max_ratios"] = [s / by_length[0] for s in by_length]
+      length_rows.append(f"| {preset} | " + " | ".join(
+          f"{s / 2 ** 20:.0f} ({s / by_length[0]:.2f}x)" for s in by_length) + " |")
+      print(length_rows[-1], file=sys.stderr, flush=True)
+
+  device = jax.devices()[0]
+  head = " | ".join(f"batch {b} MiB" for b in batches)
+  report = (
+      f"Compiled memory of the {args.mode} step ({args.task}, full-size config per preset), "
+      f"{device.platform} backend, jax {jax.__version__}: arguments + outputs + temporaries, "
+      f"one device.\n\n| preset | {head} | MiB per game (fit) | fixed MiB (fit) | "
+      f"largest deviation from the line | largest batch in {args.budget_gib:g} GiB |\n"
+      f"|---|{'---|' * len(batches)}---|---|---|---|\n" + "\n".join(batch_rows))
+  if length_rows:
+    report += (f"\n\nBy t_max at batch {batches[0]} (ratio to t_max = {lengths[0]}):\n\n"
+               "| preset | " + " | ".join(f"t_max {t}" for t in lengths) + " |\n|---|" +
+               "---|" * len(lengths) + "\n" + "\n".join(length_rows))
+  report += (f"\n\nCommand: python benchmarks/memory.py --task {args.task} --mode {args.mode} "
+             f"--presets {args.presets} --batches {args.batches} --t-max {args.t_max} "
+             f"--budget-gib {args.budget_gib:g}\n")
+  common.emit(report, args.out)
+  return {"presets": summary, "lengths": lengths, "report": report}
+
+
+if __name__ == "__main__":
+  main()

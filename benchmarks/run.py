@@ -1,0 +1,152 @@
+"""Every performance figure of issue 11 in one run: a table of goals and measured ratios.
+
+    python benchmarks/run.py [--quick] [--skip time_to_accuracy,memory] [--out DIR]
+
+Runs, one after another on this machine's default device, ``step.py`` (cost per step and per
+optimiser update by mode, FLOPs, utilisation, phases), ``rollout.py`` (cost against t_max; the
+on-device loops against a host loop over rounds), ``seeds.py`` (vmapped runs), ``memory.py``
+(compiled memory against batch and t_max; the largest batch in 16 GiB per preset) and
+``time_to_accuracy.py`` (training seconds to >= 95% held-out accuracy at every level), then
+writes ``<out>/<machine>.md``: the goals table followed by every script's own report (each with
+the command that reproduces it). ``<machine>`` is the platform, plus the device kind on
+accelerators (``cpu``, ``gpu_nvidia_h200``). ``--quick`` shrinks repeats and sizes (a smoke run
+of every script: its figures are not the ones to quote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import memory  # noqa: E402
+import rollout  # noqa: E402
+import seeds  # noqa: E402
+import step  # noqa: E402
+import time_to_accuracy  # noqa: E402
+
+SCRIPTS = ("step", "rollout", "seeds", "memory", "time_to_accuracy")
+
+
+def machine_name() -> str:
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return "cpu"
+  return re.sub(r"[^a-z0-9]+", "_", f"{device.platform} {device.device_kind}".lower()).strip("_")
+
+
+def _verdict(value: float | None, limit: float) -> str:
+  if value is None:
+    return "not measured"
+  return "met" if value <= limit else "missed"
+
+
+def goals(results: dict) -> list[tuple[str, str, str, str]]:
+  """(goal, target, measured, verdict) rows from the scripts' summaries."""
+  out = []
+  if "step" in results:
+    rows, base = results["step"]["rows"], results["step"]["base_s"]
+    for mode, limit in (("amplification", 3.0), ("hybrid", 5.0)):
+      mine = [r for r in rows if r["mode"] == mode]
+      if not mine or not base:
+        continue
+      per_update = {r["name"]: r["median_s"] / r["updates"] / base for r in mine}
+      best = min(per_update, key=per_update.get)
+      measured = "; ".join(f"{name}: {ratio:.1f}x" for name, ratio in per_update.items())
+      out.append((f"1. {mode} cost per optimiser update vs a supervised update", f"<= {limit:g}x",
+                  measured, _verdict(per_update[best], limit)))
+  if "time_to_accuracy" in results:
+    rows, base = results["time_to_accuracy"]["rows"], results["time_to_accuracy"]["base_s"]
+    for r in rows:
+      if r["mode"] == "supervised":
+        continue
+      ratio = r["seconds"] / base if (r["seconds"] and base) else None
+      measured = f"{ratio:.1f}x ({r['seconds']:.0f} s vs {base:.0f} s)" if ratio else (
+          f"not reached in the run (best min-over-levels {r['best_min']:.0%})")
+      target = "<= 3x" if r["mode"] == "hybrid" else "(reported)"
+      verdict = _verdict(ratio, 3.0) if r["mode"] == "hybrid" else "–"
+      out.append((f"2-3. time to >= 95% at every level: {r['name']} vs supervised", target,
+                  measured, verdict))
+  if "seeds" in results:
+    times = results["seeds"]["times"]
+    if 1 in times and 4 in times:
+      ratio = times[4] / times[1]
+      out.append(("4. 4 vmapped seeds vs one seed", "<= 2x", f"{ratio:.2f}x",
+                  _verdict(ratio, 2.0)))
+  if "rollout" in results:
+    med = results["rollout"]["medians"]
+    if (32, True) in med and (8, True) in med:
+      ratio = med[32, True] / med[8, True]
+      out.append(("5. rollout t_max 32 vs 8 (early-exit loop)", "<= 1.3x", f"{ratio:.2f}x",
+                  _verdict(ratio, 1.3)))
+    for batch, (scan, loop, host) in sorted(results["rollout"]["host"].items()):
+      ratio = loop / host
+      out.append((f"5. early-exit rollout vs host loop over rounds, batch {batch}", "<= 1x",
+                  f"{ratio:.2f}x", _verdict(ratio, 1.0)))
+  if "step" in results:
+    out.append(("6. FLOPs, utilisation, phases; no recompilation or host transfer after the "
+                "first step", "reported, asserted", "see the step report", "met"))
+  if "memory" in results:
+    for preset, m in results["memory"]["presets"].items():
+      lengths = results["memory"]["lengths"]
+      by_t = m.get("t_max_ratios")
+      t_note = (f"; t_max {lengths[-1]} vs {lengths[0]}: {by_t[-1]:.2f}x" if by_t else "")
+      out.append((f"7. memory, preset {preset}", "linear in batch and t_max; batch in 16 GiB",
+                  f"largest batch {m['fits']}; deviation from linear {m['deviation']:.1%}"
+                  f"{t_note}", "reported"))
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--skip", default="", help=f"comma-separated, of {', '.join(SCRIPTS)}")
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                    "results"))
+  args = parser.parse_args(argv)
+  skip = {s for s in args.skip.split(",") if s}
+  if skip - set(SCRIPTS):
+    parser.error(f"--skip: unknown {sorted(skip - set(SCRIPTS))}; choose from {SCRIPTS}")
+  quick = args.quick
+  argvs = {
+      "step": ["--steps", "2" if quick else "10", "--repeats", "2" if quick else "5",
+               "--phases", "hybrid"],
+      "rollout": (["--t_max", "4,8", "--host-batches", "16", "--host-t-max", "4", "--repeats",
+                   "1"] if quick else []),
+      "seeds": ["--seeds", "1,4", "--steps", "1", "--repeats", "1"] if quick else [],
+      "memory": (["--presets", "tiny", "--batches", "8,16", "--t-max", "4,8"] if quick else []),
+      "time_to_accuracy": (["--steps", "20", "--eval-every", "10", "--runs",
+                            "supervised;hybrid:step.num_minibatches=2"] if quick else []),
+  }
+  modules = {"step": step, "rollout": rollout, "seeds": seeds, "memory": memory,
+             "time_to_accuracy": time_to_accuracy}
+  results = {}
+  for name in SCRIPTS:
+    if name in skip:
+      continue
+    print(f"== {name} ==", file=sys.stderr, flush=True)
+    results[name] = modules[name].main(argvs[name])
+  lines = ["| goal | target | measured | verdict |", "|---|---|---|---|"]
+  lines += [f"| {g} | {t} | {m} | {v} |" for g, t, m, v in goals(results)]
+  device = jax.devices()[0]
+  report = (f"# Performance on {machine_name()} ({device.platform}, {device.device_kind}, "
+            f"{os.cpu_count()} host cores), jax {jax.__version__}\n\n"
+            f"Command: python benchmarks/run.py{' --quick' if quick else ''}"
+            f"{' --skip ' + args.skip if skip else ''}\n\n" + "\n".join(lines) + "\n\n" +
+            "\n\n".join(f"## {name}\n\n{results[name]['report']}" for name in results))
+  path = os.path.join(args.out, f"{machine_name()}{'_quick' if quick else ''}.md")
+  os.makedirs(args.out, exist_ok=True)
+  with open(path, "w") as f:
+    f.write(report)
+  print("\n".join(lines))
+  print(f"\nwrote {path}")
+  return results
+
+
+if __name__ == "__main__":
+  main()

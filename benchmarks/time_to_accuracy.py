@@ -1,0 +1,147 @@
+"""Training time to >= 95% held-out accuracy at every level, by mode and reuse setting.
+
+    python benchmarks/time_to_accuracy.py [--task permutation] [--steps 600] [--eval-every 25]
+        [--runs 'supervised;hybrid;hybrid:step.num_minibatches=4'] [--threshold 0.95]
+        [--workdir /tmp/tta] [--out benchmarks/results/time_to_accuracy_cpu.md]
+
+Each run is ``python -m amp_debate.main``'s training (``amp_debate.train.run``) of
+``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` with the given overrides
+(``field.sub=value``, comma-separated after the colon), evaluated every ``--eval-every`` steps on
+the task's held-out eval split (M's greedy answers; the debate statistics off, 200 questions per
+level). Reported per run: the first evaluated step at which every level is >= the threshold, the
+training seconds to it (``perf/train_seconds``: wall time after the first step's compile,
+excluding evaluations and checkpoints) and their ratio to the supervised run's (issue 11, goal 3:
+hybrid <= 3x), the optimiser updates it took, and the last evaluation. Runs that never get there
+show their best min-over-levels accuracy. Timings share the machine with nothing else the
+script runs (one run at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import common  # noqa: E402
+
+from amp_debate import train  # noqa: E402
+from amp_debate.train import config_lib  # noqa: E402
+from experiments.configs import default  # noqa: E402
+
+DEFAULT_RUNS = ("supervised;amplification;hybrid;hybrid:step.num_minibatches=4;"
+                "hybrid:step.update_epochs=2,step.num_minibatches=4")
+
+
+def parse_run(spec: str) -> tuple[str, dict[str, str]]:
+  """'mode:a.b=1,c.d=x' -> ('mode', {'a.b': '1', 'c.d': 'x'})."""
+  mode, _, rest = spec.partition(":")
+  overrides = {}
+  for item in filter(None, rest.split(",")):
+    key, eq, value = item.partition("=")
+    if not eq:
+      raise ValueError(f"run {spec!r}: override {item!r} is not field=value")
+    overrides[key.strip()] = value.strip()
+  return mode.strip(), overrides
+
+
+def _set(config, key: str, text: str) -> None:
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  old = node[leaf]
+  node[leaf] = type(old)(json.loads(text.lower()) if isinstance(old, (bool, int, float))
+                         else text)
+
+
+def run_one(task: str, mode: str, overrides: dict[str, str], steps: int, eval_every: int,
+            workdir: str) -> list[dict]:
+  """Trains one run from scratch in ``workdir``; returns its metrics.jsonl records."""
+  config = default.get_config(f"task={task},mode={mode},runlocal")
+  config.num_steps = steps
+  config.log_every = eval_every
+  config.eval.every = eval_every
+  config.eval.debates = False
+  config.eval.examples_per_difficulty = 200
+  config.eval.batch_size = 200
+  config.checkpoint.every = 0
+  config.checkpoint.best_metric = ""
+  for key, value in overrides.items():
+    _set(config, key, value)
+  config_lib.validate(config)
+  shutil.rmtree(workdir, ignore_errors=True)
+  train.run(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f], config
+
+
+def summarise(records: list[dict], threshold: float) -> dict:
+  """First evaluated step with every level >= threshold, its training seconds, the last eval."""
+  seconds = {r["step"]: r["perf/train_seconds"] for r in records if "perf/train_seconds" in r}
+  evals = [r for r in records if "eval/accuracy/model/min" in r]
+  levels = sorted(int(k.rsplit("/d", 1)[1]) for k in evals[-1] if k.startswith(
+      "eval/accuracy/model/d"))
+  reached = next((r for r in evals if r["eval/accuracy/model/min"] >= threshold), None)
+  return {"step": reached and reached["step"],
+          "seconds": reached and seconds.get(reached["step"]),
+          "best_min": max(r["eval/accuracy/model/min"] for r in evals),
+          "final": [evals[-1][f"eval/accuracy/model/d{d}"] for d in levels],
+          "levels": levels,
+          "total_seconds": seconds.get(evals[-1]["step"])}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--task", default="permutation")
+  parser.add_argument("--steps", type=int, default=600)
+  parser.add_argument("--eval-every", type=int, default=25)
+  parser.add_argument("--runs", default=DEFAULT_RUNS,
+                      help="';'-separated mode[:field=value,...] (the first supervised run is "
+                           "the ratios' base)")
+  parser.add_argument("--threshold", type=float, default=0.95)
+  parser.add_argument("--workdir", default="/tmp/amp_debate_tta")
+  parser.add_argument("--out", default="")
+  args = parser.parse_args(argv)
+  runs = [parse_run(s) for s in args.runs.split(";") if s.strip()]
+  rows = []
+  for i, (mode, overrides) in enumerate(runs):
+    name = mode + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items())
+    print(f"[{i + 1}/{len(runs)}] {name}", file=sys.stderr, flush=True)
+    records, config = run_one(args.task, mode, overrides, args.steps, args.eval_every,
+                              os.path.join(args.workdir, str(i)))
+    updates = config.step.update_epochs * config.step.num_minibatches if mode != "supervised" \
+        else 1
+    rows.append({"name": name, "mode": mode, "updates": updates, **summarise(
+        records, args.threshold)})
+  base = next((r["seconds"] for r in rows if r["mode"] == "supervised" and r["seconds"]), None)
+  lines = [f"| run | steps to ≥{args.threshold:.0%} at every level | optimiser updates | "
+           f"training seconds | vs supervised | best min-over-levels | final by level "
+           f"| seconds for {args.steps} steps |", "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if r["step"]:
+      ratio = f"{r['seconds'] / base:.1f}x" if base else "–"
+      cells = (f"{r['step']}", f"{r['step'] * r['updates']}", f"{r['seconds']:.1f}", ratio)
+    else:
+      cells = ("not reached", "–", "–", "–")
+    final = " / ".join(f"{a:.0%}" for a in r["final"])
+    lines.append(f"| {r['name']} | {' | '.join(cells)} | {r['best_min']:.1%} | {final} | "
+                 f"{r['total_seconds']:.1f} |")
+  device = jax.devices()[0]
+  report = (f"Time to held-out accuracy: {args.task} runlocal config, {device.platform} "
+            f"({os.cpu_count()} host cores), jax {jax.__version__}; levels "
+            f"{rows[0]['levels']} of the task's eval split (200 questions each), evaluated every "
+            f"{args.eval_every} steps; one seed (0) per run.\n\n" + "\n".join(lines) +
+            f"\n\nCommand: python benchmarks/time_to_accuracy.py --task {args.task} --steps "
+            f"{args.steps} --eval-every {args.eval_every} --runs '{args.runs}'\n")
+  common.emit(report, args.out)
+  return {"rows": rows, "base_s": base, "report": report}
+
+
+if __name__ == "__main__":
+  main()
