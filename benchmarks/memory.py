@@ -2,7 +2,7 @@
 
     python benchmarks/memory.py [--task permutation] [--mode hybrid] [--presets tiny,small,base]
         [--batches 32,64,128] [--t-max 4,8,16] [--budget-gib 16]
-        [--out benchmarks/results/memory_cpu.md]
+        [--out FILE]
 
 For each model preset the step of ``experiments/configs/default.py:task=<task>,mode=<mode>,
 size=<preset>`` (the full-size config: the task's default options, distillation of every posed

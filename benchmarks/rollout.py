@@ -3,7 +3,7 @@ loop, and a host loop over rounds.
 
     python benchmarks/rollout.py [--task permutation] [--t_max 4,8,12,32] [--batch 64]
         [--host-batches 64,256,1024] [--host-t-max 12] [--repeats 5]
-        [--out benchmarks/results/rollout_cpu.md]
+        [--out FILE]
 
 Self-play of an untrained M (the runlocal model of ``experiments/configs/default.py``) on questions
 at the task's top level, as the train step plays it (M_target in both seats, the config's call rule,

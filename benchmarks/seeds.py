@@ -1,7 +1,7 @@
 """Seeds (and hyperparameter settings) vmapped in one program: cost of S runs' steps against one.
 
     python benchmarks/seeds.py [--task permutation] [--mode hybrid] [--seeds 1,2,4,8]
-        [--learning-rates ''] [--steps 5] [--repeats 3] [--out benchmarks/results/seeds_cpu.md]
+        [--learning-rates ''] [--steps 5] [--repeats 3] [--out FILE]
 
 The step is built as the trainer builds it (``experiments/configs/default.py:task=<task>,
 mode=<mode>,runlocal``). S independent runs are S states initialised from S seeds (with

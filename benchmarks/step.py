@@ -2,19 +2,22 @@
 
     python benchmarks/step.py [--task permutation] [--modes supervised,amplification,hybrid]
         [--batch 0] [--steps 10] [--repeats 5] [--phases hybrid]
-        [--out benchmarks/results/step_cpu.md]
+        [--out FILE]
 
 Each mode's step is built exactly as the trainer builds it from
 ``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (model, optimiser, debate and
-step options; ``--batch`` > 0 overrides the batch size) and jitted on one device. Reported:
+step options; ``--batch`` > 0 overrides the batch size), with the curriculum off (questions of
+every level from the first step), and jitted on one device. Reported:
 
 * step time: median over ``--repeats`` blocks of ``--steps`` steps each (the block's time / steps),
   with the fastest and slowest block, after two untimed steps (compile and warm-up);
-* the ratio of each mode's median to the supervised step's (the goal in issue 11: hybrid <= 5x,
+* the ratio of each mode's median to the supervised step's, per step and per optimiser update:
+  with ``--reuse`` EPOCHSxMINIBATCHES the last debate mode is also timed with that many updates
+  per rollout, each on batch / MINIBATCHES games (the goal in issue 11: hybrid <= 5x,
   amplification-only <= 3x per optimiser update);
 * FLOPs per step from XLA's cost analysis of the compiled step. XLA counts a loop body once, not
-  once per iteration, so for the debate modes (a ``lax.scan`` / ``while_loop`` over turns, and the
-  model's decoding loops) this is a lower bound;
+  once per iteration, so for the debate modes (a ``lax.scan`` / ``while_loop`` over turns, the
+  model's decoding loops, the packed gradient passes' chunk loop) this is a lower bound;
 * utilisation: those FLOPs per second over the matmul peak measured in the same run (fp32,
   1024 x 1024 x 1024, best of 5);
 * compiled memory: arguments, outputs and temporaries (XLA's memory analysis);
@@ -59,6 +62,10 @@ def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int,
   if batch:
     config.batch_size = batch
   config.step.update_epochs, config.step.num_minibatches = epochs, minibatches
+  # Every level from the first step (the mix a run trains on once the curriculum has opened
+  # them all): the packed gradient passes cost what the batch's real rows cost, and the adaptive
+  # curriculum's first steps (leaf questions only) have few.
+  config.curriculum.kind = "off"
   config_lib.validate(config, num_devices=1)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)

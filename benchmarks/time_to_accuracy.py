@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_accuracy.py [--task permutation] [--steps 600] [--eval-every 25]
         [--runs 'supervised;hybrid;hybrid:step.num_minibatches=4'] [--threshold 0.95]
-        [--workdir /tmp/tta] [--out benchmarks/results/time_to_accuracy_cpu.md]
+        [--workdir /tmp/tta] [--out FILE]
 
 Each run is ``python -m amp_debate.main``'s training (``amp_debate.train.run``) of
 ``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` with the given overrides

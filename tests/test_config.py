@@ -60,6 +60,11 @@ def test_every_mode_validates_and_builds(mode, runlocal):
     ("curriculum.ema", 1.0, "config.curriculum.ema must be < 1.0"),
     ("curriculum.min_steps", 0, "config.curriculum.min_steps must be >= 1"),
     ("debate.confidence_threshold", 1.5, "config.debate.confidence_threshold must be <= 1.0"),
+    ("step.pack_width", -1, "config.step.pack_width must be >= 0, got -1"),
+    ("step.update_epochs", 0, "config.step.update_epochs must be >= 1, got 0"),
+    ("step.num_minibatches", 3, "config.step.num_minibatches must divide batch_size=64, got 3"),
+    ("step.num_minibatches", 16, "config.step.num_minibatches=16 makes minibatches of 4 games, "
+                                 "not divisible by the 8 data-parallel shards"),
 ])
 def test_invalid_values_name_the_field(field, value, message):
   config = default.get_config("task=permutation,runlocal")

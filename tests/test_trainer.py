@@ -53,6 +53,9 @@ def test_hybrid_run_writes_logs_checkpoints_and_a_result_table(tmp_path, capsys)
   records = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   train_steps = [r["step"] for r in records if "loss/sup" in r]
   assert train_steps == [1, 2, 3, 4]
+  # Training time starts after the first step (its compile) and never runs backwards.
+  seconds = [r["perf/train_seconds"] for r in records if "loss/sup" in r]
+  assert seconds[0] < 1.0 and seconds == sorted(seconds) and seconds[-1] > 0
   assert all(np.isfinite(r["loss/sup"]) for r in records if "loss/sup" in r)
   assert any("eval/accuracy/model/mean" in r for r in records)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))

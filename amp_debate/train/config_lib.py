@@ -60,7 +60,7 @@ OWNED: dict[str, str] = {
     "batch_size": "StepConfig.batch_size",
     **{f"step.{f}": f"StepConfig.{f}" for f in _fields(
         step_lib.StepConfig, "batch_size", "debate", "curriculum", "catastrophe")},
-    **{f"debate.{f}": f"DebateConfig.{f}" for f in _fields(debate.DebateConfig, "early_exit")},
+    **{f"debate.{f}": f"DebateConfig.{f}" for f in _fields(debate.DebateConfig)},
     **{f"curriculum.{f}": f"CurriculumConfig.{f}" for f in _fields(curriculum.CurriculumConfig)},
     "model.preset": "models.preset",
     **{f"model.{f}": f"ModelConfig.{f}" for f in (*_MODEL_SIZES, "mask", "positions", "dtype")},

@@ -11,10 +11,13 @@
    ``distill_subquestions`` one more Amp′ pass gives targets for every subquestion H posed;
 4. losses with M (not M_target): PPO-clipped policy gradient on the sampled tokens at the sampling
    temperature (importance ratios against the recorded log-probs), cross-entropy toward the
-   targets, catastrophe penalty; one gradient per objective (``jax.jacrev``);
+   targets, catastrophe penalty; one gradient per objective (``jax.jacrev``), over each game's
+   real rows only (``pack_width``, ``procedure.packing``);
 5. the optax combination (weighted / constrained / shaped) reduces the gradients to one update;
    shaped: every sampled answer's reward also pays β·(fraction of its tokens that differ from
-   the amplified target of its question), which depends on the argument;
+   the amplified target of its question), which depends on the argument; with
+   ``update_epochs`` x ``num_minibatches`` > 1, steps 4-5 repeat over minibatches of the same
+   debates (PPO-style reuse);
 6. the target network and the curriculum are updated.
 Everything is a pure function of (state, rng): ``build_train_step`` returns it unjitted (the
 trainer jits it with mesh shardings), ``make_train_step`` returns it jitted on one device.
@@ -192,6 +195,12 @@ def sample_batch(task: Task, rng: jax.Array, batch_size: int, max_difficulty) ->
   return Batch(questions=questions, answers=answers, difficulty=levels)
 
 
+def _apply(tx, params, opt_state, grads, values):
+  """One optimiser update: (params, opt_state)."""
+  updates, opt_state = tx.update(grads, opt_state, params, losses=values)
+  return optax.apply_updates(params, updates), opt_state
+
+
 def _update(tx, config: StepConfig, state: TrainState, grads, values):
   """The optimiser and target-network update: (params, opt_state, step, target_params)."""
   params, opt_state = _apply(tx, state.params, state.opt_state, grads, values)
@@ -213,12 +222,6 @@ def skips_policy_pass(config: StepConfig) -> bool:
   and nothing else reads the pass (no entropy bonus, no catastrophe predicate)."""
   return (config.debate.force_stop_after == 1 and config.entropy_coef == 0
           and config.catastrophe is losses.never_catastrophic)
-
-
-def _apply(tx, params, opt_state, grads, values):
-  """One optimiser update: (params, opt_state)."""
-  updates, opt_state = tx.update(grads, opt_state, params, losses=values)
-  return optax.apply_updates(params, updates), opt_state
 
 
 def _gradient_fn(model: LanguageModel, config: StepConfig):

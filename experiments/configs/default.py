@@ -100,6 +100,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.debate.confidence_threshold = -1.0  # < 0: no confidence rule
   c.debate.learned_stop = False
   c.debate.force_stop_after = 0  # 0: never
+  # Rounds in a lax.while_loop that exits when every game is done (identical results) instead of
+  # a lax.scan over all t_max rounds: the cost follows the longest debate in the batch (t_max 32
+  # vs 8: 1.2x instead of 4.1x, benchmarks/results/cpu.md). At runlocal's t_max of 4 it
+  # saves nothing, and the test suite (built on runlocal) compiles faster with the scan.
+  c.debate.early_exit = not runlocal
   # Fraction of self-play debates in which one side defends an assigned claim (another answer than
   # the other side's), so that refuting false claims is practised (DESIGN.md section 3).
   c.debate.assign_prob = 0.5
