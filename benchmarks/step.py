@@ -12,7 +12,7 @@ every level from the first step), and jitted on one device. Reported:
 * step time: median over ``--repeats`` blocks of ``--steps`` steps each (the block's time / steps),
   with the fastest and slowest block, after two untimed steps (compile and warm-up);
 * the ratio of each mode's median to the supervised step's, per step and per optimiser update:
-  with ``--reuse`` EPOCHSxMINIBATCHES the last debate mode is also timed with that many updates
+  with ``--reuse`` EPOCHSxMINIBATCHES each debate mode is also timed with that many updates
   per rollout, each on batch / MINIBATCHES games (the goal in issue 11: hybrid <= 5x,
   amplification-only <= 3x per optimiser update);
 * FLOPs per step from XLA's cost analysis of the compiled step. XLA counts a loop body once, not
@@ -214,8 +214,8 @@ def main(argv=None):
   parser.add_argument("--phases", default="hybrid",
                       help="comma-separated modes whose phases to time alone ('' for none)")
   parser.add_argument("--reuse", default="1x4,2x4",
-                      help="comma-separated EPOCHSxMINIBATCHES settings of the last debate mode "
-                           "in --modes, timed besides its default 1x1 ('' for none)")
+                      help="comma-separated EPOCHSxMINIBATCHES settings of each debate mode in "
+                           "--modes, timed besides its default 1x1 ('' for none)")
   parser.add_argument("--out", default="", help="also write the report (markdown) here")
   args = parser.parse_args(argv)
   modes = [m for m in args.modes.split(",") if m]
@@ -238,11 +238,12 @@ def main(argv=None):
     reuse = parse_reuse(args.reuse)
   except ValueError:
     parser.error(f"--reuse must look like 1x4,2x4, got {args.reuse!r}")
-  for epochs, minibatches in (reuse if debate_modes else []):
-    rows.append(measure(args.task, debate_modes[-1], args.batch, args.steps, args.repeats,
-                        epochs, minibatches))
-    print(f"{rows[-1]['name']}: {rows[-1]['median_s'] * 1e3:.1f} ms per step", file=sys.stderr,
-          flush=True)
+  for mode in debate_modes:
+    for epochs, minibatches in reuse:
+      rows.append(measure(args.task, mode, args.batch, args.steps, args.repeats, epochs,
+                          minibatches))
+      print(f"{rows[-1]['name']}: {rows[-1]['median_s'] * 1e3:.1f} ms per step",
+            file=sys.stderr, flush=True)
   phase_lines = []
   for mode in [m for m in args.phases.split(",") if m]:
     if mode not in MODES[1:]:
