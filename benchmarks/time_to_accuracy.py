@@ -53,9 +53,12 @@ def parse_run(spec: str) -> tuple[str, dict[str, str]]:
 def _set(config, key: str, text: str) -> None:
   *parents, leaf = key.split(".")
   node = config
-  for p in parents:
-    node = node[p]
-  old = node[leaf]
+  try:
+    for p in parents:
+      node = node[p]
+    old = node[leaf]
+  except (KeyError, AttributeError, TypeError):
+    raise ValueError(f"config.{key}: unknown field") from None
   node[leaf] = type(old)(json.loads(text.lower()) if isinstance(old, (bool, int, float))
                          else text)
 
@@ -108,7 +111,15 @@ def main(argv=None):
   parser.add_argument("--workdir", default="/tmp/amp_debate_tta")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
-  runs = [parse_run(s) for s in args.runs.split(";") if s.strip()]
+  try:
+    runs = [parse_run(s) for s in args.runs.split(";") if s.strip()]
+    for mode, overrides in runs:  # every run's config is checked before any trains
+      config = default.get_config(f"task={args.task},mode={mode},runlocal")
+      for key, value in overrides.items():
+        _set(config, key, value)
+      config_lib.validate(config)
+  except (ValueError, KeyError, AttributeError, config_lib.ConfigError) as e:
+    parser.error(f"--runs: {e}")
   rows = []
   for i, (mode, overrides) in enumerate(runs):
     name = mode + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items())
