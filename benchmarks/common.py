@@ -38,3 +38,22 @@ def emit(report: str, out: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
       f.write(report)
+
+
+def build_step(config):
+  """The pure train step of a trainer config, built as the trainer builds it (one device):
+  (task, model, tx, step_config, step) with ``step(state, rng) -> (state, metrics)``."""
+  from amp_debate.train import config_lib  # noqa: PLC0415  (the repo root is on sys.path by now)
+  from amp_debate.train import step as step_lib  # noqa: PLC0415
+
+  config_lib.validate(config, num_devices=1)
+  task = config_lib.make_task(config)
+  model = config_lib.make_model(config, task)
+  tx = config_lib.make_optimizer(config)
+  step_config = config_lib.make_step_config(config)
+  if config.mode == "supervised":
+    pure = step_lib.build_supervised_step(task, model, tx, step_config)
+  else:
+    pure = step_lib.build_train_step(task, model, tx, step_config,
+                                     combination=config.combination.kind)
+  return task, model, tx, step_config, pure

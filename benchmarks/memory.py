@@ -29,7 +29,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
-from amp_debate.train import config_lib  # noqa: E402
 from amp_debate.train import step as step_lib  # noqa: E402
 from experiments.configs import default  # noqa: E402
 
@@ -42,16 +41,7 @@ def compiled_bytes(task_name: str, mode: str, preset: str, batch: int, t_max: in
   config.batch_size = batch
   if t_max is not None and mode != "amplification":
     config.debate.t_max = t_max
-  config_lib.validate(config, num_devices=1)
-  task = config_lib.make_task(config)
-  model = config_lib.make_model(config, task)
-  tx = config_lib.make_optimizer(config)
-  step_config = config_lib.make_step_config(config)
-  if mode == "supervised":
-    pure = step_lib.build_supervised_step(task, model, tx, step_config)
-  else:
-    pure = step_lib.build_train_step(task, model, tx, step_config,
-                                     combination=config.combination.kind)
+  task, model, tx, step_config, pure = common.build_step(config)
   state = jax.eval_shape(lambda rng: step_lib.init_state(task, model, tx, step_config, rng),
                          jax.random.key(0))
   compiled = jax.jit(pure, donate_argnums=0).lower(state, jax.random.key(1)).compile()

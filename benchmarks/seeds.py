@@ -28,7 +28,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
-from amp_debate.train import config_lib  # noqa: E402
 from amp_debate.train import step as step_lib  # noqa: E402
 from experiments.configs import default  # noqa: E402
 
@@ -36,15 +35,7 @@ from experiments.configs import default  # noqa: E402
 def build(task_name: str, mode: str):
   config = default.get_config(f"task={task_name},mode={mode},runlocal")
   config.curriculum.kind = "off"  # every level from the first step: the full cost
-  task = config_lib.make_task(config)
-  model = config_lib.make_model(config, task)
-  tx = config_lib.make_optimizer(config)
-  step_config = config_lib.make_step_config(config)
-  if mode == "supervised":
-    pure = step_lib.build_supervised_step(task, model, tx, step_config)
-  else:
-    pure = step_lib.build_train_step(task, model, tx, step_config,
-                                     combination=config.combination.kind)
+  task, model, tx, step_config, pure = common.build_step(config)
 
   def init(seed, learning_rate):
     hparams = None if learning_rate is None else {"learning_rate": learning_rate}

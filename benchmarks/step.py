@@ -66,16 +66,7 @@ def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int,
   # them all): the packed gradient passes cost what the batch's real rows cost, and the adaptive
   # curriculum's first steps (leaf questions only) have few.
   config.curriculum.kind = "off"
-  config_lib.validate(config, num_devices=1)
-  task = config_lib.make_task(config)
-  model = config_lib.make_model(config, task)
-  tx = config_lib.make_optimizer(config)
-  step_config = config_lib.make_step_config(config)
-  if mode == "supervised":
-    pure = step_lib.build_supervised_step(task, model, tx, step_config)
-  else:
-    pure = step_lib.build_train_step(task, model, tx, step_config,
-                                     combination=config.combination.kind)
+  task, model, tx, step_config, pure = common.build_step(config)
   traces = []
 
   def counted(state, rng):
