@@ -117,6 +117,8 @@ def test_generator_depth_and_wellformed(sampled):
   for r in rows:
     values, query = _reference(task, q[r])
     assert values[query][1] == levels[r]  # the query has depth exactly d
+    # Every level's table holds every depth (so H's subquestions are questions of D).
+    assert max(depth for _, depth in values) == task.max_depth
     assert values[query][0] == _value(task, a[r])
     task.tokenizer.decode(q[r])
   for d in range(task.max_difficulty + 1):  # the renaming spreads queries over all variables

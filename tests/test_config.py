@@ -4,6 +4,7 @@ dataclass that owns them, or by config_lib); the option parser; resume compatibi
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 import pytest
@@ -120,6 +121,46 @@ def test_annealed_weights_follow_a_schedule():
   assert applied[0] == 1.0 and applied[5] == pytest.approx(0.5) and applied[10:] == [0.0, 0.0]
   sup = config_lib._weight(config, "sup")  # weights.sup == weights_end.sup: a constant
   assert sup.start == sup.end == config.combination.weights.sup
+
+
+@pytest.mark.parametrize("task", tasks.names())
+def test_every_task_has_a_runlocal_recipe(task):
+  """Each task's runlocal options and model recipe (default.RUNLOCAL) build a valid config in
+  every mode, with at least 3 levels (permutation: 2, the README main job; BUILD_NOTES)."""
+  recipe = default.RUNLOCAL[task]
+  for mode in default.MODES:
+    config = default.get_config(f"task={task},mode={mode},runlocal")
+    config_lib.validate(config, num_devices=8)
+    assert dict(config.task_options) == {**tasks.get(task).options(), **recipe.task_options}
+    assert config.model.num_layers == recipe.num_layers and config.num_steps == recipe.num_steps
+    assert config.optimizer.decay_steps == (recipe.num_steps if recipe.decay else 0)
+  levels = tasks.get(task, **recipe.task_options).max_difficulty + 1
+  assert levels >= (2 if task == "permutation" else 3)
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+  config = default.get_config("task=permutation,runlocal")
+  assert config_lib.lr_multiplier(config.optimizer) is None  # constant by default
+  config.optimizer.warmup_steps = 4
+  config.optimizer.decay_steps = 20
+  config.optimizer.final_fraction = 0.1
+  schedule = config_lib.lr_multiplier(config.optimizer)
+  values = [float(schedule(t)) for t in (0, 2, 4, 10, 20, 30)]
+  assert values[0] == 0.0 and values[1] == pytest.approx(0.5 * (0.1 + 0.9 * 0.5 * (1 + jnp.cos(jnp.pi * 0.1))))
+  assert values[3] == pytest.approx(0.55) and values[4] == values[5] == pytest.approx(0.1)
+  # The update Adam applies follows it: with a constant gradient Adam's step is lr * multiplier.
+  config.optimizer.warmup_steps = 0
+  tx = config_lib.make_optimizer(config)
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+  sizes = []
+  for _ in range(21):
+    grads = {"rl": {"w": jnp.ones(())}, "sup": {"w": jnp.ones(())}, "cat": {"w": jnp.ones(())}}
+    updates, state = tx.update(grads, state, params)
+    sizes.append(float(-updates["w"]))
+  lr = config.optimizer.learning_rate
+  assert sizes[0] == pytest.approx(lr, rel=1e-3)
+  assert sizes[10] == pytest.approx(0.55 * lr, rel=1e-3) and sizes[20] == pytest.approx(0.1 * lr, rel=1e-3)
 
 
 def test_config_arg_errors():

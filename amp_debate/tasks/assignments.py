@@ -90,21 +90,26 @@ class Assignments(Task):
   def sample_one(self, rng, difficulty):
     """A question whose queried variable has depth exactly ``difficulty`` (clipped to [0, max]).
 
-    Depths: d + 1 of them are 0, 1, ..., d (so every level up to d occurs), the other N - d - 1 are
-    uniform in [0, d]. Generation order (positions 0..N-1) sorts them by depth. A depth-0 position
-    is a random constant; a position of depth e > 0 adds one earlier position of depth e - 1 and
-    one earlier position of depth <= e - 1 (in random order), so its depth is exactly e. The query
-    is the last position (depth d); variables are then renamed by a random permutation.
+    The table does not depend on the difficulty: depths ``0, 1, ..., max_depth`` each occur at
+    least once, the other ``N - max_depth - 1`` are uniform in ``[0, max_depth]``, and generation
+    order (positions 0..N-1) sorts them by depth. A depth-0 position is a random constant; a
+    position of depth e > 0 adds one earlier position of depth e - 1 and one earlier position of
+    depth <= e - 1 (in random order), so its depth is exactly e. The query is a uniformly chosen
+    position of depth d; variables are then renamed by a random permutation.
 
+    So every level's questions come from one distribution of tables, and H's subquestions (the
+    same table, an operand queried) are questions of D one level down: M is trained where
+    Amp(H, M) asks it. (Version 1.0.0 built a level-d table from depths <= d only, so a level-0
+    table held nothing but constants; a model could answer level 0 without reading the query's
+    definition and then failed on the subquestions of level 1, whose tables hold sums.)
     Sorting by depth lets every definition draw on all shallower ones, so the query depends on
-    several constants. (Without it the query, built from positions 0..d only, would be a multiple
-    of the single constant at position 0: at d = 1 always 2c mod P.)
+    several constants (without it the query at d = 1 would always be 2c mod P).
     """
-    n, p_mod = self.num_vars, self.modulus
-    dep_rng, const_rng, op1_rng, op2_rng, swap_rng, perm_rng = jax.random.split(rng, 6)
-    d = jnp.clip(jnp.asarray(difficulty, jnp.int32), 0, self.max_depth)
+    n, p_mod, top = self.num_vars, self.modulus, self.max_depth
+    dep_rng, const_rng, op1_rng, op2_rng, swap_rng, query_rng, perm_rng = jax.random.split(rng, 7)
+    d = jnp.clip(jnp.asarray(difficulty, jnp.int32), 0, top)
     pos = jnp.arange(n, dtype=jnp.int32)
-    dep = jnp.sort(jnp.where(pos <= d, pos, jax.random.randint(dep_rng, (n,), 0, d + 1)))
+    dep = jnp.sort(jnp.where(pos <= top, pos, jax.random.randint(dep_rng, (n,), 0, top + 1)))
     const = jax.random.randint(const_rng, (n,), 0, p_mod)
 
     earlier = pos[None, :] < pos[:, None]  # [p, q]: q < p
@@ -118,11 +123,12 @@ class Assignments(Task):
     op2 = pick(op2_rng, earlier & (dep[None, :] <= dep[:, None] - 1))
     swap = jax.random.bernoulli(swap_rng, 0.5, (n,))
     lhs, rhs = jnp.where(swap, op2, op1), jnp.where(swap, op1, op2)
+    query = jax.random.categorical(query_rng, jnp.where(dep == d, 0.0, -jnp.inf)).astype(jnp.int32)
 
     perm = jax.random.permutation(perm_rng, n).astype(jnp.int32)  # name of each position
     rows = self._entries(dep == 0, const, perm[lhs], perm[rhs])
     entries = jnp.zeros((n, 3), jnp.int32).at[perm].set(rows)
-    question = jnp.concatenate([entries.reshape(-1), self.tokenizer.variable(perm[n - 1])[None]])
+    question = jnp.concatenate([entries.reshape(-1), self.tokenizer.variable(perm[query])[None]])
     return question, self.solve(question)
 
   # ---- H -------------------------------------------------------------------------------------

@@ -96,6 +96,8 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "log_every": checks.integer(1),
     "optimizer.learning_rate": checks.number(0.0, lo_open=True),
     "optimizer.warmup_steps": checks.integer(0),
+    "optimizer.decay_steps": checks.integer(0),
+    "optimizer.final_fraction": checks.number(0.0, 1.0),
     "optimizer.clip_norm": checks.number(0.0),
     "optimizer.b2": checks.number(0.0, 1.0, hi_open=True),
     "combination.kind": checks.choice("weighted", "constrained", "shaped"),
@@ -295,13 +297,36 @@ def _weight(config: ml_collections.ConfigDict, name: str) -> combine.Linear:
   return combine.Linear(float(c.weights[name]), float(c.weights_end[name]), int(c.anneal_steps))
 
 
+def lr_multiplier(optimizer: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array] | None:
+  """The learning rate's multiplier as a function of the update count (None: constant 1):
+  linear warm-up over ``warmup_steps`` times a cosine from 1 to ``final_fraction`` over
+  ``decay_steps`` (held at ``final_fraction`` after)."""
+  warmup, decay = int(optimizer.warmup_steps), int(optimizer.get("decay_steps", 0))
+  final = float(optimizer.get("final_fraction", 0.0))
+  if not warmup and not decay:
+    return None
+
+  def multiplier(count):
+    count = jnp.asarray(count, jnp.float32)
+    value = jnp.minimum(1.0, count / warmup) if warmup else jnp.ones((), jnp.float32)
+    if decay:
+      progress = jnp.minimum(1.0, count / decay)
+      value = value * (final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+    return value
+
+  return multiplier
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-  """combination -> clip -> Adam (with optional linear warm-up).
+  """combination -> clip -> Adam (with optional linear warm-up and cosine decay).
 
   The combination's hyperparameters (the λ anneals, limit, multiplier_lr, β) are data in its
   state (``combine``), and so is Adam's learning rate (``optax.inject_hyperparams``; the warm-up
-  multiplies the update by min(1, count / warmup_steps)), so configs that differ only
-  in them share one compiled step; ``step.init_state(..., hparams=...)`` sets them.
+  multiplies the update by min(1, count / warmup_steps); with ``decay_steps`` > 0 a cosine
+  takes it from 1 to ``final_fraction`` over that many updates, counted from the start, and
+  holds it there), so configs that differ only in them share one compiled step;
+  ``step.init_state(..., hparams=...)`` sets them. The decay is counted in updates, not steps,
+  and does not follow ``num_steps``: extending a finished run keeps its schedule.
   """
   kind = config.combination.kind
   if kind == "weighted":
@@ -317,10 +342,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   # optax.adam (1 - b2 folded in float64 vs computed in float32 differs by an ulp).
   optimizer = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))(
       learning_rate=config.optimizer.learning_rate, b2=config.optimizer.b2)
-  warmup = config.optimizer.warmup_steps
-  if warmup:
-    optimizer = optax.chain(optimizer, optax.scale_by_schedule(
-        lambda count: jnp.minimum(1.0, count / warmup)))
+  schedule = lr_multiplier(config.optimizer)
+  if schedule is not None:
+    optimizer = optax.chain(optimizer, optax.scale_by_schedule(schedule))
   return combine.chain(combination, clip_norm=config.optimizer.clip_norm or None,
                        optimizer=optimizer)
 

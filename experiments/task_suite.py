@@ -1,0 +1,186 @@
+r"""Every task at its runlocal size: supervised, amplification-only and hybrid, by level.
+
+  python -m experiments.task_suite --workdir=workdir/task_suite              # every run, the table
+  python -m experiments.task_suite --workdir=workdir/task_suite --tasks=wildcard --modes=supervised
+  python -m experiments.task_suite --workdir=workdir/task_suite --table_only # finished runs only
+
+Each run is ``python -m amp_debate.main``'s training of
+``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (the task's runlocal options and
+model recipe, ``default.RUNLOCAL``), one seed (``--seed``), in ``<workdir>/<task>/<mode>_s<seed>``;
+a run whose ``summary.json`` exists is not run again, and a killed suite resumes its unfinished
+run (the trainer's resume). Per task and level the table gives M's held-out greedy accuracy and
+Amp(H, M)'s for each mode, H alone, the first evaluated step at which M is >= 95% at every level,
+human calls per training question and wall time. Written to ``experiments/results/task_suite.md``
+and ``.json`` (``--results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from amp_debate import tasks, train
+from experiments import ablation, supervised_reference
+from experiments.configs import default
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "task_suite")
+MODES = ("supervised", "amplification", "hybrid")
+THRESHOLD = 0.95
+
+
+def _first_reached(workdir: str, threshold: float) -> tuple[int | None, float | None]:
+  """The first evaluated step with M >= threshold at every level, and its training seconds."""
+  seconds, reached = {}, None
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if "perf/train_seconds" in row:
+        seconds[row["step"]] = row["perf/train_seconds"]
+      if reached is None and row.get("eval/accuracy/model/min", -1.0) >= threshold:
+        reached = row["step"]
+  return reached, seconds.get(reached) if reached is not None else None
+
+
+def run_one(task: str, mode: str, seed: int, workdir: str) -> dict:
+  """Trains one run (or reads its finished summary) and returns its summary."""
+  run_dir = os.path.join(workdir, task, f"{mode}_s{seed}")
+  summary_path = os.path.join(run_dir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      return json.load(f)
+  config = default.get_config(f"task={task},mode={mode},runlocal")
+  config.seed = seed
+  start = time.time()
+  result = train.run(config, run_dir)
+  if result.status != "done":
+    raise SystemExit(f"{run_dir}: {result.status}; rerun to resume")
+  reached, reached_s = _first_reached(run_dir, THRESHOLD)
+  summary = {"task": task, "mode": mode, "seed": seed, "steps": result.step,
+             "options": dict(config.task_options), "num_layers": config.model.num_layers,
+             "wall_s": time.time() - start, "eval": result.eval,
+             "reached_step": reached, "reached_train_s": reached_s,
+             "eval_set": supervised_reference._eval_name(run_dir)}
+  if mode != "supervised":
+    summary.update(ablation._training_means(run_dir))
+  with open(summary_path, "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def _cell(value) -> str:
+  return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+      f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+def task_table(summaries: list[dict]) -> str:
+  """Markdown for one task's runs: rows M and Amp(H, M) per mode, then H alone."""
+  levels = sorted({int(k.rsplit("/d", 1)[1]) for s in summaries for k in s["eval"]
+                   if k.startswith("eval/accuracy/model/d")})
+  header = (["run", "answers"] + [f"d{d}" for d in levels] +
+            ["mean", f"first step ≥{THRESHOLD:.0%} at every level", "human calls / question",
+             "steps", "wall time (s)"])
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  by_mode = {s["mode"]: s for s in summaries}
+  for mode in MODES:
+    s = by_mode.get(mode)
+    if s is None:
+      continue
+    e = s["eval"]
+    for key, label in (("model", "M"), ("amp_h_m", "Amp(H, M)")):
+      row = [mode, label] + [_cell(e.get(f"eval/accuracy/{key}/d{d}")) for d in levels]
+      row.append(_cell(e.get(f"eval/accuracy/{key}/mean")))
+      if key == "model":
+        reached = (f"{s['reached_step']} ({s['reached_train_s']:.0f} s)"
+                   if s.get("reached_step") is not None and s.get("reached_train_s") is not None
+                   else _cell(s.get("reached_step")) if s.get("reached_step") is not None
+                   else "not reached")
+        row += [reached, _cell(s.get("human_calls_per_question")), str(s["steps"]),
+                f"{s['wall_s']:.0f}"]
+      else:
+        row += [""] * 4
+      lines.append("| " + " | ".join(row) + " |")
+  if summaries:
+    e = summaries[0]["eval"]
+    row = ["–", "H alone"] + [_cell(e.get(f"eval/accuracy/h_alone/d{d}")) for d in levels]
+    row += [_cell(e.get("eval/accuracy/h_alone/mean"))] + [""] * 4
+    lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines)
+
+
+def overview(by_task: dict[str, list[dict]]) -> str:
+  """One row per task: its runlocal size and each mode's min-over-levels accuracy."""
+  header = ["task", "runlocal options", "layers", "levels"] + [
+      f"{m}: worst level" for m in MODES] + ["supervised wall time (s)"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for task, summaries in by_task.items():
+    by_mode = {s["mode"]: s for s in summaries}
+    any_run = summaries[0]
+    levels = sorted(int(k.rsplit("/d", 1)[1]) for k in any_run["eval"]
+                    if k.startswith("eval/accuracy/model/d"))
+    options = ", ".join(f"{k}={v}" for k, v in sorted(any_run["options"].items()))
+    row = [task, options, str(any_run["num_layers"]), str(len(levels))]
+    row += [_cell(by_mode[m]["eval"].get("eval/accuracy/model/min")) if m in by_mode else "–"
+            for m in MODES]
+    row.append(f"{by_mode['supervised']['wall_s']:.0f}" if "supervised" in by_mode else "–")
+    lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default="workdir/task_suite")
+  parser.add_argument("--tasks", default=",".join(tasks.names()),
+                      help="comma-separated task names (default: every registered task)")
+  parser.add_argument("--modes", default=",".join(MODES))
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--results", default=RESULTS, help="output path without extension")
+  parser.add_argument("--table_only", action="store_true",
+                      help="only tabulate the runs already finished in --workdir")
+  args = parser.parse_args()
+  names = [t for t in args.tasks.split(",") if t]
+  modes = [m for m in args.modes.split(",") if m]
+  for name in names:
+    if name not in tasks.names():
+      parser.error(f"--tasks: unknown task {name!r} (known: {', '.join(tasks.names())})")
+  for mode in modes:
+    if mode not in MODES:
+      parser.error(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
+  # Mode-major: every task's supervised run first (the upper bound each column is read against).
+  by_task: dict[str, list[dict]] = {name: [] for name in names}
+  for mode in modes:
+    for name in names:
+      done = os.path.exists(os.path.join(args.workdir, name, f"{mode}_s{args.seed}",
+                                         "summary.json"))
+      if args.table_only and not done:
+        continue
+      print(f"== {name} {mode} seed={args.seed}", flush=True)
+      by_task[name].append(run_one(name, mode, args.seed, args.workdir))
+  by_task = {k: v for k, v in by_task.items() if v}
+  sections = [f"## Overview (M's held-out accuracy at its worst level)\n\n{overview(by_task)}"]
+  for name, summaries in by_task.items():
+    eval_set = summaries[0].get("eval_set", "")
+    sections.append(f"## {name}\n\nEval set {eval_set}.\n\n{task_table(summaries)}")
+  notes = (f"Regenerate: `python -m experiments.task_suite --seed={args.seed}` (config "
+           "`experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`: each task's "
+           "runlocal options and model recipe, `default.RUNLOCAL`). M greedy on the task's eval "
+           "split (500 questions per level); Amp(H, M) = H decomposing once, M answering the "
+           "subquestions; H alone = H's direct answer; first step ≥95% from the evaluations "
+           "every `eval.every` steps, with its training seconds (after the first step's "
+           "compile, evaluations excluded); human calls per training question averaged over "
+           "logged steps; wall time includes compiles and evaluations. One seed.")
+  text = "\n\n".join(sections)
+  os.makedirs(os.path.dirname(args.results), exist_ok=True)
+  with open(args.results + ".md", "w") as f:
+    f.write(f"# Every task at its runlocal size\n\n{text}\n\n{notes}\n")
+  with open(args.results + ".json", "w") as f:
+    json.dump([s for v in by_task.values() for s in v], f, indent=2)
+  print(f"\n{text}\n\n{notes}\nwrote {args.results}.md and .json")
+
+
+if __name__ == "__main__":
+  main()
