@@ -9,8 +9,8 @@ result):
 
 ``arg`` is ``key=value,...`` with keys ``task`` (a registered task), ``mode`` (hybrid |
 amplification | debate | supervised), ``size`` (a model preset: tiny | small | base | large) and the
-flag ``runlocal`` (CPU minutes: the permutation task at n=5, k <= 2, a 2-layer d=128 model, λ_rl = 0.1,
-no subquestion pass).
+flag ``runlocal`` (CPU minutes: each task at its runlocal size with its model recipe, ``RUNLOCAL``
+below, e.g. permutation at n=5, k <= 2 with a 2-layer d=128 model; λ_rl = 0.1, no subquestion pass).
 Any field can then be overridden with ``--config.field=value`` (e.g. ``--config.num_steps=2000``,
 ``--config.task_options.n=6``); an unknown field or an invalid value stops the run before anything
 is compiled, with a message naming the field (``amp_debate.train.config_lib.validate``).
@@ -57,7 +57,8 @@ RUNLOCAL = {
     # open item (BUILD_NOTES).
     "permutation": Recipe(dict(n=5, max_exponent=2)),
     "union_find": Recipe(dict(num_vars=8, max_depth=2), num_layers=4, num_steps=1200, decay=True),
-    "assignments": Recipe(dict(num_vars=6, max_depth=2), num_layers=4, num_steps=1500, decay=True),
+    "assignments": Recipe(dict(num_vars=5, modulus=5, max_depth=2), num_layers=4, num_steps=1500,
+                          decay=True),
     "wildcard": Recipe(dict(bits=3, max_wildcards=2), num_layers=4, num_steps=1500, decay=True),
     "shortest_path": Recipe(dict(num_nodes=6, max_hops=3), num_layers=4, num_steps=1500,
                             decay=True),
