@@ -14,9 +14,37 @@ from amp_debate.tasks.shortest_path import ShortestPath
 TASK = ShortestPath()  # num_nodes=8, extra_edges=2, max_hops=4
 TOK = TASK.tokenizer
 INF = TOK.symbol("inf")
-# The path v0 - v1 - ... - v7 plus the chord v1-v4 and a duplicate of v6-v7.
-GRAPH = "v0 v1 v1 v2 v2 v3 v3 v4 v4 v5 v5 v6 v6 v7 v1 v4 v7 v6"
+N = TASK.num_nodes
+# The path v0 - v1 - ... - v7 plus the chord v1-v4.
+NEIGHBOURS = {0: [1], 1: [0, 2, 4], 2: [1, 3], 3: [2, 4], 4: [1, 3, 5], 5: [4, 6], 6: [5, 7],
+              7: [6]}
 PAD_ROWS = 512
+
+
+def rows_text(neighbours, n=N):
+  """Well-formed adjacency rows: ``v_i``, i's neighbours in increasing order, ``.`` padding."""
+  rows = []
+  for i in range(n):
+    names = [f"v{j}" for j in sorted(neighbours.get(i, []))]
+    rows.append(" ".join([f"v{i}"] + names + ["."] * (n - 1 - len(names))))
+  return " ".join(rows)
+
+
+GRAPH = rows_text(NEIGHBOURS)
+# The same graph, malformed: row 0 leads with a number and pads before its neighbour; row 1 lists
+# itself, a duplicate and non-node tokens and omits v0 (v0 lists v1); row 2 lists nothing (its edges
+# are listed by v1 and v3); row 4 leads with v0 (ignored: row 4 is v4's by position) and lists only
+# v5 (v1 and v3 list v4); v7 lists nothing (v6 lists it).
+MALFORMED = " ".join([
+    "3 . v1 . . . . .",
+    "v1 v4 v1 v2 v2 inf 0 <pad>",
+    "v2 . . . . . . .",
+    "v3 v2 v4 . . . . .",
+    "v0 v5 . . . . . .",
+    "v5 v6 v4 . . . . .",
+    "v6 v7 v5 . . . . .",
+    "v7 . . . . . . .",
+])
 
 
 def question(a, b, h, graph=GRAPH, task=TASK):
@@ -27,60 +55,90 @@ def token(value):
   return INF if value == "inf" else int(TOK.number(value))
 
 
-def bounded_bfs(q, task=TASK):
-  """Bellman-Ford over hop counts in numpy, from the token strings: ({node: distance within h}, b)."""
-  words = task.tokenizer.decode(np.asarray(q)).split()
-  k = task.num_edges
-  edges = [(int(words[2 * j][1:]), int(words[2 * j + 1][1:])) for j in range(k)]
-  a, b, h = int(words[2 * k][1:]), int(words[2 * k + 1][1:]), int(words[2 * k + 2])
-  dist = {a: 0}
-  for step in range(1, h + 1):
-    for u, v in edges:
-      for x, y in ((u, v), (v, u)):
-        if x in dist and dist[x] == step - 1 and y not in dist:
-          dist[y] = step
-  return dist, b
+def parse_words(q, task=TASK):
+  """From the token ids and the vocabulary layout, independently of the task's parser: ({node: set
+  of neighbours}, a, b, h); a, b and h are clipped into range like the tokenizer's conversions."""
+  tok, n = task.tokenizer, task.num_nodes
+  q = np.asarray(q)
+  node = lambda t: int(np.clip(t - tok.var_offset, 0, n - 1))
+  adj = {i: set() for i in range(n)}
+  for i in range(n):
+    for t in q[i * n + 1 : (i + 1) * n]:
+      if tok.var_offset <= t < tok.symbol_offset and node(t) != i:
+        adj[i].add(node(t))
+        adj[node(t)].add(i)
+  h = int(np.clip(q[n * n + 2] - tok.num_offset, 0, task.max_hops))
+  return adj, node(q[n * n]), node(q[n * n + 1]), h
+
+
+def bfs(adj, a, limit):
+  """{node: distance from a} over the nodes within ``limit`` hops."""
+  dist, frontier = {a: 0}, [a]
+  for step in range(1, limit + 1):
+    frontier = [y for x in frontier for y in sorted(adj[x]) if y not in dist]
+    frontier = list(dict.fromkeys(frontier))
+    dist.update({y: step for y in frontier})
+  return dist
 
 
 def reference(q, task=TASK):
   """The true answer of q from an independent implementation: distance or "inf"."""
-  dist, b = bounded_bfs(q, task)
-  return dist.get(b, "inf")
+  adj, a, b, h = parse_words(q, task)
+  return bfs(adj, a, h).get(b, "inf")
 
 
 def check_sampled(task, batch):
-  """Properties of every sampled question: full budget, answer fixed by the level, connected."""
+  """Properties of every sampled question: well-formed rows, budget h = d + 1, answers h or inf
+  (level 0: 0, 1 or inf), connected graphs, and b at distance <= min(h + 2, N - 1) when inf."""
   q, answers, levels = map(np.asarray, (batch.questions, batch.answers, batch.difficulty))
-  tok = task.tokenizer
-  np.testing.assert_array_equal(np.asarray(tok.to_number(q[:, -1])), task.max_hops)  # root h
+  tok, n = task.tokenizer, task.num_nodes
+  np.testing.assert_array_equal(np.asarray(tok.to_number(q[:, -1])), levels + 1)  # h = d + 1
+  np.testing.assert_array_equal(np.asarray(tok.is_number(q[:, -1])), True)
   words = np.array([tok.decode(answer) for answer in answers])
-  assert (words != "inf").all()
-  np.testing.assert_array_equal(words[levels > 0].astype(int), levels[levels > 0] + 1)
-  assert set(words[levels == 0]) == {"0", "1"}
+  assert set(words[levels == 0]) <= {"0", "1", "inf"}
+  finite = words != "inf"
+  np.testing.assert_array_equal(words[finite & (levels > 0)].astype(int),
+                                levels[finite & (levels > 0)] + 1)
   np.testing.assert_array_equal(jax.jit(task.batch_solve)(batch.questions), answers)
-  for row, word in zip(q, words):
-    dist, _ = bounded_bfs(row, task)
-    assert len(dist) == task.num_nodes  # every node is within the budget of a: connected
+  for row, word, level in zip(q, words, levels):
+    text = tok.decode(row).split()
+    for i in range(n):  # well-formed rows: v_i, neighbours increasing, "." only at the end
+      cells = text[i * n + 1 : (i + 1) * n]
+      names = [int(w[1:]) for w in cells if w != "."]
+      assert text[i * n] == f"v{i}"
+      assert cells == [f"v{j}" for j in names] + ["."] * (n - 1 - len(names))
+      assert names == sorted(set(names)) and i not in names
+    adj, a, b, h = parse_words(row, task)
+    assert all(i in adj[j] for i in adj for j in adj[i])  # rows are symmetric
+    dist = bfs(adj, a, n)
+    assert len(dist) == n  # connected
     assert str(reference(row, task)) == word
-
-
-def check_tree_depths(task, batch, depths):
-  """H's tree of depth D is exact on exactly the questions of level <= D (deterministically)."""
-  levels = np.asarray(batch.difficulty)
-  for depth in depths:
-    got = jax.jit(human_tree_fn(task, depth))(batch.questions, jax.random.PRNGKey(2))
-    exact = np.asarray((got == batch.answers).all(1))
-    np.testing.assert_array_equal(exact, levels <= depth, err_msg=f"depth {depth}")
+    if word == "inf":
+      assert h + 1 <= dist[b] <= min(h + 2, n - 1)
 
 
 @functools.lru_cache(maxsize=None)
 def sampled(task=TASK, per_level=128, seed=0):
   levels = np.repeat(np.arange(task.max_difficulty + 1), per_level)
-  return jax.jit(lambda k: task.sample(k, len(levels), difficulty=levels))(jax.random.PRNGKey(seed))
+  return task_helpers.sampler(task)(jax.random.PRNGKey(seed), jnp.asarray(levels))
 
 
 def evaluate(task):
   return task_helpers.evaluate(task, PAD_ROWS)
+
+
+def check_tree_depths(task, batch, depths):
+  """H's tree of depth D is exact on exactly the questions of level <= D and the inf questions
+  (deterministically): a shallower tree cannot tell dist = h from dist > h and answers inf. Hence
+  it is exact on every question of level <= D and on no finite-answer question above."""
+  levels = np.asarray(batch.difficulty)
+  inf = np.asarray(batch.answers)[:, 0] == task.tokenizer.symbol("inf")
+  for depth in depths:
+    got = task_helpers.tree(task, depth)(batch.questions, jax.random.PRNGKey(2))
+    exact = np.asarray((got == batch.answers).all(1))
+    np.testing.assert_array_equal(exact, (levels <= depth) | inf, err_msg=f"depth {depth}")
+    if depth < task.max_difficulty:
+      assert not exact[levels == depth + 1].all(), depth
 
 
 # ---- hand-built questions ------------------------------------------------------------------------
@@ -90,7 +148,7 @@ HAND_BUILT = [  # (a, b, h, answer, is_leaf)
     (3, 3, 4, 0, True),
     (0, 1, 1, 1, True),
     (4, 1, 3, 1, True),  # the chord
-    (7, 6, 2, 1, True),  # duplicate edge
+    (7, 6, 2, 1, True),
     (0, 1, 0, "inf", True),  # adjacent, but no hop allowed
     (0, 2, 1, "inf", True),
     (0, 2, 2, 2, False),
@@ -106,8 +164,9 @@ HAND_BUILT = [  # (a, b, h, answer, is_leaf)
 ]
 
 
-def test_hand_built_answers():
-  q = jnp.stack([question(a, b, h) for a, b, h, _, _ in HAND_BUILT])
+@pytest.mark.parametrize("graph", [GRAPH, MALFORMED], ids=["well_formed", "malformed"])
+def test_hand_built_answers(graph):
+  q = jnp.stack([question(a, b, h, graph) for a, b, h, _, _ in HAND_BUILT])
   expected = np.array([[token(answer)] for *_, answer, _ in HAND_BUILT])
   assert [reference(row) for row in q] == [answer for *_, answer, _ in HAND_BUILT]
   out = evaluate(TASK)(q)
@@ -118,6 +177,16 @@ def test_hand_built_answers():
   np.testing.assert_array_equal(out["leaf_answer"][leaf], expected[leaf])  # exact at leaves
 
 
+def test_rows_are_read_by_position_and_symmetrised():
+  adj, *_ = jax.jit(TASK._parse)(question(0, 0, 1, MALFORMED))
+  expected = np.zeros((N, N), bool)
+  for i, js in NEIGHBOURS.items():
+    expected[i, js] = True
+  np.testing.assert_array_equal(adj, expected)
+  # Re-encoding the parsed graph gives the well-formed rows.
+  np.testing.assert_array_equal(TASK._question(adj, 0, 0, 1), question(0, 0, 1))
+
+
 @jax.jit
 def all_subquestions(q):
   """(int32[S, Lq], bool[S]): every subquestion of q (i traced, as inside amplify's scan)."""
@@ -125,12 +194,13 @@ def all_subquestions(q):
   return jax.vmap(lambda i: TASK.subquestion(q, none, i))(jnp.arange(TASK.num_subquestions))
 
 
-def test_subquestions_ask_each_neighbour():
-  subs, valid = all_subquestions(question(1, 5, 3))  # neighbours of v1: v0, v2, v4
+@pytest.mark.parametrize("graph", [GRAPH, MALFORMED], ids=["well_formed", "malformed"])
+def test_subquestions_ask_each_neighbour(graph):
+  subs, valid = all_subquestions(question(1, 5, 3, graph))  # neighbours of v1: v0, v2, v4
   np.testing.assert_array_equal(valid, [True, False, True, False, True, False, False, False])
   for i in (0, 2, 4):
-    np.testing.assert_array_equal(subs[i], question(i, 5, 2))
-  _, valid = all_subquestions(question(1, 4, 3))  # leaves pose nothing
+    np.testing.assert_array_equal(subs[i], question(i, 5, 2, graph))  # rows kept as they are
+  _, valid = all_subquestions(question(1, 4, 3, graph))  # leaves pose nothing
   assert not bool(valid.any())
 
 
@@ -142,21 +212,26 @@ def test_recombine_takes_one_plus_min():
   def recombine(rows):
     return TOK.decode(np.asarray(run(q, jnp.asarray([[t] for t in rows], jnp.int32), valid)))
 
-  pad, var = 0, int(TOK.variable(3))
+  pad, var, dot = 0, int(TOK.variable(3)), TOK.symbol(".")
   assert recombine([token(4), token(0), INF, token(0), token(1), token(0), 0, 0]) == "2"
   assert recombine([INF, token(0), INF, token(0), INF, token(0), 0, 0]) == "inf"
   # Non-number subanswers count as infinite; invalid rows are ignored.
   assert recombine([pad, token(0), var, token(0), token(2), token(0), 0, 0]) == "3"
-  assert recombine([pad, token(0), var, token(0), pad, token(0), 0, 0]) == "inf"
+  assert recombine([pad, token(0), var, token(0), dot, token(0), 0, 0]) == "inf"
   # A result above the budget h = 3 is inf.
   assert recombine([token(3), token(0), token(4), token(0), INF, token(0), 0, 0]) == "inf"
 
 
 def test_format_question():
   text = TASK.format_question(question(0, 5, 3))
-  assert text == ("edges v0-v1 v1-v2 v2-v3 v3-v4 v4-v5 v5-v6 v6-v7 v1-v4 v7-v6; "
-                  "dist(v0, v5) within 3 hops?")
+  assert text == ("v0: v1; v1: v0 v2 v4; v2: v1 v3; v3: v2 v4; v4: v1 v3 v5; v5: v4 v6; "
+                  "v6: v5 v7; v7: v6; dist(v0, v5) within 3 hops?")
   assert TASK.format_answer(np.array([INF])) == "inf"
+  text = TASK.format_question(question(0, 5, 3, MALFORMED))  # malformed rows show their tokens
+  assert text.startswith("v0 : [3 . v1 . . . . .]; v1 : [v1 v4 v1 v2 v2 inf 0 <pad>]; v2:; "
+                         "v3: v2 v4; v4 : [v0 v5 . . . . . .]; v5: v6 v4; ")
+  with pytest.raises(ValueError):
+    TASK.format_question(np.full(TASK.question_len, TASK.vocab_size))
 
 
 # ---- generator --------------------------------------------------------------------------------
@@ -164,29 +239,55 @@ def test_generator_properties():
   batch = sampled()
   check_sampled(TASK, batch)
   q, levels = np.asarray(batch.questions), np.asarray(batch.difficulty)
-  k = TASK.num_edges
-  assert bool(TOK.is_variable(q[:, : 2 * k + 2]).all())
-  edges = q[:, : 2 * k].reshape(-1, k, 2)
-  assert (edges[..., 0] != edges[..., 1]).all()  # no self-loops
-  # Edges are oriented at random (the tree's child-first order is hidden).
-  assert 0.3 < (edges[..., 0] < edges[..., 1]).mean() < 0.7
-  # Extra edges seldom repeat an edge (they avoid tree edges), so E adds cycles.
-  distinct = [len({tuple(sorted(edge)) for edge in row}) for row in edges]
-  assert np.mean(distinct) > k - 0.5
-  # Level 0 is half a = b, half adjacent; below the top level, some nodes lie beyond b (b is not
-  # always a farthest node, and level-0 graphs are not stars around a).
   words = np.array([TOK.decode(answer) for answer in np.asarray(batch.answers)])
-  assert 0.3 < (words[levels == 0] == "0").mean() < 0.7
-  ecc = np.array([max(bounded_bfs(row)[0].values()) for row in q])
-  for d in range(TASK.max_difficulty):
-    assert (ecc[levels == d] > d + 1).mean() > 0.3, d
-  assert (ecc[levels == TASK.max_difficulty] == TASK.max_hops).all()
+  # Level 0: a quarter b = a, a quarter adjacent, half inf; above, half h and half inf.
+  top = words[levels == 0]
+  assert 0.15 < (top == "0").mean() < 0.35 and 0.15 < (top == "1").mean() < 0.35
+  for d in range(TASK.max_difficulty + 1):
+    assert 0.35 < (words[levels == d] == "inf").mean() < 0.65, d
+  parsed = [parse_words(row) for row in q]
+  dist = [bfs(adj, a, N) for adj, a, _, _ in parsed]
+  far = np.array([dist_row[b] for dist_row, (_, _, b, _) in zip(dist, parsed)])
+  ecc = np.array([max(dist_row.values()) for dist_row in dist])
+  for d in range(TASK.max_difficulty + 1):
+    h = d + 1
+    inf = (levels == d) & (words == "inf")
+    # Both far distances occur when they fit; some nodes lie beyond b, up to the largest level.
+    assert set(far[inf]) == set(range(h + 1, min(h + 2, N - 1) + 1)), d
+    assert (ecc[levels == d] > far[levels == d]).mean() > 0.2, d
+  assert ecc.max() == TASK.max_level
+  # The relabelling spreads a and b over all nodes.
+  for d in range(TASK.max_difficulty + 1):
+    assert {a for (_, a, _, _), lv in zip(parsed, levels) if lv == d} == set(range(N))
+  # Extra edges seldom repeat an edge (they avoid tree edges), so E adds cycles.
+  edges = np.array([sum(map(len, adj.values())) // 2 for adj, *_ in parsed])
+  assert edges.max() <= N - 1 + TASK.extra_edges
+  assert edges.mean() > N - 1 + TASK.extra_edges - 0.5
+
+
+def test_subquestions_are_questions_of_d_one_level_down():
+  """A neighbour u of a has dist(u, b) >= h - 1: the subquestions (budget h - 1) answer h - 1 or
+  inf, like level d - 1 of D; the rows are unchanged."""
+  batch = sampled()
+  q, levels = np.asarray(batch.questions), np.asarray(batch.difficulty)
+  subs, valid = jax.vmap(all_subquestions)(batch.questions)
+  subs, valid = np.asarray(subs), np.asarray(valid)
+  np.testing.assert_array_equal(valid.any(1), levels > 0)
+  answers = np.asarray(jax.jit(jax.vmap(TASK.batch_solve))(subs))[..., 0]
+  for r in np.flatnonzero(levels > 0):
+    d = int(levels[r])
+    rows = subs[r][valid[r]]
+    np.testing.assert_array_equal(rows[:, : N * N], np.tile(q[r, : N * N], (len(rows), 1)))
+    np.testing.assert_array_equal(np.asarray(TOK.to_number(rows[:, -1])), d)  # budget h - 1 = d
+    got = {TOK.decode(answer[None]) for answer in answers[r][valid[r]]}
+    assert got <= {str(d), "inf"}, (r, got)
+    assert (str(d) in got) == (TOK.decode(batch.answers[r]) != "inf")
 
 
 def test_round_trip():
   for row in np.asarray(sampled().questions)[::50]:
     np.testing.assert_array_equal(TOK.encode(TOK.decode(row)), row)
-    assert TASK.format_question(row).startswith("edges v")
+    assert TASK.format_question(row).startswith("v0: v")
 
 
 # ---- H is exact with a perfect M, and the depth of its tree is the difficulty --------------------
@@ -196,12 +297,12 @@ def test_amplify_oracle_exact_and_leaves():
   np.testing.assert_array_equal(out["solve"], batch.answers)
   np.testing.assert_array_equal(out["amp"], batch.answers)
   leaves = out["is_leaf"]
-  assert leaves[np.asarray(batch.difficulty) == 0].all()
+  np.testing.assert_array_equal(leaves, np.asarray(batch.difficulty) == 0)
   np.testing.assert_array_equal(out["leaf_answer"][leaves], np.asarray(batch.answers)[leaves])
 
 
 def test_human_tree_depth_is_the_difficulty():
-  """Depth d is exact and depth d - 1 wrong on EVERY level-d question (costs S**d = 8**d per row)."""
+  """Depth d is exact on every level-d question (costs S**d = 8**d per row)."""
   check_tree_depths(TASK, sampled(), range(TASK.max_difficulty + 1))
 
 
@@ -210,6 +311,8 @@ def test_garbage_questions_and_answers():
   q = jax.random.randint(jax.random.PRNGKey(3), (PAD_ROWS, TASK.question_len), 0, TASK.vocab_size)
   out = evaluate(TASK)(q)
   np.testing.assert_array_equal(out["amp"], out["solve"])
+  assert [TOK.decode(answer) for answer in out["solve"][:64]] == [
+      str(reference(row)) for row in np.asarray(q[:64])]
   leaves = out["is_leaf"]
   assert 0 < leaves.mean() < 1
   np.testing.assert_array_equal(out["leaf_answer"][leaves], out["solve"][leaves])
@@ -220,30 +323,32 @@ def test_garbage_questions_and_answers():
 
 
 @pytest.mark.parametrize("options, depths", [
-    # E = every pair, max_hops = N - 1: the extra edge can only repeat the tree edge.
-    (dict(num_nodes=2, extra_edges=1, max_hops=1), [0]),
+    # The smallest graph; E = every pair (a triangle whenever the levels allow).
+    (dict(num_nodes=3, extra_edges=3, max_hops=1), [0]),
     (dict(num_nodes=12, extra_edges=0, max_hops=3), [0, 1]),  # a tree
-    (dict(num_nodes=16, extra_edges=120, max_hops=15), [0, 1]),  # the top level is a path
+    (dict(num_nodes=16, extra_edges=120, max_hops=14), [0, 1]),  # the top level is a path
 ])
 def test_non_default_options(options, depths):
   task = ShortestPath(**options)
-  n, e = task.num_nodes, task.extra_edges
-  assert task.question_len == 2 * (n - 1 + e) + 3 and task.num_subquestions == n
+  n = task.num_nodes
+  assert task.question_len == n * n + 3 and task.num_subquestions == n
   assert task.max_difficulty == task.max_hops - 1
   batch = sampled(task, per_level=16)
   check_sampled(task, batch)
   check_tree_depths(task, batch, depths)
+  out = task_helpers.amplify_oracle(task)(batch.questions, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(out.answers, batch.answers)
 
 
 @pytest.mark.parametrize("options, name", [
-    (dict(num_nodes=1), "num_nodes"),
+    (dict(num_nodes=2, max_hops=1), "num_nodes"),
     (dict(num_nodes=17), "num_nodes"),
     (dict(num_nodes=8.0), "num_nodes"),
     (dict(extra_edges=-1), "extra_edges"),
-    (dict(num_nodes=4, extra_edges=7, max_hops=3), "extra_edges"),  # at most 4 * 3 / 2 = 6
+    (dict(num_nodes=4, extra_edges=7, max_hops=2), "extra_edges"),  # at most 4 * 3 / 2 = 6
     (dict(max_hops=0), "max_hops"),
-    (dict(num_nodes=4), "max_hops"),  # the default max_hops=4 exceeds num_nodes - 1 = 3
-    (dict(max_hops=8), "max_hops"),
+    (dict(num_nodes=5), "max_hops"),  # the default max_hops=4 exceeds num_nodes - 2 = 3
+    (dict(max_hops=7), "max_hops"),
 ])
 def test_bad_options(options, name):
   with pytest.raises(ValueError, match=name):

@@ -143,7 +143,8 @@ BAD_OPTIONS = [
     ("wildcard", dict(bits=0), "bits"),
     ("wildcard", dict(bits=3, max_wildcards=4), "max_wildcards"),
     ("shortest_path", dict(num_nodes=1), "num_nodes"),
-    ("shortest_path", dict(num_nodes=5, max_hops=5), "max_hops"),
+    ("shortest_path", dict(num_nodes=2, max_hops=1), "num_nodes"),
+    ("shortest_path", dict(num_nodes=5, max_hops=4), "max_hops"),  # at most num_nodes - 2
     ("shortest_path", dict(extra_edges=-1), "extra_edges"),
     ("union_find", dict(num_vars=1), "num_vars"),
     ("union_find", dict(num_vars=4, max_depth=7), "max_depth"),

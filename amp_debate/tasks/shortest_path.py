@@ -3,29 +3,49 @@ h, what is the length of the shortest path from a to b that uses at most h edges
 
 The budget makes H's decomposition well founded: the plain "dist(a, b)?" recursion loops on cycles.
 
-Question (Lq = 2K + 3, K = N - 1 + E edges): ``[u_0, v_0, ..., u_{K-1}, v_{K-1}, a, b, h]``: the
-undirected edge list as pairs of node tokens ``v0 .. v{N-1}``, then the endpoints a, b (node tokens)
-and the budget h (a number token). Answer (La = 1): ``[number(distance)]`` or ``["inf"]``.
+Question (Lq = N * N + 3): N node-indexed adjacency rows of N tokens, then ``a, b, h``. Row i is
+``[v_i, n_1, ..., n_{N-1}]``: the node token of i, then i's neighbours as node tokens ``v0 ..
+v{N-1}`` in increasing order, padded at the end with the symbol ``.``; a, b are node tokens and the
+budget h a number token. Answer (La = 1): ``[number(distance)]`` or ``["inf"]``.
 
-Malformed questions are read robustly (so every function is total on any token array): node tokens
-go through ``to_variable`` (clipped into range), h through ``to_number`` clipped into
-[0, max_hops]; self-loops are ignored and duplicate edges are harmless.
+Why node-indexed rows: "is b adjacent to a?" becomes a look-up (find row a, look for v_b in it),
+like wildcard's table look-up. In a shuffled, randomly oriented edge list (the encoding before) it
+needs a conjunctive match of both endpoints of one pair, which a transformer trained on ground truth
+never learned (it answered a = b questions, but never said 1 for adjacent ones).
+
+Parsing is total (every int32 token array is a question): row i is row i by position (its leading
+token is ignored); a cell names neighbour j iff it is the variable token v_j, anything else (``.``,
+numbers, ``inf``, protocol tokens) names no neighbour; the adjacency is the symmetric closure of the
+rows without self-loops, so one-sided or repeated entries are harmless. a and b go through
+``to_variable`` (clipped into range), h through ``to_number`` clipped into [0, max_hops].
 
 H: at a leaf (a = b, a adjacent to b, or h <= 1) answers 0, 1 or inf directly. Otherwise asks, for
-every node i adjacent to a (subquestion i, i < N), the distance from i to b within h - 1 hops, and
-answers 1 + the smallest finite one (inf if none, or if that exceeds h). By induction, H's full tree
-of depth D answers dist(a, b) when dist(a, b) <= min(D + 1, h) and inf otherwise.
+every node i adjacent to a (subquestion i, i < N), the distance from i to b within h - 1 hops (the
+same rows, a := v_i, h := h - 1), and answers 1 + the smallest finite one (inf if none, or if that
+exceeds h). By induction, H's full tree of depth D answers dist(a, b) when dist(a, b) <=
+min(D + 1, h) and inf otherwise: exact on every question with h <= D + 1.
 
-D: every sampled question has the full budget h = max_hops (the budget only makes decompositions
-terminate; subquestions, with h - 1, may run out of it and answer inf) on a connected graph, so root
-answers are never inf. Difficulty d in [0, max_hops - 1] fixes the answer: dist(a, b) = d + 1 for
-d >= 1; at d = 0, b = a (answer 0) or b adjacent to a (answer 1), each with probability 1/2. Hence
-H's tree of depth d is exact on every level-d question and the tree of depth d - 1 (answering inf)
-is wrong on every one. The generator gives every node a BFS level (its distance from a): a has 0,
-one node per level 1..dist(a, b) (the last is b), the others uniform levels in [1, max_hops] with
-empty levels squeezed out; each node attaches to a uniform node one level below it, and the E extra
-edges join nodes whose levels differ by at most 1, so no edge skips a level and levels are exact
-distances. Nodes are then relabelled at random, edges oriented at random and shuffled.
+D: the level is the budget. Difficulty d in [0, max_hops - 1] has h = d + 1 and
+  * level 0 (h = 1): b = a (answer 0) with probability 1/4, b adjacent to a (answer 1) with
+    probability 1/4, otherwise dist(a, b) >= 2 (answer inf);
+  * level d >= 1: dist(a, b) = h (answer h) with probability 1/2, otherwise dist(a, b) > h
+    (answer inf).
+Whenever dist(a, b) > h, it is uniform in [h + 1, min(h + 2, N - 1)] (so max_hops <= N - 2).
+Why: with the full budget h = max_hops at every level (the distribution before) D never contained
+"inf" answers nor budgets below max_hops, while H's subquestions have budget h - 1 and may answer
+inf, so amplification asked M questions it never trained on. Now the subquestions of a level-d
+question are questions of D at level d - 1: a neighbour u of a has dist(u, b) in {h - 1, h, h + 1,
+...} against the budget h - 1, so its answer is either the budget (finite) or inf, both of which D
+holds at level d - 1. H's tree of depth d is exact on every level-d question; a shallower tree
+cannot tell dist = h from dist > h (it answers inf), so it is wrong on every finite-answer question
+of a level above its depth.
+
+Generator: every node gets a BFS level (its distance from a): a has 0, one node per level
+1..dist(a, b) (the last is b), the others uniform levels in [1, min(max_hops + 2, N - 1)] (so nodes
+beyond b and far from a exist) with empty levels squeezed out; each node attaches to a uniform node
+one level below it, and the E extra edges join nodes whose levels differ by at most 1, so no edge
+skips a level, levels are exact distances and graphs are connected. Nodes are then relabelled at
+random.
 """
 
 from __future__ import annotations
@@ -40,13 +60,15 @@ from amp_debate.tasks.base import Task, check_option
 from amp_debate.tasks.tokenizer import Tokenizer
 
 INF_SYMBOL = "inf"
+PAD_SYMBOL = "."  # pads an adjacency row after the last neighbour
 
 
 @dataclasses.dataclass(frozen=True)
 class ShortestPath(Task):
-  """Options: ``num_nodes`` (N, 2..16), ``extra_edges`` (E, edges beyond a spanning tree,
-  0..N(N-1)/2), ``max_hops`` (the budget h of every sampled question, 1..N-1; also the largest
-  answer and the largest distance from a in sampled graphs)."""
+  """Options: ``num_nodes`` (N, 3..16), ``extra_edges`` (E, edges beyond a spanning tree,
+  0..N(N-1)/2), ``max_hops`` (1..N-2: the budget of the top level, h = d + 1 at level d, and the
+  largest answer; the inf questions of the top level put b at distance up to max_hops + 1 <=
+  N - 1)."""
 
   name = "shortest_path"
   num_nodes: int = 8
@@ -54,22 +76,19 @@ class ShortestPath(Task):
   max_hops: int = 4
 
   def __post_init__(self):
-    check_option(self.name, "num_nodes", self.num_nodes, 2, 16)
+    check_option(self.name, "num_nodes", self.num_nodes, 3, 16)
     n = self.num_nodes
     check_option(self.name, "extra_edges", self.extra_edges, 0, n * (n - 1) // 2)
-    check_option(self.name, "max_hops", self.max_hops, 1, n - 1)
+    check_option(self.name, "max_hops", self.max_hops, 1, n - 2)
 
   @property
   def tokenizer(self) -> Tokenizer:
-    return Tokenizer(num_lo=0, num_hi=self.max_hops, num_vars=self.num_nodes, symbols=(INF_SYMBOL,))
-
-  @property
-  def num_edges(self) -> int:
-    return self.num_nodes - 1 + self.extra_edges
+    return Tokenizer(num_lo=0, num_hi=self.max_hops, num_vars=self.num_nodes,
+                     symbols=(INF_SYMBOL, PAD_SYMBOL))
 
   @property
   def question_len(self) -> int:
-    return 2 * self.num_edges + 3
+    return self.num_nodes * self.num_nodes + 3
 
   @property
   def num_subquestions(self) -> int:
@@ -80,34 +99,45 @@ class ShortestPath(Task):
     return self.max_hops - 1
 
   @property
+  def max_level(self) -> int:
+    """The largest BFS level (distance from a) in sampled graphs."""
+    return min(self.max_hops + 2, self.num_nodes - 1)
+
+  @property
   def _inf(self) -> int:
     """Internal sentinel for "no path": larger than any budget."""
     return self.max_hops + 1
 
   # ---- parsing -------------------------------------------------------------------------------
   def _parse(self, question):
-    """-> (edges int32[K, 2], a int32[], b int32[], h int32[] in [0, max_hops])."""
+    """-> (adj bool[N, N] symmetric without self-loops, a int32[], b int32[], h int32[] in
+    [0, max_hops])."""
     tok = self.tokenizer
-    k = self.num_edges
-    edges = tok.to_variable(question[: 2 * k]).reshape(k, 2)
-    a = tok.to_variable(question[2 * k])
-    b = tok.to_variable(question[2 * k + 1])
-    h = jnp.clip(tok.to_number(question[2 * k + 2]), 0, self.max_hops)
-    return edges, a, b, h
+    n = self.num_nodes
+    cells = question[: n * n].reshape(n, n)[:, 1:]  # [N, N - 1]; the leading node token is ignored
+    names = tok.is_variable(cells)[..., None] & (tok.to_variable(cells)[..., None] == jnp.arange(n))
+    adj = jnp.any(names, axis=1)  # [N, N]: row i names j
+    adj = (adj | adj.T) & ~jnp.eye(n, dtype=bool)
+    a = tok.to_variable(question[n * n])
+    b = tok.to_variable(question[n * n + 1])
+    h = jnp.clip(tok.to_number(question[n * n + 2]), 0, self.max_hops)
+    return adj, a, b, h
 
-  def _question(self, edges, a, b, h):
+  def _rows(self, adj):
+    """int32[N, N]: the adjacency rows of adj bool[N, N] (symmetric, no self-loops)."""
+    tok = self.tokenizer
+    n = self.num_nodes
+    nodes = jnp.arange(n)
+    # Neighbours in increasing order, then n for each non-neighbour (at most N - 1 neighbours).
+    listed = jnp.sort(jnp.where(adj, nodes[None, :], n), axis=1)[:, : n - 1]
+    cells = jnp.where(listed < n, tok.variable(listed), tok.symbol(PAD_SYMBOL))
+    return jnp.concatenate([tok.variable(nodes)[:, None], cells], axis=1).astype(jnp.int32)
+
+  def _question(self, adj, a, b, h):
     tok = self.tokenizer
     return jnp.concatenate([
-        tok.variable(edges).reshape(-1), tok.variable(a)[None], tok.variable(b)[None],
+        self._rows(adj).reshape(-1), tok.variable(a)[None], tok.variable(b)[None],
         tok.number(h)[None]]).astype(jnp.int32)
-
-  def _adjacency(self, edges):
-    """bool[N, N] symmetric adjacency of the edge list int[K, 2], without self-loops."""
-    n = self.num_nodes
-    one_u = jax.nn.one_hot(edges[:, 0], n, dtype=jnp.int32)  # [K, N]
-    one_v = jax.nn.one_hot(edges[:, 1], n, dtype=jnp.int32)
-    counts = one_u.T @ one_v
-    return ((counts + counts.T) > 0) & ~jnp.eye(n, dtype=bool)
 
   def _distances(self, adj, a, h):
     """int32[N]: h-bounded distance from a to every node (``self._inf`` where unreachable).
@@ -130,15 +160,15 @@ class ShortestPath(Task):
 
   # ---- D -------------------------------------------------------------------------------------
   def sample_one(self, rng, difficulty):
-    n, e, k, top = self.num_nodes, self.extra_edges, self.num_edges, self.max_hops
+    n, e, top = self.num_nodes, self.extra_edges, self.max_level
     # One uniform draw, sliced (one PRNG call compiles much faster than several on CPU).
-    sizes = dict(level=n, parent=n, extra=e, label=n, flip=k, order=k, same=1)
+    sizes = dict(level=n, parent=n, extra=e, label=n, kind=1, far=1)
     u = jax.random.uniform(rng, (sum(sizes.values()),))
     draw, start = {}, 0
     for name, size in sizes.items():
       draw[name], start = u[start : start + size], start + size
 
-    def uniform_int(x, hi):  # x uniform in [0, 1) -> int uniform in [0, hi) (hi >= 1, may be traced)
+    def uniform_int(x, hi):  # x uniform in [0, 1) -> int uniform in [0, hi) (hi >= 1, maybe traced)
       return jnp.clip(jnp.floor(x * hi).astype(jnp.int32), 0, hi - 1)
 
     def pick(x, mask):  # x float[...] -> uniform indices among the True entries of mask bool[M]
@@ -146,11 +176,15 @@ class ShortestPath(Task):
       rank = uniform_int(x, jnp.maximum(count[-1], 1))
       return jnp.searchsorted(count, rank, side="right").astype(jnp.int32)
 
-    # Target distance c: d + 1, or at level 0 either 0 (b = a) or 1 (b adjacent to a).
+    # Budget h = d + 1 and target distance c: with probability 1/2 c = h (at level 0 split into
+    # c = 0, b = a, and c = 1, b adjacent), otherwise c uniform in [h + 1, min(h + 2, N - 1)].
     d = jnp.clip(jnp.asarray(difficulty, jnp.int32), 0, self.max_difficulty)
-    c = jnp.where(d == 0, (draw["same"][0] >= 0.5).astype(jnp.int32), d + 1)
+    h = d + 1
+    kind = draw["kind"][0]
+    far = h + 1 + uniform_int(draw["far"][0], jnp.minimum(h + 2, n - 1) - h)
+    c = jnp.where(kind < 0.5, jnp.where((d == 0) & (kind < 0.25), 0, h), far)
     # BFS levels over generation positions: position 0 is a, positions 1..c get levels 1..c (so
-    # every level up to c is occupied), every other position a level uniform in [1, max_hops] with
+    # every level up to c is occupied), every other position a level uniform in [1, max_level] with
     # the unoccupied levels above c squeezed out (so every level up to the largest is occupied).
     pos = jnp.arange(n)
     free = pos > c
@@ -166,39 +200,45 @@ class ShortestPath(Task):
     below = level[None, :] == level[:, None] - 1  # [p, j]: j is one level below p
     parent = jax.vmap(pick)(draw["parent"], below)[1:]
     tree = jnp.zeros((n, n), bool).at[pos[1:], parent].set(True)
+    tree = tree | tree.T
     near = (jnp.abs(level[:, None] - level[None, :]) <= 1) & (pos[:, None] != pos[None, :])
-    fresh = near & ~(tree | tree.T)
+    fresh = near & ~tree
     pair = pick(draw["extra"], jnp.where(jnp.any(fresh), fresh, near).reshape(-1))
-    edges = jnp.concatenate([jnp.stack([pos[1:], parent], 1), jnp.stack([pair // n, pair % n], 1)])
-    # Relabel nodes by a random permutation, orient each edge at random and shuffle the edge order
-    # (hides the construction order); a = position 0, b = position c, at distance exactly c.
+    extra = jnp.zeros((n, n), bool).at[pair // n, pair % n].set(True)
+    adj = tree | extra | extra.T
+    # Relabel nodes by a random permutation (label[p] is position p's node); a = position 0 and
+    # b = position c, at distance exactly c.
     label = jnp.argsort(draw["label"]).astype(jnp.int32)
-    edges = label[edges]
-    edges = jnp.where(draw["flip"][:, None] < 0.5, edges[:, ::-1], edges)
-    edges = edges[jnp.argsort(draw["order"])]
-    return self._question(edges, label[0], label[c], top), self._answer(c)
+    position = jnp.argsort(label)  # position[i] is node i's position
+    adj = adj[position][:, position]
+    question = self._question(adj, label[0], label[c], h)
+    return question, self._answer(jnp.where(c <= h, c, self._inf))
 
   # ---- H -------------------------------------------------------------------------------------
   def is_leaf(self, question):
-    edges, a, b, h = self._parse(question)
-    return (a == b) | self._adjacency(edges)[a, b] | (h <= 1)
+    adj, a, b, h = self._parse(question)
+    return (a == b) | adj[a, b] | (h <= 1)
 
   def leaf_answer(self, question):
     """0 if a = b, 1 if b is adjacent to a (and h >= 1), else inf: exact at every leaf."""
-    edges, a, b, h = self._parse(question)
-    adjacent = self._adjacency(edges)[a, b] & (h >= 1)
+    adj, a, b, h = self._parse(question)
+    adjacent = adj[a, b] & (h >= 1)
     return self._answer(jnp.where(a == b, 0, jnp.where(adjacent, 1, self._inf)))
 
   def subquestion(self, question, subanswers, i):
-    """(same graph, a := node i, b, h - 1); valid iff node i is a neighbour of a and q no leaf."""
+    """(the same rows and b, a := v_i, h := h - 1); valid iff node i is a neighbour of a and the
+    question is no leaf."""
     del subanswers  # the neighbours' questions are independent
-    edges, a, b, h = self._parse(question)
-    adj = self._adjacency(edges)
+    adj, a, b, h = self._parse(question)
+    tok = self.tokenizer
+    n = self.num_nodes
     i = jnp.asarray(i, jnp.int32)
-    node = jnp.clip(i, 0, self.num_nodes - 1)
+    node = jnp.clip(i, 0, n - 1)
     leaf = (a == b) | adj[a, b] | (h <= 1)
-    valid = adj[a, node] & (node != a) & ~leaf & (i >= 0) & (i < self.num_nodes)
-    return self._question(edges, node, b, jnp.maximum(h - 1, 0)), valid
+    valid = adj[a, node] & (node != a) & ~leaf & (i >= 0) & (i < n)
+    subq = question.at[n * n].set(tok.variable(node))
+    subq = subq.at[n * n + 2].set(tok.number(jnp.maximum(h - 1, 0)))
+    return subq.astype(jnp.int32), valid
 
   def recombine(self, question, subanswers, valid):
     """1 + min over valid subanswers; "inf" and non-number tokens count as infinite, and a result
@@ -212,16 +252,28 @@ class ShortestPath(Task):
 
   # ---- ground truth --------------------------------------------------------------------------
   def solve(self, question):
-    edges, a, b, h = self._parse(question)
-    return self._answer(self._distances(self._adjacency(edges), a, h)[b])
+    adj, a, b, h = self._parse(question)
+    return self._answer(self._distances(adj, a, h)[b])
 
   # ---- text ----------------------------------------------------------------------------------
   def format_question(self, question) -> str:
+    """E.g. ``v0: v1 v3; v1: v0 v2; ...; dist(v0, v4) within 3 hops?``. A row that is not a
+    well-formed list (leading token other than its node, or a cell neither a node nor ``.``) shows
+    its raw tokens: ``v2 : [v5 3 . ...]``."""
+    tok = self.tokenizer
     q = np.asarray(question).reshape(-1)
-    self.tokenizer.decode(q)  # raises ValueError on ids outside the vocabulary
-    vocab = self.tokenizer.vocab
+    tok.decode(q)  # raises ValueError on ids outside the vocabulary
+    vocab = tok.vocab
     words = [vocab[int(t)] for t in q]
-    k = self.num_edges
-    edges = " ".join(f"{words[2 * j]}-{words[2 * j + 1]}" for j in range(k))
-    a, b, h = words[2 * k : 2 * k + 3]
-    return f"edges {edges}; dist({a}, {b}) within {h} hops?"
+    n = self.num_nodes
+    parts = []
+    for i in range(n):
+      row = words[i * n : (i + 1) * n]
+      cells = row[1:]
+      names = [w for w in cells if w != PAD_SYMBOL]
+      if row[0] == f"v{i}" and all(w in vocab[tok.var_offset : tok.symbol_offset] for w in names):
+        parts.append(f"v{i}: {' '.join(names)}".rstrip())
+      else:
+        parts.append(f"v{i} : [{' '.join(row)}]")
+    a, b, h = words[n * n : n * n + 3]
+    return "; ".join(parts) + f"; dist({a}, {b}) within {h} hops?"
