@@ -133,6 +133,7 @@ def test_every_task_has_a_runlocal_recipe(task):
     config_lib.validate(config, num_devices=8)
     assert dict(config.task_options) == {**tasks.get(task).options(), **recipe.task_options}
     assert config.model.num_layers == recipe.num_layers and config.num_steps == recipe.num_steps
+    assert config.model.d_model == recipe.d_model and config.model.d_ff == 4 * recipe.d_model
     assert config.optimizer.decay_steps == (recipe.num_steps if recipe.decay else 0)
   levels = tasks.get(task, **recipe.task_options).max_difficulty + 1
   assert levels >= (2 if task == "permutation" else 3)

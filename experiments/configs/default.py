@@ -41,27 +41,29 @@ ARG_KEYS = ("task", "mode", "size", "runlocal")
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """A task's runlocal size and model recipe (issue 12): the task options, the model's depth, the
-  steps and the learning-rate decay under which the supervised upper bound reaches >= 95%
-  held-out accuracy at every level in CPU minutes (experiments/results/task_suite.md; what was
-  tried and why each setting is what it is: BUILD_NOTES, "Every task learnable")."""
+  """A task's runlocal size and model recipe (issue 12): the task options, the model's depth and
+  width, the steps and the learning-rate decay under which the supervised upper bound reaches
+  >= 95% held-out accuracy at every level in CPU minutes (experiments/results/task_suite.md; what
+  was tried and why each setting is what it is: BUILD_NOTES, "Every task learnable")."""
 
   task_options: dict
   num_layers: int = 2
+  d_model: int = 128  # d_ff = 4 * d_model, 4 heads
   num_steps: int = 600
   decay: bool = False  # cosine decay of the learning rate to 0 over num_steps updates
 
 
+# Deeper questions need about one layer per look-up; 4 layers of width 64 train faster per step
+# than 4 of width 128 and reached more in the same minutes (BUILD_NOTES).
+_DEEP = dict(num_layers=4, d_model=64, decay=True)
 RUNLOCAL = {
     # Two levels (k <= 2): the README main job and the ablation; a third level is issue 12's
     # open item (BUILD_NOTES).
     "permutation": Recipe(dict(n=5, max_exponent=2)),
-    "union_find": Recipe(dict(num_vars=8, max_depth=2), num_layers=4, num_steps=1200, decay=True),
-    "assignments": Recipe(dict(num_vars=5, modulus=5, max_depth=2), num_layers=4, num_steps=1500,
-                          decay=True),
-    "wildcard": Recipe(dict(bits=3, max_wildcards=2), num_layers=4, num_steps=1500, decay=True),
-    "shortest_path": Recipe(dict(num_nodes=6, max_hops=3), num_layers=4, num_steps=1500,
-                            decay=True),
+    "union_find": Recipe(dict(num_vars=8, max_depth=2), num_steps=2000, **_DEEP),
+    "assignments": Recipe(dict(num_vars=5, modulus=5, max_depth=2), num_steps=3500, **_DEEP),
+    "wildcard": Recipe(dict(bits=3, max_wildcards=2), num_steps=2000, **_DEEP),
+    "shortest_path": Recipe(dict(num_nodes=6, max_hops=3), num_steps=2000, **_DEEP),
 }
 
 
@@ -93,9 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.preset = size
   c.model.num_layers = recipe.num_layers if runlocal else 0  # 0: the preset's value (same for the fields below)
-  c.model.d_model = 128 if runlocal else 0
+  c.model.d_model = recipe.d_model if runlocal else 0
   c.model.num_heads = 4 if runlocal else 0
-  c.model.d_ff = 512 if runlocal else 0
+  c.model.d_ff = 4 * recipe.d_model if runlocal else 0
   c.model.mask = "prefix"
   c.model.positions = "learned"
   c.model.dtype = "float32"
