@@ -108,3 +108,19 @@ def test_reference_file_errors_are_value_errors(tmp_path):
   assert main.load_reference(str(path)) == {"amp_debate_eval/permutation:1.0.0": {"0": 1.0}}
   stored = os.path.join(REPO, "experiments", "results", "supervised_reference.json")
   assert all(isinstance(v, dict) for v in main.load_reference(stored).values())
+
+
+def test_stored_reference_covers_the_main_job():
+  """The README main job's eval set (at the current dataset version) has a stored supervised
+  reference, so its final table shows the supervised column; a version bump must regenerate it
+  (``python -m experiments.supervised_reference``)."""
+  from amp_debate import main
+  from amp_debate.data import eval_sets
+  from amp_debate.train import config_lib
+  config = default.get_config("task=permutation,mode=hybrid,runlocal")
+  task = config_lib.make_task(config)
+  name = (f"{eval_sets.DATASET_NAME}/{eval_sets.get_config(task).name}:"
+          f"{eval_sets.AmpDebateEval.VERSION}")
+  stored = main.load_reference(os.path.join(REPO, "experiments", "results",
+                                            "supervised_reference.json"))
+  assert set(stored[name]) >= {"0", "1", "mean"}
