@@ -52,7 +52,11 @@ def run_one(task: str, mode: str, seed: int, workdir: str) -> dict:
   summary_path = os.path.join(run_dir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:
-      return json.load(f)
+      summary = json.load(f)
+    if "d_model" not in summary:  # summaries written before the width column
+      with open(os.path.join(run_dir, "config.json")) as f:
+        summary["d_model"] = json.load(f)["model"]["d_model"]
+    return summary
   config = default.get_config(f"task={task},mode={mode},runlocal")
   config.seed = seed
   start = time.time()
@@ -62,6 +66,7 @@ def run_one(task: str, mode: str, seed: int, workdir: str) -> dict:
   reached, reached_s = _first_reached(run_dir, THRESHOLD)
   summary = {"task": task, "mode": mode, "seed": seed, "steps": result.step,
              "options": dict(config.task_options), "num_layers": config.model.num_layers,
+             "d_model": config.model.d_model,
              "wall_s": time.time() - start, "eval": result.eval,
              "reached_step": reached, "reached_train_s": reached_s,
              "eval_set": supervised_reference._eval_name(run_dir)}
@@ -114,7 +119,7 @@ def task_table(summaries: list[dict]) -> str:
 
 def overview(by_task: dict[str, list[dict]]) -> str:
   """One row per task: its runlocal size and each mode's min-over-levels accuracy."""
-  header = ["task", "runlocal options", "layers", "levels"] + [
+  header = ["task", "runlocal options", "layers × width", "levels"] + [
       f"{m}: worst level" for m in MODES] + ["supervised wall time (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for task, summaries in by_task.items():
@@ -123,7 +128,8 @@ def overview(by_task: dict[str, list[dict]]) -> str:
     levels = sorted(int(k.rsplit("/d", 1)[1]) for k in any_run["eval"]
                     if k.startswith("eval/accuracy/model/d"))
     options = ", ".join(f"{k}={v}" for k, v in sorted(any_run["options"].items()))
-    row = [task, options, str(any_run["num_layers"]), str(len(levels))]
+    row = [task, options, f"{any_run['num_layers']} × {any_run.get('d_model', '?')}",
+           str(len(levels))]
     row += [_cell(by_mode[m]["eval"].get("eval/accuracy/model/min")) if m in by_mode else "–"
             for m in MODES]
     row.append(f"{by_mode['supervised']['wall_s']:.0f}" if "supervised" in by_mode else "–")

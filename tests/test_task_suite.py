@@ -21,7 +21,8 @@ def _eval(model, amp, alone):
 
 def _summary(mode, model, reached=None):
   return {"task": "union_find", "mode": mode, "seed": 0, "steps": 1200,
-          "options": {"num_vars": 8, "max_depth": 2}, "num_layers": 4, "wall_s": 190.4,
+          "options": {"num_vars": 8, "max_depth": 2}, "num_layers": 4, "d_model": 64,
+          "wall_s": 190.4,
           "eval": _eval(model, [1.0, 0.9, 0.8], [1.0, 0.125, 0.08]),
           "reached_step": reached, "reached_train_s": 110.8 if reached else None,
           "human_calls_per_question": None if mode == "supervised" else 0.75}
@@ -50,7 +51,7 @@ def test_tables():
   assert table[-1].startswith("| – | H alone | 1.000 | 0.125 | 0.080")
   overview = task_suite.overview({"union_find": summaries}).splitlines()
   assert overview[2].split(" | ")[:7] == [
-      "| union_find", "max_depth=2, num_vars=8", "4", "3", "0.996", "0.300", "–"]
+      "| union_find", "max_depth=2, num_vars=8", "4 × 64", "3", "0.996", "0.300", "–"]
 
 
 def test_finished_runs_are_read_not_rerun(tmp_path):
@@ -59,6 +60,11 @@ def test_finished_runs_are_read_not_rerun(tmp_path):
   stored = _summary("supervised", [1.0, 1.0, 1.0], reached=400)
   (run_dir / "summary.json").write_text(json.dumps(stored))
   assert task_suite.run_one("union_find", "supervised", 0, str(tmp_path)) == stored
+  # A summary from before the width column gets it from the run's config.
+  del stored["d_model"]
+  (run_dir / "summary.json").write_text(json.dumps(stored))
+  (run_dir / "config.json").write_text(json.dumps({"model": {"d_model": 32}}))
+  assert task_suite.run_one("union_find", "supervised", 0, str(tmp_path))["d_model"] == 32
 
 
 @pytest.mark.parametrize("flag, message", [("--tasks=chess", "unknown task 'chess'"),
