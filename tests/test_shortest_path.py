@@ -21,29 +21,26 @@ NEIGHBOURS = {0: [1], 1: [0, 2, 4], 2: [1, 3], 3: [2, 4], 4: [1, 3, 5], 5: [4, 6
 PAD_ROWS = 512
 
 
-def rows_text(neighbours, n=N):
-  """Well-formed adjacency rows: ``v_i``, i's neighbours in increasing order, ``.`` padding."""
-  rows = []
-  for i in range(n):
-    names = [f"v{j}" for j in sorted(neighbours.get(i, []))]
-    rows.append(" ".join([f"v{i}"] + names + ["."] * (n - 1 - len(names))))
-  return " ".join(rows)
+def matrix_text(neighbours, n=N):
+  """The well-formed adjacency matrix: cell (i, j) is ``1`` if j is a neighbour of i, else ``0``."""
+  return " ".join("1" if j in neighbours.get(i, []) else "0" for i in range(n) for j in range(n))
 
 
-GRAPH = rows_text(NEIGHBOURS)
-# The same graph, malformed: row 0 leads with a number and pads before its neighbour; row 1 lists
-# itself, a duplicate and non-node tokens and omits v0 (v0 lists v1); row 2 lists nothing (its edges
-# are listed by v1 and v3); row 4 leads with v0 (ignored: row 4 is v4's by position) and lists only
-# v5 (v1 and v3 list v4); v7 lists nothing (v6 lists it).
+GRAPH = matrix_text(NEIGHBOURS)
+# The same graph, malformed: only exactly the token 1 off the diagonal is an edge, and one side of a
+# pair suffices. Row 0 has a number other than 0/1 on the diagonal; row 1 has a 1 on the diagonal
+# (no self-loop), a node token where v2 is (v2's row has the edge), non-0/1 tokens and omits v0 (row
+# 0 has it); row 3 is all 0 (rows 2 and 4 have its edges); row 4 omits v1 (row 1 has it); row 7
+# has a node token where v6 is (row 6 has the edge).
 MALFORMED = " ".join([
-    "3 . v1 . . . . .",
-    "v1 v4 v1 v2 v2 inf 0 <pad>",
-    "v2 . . . . . . .",
-    "v3 v2 v4 . . . . .",
-    "v0 v5 . . . . . .",
-    "v5 v6 v4 . . . . .",
-    "v6 v7 v5 . . . . .",
-    "v7 . . . . . . .",
+    "3 1 0 0 0 0 0 0",
+    "inf 1 v2 0 1 <pad> 2 0",
+    "0 1 0 1 0 0 0 0",
+    "0 0 0 0 0 0 0 0",
+    "0 0 0 1 0 1 0 0",
+    "0 0 0 0 1 0 1 0",
+    "0 0 0 0 0 1 0 1",
+    "0 0 0 0 0 0 v6 0",
 ])
 
 
@@ -57,16 +54,18 @@ def token(value):
 
 def parse_words(q, task=TASK):
   """From the token ids and the vocabulary layout, independently of the task's parser: ({node: set
-  of neighbours}, a, b, h); a, b and h are clipped into range like the tokenizer's conversions."""
+  of neighbours}, a, b, h); a cell is an edge iff it is the id of the number 1, off the diagonal,
+  on either side; a, b and h are clipped into range like the tokenizer's conversions."""
   tok, n = task.tokenizer, task.num_nodes
   q = np.asarray(q)
   node = lambda t: int(np.clip(t - tok.var_offset, 0, n - 1))
+  one = tok.num_offset + 1 - tok.num_lo
   adj = {i: set() for i in range(n)}
   for i in range(n):
-    for t in q[i * n + 1 : (i + 1) * n]:
-      if tok.var_offset <= t < tok.symbol_offset and node(t) != i:
-        adj[i].add(node(t))
-        adj[node(t)].add(i)
+    for j in range(n):
+      if q[i * n + j] == one and i != j:
+        adj[i].add(j)
+        adj[j].add(i)
   h = int(np.clip(q[n * n + 2] - tok.num_offset, 0, task.max_hops))
   return adj, node(q[n * n]), node(q[n * n + 1]), h
 
@@ -88,8 +87,8 @@ def reference(q, task=TASK):
 
 
 def check_sampled(task, batch):
-  """Properties of every sampled question: well-formed rows, budget h = d + 1, answers h or inf
-  (level 0: 0, 1 or inf), connected graphs, and b at distance <= min(h + 2, N - 1) when inf."""
+  """Properties of every sampled question: a well-formed 0/1 matrix, budget h = d + 1, answers h or
+  inf (level 0: 0, 1 or inf), connected graphs, and b at distance <= min(h + 2, N - 1) when inf."""
   q, answers, levels = map(np.asarray, (batch.questions, batch.answers, batch.difficulty))
   tok, n = task.tokenizer, task.num_nodes
   np.testing.assert_array_equal(np.asarray(tok.to_number(q[:, -1])), levels + 1)  # h = d + 1
@@ -101,15 +100,12 @@ def check_sampled(task, batch):
                                 levels[finite & (levels > 0)] + 1)
   np.testing.assert_array_equal(jax.jit(task.batch_solve)(batch.questions), answers)
   for row, word, level in zip(q, words, levels):
-    text = tok.decode(row).split()
-    for i in range(n):  # well-formed rows: v_i, neighbours increasing, "." only at the end
-      cells = text[i * n + 1 : (i + 1) * n]
-      names = [int(w[1:]) for w in cells if w != "."]
-      assert text[i * n] == f"v{i}"
-      assert cells == [f"v{j}" for j in names] + ["."] * (n - 1 - len(names))
-      assert names == sorted(set(names)) and i not in names
+    cells = np.array(tok.decode(row).split()[: n * n]).reshape(n, n)
+    assert set(cells.reshape(-1)) <= {"0", "1"}  # well-formed: only 0/1 tokens
+    np.testing.assert_array_equal(cells, cells.T)  # symmetric
+    assert (np.diag(cells) == "0").all()  # no self-loops
     adj, a, b, h = parse_words(row, task)
-    assert all(i in adj[j] for i in adj for j in adj[i])  # rows are symmetric
+    assert all((cells[i, j] == "1") == (j in adj[i]) for i in range(n) for j in range(n))
     dist = bfs(adj, a, n)
     assert len(dist) == n  # connected
     assert str(reference(row, task)) == word
@@ -177,13 +173,13 @@ def test_hand_built_answers(graph):
   np.testing.assert_array_equal(out["leaf_answer"][leaf], expected[leaf])  # exact at leaves
 
 
-def test_rows_are_read_by_position_and_symmetrised():
+def test_matrix_is_symmetrised_and_only_the_token_1_is_an_edge():
   adj, *_ = jax.jit(TASK._parse)(question(0, 0, 1, MALFORMED))
   expected = np.zeros((N, N), bool)
   for i, js in NEIGHBOURS.items():
     expected[i, js] = True
   np.testing.assert_array_equal(adj, expected)
-  # Re-encoding the parsed graph gives the well-formed rows.
+  # Re-encoding the parsed graph gives the well-formed matrix.
   np.testing.assert_array_equal(TASK._question(adj, 0, 0, 1), question(0, 0, 1))
 
 
@@ -199,7 +195,7 @@ def test_subquestions_ask_each_neighbour(graph):
   subs, valid = all_subquestions(question(1, 5, 3, graph))  # neighbours of v1: v0, v2, v4
   np.testing.assert_array_equal(valid, [True, False, True, False, True, False, False, False])
   for i in (0, 2, 4):
-    np.testing.assert_array_equal(subs[i], question(i, 5, 2, graph))  # rows kept as they are
+    np.testing.assert_array_equal(subs[i], question(i, 5, 2, graph))  # matrix kept as it is
   _, valid = all_subquestions(question(1, 4, 3, graph))  # leaves pose nothing
   assert not bool(valid.any())
 
@@ -212,24 +208,24 @@ def test_recombine_takes_one_plus_min():
   def recombine(rows):
     return TOK.decode(np.asarray(run(q, jnp.asarray([[t] for t in rows], jnp.int32), valid)))
 
-  pad, var, dot = 0, int(TOK.variable(3)), TOK.symbol(".")
+  pad, var, other = 0, int(TOK.variable(3)), int(TOK.variable(5))
   assert recombine([token(4), token(0), INF, token(0), token(1), token(0), 0, 0]) == "2"
   assert recombine([INF, token(0), INF, token(0), INF, token(0), 0, 0]) == "inf"
   # Non-number subanswers count as infinite; invalid rows are ignored.
   assert recombine([pad, token(0), var, token(0), token(2), token(0), 0, 0]) == "3"
-  assert recombine([pad, token(0), var, token(0), dot, token(0), 0, 0]) == "inf"
+  assert recombine([pad, token(0), var, token(0), other, token(0), 0, 0]) == "inf"
   # A result above the budget h = 3 is inf.
   assert recombine([token(3), token(0), token(4), token(0), INF, token(0), 0, 0]) == "inf"
 
 
 def test_format_question():
   text = TASK.format_question(question(0, 5, 3))
-  assert text == ("v0: v1; v1: v0 v2 v4; v2: v1 v3; v3: v2 v4; v4: v1 v3 v5; v5: v4 v6; "
-                  "v6: v5 v7; v7: v6; dist(v0, v5) within 3 hops?")
+  assert text == ("adjacency 01000000 10101000 01010000 00101000 01010100 00001010 00000101 "
+                  "00000010; dist(v0, v5) within 3 hops?")
   assert TASK.format_answer(np.array([INF])) == "inf"
-  text = TASK.format_question(question(0, 5, 3, MALFORMED))  # malformed rows show their tokens
-  assert text.startswith("v0 : [3 . v1 . . . . .]; v1 : [v1 v4 v1 v2 v2 inf 0 <pad>]; v2:; "
-                         "v3: v2 v4; v4 : [v0 v5 . . . . . .]; v5: v6 v4; ")
+  text = TASK.format_question(question(0, 5, 3, MALFORMED))  # rows not all 0/1 show spaced tokens
+  assert text == ("adjacency [3 1 0 0 0 0 0 0] [inf 1 v2 0 1 <pad> 2 0] 01010000 00000000 "
+                  "00010100 00001010 00000101 [0 0 0 0 0 0 v6 0]; dist(v0, v5) within 3 hops?")
   with pytest.raises(ValueError):
     TASK.format_question(np.full(TASK.question_len, TASK.vocab_size))
 
@@ -267,7 +263,7 @@ def test_generator_properties():
 
 def test_subquestions_are_questions_of_d_one_level_down():
   """A neighbour u of a has dist(u, b) >= h - 1: the subquestions (budget h - 1) answer h - 1 or
-  inf, like level d - 1 of D; the rows are unchanged."""
+  inf, like level d - 1 of D; the matrix is unchanged."""
   batch = sampled()
   q, levels = np.asarray(batch.questions), np.asarray(batch.difficulty)
   subs, valid = jax.vmap(all_subquestions)(batch.questions)
@@ -287,7 +283,8 @@ def test_subquestions_are_questions_of_d_one_level_down():
 def test_round_trip():
   for row in np.asarray(sampled().questions)[::50]:
     np.testing.assert_array_equal(TOK.encode(TOK.decode(row)), row)
-    assert TASK.format_question(row).startswith("v0: v")
+    text = TASK.format_question(row)
+    assert text.startswith("adjacency ") and "[" not in text
 
 
 # ---- H is exact with a perfect M, and the depth of its tree is the difficulty --------------------

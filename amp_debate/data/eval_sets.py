@@ -187,10 +187,10 @@ class AmpDebateEval(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ 
       "1.0.0": "Initial release: splits difficulty_{d}; features question, answer, difficulty, index.",
       "1.1.0": "assignments: every level's table holds every depth up to max_depth and the query "
                "is a variable of depth d (1.0.0 built level-d tables from depths <= d). "
-               "shortest_path: questions are node-indexed adjacency lists (1.0.0: a shuffled "
-               "edge list) and each level's budget is h = d + 1 with answers h or inf (level 0: "
-               "0, 1 or inf; 1.0.0 had h = max_hops and no inf answers). permutation, union_find "
-               "and wildcard questions are unchanged.",
+               "shortest_path: the graph is an N x N adjacency matrix of 0/1 tokens (1.0.0: a "
+               "shuffled edge list) and each level's budget is h = d + 1 with answers h or inf "
+               "(level 0: 0, 1 or inf; 1.0.0 had h = max_hops and no inf answers). permutation, "
+               "union_find and wildcard questions are unchanged.",
   }
   BUILDER_CONFIGS = [get_config(tasks_lib.get(name)) for name in tasks_lib.names()]
 

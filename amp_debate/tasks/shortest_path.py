@@ -3,25 +3,27 @@ h, what is the length of the shortest path from a to b that uses at most h edges
 
 The budget makes H's decomposition well founded: the plain "dist(a, b)?" recursion loops on cycles.
 
-Question (Lq = N * N + 3): N node-indexed adjacency rows of N tokens, then ``a, b, h``. Row i is
-``[v_i, n_1, ..., n_{N-1}]``: the node token of i, then i's neighbours as node tokens ``v0 ..
-v{N-1}`` in increasing order, padded at the end with the symbol ``.``; a, b are node tokens and the
-budget h a number token. Answer (La = 1): ``[number(distance)]`` or ``["inf"]``.
+Question (Lq = N * N + 3): the N x N adjacency matrix, row by row, then ``a, b, h``. Cell (i, j)
+at position i * N + j is the number token ``1`` if i and j are adjacent, else the number token
+``0`` (the diagonal is ``0``); a, b are node tokens ``v0 .. v{N-1}`` and the budget h a number
+token. Answer (La = 1): ``[number(distance)]`` or ``["inf"]``.
 
-Why node-indexed rows: "is b adjacent to a?" becomes a look-up (find row a, look for v_b in it),
-like wildcard's table look-up. In a shuffled, randomly oriented edge list (the encoding before) it
-needs a conjunctive match of both endpoints of one pair, which a transformer trained on ground truth
-never learned (it answered a = b questions, but never said 1 for adjacent ones).
+Why a 0/1 matrix: "is b adjacent to a?" becomes a look-up by position (cell (a, b)), like
+wildcard's table look-up. Measured, training only on level-0 questions (h = 1; answers 0, 1, inf)
+with a 4-layer width-64 model, batch 64, Adam 1e-3: after 2000 steps the adjacent questions were
+answered 1 in 93% of cases with the 0/1 matrix, against 17% with node-indexed adjacency rows
+(``[v_i, neighbours..., '.' padding]``) and 0% with the shuffled edge list of eval sets 1.0.0; both
+of those need a match on two tokens (row a and token v_b, or both ends of one pair).
 
-Parsing is total (every int32 token array is a question): row i is row i by position (its leading
-token is ignored); a cell names neighbour j iff it is the variable token v_j, anything else (``.``,
-numbers, ``inf``, protocol tokens) names no neighbour; the adjacency is the symmetric closure of the
-rows without self-loops, so one-sided or repeated entries are harmless. a and b go through
-``to_variable`` (clipped into range), h through ``to_number`` clipped into [0, max_hops].
+Parsing is total (every int32 token array is a question): a cell means "edge" iff it is exactly the
+number token for 1; anything else (``0``, other numbers, ``inf``, nodes, protocol tokens) means no
+edge; the adjacency is the symmetric closure of the matrix (adj | adj.T) without self-loops, so a
+one-sided or malformed matrix is harmless. a and b go through ``to_variable`` (clipped into range),
+h through ``to_number`` clipped into [0, max_hops].
 
 H: at a leaf (a = b, a adjacent to b, or h <= 1) answers 0, 1 or inf directly. Otherwise asks, for
 every node i adjacent to a (subquestion i, i < N), the distance from i to b within h - 1 hops (the
-same rows, a := v_i, h := h - 1), and answers 1 + the smallest finite one (inf if none, or if that
+same matrix, a := v_i, h := h - 1), and answers 1 + the smallest finite one (inf if none, or if that
 exceeds h). By induction, H's full tree of depth D answers dist(a, b) when dist(a, b) <=
 min(D + 1, h) and inf otherwise: exact on every question with h <= D + 1.
 
@@ -60,7 +62,6 @@ from amp_debate.tasks.base import Task, check_option
 from amp_debate.tasks.tokenizer import Tokenizer
 
 INF_SYMBOL = "inf"
-PAD_SYMBOL = "."  # pads an adjacency row after the last neighbour
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,7 @@ class ShortestPath(Task):
   @property
   def tokenizer(self) -> Tokenizer:
     return Tokenizer(num_lo=0, num_hi=self.max_hops, num_vars=self.num_nodes,
-                     symbols=(INF_SYMBOL, PAD_SYMBOL))
+                     symbols=(INF_SYMBOL,))
 
   @property
   def question_len(self) -> int:
@@ -114,29 +115,21 @@ class ShortestPath(Task):
     [0, max_hops])."""
     tok = self.tokenizer
     n = self.num_nodes
-    cells = question[: n * n].reshape(n, n)[:, 1:]  # [N, N - 1]; the leading node token is ignored
-    names = tok.is_variable(cells)[..., None] & (tok.to_variable(cells)[..., None] == jnp.arange(n))
-    adj = jnp.any(names, axis=1)  # [N, N]: row i names j
+    adj = question[: n * n].reshape(n, n) == tok.number(1)  # [N, N]: exactly the token 1 is an edge
     adj = (adj | adj.T) & ~jnp.eye(n, dtype=bool)
     a = tok.to_variable(question[n * n])
     b = tok.to_variable(question[n * n + 1])
     h = jnp.clip(tok.to_number(question[n * n + 2]), 0, self.max_hops)
     return adj, a, b, h
 
-  def _rows(self, adj):
-    """int32[N, N]: the adjacency rows of adj bool[N, N] (symmetric, no self-loops)."""
-    tok = self.tokenizer
-    n = self.num_nodes
-    nodes = jnp.arange(n)
-    # Neighbours in increasing order, then n for each non-neighbour (at most N - 1 neighbours).
-    listed = jnp.sort(jnp.where(adj, nodes[None, :], n), axis=1)[:, : n - 1]
-    cells = jnp.where(listed < n, tok.variable(listed), tok.symbol(PAD_SYMBOL))
-    return jnp.concatenate([tok.variable(nodes)[:, None], cells], axis=1).astype(jnp.int32)
+  def _matrix(self, adj):
+    """int32[N, N]: the 0/1 number tokens of adj bool[N, N] (symmetric, no self-loops)."""
+    return self.tokenizer.number(jnp.asarray(adj, jnp.int32)).astype(jnp.int32)
 
   def _question(self, adj, a, b, h):
     tok = self.tokenizer
     return jnp.concatenate([
-        self._rows(adj).reshape(-1), tok.variable(a)[None], tok.variable(b)[None],
+        self._matrix(adj).reshape(-1), tok.variable(a)[None], tok.variable(b)[None],
         tok.number(h)[None]]).astype(jnp.int32)
 
   def _distances(self, adj, a, h):
@@ -226,7 +219,7 @@ class ShortestPath(Task):
     return self._answer(jnp.where(a == b, 0, jnp.where(adjacent, 1, self._inf)))
 
   def subquestion(self, question, subanswers, i):
-    """(the same rows and b, a := v_i, h := h - 1); valid iff node i is a neighbour of a and the
+    """(the same matrix and b, a := v_i, h := h - 1); valid iff node i is a neighbour of a and the
     question is no leaf."""
     del subanswers  # the neighbours' questions are independent
     adj, a, b, h = self._parse(question)
@@ -257,23 +250,18 @@ class ShortestPath(Task):
 
   # ---- text ----------------------------------------------------------------------------------
   def format_question(self, question) -> str:
-    """E.g. ``v0: v1 v3; v1: v0 v2; ...; dist(v0, v4) within 3 hops?``. A row that is not a
-    well-formed list (leading token other than its node, or a cell neither a node nor ``.``) shows
-    its raw tokens: ``v2 : [v5 3 . ...]``."""
-    tok = self.tokenizer
+    """E.g. ``adjacency 0101 1010 0101 1010; dist(v0, v2) within 2 hops?``: the matrix row by row,
+    each row's cells joined without spaces when they are all ``0`` / ``1``, otherwise with spaces
+    and in brackets (``[0 inf v3 1]``)."""
     q = np.asarray(question).reshape(-1)
-    tok.decode(q)  # raises ValueError on ids outside the vocabulary
-    vocab = tok.vocab
+    self.tokenizer.decode(q)  # raises ValueError on ids outside the vocabulary
+    vocab = self.tokenizer.vocab
     words = [vocab[int(t)] for t in q]
     n = self.num_nodes
-    parts = []
+    rows = []
     for i in range(n):
-      row = words[i * n : (i + 1) * n]
-      cells = row[1:]
-      names = [w for w in cells if w != PAD_SYMBOL]
-      if row[0] == f"v{i}" and all(w in vocab[tok.var_offset : tok.symbol_offset] for w in names):
-        parts.append(f"v{i}: {' '.join(names)}".rstrip())
-      else:
-        parts.append(f"v{i} : [{' '.join(row)}]")
+      cells = words[i * n : (i + 1) * n]
+      well_formed = all(w in ("0", "1") for w in cells)
+      rows.append("".join(cells) if well_formed else f"[{' '.join(cells)}]")
     a, b, h = words[n * n : n * n + 3]
-    return "; ".join(parts) + f"; dist({a}, {b}) within {h} hops?"
+    return f"adjacency {' '.join(rows)}; dist({a}, {b}) within {h} hops?"
