@@ -100,10 +100,9 @@ def task_table(summaries: list[dict]) -> str:
       row = [mode, label] + [_cell(e.get(f"eval/accuracy/{key}/d{d}")) for d in levels]
       row.append(_cell(e.get(f"eval/accuracy/{key}/mean")))
       if key == "model":
-        reached = (f"{s['reached_step']} ({s['reached_train_s']:.0f} s)"
-                   if s.get("reached_step") is not None and s.get("reached_train_s") is not None
-                   else _cell(s.get("reached_step")) if s.get("reached_step") is not None
-                   else "not reached")
+        step, seconds = s.get("reached_step"), s.get("reached_train_s")
+        reached = "not reached" if step is None else (
+            f"{step} ({seconds:.0f} s)" if seconds is not None else str(step))
         row += [reached, _cell(s.get("human_calls_per_question")), str(s["steps"]),
                 f"{s['wall_s']:.0f}"]
       else:

@@ -306,13 +306,11 @@ def lr_multiplier(optimizer: ml_collections.ConfigDict) -> Callable[[jax.Array],
   if not warmup and not decay:
     return None
 
+  cosine = optax.cosine_decay_schedule(1.0, decay, alpha=final) if decay else None
+
   def multiplier(count):
-    count = jnp.asarray(count, jnp.float32)
-    value = jnp.minimum(1.0, count / warmup) if warmup else jnp.ones((), jnp.float32)
-    if decay:
-      progress = jnp.minimum(1.0, count / decay)
-      value = value * (final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
-    return value
+    value = jnp.minimum(1.0, count / warmup) if warmup else 1.0
+    return value * cosine(count) if cosine is not None else value
 
   return multiplier
 

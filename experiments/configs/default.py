@@ -38,7 +38,6 @@ SIZES = tuple(models.PRESETS)
 ARG_KEYS = ("task", "mode", "size", "runlocal")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Recipe:
   """A task's runlocal size and model recipe (issue 12): the task options, the model's depth and
@@ -81,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = str(args.get("task", "permutation"))
   task_options = tasks.get(c.task).options()  # the task's defaults (raises on an unknown task)
   recipe = RUNLOCAL.get(c.task, Recipe({})) if runlocal else None
-  if recipe:
+  if recipe is not None:
     task_options.update(recipe.task_options)
   c.task_options = ml_collections.ConfigDict(task_options)
   c.mode = mode
@@ -94,7 +93,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The model M (one network plays every role): a preset plus field overrides.
   c.model = ml_collections.ConfigDict()
   c.model.preset = size
-  c.model.num_layers = recipe.num_layers if runlocal else 0  # 0: the preset's value (same for the fields below)
+  # 0: the preset's value (same for the fields below).
+  c.model.num_layers = recipe.num_layers if runlocal else 0
   c.model.d_model = recipe.d_model if runlocal else 0
   c.model.num_heads = 4 if runlocal else 0
   c.model.d_ff = 4 * recipe.d_model if runlocal else 0
