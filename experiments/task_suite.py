@@ -8,7 +8,9 @@ Each run is ``python -m amp_debate.main``'s training of
 ``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (the task's runlocal options and
 model recipe, ``default.RUNLOCAL``), one seed (``--seed``), in ``<workdir>/<task>/<mode>_s<seed>``;
 a run whose ``summary.json`` exists is not run again, and a killed suite resumes its unfinished
-run (the trainer's resume). Per task and level the table gives M's held-out greedy accuracy and
+run (the trainer's resume). A run recorded in the results file (``--results``.json) with the
+recipe the config gives today (task options, layers, width, steps) is not run again either, so the
+table survives a deleted workdir; ``--fresh`` ignores the results file. Per task and level the table gives M's held-out greedy accuracy and
 Amp(H, M)'s for each mode, H alone, the first evaluated step at which M is >= 95% at every level,
 human calls per training question and wall time. Written to ``experiments/results/task_suite.md``
 and ``.json`` (``--results``).
@@ -46,8 +48,33 @@ def _first_reached(workdir: str, threshold: float) -> tuple[int | None, float | 
   return reached, seconds.get(reached) if reached is not None else None
 
 
-def run_one(task: str, mode: str, seed: int, workdir: str) -> dict:
-  """Trains one run (or reads its finished summary) and returns its summary."""
+def _config(task: str, mode: str, seed: int):
+  config = default.get_config(f"task={task},mode={mode},runlocal")
+  config.seed = seed
+  return config
+
+
+def recorded_summaries(path: str) -> dict[tuple[str, str, int], dict]:
+  """The summaries in a results file (``{}`` if there is none), keyed by (task, mode, seed)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {(s["task"], s["mode"], s["seed"]): s for s in json.load(f)}
+
+
+def same_recipe(summary: dict, config) -> bool:
+  """Whether a recorded run trained the recipe ``config`` gives (options, depth, width, steps)."""
+  return (summary.get("options") == dict(config.task_options) and
+          summary.get("batch_size", 64) == config.batch_size and  # recorded from issue 12 on
+          summary.get("num_layers") == config.model.num_layers and
+          summary.get("d_model") == config.model.d_model and
+          summary.get("steps") == config.num_steps)
+
+
+def run_one(task: str, mode: str, seed: int, workdir: str,
+            recorded: dict | None = None) -> dict:
+  """Trains one run (or reads its finished summary, from the run's directory or else from
+  ``recorded`` where that holds the same recipe) and returns its summary."""
   run_dir = os.path.join(workdir, task, f"{mode}_s{seed}")
   summary_path = os.path.join(run_dir, "summary.json")
   if os.path.exists(summary_path):
@@ -57,8 +84,10 @@ def run_one(task: str, mode: str, seed: int, workdir: str) -> dict:
       with open(os.path.join(run_dir, "config.json")) as f:
         summary["d_model"] = json.load(f)["model"]["d_model"]
     return summary
-  config = default.get_config(f"task={task},mode={mode},runlocal")
-  config.seed = seed
+  config = _config(task, mode, seed)
+  previous = (recorded or {}).get((task, mode, seed))
+  if previous is not None and same_recipe(previous, config):
+    return previous
   start = time.time()
   result = train.run(config, run_dir)
   if result.status != "done":
@@ -66,7 +95,7 @@ def run_one(task: str, mode: str, seed: int, workdir: str) -> dict:
   reached, reached_s = _first_reached(run_dir, THRESHOLD)
   summary = {"task": task, "mode": mode, "seed": seed, "steps": result.step,
              "options": dict(config.task_options), "num_layers": config.model.num_layers,
-             "d_model": config.model.d_model,
+             "d_model": config.model.d_model, "batch_size": config.batch_size,
              "wall_s": time.time() - start, "eval": result.eval,
              "reached_step": reached, "reached_train_s": reached_s,
              "eval_set": supervised_reference._eval_name(run_dir)}
@@ -145,7 +174,9 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--results", default=RESULTS, help="output path without extension")
   parser.add_argument("--table_only", action="store_true",
-                      help="only tabulate the runs already finished in --workdir")
+                      help="run nothing; tabulate the runs already finished (in --workdir or recorded)")
+  parser.add_argument("--fresh", action="store_true",
+                      help="ignore the runs recorded in the results file (rerun them)")
   args = parser.parse_args()
   names = [t for t in args.tasks.split(",") if t]
   modes = [m for m in args.modes.split(",") if m]
@@ -156,15 +187,28 @@ def main():
     if mode not in MODES:
       parser.error(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
   # Mode-major: every task's supervised run first (the upper bound each column is read against).
-  by_task: dict[str, list[dict]] = {name: [] for name in names}
-  for mode in modes:
-    for name in names:
-      done = os.path.exists(os.path.join(args.workdir, name, f"{mode}_s{args.seed}",
-                                         "summary.json"))
-      if args.table_only and not done:
-        continue
-      print(f"== {name} {mode} seed={args.seed}", flush=True)
-      by_task[name].append(run_one(name, mode, args.seed, args.workdir))
+  recorded = {} if args.fresh else recorded_summaries(args.results + ".json")
+
+  def finished(name: str, mode: str) -> bool:
+    if os.path.exists(os.path.join(args.workdir, name, f"{mode}_s{args.seed}", "summary.json")):
+      return True
+    previous = recorded.get((name, mode, args.seed))
+    return previous is not None and same_recipe(previous, _config(name, mode, args.seed))
+
+  if not args.table_only:
+    for mode in modes:
+      for name in names:
+        print(f"== {name} {mode} seed={args.seed}" +
+              (": finished (in --workdir or the results file), not rerun"
+               if finished(name, mode) else ""), flush=True)
+        run_one(name, mode, args.seed, args.workdir, recorded)
+  # The table holds every finished run of every task and mode (the requested ones just ran), so
+  # a suite run on some tasks rewrites the results file without dropping the others.
+  by_task: dict[str, list[dict]] = {name: [] for name in tasks.names()}
+  for name in tasks.names():
+    for mode in MODES:
+      if finished(name, mode):
+        by_task[name].append(run_one(name, mode, args.seed, args.workdir, recorded))
   by_task = {k: v for k, v in by_task.items() if v}
   sections = [f"## Overview (M's held-out accuracy at its worst level)\n\n{overview(by_task)}"]
   for name, summaries in by_task.items():

@@ -80,10 +80,10 @@ def test_reload_and_rebuild_elsewhere_are_identical(eval_set, data_dir, tmp_path
 
 
 def test_version_name_and_path(eval_set, data_dir):
-  assert eval_set.version == "1.1.0" == str(eval_sets.AmpDebateEval.VERSION)
-  assert eval_set.name == "amp_debate_eval/permutation+examples_per_difficulty-16:1.1.0"
+  assert eval_set.version == "1.2.0" == str(eval_sets.AmpDebateEval.VERSION)
+  assert eval_set.name == "amp_debate_eval/permutation+examples_per_difficulty-16:1.2.0"
   assert eval_set.path == os.path.join(
-      data_dir, "amp_debate_eval", "permutation+examples_per_difficulty-16", "1.1.0")
+      data_dir, "amp_debate_eval", "permutation+examples_per_difficulty-16", "1.2.0")
   metadata = json.loads(pathlib.Path(eval_set.path, "metadata.json").read_text())
   assert metadata["task"] == "permutation" and metadata["options"] == {"n": 8, "max_exponent": 8}
   assert metadata["seed"] == 0 and metadata["examples_per_difficulty"] == N
@@ -115,7 +115,7 @@ def test_tfds_style_names(eval_set, data_dir):
 def test_task_instance_options_and_difficulty_subset(tmp_path):
   task = tasks.get("permutation", n=4, max_exponent=2)
   loaded = eval_sets.load(task, difficulty=1, examples_per_difficulty=4, data_dir=tmp_path)
-  assert loaded.name == "amp_debate_eval/permutation+max_exponent-2+n-4+examples_per_difficulty-4:1.1.0"
+  assert loaded.name == "amp_debate_eval/permutation+max_exponent-2+n-4+examples_per_difficulty-4:1.2.0"
   assert list(loaded.splits) == [1] and loaded.task == task
   assert loaded.splits[1]["question"].shape == (4, task.question_len)
   by_options = eval_sets.load("permutation", options={"n": 4, "max_exponent": 2}, difficulty=[0, 1],
@@ -171,10 +171,10 @@ def test_cli_builds_prints_and_never_imports_tensorflow(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   config = "permutation+max_exponent-4+n-5+examples_per_difficulty-8"
-  assert f"amp_debate_eval/{config}:1.1.0  (version 1.1.0)" in out
+  assert f"amp_debate_eval/{config}:1.2.0  (version 1.2.0)" in out
   assert "difficulty_2: 8 examples" in out and "difficulty_3" not in out and "σ^k(x)?" in out
   assert "tensorflow imported: False" in out
-  assert (tmp_path / "amp_debate_eval" / config / "1.1.0").is_dir()
+  assert (tmp_path / "amp_debate_eval" / config / "1.2.0").is_dir()
 
 
 def test_cli_reports_bad_arguments_as_usage_errors(capsys, tmp_path):

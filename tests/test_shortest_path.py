@@ -21,27 +21,17 @@ NEIGHBOURS = {0: [1], 1: [0, 2, 4], 2: [1, 3], 3: [2, 4], 4: [1, 3, 5], 5: [4, 6
 PAD_ROWS = 512
 
 
-def matrix_text(neighbours, n=N):
-  """The well-formed adjacency matrix: cell (i, j) is ``1`` if j is a neighbour of i, else ``0``."""
-  return " ".join("1" if j in neighbours.get(i, []) else "0" for i in range(n) for j in range(n))
+def rows_text(neighbours, n=N):
+  """The well-formed graph: row i is the number sum of 2^j over i's neighbours j."""
+  return " ".join(str(sum(1 << j for j in neighbours.get(i, []))) for i in range(n))
 
 
-GRAPH = matrix_text(NEIGHBOURS)
-# The same graph, malformed: only exactly the token 1 off the diagonal is an edge, and one side of a
-# pair suffices. Row 0 has a number other than 0/1 on the diagonal; row 1 has a 1 on the diagonal
-# (no self-loop), a node token where v2 is (v2's row has the edge), non-0/1 tokens and omits v0 (row
-# 0 has it); row 3 is all 0 (rows 2 and 4 have its edges); row 4 omits v1 (row 1 has it); row 7
-# has a node token where v6 is (row 6 has the edge).
-MALFORMED = " ".join([
-    "3 1 0 0 0 0 0 0",
-    "inf 1 v2 0 1 <pad> 2 0",
-    "0 1 0 1 0 0 0 0",
-    "0 0 0 0 0 0 0 0",
-    "0 0 0 1 0 1 0 0",
-    "0 0 0 0 1 0 1 0",
-    "0 0 0 0 0 1 0 1",
-    "0 0 0 0 0 0 v6 0",
-])
+GRAPH = rows_text(NEIGHBOURS)  # "2 21 10 20 42 80 160 64"
+# The same graph, malformed: a row that is no number token has no edges, a self-loop bit is
+# ignored, and one side of a pair suffices. Row 0 sets its own bit (3 = v0 + v1); row 1 is a node
+# token (rows 0, 2 and 4 have its edges); row 3 is 0 (rows 2 and 4 have its edges); row 4 omits
+# nothing; row 6 omits v5 (row 5 has it); row 7 is <pad> (row 6 has its edge).
+MALFORMED = "3 v2 10 0 42 80 128 <pad>"
 
 
 def question(a, b, h, graph=GRAPH, task=TASK):
@@ -54,20 +44,22 @@ def token(value):
 
 def parse_words(q, task=TASK):
   """From the token ids and the vocabulary layout, independently of the task's parser: ({node: set
-  of neighbours}, a, b, h); a cell is an edge iff it is the id of the number 1, off the diagonal,
-  on either side; a, b and h are clipped into range like the tokenizer's conversions."""
+  of neighbours}, a, b, h); row i's number token sets bit j for an edge i ~ j (off the diagonal,
+  on either side), any other token none; a, b and h are clipped into range like the tokenizer's
+  conversions."""
   tok, n = task.tokenizer, task.num_nodes
   q = np.asarray(q)
   node = lambda t: int(np.clip(t - tok.var_offset, 0, n - 1))
-  one = tok.num_offset + 1 - tok.num_lo
   adj = {i: set() for i in range(n)}
   for i in range(n):
-    for j in range(n):
-      if q[i * n + j] == one and i != j:
-        adj[i].add(j)
-        adj[j].add(i)
-  h = int(np.clip(q[n * n + 2] - tok.num_offset, 0, task.max_hops))
-  return adj, node(q[n * n]), node(q[n * n + 1]), h
+    if tok.num_offset <= q[i] < tok.var_offset:
+      mask = int(q[i]) - tok.num_offset + tok.num_lo
+      for j in range(n):
+        if mask >> j & 1 and i != j:
+          adj[i].add(j)
+          adj[j].add(i)
+  h = int(np.clip(q[n + 2] - tok.num_offset, 0, task.max_hops))
+  return adj, node(q[n]), node(q[n + 1]), h
 
 
 def bfs(adj, a, limit):
@@ -87,7 +79,7 @@ def reference(q, task=TASK):
 
 
 def check_sampled(task, batch):
-  """Properties of every sampled question: a well-formed 0/1 matrix, budget h = d + 1, answers h or
+  """Properties of every sampled question: well-formed symmetric rows, budget h = d + 1, answers h or
   inf (level 0: 0, 1 or inf), connected graphs, and b at distance <= min(h + 2, N - 1) when inf."""
   q, answers, levels = map(np.asarray, (batch.questions, batch.answers, batch.difficulty))
   tok, n = task.tokenizer, task.num_nodes
@@ -100,12 +92,12 @@ def check_sampled(task, batch):
                                 levels[finite & (levels > 0)] + 1)
   np.testing.assert_array_equal(jax.jit(task.batch_solve)(batch.questions), answers)
   for row, word, level in zip(q, words, levels):
-    cells = np.array(tok.decode(row).split()[: n * n]).reshape(n, n)
-    assert set(cells.reshape(-1)) <= {"0", "1"}  # well-formed: only 0/1 tokens
-    np.testing.assert_array_equal(cells, cells.T)  # symmetric
-    assert (np.diag(cells) == "0").all()  # no self-loops
+    masks = [int(w) for w in tok.decode(row).split()[:n]]  # well-formed: every row a number
+    bits = np.array([[mask >> j & 1 for j in range(n)] for mask in masks])
+    np.testing.assert_array_equal(bits, bits.T)  # symmetric
+    assert (np.diag(bits) == 0).all()  # no self-loops
     adj, a, b, h = parse_words(row, task)
-    assert all((cells[i, j] == "1") == (j in adj[i]) for i in range(n) for j in range(n))
+    assert all(bool(bits[i, j]) == (j in adj[i]) for i in range(n) for j in range(n))
     dist = bfs(adj, a, n)
     assert len(dist) == n  # connected
     assert str(reference(row, task)) == word
@@ -173,13 +165,13 @@ def test_hand_built_answers(graph):
   np.testing.assert_array_equal(out["leaf_answer"][leaf], expected[leaf])  # exact at leaves
 
 
-def test_matrix_is_symmetrised_and_only_the_token_1_is_an_edge():
+def test_rows_are_symmetrised_and_only_number_tokens_carry_edges():
   adj, *_ = jax.jit(TASK._parse)(question(0, 0, 1, MALFORMED))
   expected = np.zeros((N, N), bool)
   for i, js in NEIGHBOURS.items():
     expected[i, js] = True
   np.testing.assert_array_equal(adj, expected)
-  # Re-encoding the parsed graph gives the well-formed matrix.
+  # Re-encoding the parsed graph gives the well-formed rows.
   np.testing.assert_array_equal(TASK._question(adj, 0, 0, 1), question(0, 0, 1))
 
 
@@ -195,7 +187,7 @@ def test_subquestions_ask_each_neighbour(graph):
   subs, valid = all_subquestions(question(1, 5, 3, graph))  # neighbours of v1: v0, v2, v4
   np.testing.assert_array_equal(valid, [True, False, True, False, True, False, False, False])
   for i in (0, 2, 4):
-    np.testing.assert_array_equal(subs[i], question(i, 5, 2, graph))  # matrix kept as it is
+    np.testing.assert_array_equal(subs[i], question(i, 5, 2, graph))  # rows kept as they are
   _, valid = all_subquestions(question(1, 4, 3, graph))  # leaves pose nothing
   assert not bool(valid.any())
 
@@ -223,9 +215,9 @@ def test_format_question():
   assert text == ("adjacency 01000000 10101000 01010000 00101000 01010100 00001010 00000101 "
                   "00000010; dist(v0, v5) within 3 hops?")
   assert TASK.format_answer(np.array([INF])) == "inf"
-  text = TASK.format_question(question(0, 5, 3, MALFORMED))  # rows not all 0/1 show spaced tokens
-  assert text == ("adjacency [3 1 0 0 0 0 0 0] [inf 1 v2 0 1 <pad> 2 0] 01010000 00000000 "
-                  "00010100 00001010 00000101 [0 0 0 0 0 0 v6 0]; dist(v0, v5) within 3 hops?")
+  text = TASK.format_question(question(0, 5, 3, MALFORMED))  # rows as written, non-numbers bracketed
+  assert text == ("adjacency 11000000 [v2] 01010000 00000000 01010100 00001010 00000001 "
+                  "[<pad>]; dist(v0, v5) within 3 hops?")
   with pytest.raises(ValueError):
     TASK.format_question(np.full(TASK.question_len, TASK.vocab_size))
 
@@ -263,7 +255,7 @@ def test_generator_properties():
 
 def test_subquestions_are_questions_of_d_one_level_down():
   """A neighbour u of a has dist(u, b) >= h - 1: the subquestions (budget h - 1) answer h - 1 or
-  inf, like level d - 1 of D; the matrix is unchanged."""
+  inf, like level d - 1 of D; the rows are unchanged."""
   batch = sampled()
   q, levels = np.asarray(batch.questions), np.asarray(batch.difficulty)
   subs, valid = jax.vmap(all_subquestions)(batch.questions)
@@ -273,7 +265,7 @@ def test_subquestions_are_questions_of_d_one_level_down():
   for r in np.flatnonzero(levels > 0):
     d = int(levels[r])
     rows = subs[r][valid[r]]
-    np.testing.assert_array_equal(rows[:, : N * N], np.tile(q[r, : N * N], (len(rows), 1)))
+    np.testing.assert_array_equal(rows[:, :N], np.tile(q[r, :N], (len(rows), 1)))
     np.testing.assert_array_equal(np.asarray(TOK.to_number(rows[:, -1])), d)  # budget h - 1 = d
     got = {TOK.decode(answer[None]) for answer in answers[r][valid[r]]}
     assert got <= {str(d), "inf"}, (r, got)
@@ -322,13 +314,14 @@ def test_garbage_questions_and_answers():
 @pytest.mark.parametrize("options, depths", [
     # The smallest graph; E = every pair (a triangle whenever the levels allow).
     (dict(num_nodes=3, extra_edges=3, max_hops=1), [0]),
-    (dict(num_nodes=12, extra_edges=0, max_hops=3), [0, 1]),  # a tree
-    (dict(num_nodes=16, extra_edges=120, max_hops=14), [0, 1]),  # the top level is a path
+    (dict(num_nodes=9, extra_edges=0, max_hops=3), [0, 1]),  # a tree
+    (dict(num_nodes=10, extra_edges=45, max_hops=8), [0, 1]),  # the top level is a path
 ])
 def test_non_default_options(options, depths):
   task = ShortestPath(**options)
   n = task.num_nodes
-  assert task.question_len == n * n + 3 and task.num_subquestions == n
+  assert task.question_len == n + 3 and task.num_subquestions == n
+  assert task.tokenizer.num_hi == 2**n - 1  # every row mask is a number token
   assert task.max_difficulty == task.max_hops - 1
   batch = sampled(task, per_level=16)
   check_sampled(task, batch)
@@ -339,7 +332,7 @@ def test_non_default_options(options, depths):
 
 @pytest.mark.parametrize("options, name", [
     (dict(num_nodes=2, max_hops=1), "num_nodes"),
-    (dict(num_nodes=17), "num_nodes"),
+    (dict(num_nodes=11), "num_nodes"),  # 2^11 number tokens: too many
     (dict(num_nodes=8.0), "num_nodes"),
     (dict(extra_edges=-1), "extra_edges"),
     (dict(num_nodes=4, extra_edges=7, max_hops=2), "extra_edges"),  # at most 4 * 3 / 2 = 6

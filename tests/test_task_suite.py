@@ -75,3 +75,26 @@ def test_bad_arguments_stop_before_any_run(tmp_path, monkeypatch, capsys, flag, 
     task_suite.main()
   assert exit_info.value.code == 2 and message in capsys.readouterr().err
   assert not list(tmp_path.iterdir())
+
+
+def test_recorded_runs_with_todays_recipe_are_not_rerun(tmp_path, monkeypatch):
+  config = task_suite._config("union_find", "supervised", 0)
+  stored = _summary("supervised", [1.0, 1.0, 1.0], reached=400)
+  stored.update(options=dict(config.task_options), num_layers=config.model.num_layers,
+                d_model=config.model.d_model, steps=config.num_steps)
+  results = tmp_path / "results.json"
+  results.write_text(json.dumps([stored]))
+  recorded = task_suite.recorded_summaries(str(results))
+  assert list(recorded) == [("union_find", "supervised", 0)]
+  assert task_suite.recorded_summaries(str(tmp_path / "missing.json")) == {}
+
+  def train_run(config, workdir):
+    raise RuntimeError(f"trained {workdir}")
+
+  monkeypatch.setattr(task_suite.train, "run", train_run)
+  workdir = str(tmp_path / "work")
+  assert task_suite.run_one("union_find", "supervised", 0, workdir, recorded) == stored
+  # Another recipe (here: more steps than recorded) is trained again.
+  recorded[("union_find", "supervised", 0)] = dict(stored, steps=stored["steps"] - 1)
+  with pytest.raises(RuntimeError, match="trained .*union_find/supervised_s0"):
+    task_suite.run_one("union_find", "supervised", 0, workdir, recorded)

@@ -10,7 +10,7 @@ Config names: the task name at the task's default options (``"permutation"``, on
 in ``BUILDER_CONFIGS``); otherwise every option, sorted, is spelled out, then non-default
 ``examples_per_difficulty`` / ``seed``, e.g. ``"permutation+max_exponent-16+n-8"``. Such names are
 parsed back on the fly, so TFDS-style names work everywhere:
-``builder("amp_debate_eval/permutation+max_exponent-16+n-8:1.1.0")``, and also ``tfds.builder(...)``
+``builder("amp_debate_eval/permutation+max_exponent-16+n-8:1.2.0")``, and also ``tfds.builder(...)``
 once this module is imported.
 
 Features per example:
@@ -22,7 +22,7 @@ Features per example:
 Usage::
 
   eval_set = eval_sets.load("permutation")          # builds into the data dir on first use
-  eval_set.name                                     # "amp_debate_eval/permutation:1.1.0": cite it
+  eval_set.name                                     # "amp_debate_eval/permutation:1.2.0": cite it
   eval_set.splits[2]["question"]                    # int32[500, Lq]
   eval_set.batch(2)                                 # tasks.Batch of jnp arrays
 
@@ -182,7 +182,7 @@ def _jitted_sample(task: Task):
 class AmpDebateEval(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__main__"):
   """Fixed evaluation questions per task and difficulty (see module docstring)."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release: splits difficulty_{d}; features question, answer, difficulty, index.",
       "1.1.0": "assignments: every level's table holds every depth up to max_depth and the query "
@@ -191,6 +191,9 @@ class AmpDebateEval(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ 
                "shuffled edge list) and each level's budget is h = d + 1 with answers h or inf "
                "(level 0: 0, 1 or inf; 1.0.0 had h = max_hops and no inf answers). permutation, "
                "union_find and wildcard questions are unchanged.",
+      "1.2.0": "shortest_path: node i's adjacency row is one number token, the mask sum of 2^j "
+               "over its neighbours j (Lq = N + 3; 1.1.0: the N x N matrix of 0/1 tokens), and "
+               "num_nodes is at most 10. Every other task's questions are unchanged.",
   }
   BUILDER_CONFIGS = [get_config(tasks_lib.get(name)) for name in tasks_lib.names()]
 
@@ -287,7 +290,7 @@ class EvalSet:
 
   Attributes:
     task: the Task the questions belong to.
-    name: full TFDS name to cite, e.g. ``"amp_debate_eval/permutation:1.1.0"``.
+    name: full TFDS name to cite, e.g. ``"amp_debate_eval/permutation:1.2.0"``.
     version: dataset version string, e.g. ``"1.0.0"``.
     path: directory holding the prepared files.
     splits: difficulty -> {"question": int32[N, Lq], "answer": int32[N, La], "difficulty": int32[N],

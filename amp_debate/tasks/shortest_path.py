@@ -62,6 +62,7 @@ from amp_debate.tasks.base import Task, check_option
 from amp_debate.tasks.tokenizer import Tokenizer
 
 INF_SYMBOL = "inf"
+MAX_NODES = 10  # a row is one number token in [0, 2^N): 1024 number tokens at N = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,19 +78,20 @@ class ShortestPath(Task):
   max_hops: int = 4
 
   def __post_init__(self):
-    check_option(self.name, "num_nodes", self.num_nodes, 3, 16)
+    check_option(self.name, "num_nodes", self.num_nodes, 3, MAX_NODES)
     n = self.num_nodes
     check_option(self.name, "extra_edges", self.extra_edges, 0, n * (n - 1) // 2)
     check_option(self.name, "max_hops", self.max_hops, 1, n - 2)
 
   @property
   def tokenizer(self) -> Tokenizer:
-    return Tokenizer(num_lo=0, num_hi=self.max_hops, num_vars=self.num_nodes,
+    # Numbers 0 .. 2^N - 1: the row masks (the distances 0 .. max_hops <= N - 2 are among them).
+    return Tokenizer(num_lo=0, num_hi=2**self.num_nodes - 1, num_vars=self.num_nodes,
                      symbols=(INF_SYMBOL,))
 
   @property
   def question_len(self) -> int:
-    return self.num_nodes * self.num_nodes + 3
+    return self.num_nodes + 3
 
   @property
   def num_subquestions(self) -> int:
@@ -115,21 +117,25 @@ class ShortestPath(Task):
     [0, max_hops])."""
     tok = self.tokenizer
     n = self.num_nodes
-    adj = question[: n * n].reshape(n, n) == tok.number(1)  # [N, N]: exactly the token 1 is an edge
+    rows = question[:n]  # [N]: row i's mask; a non-number token means no edges
+    mask = jnp.where(tok.is_number(rows), tok.to_number(rows), 0)
+    adj = ((mask[:, None] >> jnp.arange(n)[None, :]) & 1) == 1  # [N, N]: bit j of row i
     adj = (adj | adj.T) & ~jnp.eye(n, dtype=bool)
-    a = tok.to_variable(question[n * n])
-    b = tok.to_variable(question[n * n + 1])
-    h = jnp.clip(tok.to_number(question[n * n + 2]), 0, self.max_hops)
+    a = tok.to_variable(question[n])
+    b = tok.to_variable(question[n + 1])
+    h = jnp.clip(tok.to_number(question[n + 2]), 0, self.max_hops)
     return adj, a, b, h
 
-  def _matrix(self, adj):
-    """int32[N, N]: the 0/1 number tokens of adj bool[N, N] (symmetric, no self-loops)."""
-    return self.tokenizer.number(jnp.asarray(adj, jnp.int32)).astype(jnp.int32)
+  def _rows(self, adj):
+    """int32[N]: the row-mask number tokens of adj bool[N, N] (bit j of row i: i ~ j)."""
+    weights = jnp.left_shift(1, jnp.arange(self.num_nodes, dtype=jnp.int32))
+    mask = jnp.sum(jnp.asarray(adj, jnp.int32) * weights[None, :], axis=1)
+    return self.tokenizer.number(mask).astype(jnp.int32)
 
   def _question(self, adj, a, b, h):
     tok = self.tokenizer
     return jnp.concatenate([
-        self._matrix(adj).reshape(-1), tok.variable(a)[None], tok.variable(b)[None],
+        self._rows(adj), tok.variable(a)[None], tok.variable(b)[None],
         tok.number(h)[None]]).astype(jnp.int32)
 
   def _distances(self, adj, a, h):
@@ -229,8 +235,8 @@ class ShortestPath(Task):
     node = jnp.clip(i, 0, n - 1)
     leaf = (a == b) | adj[a, b] | (h <= 1)
     valid = adj[a, node] & (node != a) & ~leaf & (i >= 0) & (i < n)
-    subq = question.at[n * n].set(tok.variable(node))
-    subq = subq.at[n * n + 2].set(tok.number(jnp.maximum(h - 1, 0)))
+    subq = question.at[n].set(tok.variable(node))
+    subq = subq.at[n + 2].set(tok.number(jnp.maximum(h - 1, 0)))
     return subq.astype(jnp.int32), valid
 
   def recombine(self, question, subanswers, valid):
@@ -250,18 +256,17 @@ class ShortestPath(Task):
 
   # ---- text ----------------------------------------------------------------------------------
   def format_question(self, question) -> str:
-    """E.g. ``adjacency 0101 1010 0101 1010; dist(v0, v2) within 2 hops?``: the matrix row by row,
-    each row's cells joined without spaces when they are all ``0`` / ``1``, otherwise with spaces
-    and in brackets (``[0 inf v3 1]``)."""
+    """E.g. ``adjacency 01000000 10101000 ...; dist(v0, v2) within 2 hops?``: each row's mask as
+    N binary digits, digit j for node j (``1``: adjacent), or the row's token in brackets where
+    it is no number (``[inf]``)."""
     q = np.asarray(question).reshape(-1)
     self.tokenizer.decode(q)  # raises ValueError on ids outside the vocabulary
     vocab = self.tokenizer.vocab
     words = [vocab[int(t)] for t in q]
     n = self.num_nodes
     rows = []
-    for i in range(n):
-      cells = words[i * n : (i + 1) * n]
-      well_formed = all(w in ("0", "1") for w in cells)
-      rows.append("".join(cells) if well_formed else f"[{' '.join(cells)}]")
-    a, b, h = words[n * n : n * n + 3]
+    for word in words[:n]:
+      rows.append("".join(str((int(word) >> j) & 1) for j in range(n)) if word.isdigit()
+                  else f"[{word}]")
+    a, b, h = words[n : n + 3]
     return f"adjacency {' '.join(rows)}; dist({a}, {b}) within {h} hops?"
