@@ -1,6 +1,6 @@
 r"""Entry point: flags only, then ``amp_debate.train.run(config, workdir)``.
 
-  python -m amp_debate.main --config=experiments/configs/default.py:task=permutation,runlocal \
+  python -m amp_debate.main --config=experiments/configs/default.py:task=permutation,quickstart \
       --workdir=workdir/quickstart
 
 Rerunning the same command resumes from the latest checkpoint in ``--workdir``. A bad or missing

@@ -5,9 +5,10 @@ loop, and a host loop over rounds.
         [--host-batches 64,256,1024] [--host-t-max 12] [--repeats 5]
         [--out FILE]
 
-Self-play of an untrained M (the runlocal model of ``experiments/configs/default.py``) on questions
-at the task's top level, as the train step plays it (M_target in both seats, the config's call rule,
-stop rule and assigned claims), jitted once per (t_max, variant). Both variants give identical
+Self-play of an untrained M (the CPU-sized model of ``experiments/configs/default.py``,
+``default.cpu_arg``: the quick start for permutation) on questions at the task's top level, as
+the train step plays it (M_target in both seats, the config's call rule, stop rule and assigned
+claims), jitted once per (t_max, variant). Both variants give identical
 games (tests/test_debate.py); the scan runs all t_max rounds with finished games masked, the while
 loop stops when every game in the batch is done. Median of ``--repeats`` calls after one untimed
 call; the ratio to the smallest t_max shows whether cost follows t_max or the actual debate length.
@@ -102,7 +103,7 @@ def main(argv=None):
   if not lengths or lengths[0] < 1 or args.batch < 1 or args.repeats < 1:
     parser.error("--t_max values, --batch and --repeats must be >= 1")
 
-  config = default.get_config(f"task={args.task},mode=hybrid,runlocal")
+  config = default.get_config(default.cpu_arg(args.task, "hybrid"))
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   played = config_lib.make_step_config(config).debate

@@ -4,8 +4,8 @@
         [--learning-rates ''] [--steps 5] [--repeats 3] [--out FILE]
 
 The step is built as the trainer builds it (``experiments/configs/default.py:task=<task>,
-mode=<mode>,runlocal``). S independent runs are S states initialised from S seeds (with
-``--learning-rates``, S learning rates cycled over them: hyperparameters are data in the state,
+mode=<mode>,runlocal``, ``quickstart`` for permutation: ``default.cpu_arg``). S independent runs
+are S states initialised from S seeds (with ``--learning-rates``, S learning rates cycled over them: hyperparameters are data in the state,
 ``step.init_state(..., hparams=...)``), stepped together by ``jax.jit(jax.vmap(train_step))``
 with S step keys; one seed runs the plain jitted step. Reported: the median time per step of S
 runs over ``--repeats`` blocks of ``--steps`` steps, and its ratio to one run's (issue 11, goal 4:
@@ -33,7 +33,7 @@ from experiments.configs import default  # noqa: E402
 
 
 def build(task_name: str, mode: str):
-  config = default.get_config(f"task={task_name},mode={mode},runlocal")
+  config = default.get_config(default.cpu_arg(task_name, mode))
   config.curriculum.kind = "off"  # every level from the first step: the full cost
   task, model, tx, step_config, pure = common.build_step(config)
 

@@ -5,7 +5,8 @@
         [--out FILE]
 
 Each mode's step is built exactly as the trainer builds it from
-``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (model, optimiser, debate and
+``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (``quickstart`` for
+permutation: ``default.cpu_arg``; model, optimiser, debate and
 step options; ``--batch`` > 0 overrides the batch size), with the curriculum off (questions of
 every level from the first step), and jitted on one device. Reported:
 
@@ -58,7 +59,7 @@ def measure(task_name: str, mode: str, batch: int, steps: int, repeats: int,
             epochs: int = 1, minibatches: int = 1) -> dict:
   """One mode's step: {"mode", "batch", "updates", "median_s", "min_s", "max_s", "flops",
   "memory"}; ``epochs`` x ``minibatches`` optimiser updates per rollout."""
-  config = default.get_config(f"task={task_name},mode={mode},runlocal")
+  config = default.get_config(default.cpu_arg(task_name, mode))
   if batch:
     config.batch_size = batch
   config.step.update_epochs, config.step.num_minibatches = epochs, minibatches
@@ -110,7 +111,7 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
   from amp_debate.procedure import credit, debate, packing  # noqa: PLC0415
   from amp_debate.procedure.model_player import ModelDebater  # noqa: PLC0415
 
-  config = default.get_config(f"task={task_name},mode={mode},runlocal")
+  config = default.get_config(default.cpu_arg(task_name, mode))
   if batch:
     config.batch_size = batch
   task = config_lib.make_task(config)

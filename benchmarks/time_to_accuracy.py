@@ -5,7 +5,8 @@
         [--workdir /tmp/tta] [--out FILE]
 
 Each run is ``python -m amp_debate.main``'s training (``amp_debate.train.run``) of
-``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` with the given overrides
+``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (``quickstart`` for
+permutation: ``default.cpu_arg``) with the given overrides
 (``field.sub=value``, comma-separated after the colon), evaluated every ``--eval-every`` steps on
 the task's held-out eval split (M's greedy answers; the debate statistics off, 200 questions per
 level). Reported per run: the first evaluated step at which every level is >= the threshold, the
@@ -66,7 +67,7 @@ def _set(config, key: str, text: str) -> None:
 def run_one(task: str, mode: str, overrides: dict[str, str], steps: int, eval_every: int,
             workdir: str) -> list[dict]:
   """Trains one run from scratch in ``workdir``; returns its metrics.jsonl records."""
-  config = default.get_config(f"task={task},mode={mode},runlocal")
+  config = default.get_config(default.cpu_arg(task, mode))
   config.num_steps = steps
   config.log_every = eval_every
   config.eval.every = eval_every
@@ -114,7 +115,7 @@ def main(argv=None):
   try:
     runs = [parse_run(s) for s in args.runs.split(";") if s.strip()]
     for mode, overrides in runs:  # every run's config is checked before any trains
-      config = default.get_config(f"task={args.task},mode={mode},runlocal")
+      config = default.get_config(default.cpu_arg(args.task, mode))
       for key, value in overrides.items():
         _set(config, key, value)
       config_lib.validate(config)

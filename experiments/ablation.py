@@ -1,10 +1,10 @@
-r"""The procedure's ablation on the runlocal task: which of amplification and debate does what.
+r"""The procedure's ablation on the quick-start task: which of amplification and debate does what.
 
   python -m experiments.ablation --workdir=workdir/ablation            # every run, then the table
   python -m experiments.ablation --workdir=workdir/ablation --seeds=1  # a quicker look
   python -m experiments.ablation --workdir=workdir/ablation --table_only  # tabulate finished runs
 
-Runs, each with seeds 0..seeds-1 (``experiments/configs/default.py:task=permutation,mode=M,runlocal``):
+Runs, each with seeds 0..seeds-1 (``experiments/configs/default.py:task=permutation,mode=M,quickstart``):
   hybrid                     debate RL + distillation (the README main job)
   amplification              distillation toward Amp′(H, M_target) only (force_stop_after=1)
   supervised                 the ground-truth upper bound (call_prob unused)
@@ -114,7 +114,7 @@ def run_one(setting: Setting, seed: int, workdir: str, num_steps: int | None) ->
       summary.update(_training_means(run_dir))  # summaries written before these columns
     summary.setdefault("setting", setting.name)
     return summary
-  config = default.get_config(f"task=permutation,mode={setting.mode},runlocal")
+  config = default.get_config(f"task=permutation,mode={setting.mode},quickstart")
   config.seed = seed
   config.debate.call_prob = setting.call_prob
   for field, value in setting.overrides:
@@ -205,7 +205,7 @@ def main():
   steps = f" --steps={args.steps}" if args.steps else ""
   notes = (f"Regenerate: `python -m experiments.ablation --seeds={args.seeds} "
            f"--mechanism_seeds={args.mechanism_seeds}{steps}`. Config "
-           "`experiments/configs/default.py:task=permutation,mode=<mode>,runlocal` (permutation "
+           "`experiments/configs/default.py:task=permutation,mode=<mode>,quickstart` (permutation "
            "n=5, k <= 2) with `debate.call_prob` and the overrides named in `experiments/"
            "ablation.py`; eval set amp_debate_eval/permutation+max_exponent-2+n-5 1.0.0 "
            "(500 questions per level). M greedy; honesty = M in both seats against the "
@@ -219,7 +219,7 @@ def main():
              f"{mechanism_table}\n")
   os.makedirs(os.path.dirname(args.results), exist_ok=True)
   with open(args.results + ".md", "w") as f:
-    f.write(f"# Ablation on the runlocal task\n\n{text}\n{notes}\n")
+    f.write(f"# Ablation on the quick-start task\n\n{text}\n{notes}\n")
   with open(args.results + ".json", "w") as f:
     json.dump(summaries, f, indent=2)
   print(f"\n{text}\n{notes}\nwrote {args.results}.md and .json")

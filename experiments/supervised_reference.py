@@ -1,6 +1,6 @@
 r"""Regenerates ``experiments/results/supervised_reference.json``: the supervised upper bound.
 
-  python -m experiments.supervised_reference --arg=task=permutation,runlocal --workdir=workdir/supervised
+  python -m experiments.supervised_reference --arg=task=permutation,quickstart --workdir=workdir/supervised
 
 Trains ``mode=supervised`` with the same config arg (same task, model, batch, steps and eval split
 as the corresponding hybrid run) and stores M's held-out accuracy by difficulty under the eval set's
@@ -24,7 +24,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--arg", default="task=permutation,runlocal")
+  parser.add_argument("--arg", default="task=permutation,quickstart")
   parser.add_argument("--workdir", default="workdir/supervised_reference")
   args = parser.parse_args()
   config = default.get_config(args.arg + ",mode=supervised")

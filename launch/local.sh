@@ -3,7 +3,7 @@
 # multi-host code path on a laptop:
 #
 #   XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \
-#     launch/local.sh 2 --config=experiments/configs/default.py:task=permutation,runlocal \
+#     launch/local.sh 2 --config=experiments/configs/default.py:task=permutation,quickstart \
 #     --workdir=workdir/two_processes
 #
 # Every process gets JAX_COORDINATOR_ADDRESS, AMP_DEBATE_NUM_PROCESSES, AMP_DEBATE_PROCESS_ID and

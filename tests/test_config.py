@@ -17,18 +17,23 @@ from experiments.configs import default
 
 
 @pytest.mark.parametrize("mode", default.MODES)
-@pytest.mark.parametrize("runlocal", [True, False])
-def test_every_mode_validates_and_builds(mode, runlocal):
-  config = default.get_config(f"task=permutation,mode={mode}" + (",runlocal" if runlocal else ""))
+@pytest.mark.parametrize("size", ["", "runlocal", "quickstart"])
+def test_every_mode_validates_and_builds(mode, size):
+  config = default.get_config(f"task=permutation,mode={mode}" + (f",{size}" if size else ""))
+  runlocal = bool(size)
   config_lib.validate(config, num_devices=8)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   step_config = config_lib.make_step_config(config)
   assert model.config.vocab_size == task.vocab_size and model.config.pad_id == tasks.PAD
   assert step_config.batch_size == config.batch_size
-  if runlocal:
+  assert config.runlocal == runlocal
+  if size == "quickstart":  # the README main job
     assert task.options() == {"n": 5, "max_exponent": 2}
-    assert (model.config.num_layers, model.config.d_model) == (2, 128)
+    assert (model.config.num_layers, model.config.d_model, config.num_steps) == (2, 128, 600)
+  if size == "runlocal":  # permutation's recipe: three levels
+    assert task.options() == {"n": 5, "max_exponent": 4} and task.max_difficulty == 2
+    assert (model.config.num_layers, model.config.d_model) == (4, 64)
   if mode == "amplification":
     assert step_config.debate.force_stop_after == 1 and step_config.debate.t_max == 1
   tx = config_lib.make_optimizer(config)
@@ -68,7 +73,7 @@ def test_every_mode_validates_and_builds(mode, runlocal):
                                  "not divisible by the 8 data-parallel shards"),
 ])
 def test_invalid_values_name_the_field(field, value, message):
-  config = default.get_config("task=permutation,runlocal")
+  config = default.get_config("task=permutation,quickstart")
   *parents, leaf = field.split(".")
   node = config
   for p in parents:
@@ -81,33 +86,33 @@ def test_invalid_values_name_the_field(field, value, message):
 
 
 def test_unknown_and_missing_fields():
-  config = default.get_config("task=permutation,runlocal")
+  config = default.get_config("task=permutation,quickstart")
   config.unlock()
   config.debate.tmax = 3
   with pytest.raises(config_lib.ConfigError, match="config.debate.tmax: unknown field"):
     config_lib.validate(config, num_devices=8)
-  config = default.get_config("task=permutation,runlocal")
+  config = default.get_config("task=permutation,quickstart")
   del config.eval["every"]
   with pytest.raises(config_lib.ConfigError, match="config.eval.every: missing field"):
     config_lib.validate(config, num_devices=8)
 
 
 def test_bad_task_option_is_a_config_error():
-  config = default.get_config("task=permutation,runlocal")
+  config = default.get_config("task=permutation,quickstart")
   config.task_options.n = 1
   with pytest.raises(config_lib.ConfigError, match=r"config.task_options.n must be in \[2, 64\], got 1"):
     config_lib.validate(config, num_devices=8)
 
 
 def test_force_stop_beyond_t_max_is_refused():
-  config = default.get_config("task=permutation,runlocal")
+  config = default.get_config("task=permutation,quickstart")
   config.debate.force_stop_after = 7
   with pytest.raises(config_lib.ConfigError, match="force_stop_after=7 exceeds"):
     config_lib.validate(config, num_devices=8)
 
 
 def test_annealed_weights_follow_a_schedule():
-  config = default.get_config("task=permutation,runlocal")
+  config = default.get_config("task=permutation,quickstart")
   config.combination.weights.rl = 1.0
   config.combination.weights_end.rl = 0.0
   config.combination.anneal_steps = 10
@@ -126,21 +131,22 @@ def test_annealed_weights_follow_a_schedule():
 @pytest.mark.parametrize("task", tasks.names())
 def test_every_task_has_a_runlocal_recipe(task):
   """Each task's runlocal options and model recipe (default.RUNLOCAL) build a valid config in
-  every mode, with at least 3 levels (permutation: 2, the README main job; BUILD_NOTES)."""
+  every mode, with at least 3 levels."""
   recipe = default.RUNLOCAL[task]
   for mode in default.MODES:
     config = default.get_config(f"task={task},mode={mode},runlocal")
     config_lib.validate(config, num_devices=8)
     assert dict(config.task_options) == {**tasks.get(task).options(), **recipe.task_options}
     assert config.model.num_layers == recipe.num_layers and config.num_steps == recipe.num_steps
+    assert config.batch_size == recipe.batch_size
     assert config.model.d_model == recipe.d_model and config.model.d_ff == 4 * recipe.d_model
     assert config.optimizer.decay_steps == (recipe.num_steps if recipe.decay else 0)
   levels = tasks.get(task, **recipe.task_options).max_difficulty + 1
-  assert levels >= (2 if task == "permutation" else 3)
+  assert levels >= 3
 
 
 def test_learning_rate_schedule_warms_up_then_decays():
-  config = default.get_config("task=permutation,runlocal")
+  config = default.get_config("task=permutation,quickstart")
   assert config_lib.lr_multiplier(config.optimizer) is None  # constant by default
   config.optimizer.warmup_steps = 4
   config.optimizer.decay_steps = 20
@@ -171,10 +177,12 @@ def test_config_arg_errors():
     default.get_config("mode=hybird")
   with pytest.raises(ValueError, match="size='huge'"):
     default.get_config("size=huge")
+  with pytest.raises(ValueError, match="quickstart is the permutation quick start, not task=wildcard"):
+    default.get_config("task=wildcard,quickstart")
 
 
 def test_target_and_confidence_sentinels():
-  config = default.get_config("task=permutation,runlocal")
+  config = default.get_config("task=permutation,quickstart")
   step_config = config_lib.make_step_config(config)
   assert step_config.debate.confidence_threshold is None
   assert step_config.target_period is None and step_config.target_ema == 0.9
@@ -243,6 +251,6 @@ def test_check_compatible():
   assert config_lib.check_compatible(saved, current, safe=("num_steps", "eval"),
                                      allow_unsafe=True) == [
       "eval.every", "eval.new", "evaluation", "flag", "lr", "model.d", "model.heads", "num_steps"]
-  config = default.get_config("task=permutation,runlocal").to_dict()
+  config = default.get_config("task=permutation,quickstart").to_dict()
   changed = {**config, "num_steps": 5, "eval": {**config["eval"], "every": 7}}
   assert config_lib.check_compatible(config, changed) == ["eval.every", "num_steps"]

@@ -117,7 +117,7 @@ def test_stored_reference_covers_the_main_job():
   from amp_debate import main
   from amp_debate.data import eval_sets
   from amp_debate.train import config_lib
-  config = default.get_config("task=permutation,mode=hybrid,runlocal")
+  config = default.get_config("task=permutation,mode=hybrid,quickstart")
   task = config_lib.make_task(config)
   name = (f"{eval_sets.DATASET_NAME}/{eval_sets.get_config(task).name}:"
           f"{eval_sets.AmpDebateEval.VERSION}")

@@ -26,7 +26,7 @@ T_MAX = 4
 
 def config(mode: str = "hybrid", steps: int = 4, **overrides) -> ml_collections.ConfigDict:
   """The tiny run as a trainer config; ``overrides``: ``section__field=value``."""
-  c = default.get_config(f"task=permutation,mode={mode},runlocal")
+  c = default.get_config(f"task=permutation,mode={mode},quickstart")
   c.task_options.n, c.task_options.max_exponent = 4, 4
   c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.d_ff = 1, 32, 2, 64
   c.num_steps, c.batch_size, c.log_every = steps, BATCH, 1
@@ -45,9 +45,9 @@ def config(mode: str = "hybrid", steps: int = 4, **overrides) -> ml_collections.
 
 
 def cli_args(c: ml_collections.ConfigDict) -> list[str]:
-  """``amp_debate.main`` arguments that give the config ``c`` (of the permutation runlocal
+  """``amp_debate.main`` arguments that give the config ``c`` (of the permutation quickstart
   config's schema and mode): the default config file and a flag for every field that differs."""
-  arg = f"task=permutation,mode={c.mode},runlocal"
+  arg = f"task=permutation,mode={c.mode},quickstart"
   base = config_lib.flatten(default.get_config(arg))
   return [f"--config=experiments/configs/default.py:{arg}"] + [
       f"--config.{name}={value}" for name, value in config_lib.flatten(c).items()

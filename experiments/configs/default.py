@@ -1,16 +1,18 @@
 r"""Default experiment config: one task, one mode (hybrid, amplification, debate or supervised).
 
-The quick start (runlocal permutation: 600 steps, under 4 minutes on 2 CPU cores; README has its
-result):
+The quick start (permutation n=5, k <= 2, a 2-layer d=128 model, 600 steps: under 4 minutes on 2
+CPU cores; README has its result):
 
   python -m amp_debate.main \
-    --config=experiments/configs/default.py:task=permutation,mode=hybrid,runlocal \
+    --config=experiments/configs/default.py:task=permutation,mode=hybrid,quickstart \
     --workdir=workdir/quickstart
 
 ``arg`` is ``key=value,...`` with keys ``task`` (a registered task), ``mode`` (hybrid |
 amplification | debate | supervised), ``size`` (a model preset: tiny | small | base | large) and the
-flag ``runlocal`` (CPU minutes: each task at its runlocal size with its model recipe, ``RUNLOCAL``
-below, e.g. permutation at n=5, k <= 2 with a 2-layer d=128 model; λ_rl = 0.1, no subquestion pass).
+flags ``runlocal`` (CPU minutes: each task at its runlocal size with its model recipe, ``RUNLOCAL``
+below, at least three levels; λ_rl = 0.1, no subquestion pass) and ``quickstart`` (runlocal's
+settings at the quick start's smaller size, ``QUICKSTART``: permutation only, two levels; what the
+README main job, the ablation and the benchmarks run).
 Any field can then be overridden with ``--config.field=value`` (e.g. ``--config.num_steps=2000``,
 ``--config.task_options.n=6``); an unknown field or an invalid value stops the run before anything
 is compiled, with a message naming the field (``amp_debate.train.config_lib.validate``).
@@ -35,7 +37,7 @@ from amp_debate import models, options, tasks
 from amp_debate.train.config_lib import MODES
 
 SIZES = tuple(models.PRESETS)
-ARG_KEYS = ("task", "mode", "size", "runlocal")
+ARG_KEYS = ("task", "mode", "size", "runlocal", "quickstart")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +59,7 @@ class Recipe:
 # than 4 of width 128 and reached more in the same minutes (BUILD_NOTES).
 _DEEP = dict(num_layers=4, d_model=64, decay=True)
 RUNLOCAL = {
-    # Two levels (k <= 2): the README main job and the ablation; a third level is issue 12's
-    # open item (BUILD_NOTES).
-    "permutation": Recipe(dict(n=5, max_exponent=2)),
+    "permutation": Recipe(dict(n=5, max_exponent=4), num_steps=1500, **_DEEP),
     "union_find": Recipe(dict(num_vars=8, max_depth=2), num_steps=2000, **_DEEP),
     "assignments": Recipe(dict(num_vars=5, modulus=5, max_depth=2), num_steps=3500, **_DEEP),
     "wildcard": Recipe(dict(bits=3, max_wildcards=2), num_steps=2000, **_DEEP),
@@ -67,6 +67,15 @@ RUNLOCAL = {
     "shortest_path": Recipe(dict(num_nodes=6, max_hops=3), num_steps=3000, batch_size=128,
                             **_DEEP),
 }
+# The README main job's size: two levels (k <= 2), 2 layers of width 128, 600 steps (a hybrid run
+# in under 4 minutes; the ablation and benchmarks/ measure it too).
+QUICKSTART = Recipe(dict(n=5, max_exponent=2))
+
+
+def cpu_arg(task: str, mode: str) -> str:
+  """The config arg of a task's CPU-sized run as benchmarks/ measure it: the quick start for
+  permutation (what benchmarks/results report), every other task's runlocal recipe."""
+  return f"task={task},mode={mode}," + ("quickstart" if task == "permutation" else "runlocal")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -74,7 +83,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   mode = args.get("mode", "hybrid")
   if mode not in MODES:
     raise ValueError(f"config arg: mode={mode!r} is not one of {', '.join(MODES)}")
-  runlocal = bool(args.get("runlocal", False))
+  quickstart = bool(args.get("quickstart", False))
+  runlocal = bool(args.get("runlocal", False)) or quickstart
+  if quickstart and args.get("task", "permutation") != "permutation":
+    raise ValueError(f"config arg: quickstart is the permutation quick start, not task="
+                     f"{args['task']}; use runlocal for every task's CPU-minutes recipe")
   size = str(args.get("size", "tiny" if runlocal else "small"))
   if size not in SIZES:
     raise ValueError(f"config arg: size={size!r} is not one of {', '.join(SIZES)}")
@@ -82,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = str(args.get("task", "permutation"))
   task_options = tasks.get(c.task).options()  # the task's defaults (raises on an unknown task)
-  recipe = RUNLOCAL.get(c.task, Recipe({})) if runlocal else None
+  recipe = (QUICKSTART if quickstart else RUNLOCAL.get(c.task, Recipe({}))) if runlocal else None
   if recipe is not None:
     task_options.update(recipe.task_options)
   c.task_options = ml_collections.ConfigDict(task_options)
