@@ -48,6 +48,18 @@ def _first_reached(workdir: str, threshold: float) -> tuple[int | None, float | 
   return reached, seconds.get(reached) if reached is not None else None
 
 
+def _curve(workdir: str) -> list[list[float]]:
+  """[[step, M's held-out accuracy at its worst level], ...] from a run's evaluations (a step
+  evaluated twice, by a resumed run, keeps its last value)."""
+  points = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if "eval/accuracy/model/min" in row:
+        points[row["step"]] = row["eval/accuracy/model/min"]
+  return [[step, points[step]] for step in sorted(points)]
+
+
 def _config(task: str, mode: str, seed: int):
   config = default.get_config(f"task={task},mode={mode},runlocal")
   config.seed = seed
@@ -83,6 +95,8 @@ def run_one(task: str, mode: str, seed: int, workdir: str,
     if "d_model" not in summary:  # summaries written before the width column
       with open(os.path.join(run_dir, "config.json")) as f:
         summary["d_model"] = json.load(f)["model"]["d_model"]
+    if "curve" not in summary and os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+      summary["curve"] = _curve(run_dir)  # summaries written before the plot
     return summary
   config = _config(task, mode, seed)
   previous = (recorded or {}).get((task, mode, seed))
@@ -97,7 +111,7 @@ def run_one(task: str, mode: str, seed: int, workdir: str,
              "options": dict(config.task_options), "num_layers": config.model.num_layers,
              "d_model": config.model.d_model, "batch_size": config.batch_size,
              "wall_s": time.time() - start, "eval": result.eval,
-             "reached_step": reached, "reached_train_s": reached_s,
+             "reached_step": reached, "reached_train_s": reached_s, "curve": _curve(run_dir),
              "eval_set": supervised_reference._eval_name(run_dir)}
   if mode != "supervised":
     summary.update(ablation._training_means(run_dir))
@@ -145,6 +159,19 @@ def task_table(summaries: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def eval_sets_line(summaries: list[dict]) -> str:
+  """Which eval set each run evaluated on, e.g. ``Eval set X.`` or ``Eval sets X (supervised)
+  and Y (hybrid).`` (a version bump that left a task's questions unchanged leaves earlier runs
+  on the older name)."""
+  modes_by_set: dict[str, list[str]] = {}
+  for s in summaries:
+    modes_by_set.setdefault(s.get("eval_set", "?"), []).append(s["mode"])
+  if len(modes_by_set) == 1:
+    return f"Eval set {next(iter(modes_by_set))}."
+  return "Eval sets " + " and ".join(
+      f"{name} ({', '.join(modes)})" for name, modes in sorted(modes_by_set.items())) + "."
+
+
 def overview(by_task: dict[str, list[dict]]) -> str:
   """One row per task: its runlocal size and each mode's min-over-levels accuracy."""
   header = ["task", "runlocal options", "layers × width", "levels"] + [
@@ -163,6 +190,38 @@ def overview(by_task: dict[str, list[dict]]) -> str:
     row.append(f"{by_mode['supervised']['wall_s']:.0f}" if "supervised" in by_mode else "–")
     lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
+
+
+def plot(by_task: dict[str, list[dict]], out_png: str) -> str | None:
+  """A PNG, one panel per task: M's worst-level held-out accuracy against step for each mode with
+  a recorded curve, and the 95% line. None if matplotlib is missing (an optional dependency)."""
+  try:
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  names = list(by_task)
+  cols = min(len(names), 3) or 1
+  rows = max(-(-len(names) // cols), 1)
+  fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+  for ax, name in zip(axes, names):
+    for s in by_task[name]:
+      if s.get("curve"):
+        steps, accuracy = zip(*s["curve"])
+        ax.plot(steps, accuracy, label=s["mode"])
+      else:
+        ax.plot([], [], label=f"{s['mode']} (no curve recorded)")
+    ax.axhline(THRESHOLD, color="grey", linestyle=":", linewidth=1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("M, worst level")
+    ax.legend(fontsize="small", loc="lower right")
+  for ax in axes[len(names):]:
+    ax.set_visible(False)
+  os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
+  fig.savefig(out_png)
+  return out_png
 
 
 def main():
@@ -210,10 +269,13 @@ def main():
       if finished(name, mode):
         by_task[name].append(run_one(name, mode, args.seed, args.workdir, recorded))
   by_task = {k: v for k, v in by_task.items() if v}
+  png = plot(by_task, args.results + ".png")
   sections = [f"## Overview (M's held-out accuracy at its worst level)\n\n{overview(by_task)}"]
+  if png:
+    sections.append(f"![M's worst level against step, by task and mode]"
+                    f"({os.path.basename(png)})")
   for name, summaries in by_task.items():
-    eval_set = summaries[0].get("eval_set", "")
-    sections.append(f"## {name}\n\nEval set {eval_set}.\n\n{task_table(summaries)}")
+    sections.append(f"## {name}\n\n{eval_sets_line(summaries)}\n\n{task_table(summaries)}")
   notes = (f"Regenerate: `python -m experiments.task_suite --seed={args.seed}` (config "
            "`experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`: each task's "
            "runlocal options and model recipe, `default.RUNLOCAL`). M greedy on the task's eval "
@@ -221,14 +283,17 @@ def main():
            "subquestions; H alone = H's direct answer; first step ≥95% from the evaluations "
            "every `eval.every` steps, with its training seconds (after the first step's "
            "compile, evaluations excluded); human calls per training question averaged over "
-           "logged steps; wall time includes compiles and evaluations. One seed.")
+           "logged steps; wall time includes compiles and evaluations. One seed. Eval sets "
+           "1.1.0 and 1.2.0 hold the same questions for every task but shortest_path "
+           "(`amp_debate.data.eval_sets` release notes).")
   text = "\n\n".join(sections)
   os.makedirs(os.path.dirname(args.results), exist_ok=True)
   with open(args.results + ".md", "w") as f:
     f.write(f"# Every task at its runlocal size\n\n{text}\n\n{notes}\n")
   with open(args.results + ".json", "w") as f:
     json.dump([s for v in by_task.values() for s in v], f, indent=2)
-  print(f"\n{text}\n\n{notes}\nwrote {args.results}.md and .json")
+  print(f"\n{text}\n\n{notes}\nwrote {args.results}.md and .json" +
+        (f" and {png}" if png else " (no plot: matplotlib is not installed)"))
 
 
 if __name__ == "__main__":

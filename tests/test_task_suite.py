@@ -98,3 +98,30 @@ def test_recorded_runs_with_todays_recipe_are_not_rerun(tmp_path, monkeypatch):
   recorded[("union_find", "supervised", 0)] = dict(stored, steps=stored["steps"] - 1)
   with pytest.raises(RuntimeError, match="trained .*union_find/supervised_s0"):
     task_suite.run_one("union_find", "supervised", 0, workdir, recorded)
+
+
+def test_curve_plot_and_eval_set_line(tmp_path):
+  rows = [{"step": 100, "eval/accuracy/model/min": 0.5}, {"step": 100, "loss": 1.0},
+          {"step": 200, "eval/accuracy/model/min": 0.9},
+          {"step": 200, "eval/accuracy/model/min": 0.97}]  # re-evaluated after a resume
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert task_suite._curve(str(tmp_path)) == [[100, 0.5], [200, 0.97]]
+  summaries = [dict(_summary("supervised", [1.0, 1.0, 1.0]), curve=[[100, 0.5], [200, 0.97]],
+                    eval_set="E:1.1.0"),
+               dict(_summary("hybrid", [1.0, 1.0, 1.0]), eval_set="E:1.2.0")]  # no curve
+  assert task_suite.eval_sets_line(summaries[:1]) == "Eval set E:1.1.0."
+  assert task_suite.eval_sets_line(summaries) == (
+      "Eval sets E:1.1.0 (supervised) and E:1.2.0 (hybrid).")
+  pytest.importorskip("matplotlib")
+  png = task_suite.plot({"union_find": summaries, "wildcard": summaries[:1]},
+                        str(tmp_path / "out" / "suite.png"))
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "matplotlib", None)
+  monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+  assert task_suite.plot({"union_find": [_summary("supervised", [1.0])]},
+                         str(tmp_path / "suite.png")) is None
+  assert not (tmp_path / "suite.png").exists()
