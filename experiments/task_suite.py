@@ -209,8 +209,9 @@ def plot(by_task: dict[str, list[dict]], out_png: str) -> str | None:
       if s.get("curve"):
         steps, accuracy = zip(*s["curve"])
         ax.plot(steps, accuracy, label=s["mode"])
-      else:
+      else:  # a run recorded before summaries kept their curve
         ax.plot([], [], label=f"{s['mode']} (no curve recorded)")
+    ax.set_xlim(left=0, right=max([s["steps"] for s in by_task[name]] + [1]))
     ax.axhline(THRESHOLD, color="grey", linestyle=":", linewidth=1)
     ax.set_ylim(0, 1.02)
     ax.set_title(name)
