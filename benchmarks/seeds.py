@@ -5,8 +5,8 @@
 
 The step is built as the trainer builds it (``experiments/configs/default.py:task=<task>,
 mode=<mode>,runlocal``, ``quickstart`` for permutation: ``default.cpu_arg``). S independent runs
-are S states initialised from S seeds (with ``--learning-rates``, S learning rates cycled over them: hyperparameters are data in the state,
-``step.init_state(..., hparams=...)``), stepped together by ``jax.jit(jax.vmap(train_step))``
+are S states initialised from S seeds (with ``--learning-rates``, S learning rates cycled over
+them: hyperparameters are data in the state, ``step.init_state(..., hparams=...)``), stepped together by ``jax.jit(jax.vmap(train_step))``
 with S step keys; one seed runs the plain jitted step. Reported: the median time per step of S
 runs over ``--repeats`` blocks of ``--steps`` steps, and its ratio to one run's (issue 11, goal 4:
 4 seeds <= 2x one seed). Each run's result is its own: the test suite checks that a vmapped run

@@ -9,11 +9,12 @@ Each run is ``python -m amp_debate.main``'s training of
 model recipe, ``default.RUNLOCAL``), one seed (``--seed``), in ``<workdir>/<task>/<mode>_s<seed>``;
 a run whose ``summary.json`` exists is not run again, and a killed suite resumes its unfinished
 run (the trainer's resume). A run recorded in the results file (``--results``.json) with the
-recipe the config gives today (task options, layers, width, steps) is not run again either, so the
-table survives a deleted workdir; ``--fresh`` ignores the results file. Per task and level the table gives M's held-out greedy accuracy and
-Amp(H, M)'s for each mode, H alone, the first evaluated step at which M is >= 95% at every level,
-human calls per training question and wall time. Written to ``experiments/results/task_suite.md``
-and ``.json`` (``--results``).
+recipe the config gives today (task options, batch, layers, width, steps) is not run again
+either, so the table survives a deleted workdir; ``--fresh`` ignores the results file. Per task
+and level the table gives M's held-out greedy accuracy and Amp(H, M)'s for each mode, H alone, the
+first evaluated step at which M is >= 95% at every level, human calls per training question and
+wall time. Written to ``experiments/results/task_suite.md``, ``.json`` and ``.png`` (M's worst
+level against step; matplotlib) (``--results``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def recorded_summaries(path: str) -> dict[tuple[str, str, int], dict]:
 
 
 def same_recipe(summary: dict, config) -> bool:
-  """Whether a recorded run trained the recipe ``config`` gives (options, depth, width, steps)."""
+  """Whether a recorded run trained the recipe ``config`` gives (options, batch, depth, width,
+  steps)."""
   return (summary.get("options") == dict(config.task_options) and
           summary.get("batch_size", 64) == config.batch_size and  # recorded from issue 12 on
           summary.get("num_layers") == config.model.num_layers and
@@ -83,10 +85,10 @@ def same_recipe(summary: dict, config) -> bool:
           summary.get("steps") == config.num_steps)
 
 
-def run_one(task: str, mode: str, seed: int, workdir: str,
-            recorded: dict | None = None) -> dict:
-  """Trains one run (or reads its finished summary, from the run's directory or else from
-  ``recorded`` where that holds the same recipe) and returns its summary."""
+def stored_summary(task: str, mode: str, seed: int, workdir: str,
+                   recorded: dict | None = None) -> dict | None:
+  """A finished run's summary: from the run's directory, or else from ``recorded`` where that
+  holds today's recipe; None if the run has yet to be trained."""
   run_dir = os.path.join(workdir, task, f"{mode}_s{seed}")
   summary_path = os.path.join(run_dir, "summary.json")
   if os.path.exists(summary_path):
@@ -98,10 +100,21 @@ def run_one(task: str, mode: str, seed: int, workdir: str,
     if "curve" not in summary and os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
       summary["curve"] = _curve(run_dir)  # summaries written before the plot
     return summary
-  config = _config(task, mode, seed)
   previous = (recorded or {}).get((task, mode, seed))
-  if previous is not None and same_recipe(previous, config):
+  if previous is not None and same_recipe(previous, _config(task, mode, seed)):
     return previous
+  return None
+
+
+def run_one(task: str, mode: str, seed: int, workdir: str,
+            recorded: dict | None = None) -> dict:
+  """Trains one run (or returns its stored summary, ``stored_summary``) and returns its
+  summary."""
+  summary = stored_summary(task, mode, seed, workdir, recorded)
+  if summary is not None:
+    return summary
+  run_dir = os.path.join(workdir, task, f"{mode}_s{seed}")
+  config = _config(task, mode, seed)
   start = time.time()
   result = train.run(config, run_dir)
   if result.status != "done":
@@ -234,7 +247,7 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--results", default=RESULTS, help="output path without extension")
   parser.add_argument("--table_only", action="store_true",
-                      help="run nothing; tabulate the runs already finished (in --workdir or recorded)")
+                      help="run nothing; tabulate the finished runs (in --workdir or recorded)")
   parser.add_argument("--fresh", action="store_true",
                       help="ignore the runs recorded in the results file (rerun them)")
   args = parser.parse_args()
@@ -246,29 +259,21 @@ def main():
   for mode in modes:
     if mode not in MODES:
       parser.error(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
-  # Mode-major: every task's supervised run first (the upper bound each column is read against).
   recorded = {} if args.fresh else recorded_summaries(args.results + ".json")
-
-  def finished(name: str, mode: str) -> bool:
-    if os.path.exists(os.path.join(args.workdir, name, f"{mode}_s{args.seed}", "summary.json")):
-      return True
-    previous = recorded.get((name, mode, args.seed))
-    return previous is not None and same_recipe(previous, _config(name, mode, args.seed))
-
   if not args.table_only:
+    # Mode-major: every task's supervised run first (the upper bound each column is read against).
     for mode in modes:
       for name in names:
+        done = stored_summary(name, mode, args.seed, args.workdir, recorded) is not None
         print(f"== {name} {mode} seed={args.seed}" +
-              (": finished (in --workdir or the results file), not rerun"
-               if finished(name, mode) else ""), flush=True)
+              (": finished (in --workdir or the results file), not rerun" if done else ""),
+              flush=True)
         run_one(name, mode, args.seed, args.workdir, recorded)
   # The table holds every finished run of every task and mode (the requested ones just ran), so
   # a suite run on some tasks rewrites the results file without dropping the others.
-  by_task: dict[str, list[dict]] = {name: [] for name in tasks.names()}
-  for name in tasks.names():
-    for mode in MODES:
-      if finished(name, mode):
-        by_task[name].append(run_one(name, mode, args.seed, args.workdir, recorded))
+  by_task = {name: [s for mode in MODES
+                    if (s := stored_summary(name, mode, args.seed, args.workdir, recorded))]
+             for name in tasks.names()}
   by_task = {k: v for k, v in by_task.items() if v}
   png = plot(by_task, args.results + ".png")
   sections = [f"## Overview (M's held-out accuracy at its worst level)\n\n{overview(by_task)}"]

@@ -177,7 +177,7 @@ def test_config_arg_errors():
     default.get_config("mode=hybird")
   with pytest.raises(ValueError, match="size='huge'"):
     default.get_config("size=huge")
-  with pytest.raises(ValueError, match="quickstart is the permutation quick start, not task=wildcard"):
+  with pytest.raises(ValueError, match="quickstart is the permutation quick start, not task=wild"):
     default.get_config("task=wildcard,quickstart")
 
 
