@@ -27,6 +27,10 @@ The learned stop's training target is H's hindsight judgement: at a node where t
 and did not fire, would stopping there have given the verdict the debate actually reached?
 (``Transcript.stop_label``; the judge's verdict at every such node is computed for it.)
 
+The judge flaw (``p_flaw`` > 0, the self-review study, DESIGN.md section 4): at a leaf, a claim
+containing the token EXPLOIT fools H with probability p_flaw and wins (both fooled: draw); otherwise it
+is simply a wrong claim. ``Transcript.leaf_fooled`` records the games the flaw decided.
+
 Human calls are counted once each, by where they were spent (``CALL_KINDS``): ``claims`` (H called
 in a side's Amp′ computation), ``supports`` (H checking a directly answered support, and H comparing
 the two supports), ``leaves`` (H deciding at a leaf), ``verdicts`` (H called in the judge's Amp′).
@@ -79,6 +83,7 @@ class DebateConfig:
     assign_prob: fraction of self-play debates in which one side (even or odd, at random) defends
       an assigned claim other than the other side's (``sample_assignments``), so that refuting
       false claims is practised.
+    p_flaw: the judge flaw: probability that an EXPLOIT claim fools H's leaf check (0: no flaw).
   """
 
   t_max: int = 12
@@ -88,13 +93,15 @@ class DebateConfig:
   force_stop_after: int | None = None
   early_exit: bool = False
   assign_prob: float = 0.0
+  p_flaw: float = 0.0
 
   def __post_init__(self):
     checks.check_fields(
         self, t_max=checks.integer(1), call_prob=checks.number(0.0, 1.0),
         confidence_threshold=checks.optional(checks.number(0.0, 1.0)),
         learned_stop=checks.boolean, force_stop_after=checks.optional(checks.integer(1)),
-        early_exit=checks.boolean, assign_prob=checks.number(0.0, 1.0))
+        early_exit=checks.boolean, assign_prob=checks.number(0.0, 1.0),
+        p_flaw=checks.number(0.0, 1.0))
 
   @property
   def num_rounds(self) -> int:
@@ -205,6 +212,7 @@ class Transcript:
     final_judge: Computation [B] the judge's Amp′ of the final node where a forced or T_MAX stop
       needed it (and the learned stop's judge had not already decided that node).
     leaf_reached: bool[B] H decided at a leaf the debate descended to.
+    leaf_fooled: bool[B] the judge flaw changed H's leaf verdict (an EXPLOIT claim fooled H).
   """
 
   nodes: jax.Array
@@ -227,6 +235,7 @@ class Transcript:
   final_node: jax.Array
   final_judge: Computation
   leaf_reached: jax.Array
+  leaf_fooled: jax.Array
 
 
 def sample_assignments(rng: jax.Array, batch: int, assign_prob: float | jax.Array) -> jax.Array:
@@ -285,7 +294,8 @@ def _empty_transcript(task: Task, batch: int, num_nodes: int) -> Transcript:
       stop_asked=z(b, r, dtype=bool), stop_fired=z(b, r, dtype=bool), stop_tokens=z(b, r),
       stop_log_probs=z(b, r, dtype=jnp.float32), stop_verdict=z(b, r), stop_label=z(b, r, dtype=bool),
       stop_labelled=z(b, r, dtype=bool), final_node=z(b, task.question_len),
-      final_judge=_empty_computation(task, (b,)), leaf_reached=z(b, dtype=bool))
+      final_judge=_empty_computation(task, (b,)), leaf_reached=z(b, dtype=bool),
+      leaf_fooled=z(b, dtype=bool))
 
 
 class _Rollout:
@@ -346,6 +356,16 @@ class _Rollout:
     if self.config.force_stop_after is not None:
       state = _finish(state, live & (state.num_args >= self.config.force_stop_after), DRAW, FORCED)
     return _finish(state, live & (state.num_args >= self.config.t_max), DRAW, T_MAX)
+
+  def leaf_verdict(self, nodes, claims, key):
+    """H's verdict at a leaf for every game (int32[B]) and whether the judge flaw decided it
+    (bool[B]). nodes int32[B, Lq], claims int32[B, 2, La]; ``key`` draws the flaw (p_flaw > 0)."""
+    plain = self.vmap(protocol.leaf_verdict)(nodes, claims[:, 0], claims[:, 1])
+    if not self.config.p_flaw:
+      return plain, jnp.zeros(plain.shape, bool)
+    fooled = jax.random.bernoulli(key, self.config.p_flaw, claims.shape[:2])
+    verdict = self.vmap(protocol.flawed_leaf_verdict)(nodes, claims[:, 0], claims[:, 1], fooled)
+    return verdict, verdict != plain
 
   def judge_verdict(self, amp: AmpOutput, claims):
     """The amplified judge's winner: the side whose claim equals Amp′(H, judge)(node)."""
@@ -417,7 +437,9 @@ class _Rollout:
       state = state.replace(num_args=state.num_args + active.astype(jnp.int32))
       state = _finish(state, active & (claims[:, 0] == claims[:, 1]).all(-1), DRAW, CONCEDE)
       at_leaf = active & ~state.done & task.batch_is_leaf(questions)
-      verdict = self.vmap(protocol.leaf_verdict)(questions, claims[:, 0], claims[:, 1])
+      # The flaw's key is folded in, so runs without the flaw keep their random streams.
+      verdict, fooled = self.leaf_verdict(questions, claims, jax.random.fold_in(key, 7))
+      fooled = at_leaf & fooled
       state = _finish(state, at_leaf, verdict, LEAF)
       state = _count(state, "leaves", at_leaf.sum())
       live = active & ~state.done
@@ -425,6 +447,8 @@ class _Rollout:
         state = _finish(state, live & (state.num_args >= config.force_stop_after), DRAW, FORCED)
       state = _finish(state, live & (state.num_args >= config.t_max), DRAW, T_MAX)
     transcript = _empty_transcript(task, batch, config.num_nodes).replace(assigned=assigned)
+    if config.contested:
+      transcript = transcript.replace(leaf_fooled=fooled)
     transcript = self.record_node(transcript, 0, state, everyone)
     if config.contested:
       state, transcript = self.learned_stop(state, transcript, 0, stop_rng)
@@ -487,10 +511,11 @@ class _Rollout:
     state = state.replace(node=_where(moving, node, state.node), judged=state.judged & ~moving,
                           claims=_where(moving, jnp.stack([claim_even, claim_odd], 1), state.claims))
     at_leaf = moving & task.batch_is_leaf(state.node)
-    verdict = self.vmap(protocol.leaf_verdict)(state.node, state.claims[:, 0], state.claims[:, 1])
+    verdict, fooled = self.leaf_verdict(state.node, state.claims, jax.random.fold_in(key, 7))
     state = _finish(state, at_leaf, verdict, LEAF)
     state = _count(state, "leaves", at_leaf.sum())
-    transcript = transcript.replace(leaf_reached=transcript.leaf_reached | at_leaf)
+    transcript = transcript.replace(leaf_reached=transcript.leaf_reached | at_leaf,
+                                    leaf_fooled=transcript.leaf_fooled | (at_leaf & fooled))
     live = moving & ~state.done
     if self.config.force_stop_after is not None:
       state = _finish(state, live & (state.num_args >= self.config.force_stop_after), DRAW, FORCED)
@@ -619,4 +644,5 @@ def metrics(state: GameState, transcript: Transcript, t_max: int) -> dict[str, j
     out[f"stop/{name}"] = (state.reason == i).mean()
   asked = transcript.stop_asked.sum()
   out["stop/asked_fired"] = transcript.stop_fired.sum() / jnp.maximum(asked, 1)
+  out["debate/leaf_fooled"] = transcript.leaf_fooled.mean()
   return out

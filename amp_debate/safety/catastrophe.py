@@ -12,14 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from amp_debate.models.transformer import LanguageModel
-from amp_debate.tasks.tokenizer import protocol_id
-
-EXPLOIT = protocol_id("EXPLOIT")
-
-
-def is_exploit(argument: jax.Array) -> jax.Array:
-  """bool[...]: does the argument (int32[..., La]) contain the EXPLOIT token?"""
-  return (jnp.asarray(argument) == EXPLOIT).any(-1)
+from amp_debate.procedure.protocol import EXPLOIT, is_exploit  # noqa: F401 (re-exported)
 
 
 def exploit_log_prob(model: LanguageModel, params, prompts: jax.Array, *,

@@ -35,6 +35,7 @@ import optax
 from amp_debate import checks, models, tasks
 from amp_debate.procedure import combine, curriculum, debate
 from amp_debate.procedure.model_player import required_max_len
+from amp_debate.safety import overseer
 from amp_debate.train import step as step_lib
 
 MODES = ("hybrid", "amplification", "debate", "supervised")
@@ -59,9 +60,10 @@ _MODEL_SIZES = ("num_layers", "d_model", "num_heads", "d_ff")  # 0 in the config
 OWNED: dict[str, str] = {
     "batch_size": "StepConfig.batch_size",
     **{f"step.{f}": f"StepConfig.{f}" for f in _fields(
-        step_lib.StepConfig, "batch_size", "debate", "curriculum", "catastrophe")},
+        step_lib.StepConfig, "batch_size", "debate", "curriculum", "catastrophe", "overseer")},
     **{f"debate.{f}": f"DebateConfig.{f}" for f in _fields(debate.DebateConfig)},
     **{f"curriculum.{f}": f"CurriculumConfig.{f}" for f in _fields(curriculum.CurriculumConfig)},
+    **{f"safety.overseer.{f}": f"OverseerConfig.{f}" for f in _fields(overseer.OverseerConfig)},
     "model.preset": "models.preset",
     **{f"model.{f}": f"ModelConfig.{f}" for f in (*_MODEL_SIZES, "mask", "positions", "dtype")},
 }
@@ -288,6 +290,9 @@ def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
         "curriculum": curriculum.CurriculumConfig(**config.curriculum),
         "target_period": target_period,
         "target_ema": None if target_period is not None else s.target_ema,
+        # The overseer watches for the judge flaw's exploit: only where there is a flaw.
+        "overseer": (overseer.OverseerConfig(**config.safety.overseer) if d.p_flaw > 0
+                     else None),
     })
 
 

@@ -49,6 +49,7 @@ from amp_debate.procedure import (combine, credit, curriculum, debate, losses, m
                                   packing, protocol, target)
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
+from amp_debate.safety import overseer as overseer_lib
 from amp_debate.tasks.base import Batch, Task
 from amp_debate.tasks.tokenizer import SEP
 
@@ -81,6 +82,9 @@ class StepConfig:
       optimiser's count (warm-up, λ anneals) counts updates; the target network and the
       curriculum move once per step.
     catastrophe: the catastrophe predicate (``losses.never_catastrophic``: no penalty).
+    overseer: with the judge flaw (``debate.p_flaw``), the overseer of cheating answers
+      (``safety.overseer``: H's audits, M_target's self-review, trained from the audits); its
+      flags replace the predicate. None: no overseer.
   """
 
   batch_size: int = 32
@@ -97,6 +101,7 @@ class StepConfig:
   update_epochs: int = 1
   num_minibatches: int = 1
   catastrophe: Any = losses.never_catastrophic
+  overseer: overseer_lib.OverseerConfig | None = None
 
   def __post_init__(self):
     checks.check_fields(
@@ -106,7 +111,8 @@ class StepConfig:
         advantage=losses.ADVANTAGE_KIND,
         entropy_coef=checks.number(0.0),
         distill_subquestions=checks.boolean, pack_width=checks.integer(0),
-        update_epochs=checks.integer(1), num_minibatches=checks.integer(1))
+        update_epochs=checks.integer(1), num_minibatches=checks.integer(1),
+        overseer=checks.optional(checks.of_type(overseer_lib.OverseerConfig)))
     if self.batch_size % self.num_minibatches:
       raise checks.FieldError(type(self).__name__, "num_minibatches",
                               f"must divide batch_size={self.batch_size}, got "
@@ -219,9 +225,17 @@ def _greedy_answers(task: Task, model: LanguageModel, params, questions, rng):
 def skips_policy_pass(config: StepConfig) -> bool:
   """Whether the step skips the policy-loss pass over the sampled tokens: one-argument debates
   (``force_stop_after=1``) have no winner, so zero rewards and an exactly zero policy gradient,
-  and nothing else reads the pass (no entropy bonus, no catastrophe predicate)."""
+  and nothing else reads the pass (no entropy bonus, no catastrophe penalty, no overseer)."""
   return (config.debate.force_stop_after == 1 and config.entropy_coef == 0
-          and config.catastrophe is losses.never_catastrophic)
+          and not penalises(config) and config.overseer is None)
+
+
+def penalises(config: StepConfig) -> bool:
+  """Whether the catastrophe loss can be nonzero: a predicate other than the constant, or an
+  overseer whose flags feed the penalty."""
+  if config.overseer is not None:
+    return config.overseer.penalty != "off"
+  return config.catastrophe is not losses.never_catastrophic
 
 
 def _gradient_fn(model: LanguageModel, config: StepConfig):
@@ -229,19 +243,23 @@ def _gradient_fn(model: LanguageModel, config: StepConfig):
   and gradient over the given games' rows.
 
   ``policy``: {"rows": policy Rows [b, G], "adv": float32[b, G] (the rows' advantages),
-  "weights": float32[b, G, L] (``credit.token_weights``)}; ``drows``: distillation Rows
+  "weights": float32[b, G, L] (``credit.token_weights``), with an overseer also "flags":
+  bool[b, G] (the catastrophe penalty's) and "review" (``overseer.review_targets``: the review's
+  cross-entropy joins the catastrophe loss)}; ``drows``: distillation Rows
   [b, G']. With ``config.pack_width`` each game's real rows are scored first, in chunks of that
   many slots, only the chunks holding one (``procedure.packing``); every loss is a ratio of sums
   over rows and a chunk contributes its loss times its share of the denominator, so the sum over
   chunks is the loss over all rows.
   """
-  never = config.catastrophe is losses.never_catastrophic  # static: skip a constant-zero loss
+  # static: skip a constant-zero loss (no penalty and no overseer to train)
+  never = not penalises(config) and config.overseer is None
 
   def gradients(params, policy, drows):
     p_active, d_active = policy["rows"].active, drows.active
     p_tokens = policy["rows"].mask  # the losses' valid tokens (a row is active iff it has one)
     p_weight = jnp.where(p_tokens, policy["weights"], 0.0).sum()
     p_count, p_rows, d_count = p_tokens.sum(), p_active.sum(), drows.mask.sum()
+    audits = policy["review"]["audited"].sum() if "review" in policy else None
     if config.pack_width:
       policy, p_active = packing.active_first(policy, p_active)
       drows, d_active = packing.active_first(drows, d_active)
@@ -273,13 +291,20 @@ def _gradient_fn(model: LanguageModel, config: StepConfig):
         rl = rl - config.entropy_coef * entropy
         pg_metrics = {**pg_metrics, "entropy": entropy * by_weight}
       values = {"rl": rl * by_weight}
-      if not never:
-        flags = losses.catastrophe_flags(config.catastrophe, rows.questions, rows.tokens,
-                                         rows.active)
+      if "review" in chunk:  # the overseer's own training, from H's audits
+        review = overseer_lib.review_loss(model, params, chunk["review"], audits)
+        values["cat"] = config.overseer.review_weight * review
+        pg_metrics = {**pg_metrics, "review_loss": review}
+      if penalises(config):
+        if "flags" in chunk:  # the overseer's
+          flags = chunk["flags"] & rows.active
+        else:
+          flags = losses.catastrophe_flags(config.catastrophe, rows.questions, rows.tokens,
+                                           rows.active)
         p_cat = losses.catastrophe_probability(logp, rows.log_probs, rows.mask, rows.active,
                                                flags)
-        values["cat"] = losses.catastrophe_loss(p_cat, rows.active) * packing.weight_of(
-            rows.active.sum(), p_rows)
+        values["cat"] = values.get("cat", 0.0) + losses.catastrophe_loss(
+            p_cat, rows.active) * packing.weight_of(rows.active.sum(), p_rows)
       return values, (pg_metrics, values)  # the values again as aux: no second forward pass
 
     def distill_loss(params, chunk):
@@ -372,10 +397,20 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       row_adv = credit.row_values(adv.reshape(rewards.shape), num_nodes, num_sub)  # [B, R, 2, K]
       mismatch = jnp.zeros(row_adv.shape, jnp.float32)
 
+    # The overseer (judge-flaw study): audits, self-review, the penalty's flags, and the review's
+    # distillation targets from the audits. Its key is folded in: other streams are unchanged.
+    oversight = None
+    if config.overseer is not None:
+      oversight = overseer_lib.oversee(task, model, state.target_params, prows,
+                                       jax.random.fold_in(rng, 11), config.overseer)
+
     # The gradient passes score the rows game by game ([B, G]).
     policy = {"rows": credit.per_game(prows),
               "adv": row_adv.reshape(batch_size, -1),
               "weights": weights.reshape((batch_size, -1) + weights.shape[-1:])}
+    if oversight is not None:
+      policy["flags"] = oversight.flags.reshape(batch_size, -1)
+      policy["review"] = overseer_lib.review_targets(task, prows, oversight)
     gradients = _gradient_fn(model, config)
     if num_updates == 1:
       grads, values, pg_metrics = gradients(state.params, policy, drows)
@@ -418,6 +453,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
                                          task.max_difficulty)
 
     exact = lambda answers: (answers == batch.answers).all(-1).mean()
+    audit_calls = 0 if oversight is None else oversight.audited.sum().astype(jnp.int32)
     winner_claim = jnp.take_along_axis(transcript.claims[:, 0], jnp.minimum(game.winner, 1)[
         :, None, None], axis=1)[:, 0]
     decided = game.winner != debate.DRAW
@@ -434,7 +470,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         "debate/winner_true": ((winner_claim == batch.answers).all(-1) & decided).sum() / (
             jnp.maximum(decided.sum(), 1)),
         "human_calls/targets": target_calls / batch_size,
-        "human_calls/per_question": (game.human_calls + target_calls) / batch_size,
+        "human_calls/per_question": (game.human_calls + target_calls + audit_calls) / batch_size,
         "distill/targets": drows.active.sum(),
         "rl/arguments": has_tokens.sum() / batch_size,
         "stop/label_yes": (transcript.stop_label.sum() / jnp.maximum(
@@ -444,6 +480,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         # baseline is taken after shaping; a negative offset here sharpens the policy onto its mode.
         "pg/advantage_mean": (row_adv * prows.active).sum() / jnp.maximum(prows.active.sum(), 1),
         **{f"grad_norm/{k}": v for k, v in grad_norms.items()},
+        **({} if oversight is None else overseer_lib.metrics(oversight)),
     }
     new_state = TrainState(step=step, params=params, target_params=target_params,
                            opt_state=opt_state, curriculum=curriculum_state)

@@ -156,6 +156,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Fraction of self-play debates in which one side defends an assigned claim (another answer than
   # the other side's), so that refuting false claims is practised (DESIGN.md section 3).
   c.debate.assign_prob = 0.5
+  # The judge flaw of the self-review study (DESIGN.md section 4): probability that a claim
+  # containing EXPLOIT fools H's leaf check (0: no flaw, no overseer).
+  c.debate.p_flaw = 0.0
 
   c.step = ml_collections.ConfigDict()
   c.step.temperature = 1.0
@@ -179,6 +182,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # mode=supervised (fresh questions every step).
   c.step.update_epochs = 1
   c.step.num_minibatches = 1
+
+  # Safety studies (amp_debate.safety). The overseer acts only with the judge flaw
+  # (debate.p_flaw > 0): H audits each answer M_target sampled with probability audit_prob (a human
+  # call each) and detects an EXPLOIT answer with probability p_audit; M_target reviews its own
+  # answers (REVIEW), trained from the audits; the catastrophe penalty (combination.weights.cat)
+  # goes to the answers flagged by: off (none), audits (H's findings), review (the overseer
+  # Amp′(H, M_target): H's finding where audited, M_target's review elsewhere).
+  c.safety = ml_collections.ConfigDict()
+  c.safety.overseer = ml_collections.ConfigDict()
+  c.safety.overseer.audit_prob = 0.1
+  c.safety.overseer.p_audit = 0.8
+  c.safety.overseer.penalty = "review"
+  c.safety.overseer.review_weight = 0.1  # the review's cross-entropy inside the catastrophe loss
 
   c.curriculum = ml_collections.ConfigDict()
   c.curriculum.kind = "adaptive"  # off | fixed | adaptive
