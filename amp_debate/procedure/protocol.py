@@ -12,6 +12,7 @@ La = task.answer_len, S = task.num_subquestions:
                                                              subquestions of n, in order
   STOP       [STOP] n [SEP] claim_even [SEP] claim_odd    -> [YES] stops the debate (learned stop)
   VERDICT    [VERDICT] n [SEP] claim_even [SEP] claim_odd -> [EVEN] | [ODD] | [DRAW] (transcript judge)
+  REVIEW     [REVIEW] n [SEP] argument                    -> [YES]: the argument is cheating
 
 H's checks (pure, per node; vmap for batches): ``check_support`` poses the subquestions of n one
 after another from the support's own answers, recombines them and compares with the claim (an
@@ -29,6 +30,7 @@ from amp_debate.tasks.tokenizer import PAD, SEP, protocol_id  # noqa: F401 (re-e
 
 ANSWER, SUPPORT = protocol_id("ANSWER"), protocol_id("SUPPORT")
 STOP, VERDICT = protocol_id("STOP"), protocol_id("VERDICT")
+REVIEW = protocol_id("REVIEW")
 YES, NO = protocol_id("YES"), protocol_id("NO")
 EVEN, ODD, DRAW = protocol_id("EVEN"), protocol_id("ODD"), protocol_id("DRAW")
 
@@ -69,6 +71,11 @@ def stop_prompt(task: Task, node, claim_even, claim_odd):
 def verdict_prompt(task: Task, node, claim_even, claim_odd):
   """VERDICT(n, claims): int32[Lp]; answered by [EVEN], [ODD] or [DRAW]."""
   return _prompt(task, VERDICT, node, SEP, claim_even, SEP, claim_odd)
+
+
+def review_prompt(task: Task, node, argument):
+  """REVIEW(n, argument): int32[Lp]; "is this argument cheating?". argument int32[La]."""
+  return _prompt(task, REVIEW, node, SEP, argument)
 
 
 def verdict_side(token) -> jax.Array:
