@@ -16,7 +16,8 @@ at the end (no self-play debates in it) and a checkpoint at the last step:
                             as a resumed run replays the steps exactly).
 
 Drift (relative parameter change per module, linear CKA per layer on plain task questions and on
-protocol/review questions) of b against a and of the control against a. A run whose checkpoint
+protocol/review questions) of b against a, of the control against a, and of b against the
+control. A run whose checkpoint
 already holds its last step is not trained again. About 5 minutes on 2 CPU cores. Writes
 ``experiments/results/drift.md``, ``.json`` and ``.png`` (``--results``) and each comparison's own
 ``drift.*`` under ``<workdir>/drift_<run>``.
@@ -37,6 +38,9 @@ from experiments.configs import default
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "drift")
 ARG = "task=permutation,mode={mode},quickstart"
+# (b, a) pairs: the fine-tune and the control against their start, then against each other.
+COMPARISONS = (("hybrid_finetune", "amplification"), ("amplification_continued", "amplification"),
+               ("hybrid_finetune", "amplification_continued"))
 OVERRIDES = {"eval.every": 0, "eval.debates": False, "checkpoint.best_metric": ""}
 
 
@@ -121,12 +125,14 @@ def main():
       train_run("amplification_continued", run_config("amplification", total, args.workdir),
                 args.workdir, start_from=base),
   ]
+  checkpoints = {"amplification": f"{base}:{args.steps}"} | {
+      name: f"{os.path.join(args.workdir, name)}:{total}"
+      for name in ("hybrid_finetune", "amplification_continued")}
   reports = {}
-  for name in ("hybrid_finetune", "amplification_continued"):
-    label = f"{name} vs amplification"
-    reports[label] = drift.analyse(
-        f"{base}:{args.steps}", f"{os.path.join(args.workdir, name)}:{total}",
-        out=os.path.join(args.workdir, f"drift_{name}"), examples=args.examples, seed=args.seed)
+  for b, a in COMPARISONS:
+    reports[f"{b} vs {a}"] = drift.analyse(
+        checkpoints[a], checkpoints[b], out=os.path.join(args.workdir, f"drift_{b}_vs_{a}"),
+        examples=args.examples, seed=args.seed)
   png = drift.plot(reports, args.results + ".png")
 
   command = (f"python -m experiments.drift_study --steps={args.steps} "
@@ -145,15 +151,18 @@ def main():
       "(protocol inputs).",
       "Runs (M's held-out greedy accuracy at the end):\n\n" + "\n".join(
           f"- {accuracy_line(s)}" for s in runs),
-      "a = amplification at step "
-      f"{args.steps}; both comparisons start from it and train {args.finetune_steps} more steps.",
+      f"The fine-tune and the control both start from amplification at step {args.steps} and "
+      f"train {args.finetune_steps} more steps; the last comparison sets them side by side (a = "
+      "the control).",
   ]
   for label, report in reports.items():
-    sections.append(f"## {label}\n\n{report['table']}")
+    sections.append(f"## {label}\n\n{report['table']}\n\nCKA by protocol header "
+                    f"({args.examples // len(drift.KINDS['protocol'])} prompts each):\n\n"
+                    f"{drift.header_table(report)}")
   sections.append(f"CKA: {any_report['cka_variant']}, of each module's output (the residual "
                   "stream after it), mean-pooled over each prompt's real tokens; 1 = the same "
                   "representation up to rotation and scale. Relative change: ‖θ_b − θ_a‖ / ‖θ_a‖ "
-                  "over the module's parameters. CKA by protocol header: drift.json.")
+                  "over the module's parameters. One seed.")
   if png:
     sections.append(f"![relative change and CKA per layer]({os.path.basename(png)})")
   text = "\n\n".join(sections) + "\n"

@@ -366,12 +366,13 @@ def describe(report: Mapping[str, Any]) -> str:
 
 def plot(reports: Mapping[str, Mapping[str, Any]], out_png: str) -> str | None:
   """drift.png: relative parameter change per module (left) and CKA per layer for each input kind
-  (right), one line per report (label -> report). None if matplotlib is missing."""
+  (right), one colour per report (label -> report), solid for task and dashed for protocol
+  inputs. None if matplotlib is missing."""
   try:
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   except ImportError:
     return None
-  fig = Figure(figsize=(11, 3.8), layout="constrained")
+  fig = Figure(figsize=(11, 4.2 + 0.25 * len(reports)), layout="constrained")
   change_ax, cka_ax = fig.subplots(1, 2)
   styles = {"task": "-", "protocol": "--"}
   for color, (label, report) in zip(("C0", "C1", "C2", "C3", "C4"), reports.items()):
@@ -390,7 +391,9 @@ def plot(reports: Mapping[str, Mapping[str, Any]], out_png: str) -> str | None:
   cka_ax.set_title("representation similarity per layer")
   for ax in (change_ax, cka_ax):
     ax.tick_params(axis="x", labelrotation=45)
-    ax.legend(fontsize="small")
+  # One legend below both panels (a comparison's colour is the same in each).
+  fig.legend(*cka_ax.get_legend_handles_labels(), loc="outside lower center", ncols=2,
+             fontsize="small")
   os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
   fig.savefig(out_png)
   return out_png
