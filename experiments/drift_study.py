@@ -1,5 +1,5 @@
-r"""Which concepts move in fine-tuning: an amplification run, fine-tuned by hybrid training, compared
-layer by layer with ``amp_debate.safety.drift`` (DESIGN.md section 4, last bullet).
+r"""Which concepts move in fine-tuning: an amplification run, fine-tuned by hybrid training,
+compared layer by layer with ``amp_debate.safety.drift`` (DESIGN.md section 4, last bullet).
 
   python -m experiments.drift_study [--workdir=workdir/drift_study] [--steps=200] \
       [--finetune_steps=200] [--examples=512] [--seed=0]
@@ -17,10 +17,11 @@ at the end (no self-play debates in it) and a checkpoint at the last step:
 
 Drift (relative parameter change per module, linear CKA per layer on plain task questions and on
 protocol/review questions) of b against a, of the control against a, and of b against the
-control. A run whose checkpoint
-already holds its last step is not trained again. About 5 minutes on 2 CPU cores. Writes
+control. The fine-tune keeps a's optimiser state (Adam moments) and step RNG, as a resume does. A
+run whose checkpoint already holds its last step is not trained again. About 6 minutes on 2 CPU
+cores shared with two other jobs (the hybrid fine-tune takes 4 of them). Writes
 ``experiments/results/drift.md``, ``.json`` and ``.png`` (``--results``) and each comparison's own
-``drift.*`` under ``<workdir>/drift_<run>``.
+``drift.*`` under ``<workdir>/drift_<b>_vs_<a>``.
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ def main():
   any_report = next(iter(reports.values()))
   sections = [
       "# Which concepts move in fine-tuning: amplification, then a hybrid fine-tune",
-      f"Command: `{command}`  \nConfig: `experiments/configs/default.py:{ARG.format(mode='<mode>')}`"
-      f" with num_steps and checkpoint.every = the run's last step, {overrides} "
+      f"Command: `{command}`  \nConfig: "
+      f"`experiments/configs/default.py:{ARG.format(mode='<mode>')}` with num_steps and "
+      f"checkpoint.every = the run's last step, {overrides} "
       f"(the fine-tune: resume_allow_unsafe=True).  \nEval set: {', '.join(eval_sets)}.  \n"
       f"Drift inputs: {args.examples} questions of `task.sample` (seed {args.seed}, every level), "
       "each asked as ANSWER(q) (task inputs) and as one of SUPPORT, STOP, VERDICT, REVIEW about q "

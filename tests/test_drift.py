@@ -130,8 +130,8 @@ def test_hidden_states_are_the_models_forward_pass(checkpoint):
   task, model, params = checkpoint
   prompts = drift.probe_prompts(task, jax.random.key(2), EXAMPLES)["protocol"][0]
   states = drift.hidden_states(model, params, prompts, pool="last")
-  assert drift.module_order(states) == ["embedder"] + [f"block_{i}" for i in range(model.config.num_layers)] + [
-      "final_norm"]
+  blocks = [f"block_{i}" for i in range(model.config.num_layers)]
+  assert drift.module_order(states) == ["embedder", *blocks, "final_norm"]
   # Tied embeddings: the first answer token's logits are the final norm's last-token output
   # against the token table.
   logits = model.answer_logits(params, prompts, jnp.zeros((EXAMPLES, 1), jnp.int32))[:, 0]
