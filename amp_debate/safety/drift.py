@@ -62,6 +62,10 @@ CKA_VARIANT = ("linear CKA (Kornblith et al. 2019), plain (biased) HSIC estimato
                "column-centred features")
 
 
+# One input kind's prompts: (prompts int32[N, Lp], protocol header of each int32[N]).
+Probe = tuple[jax.Array, jax.Array]
+
+
 class DriftError(ValueError):
   """The two checkpoints cannot be compared as asked (a one-line message)."""
 
@@ -203,8 +207,7 @@ def layer_cka(states_a: Mapping[str, Any], states_b: Mapping[str, Any],
 
 # ---- inputs -----------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def probe_prompts(task: Task, rng: jax.Array, examples: int) -> dict[str, tuple[jax.Array,
-                                                                                   jax.Array]]:
+def probe_prompts(task: Task, rng: jax.Array, examples: int) -> dict[str, Probe]:
   """The same ``examples`` questions asked as each kind of input.
 
   Args:
