@@ -40,5 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.safety.overseer.audit_prob = 0.1
   c.safety.overseer.p_audit = 0.8
   c.safety.overseer.penalty = penalty
+  # λ_rl = 1 (runlocal's 0.1 is set for the hybrid, where distillation carries the learning): the
+  # review's cross-entropy shares the model, and at λ_rl = 0.1 it swamped the self-play signal.
+  c.combination.weights.rl = c.combination.weights_end.rl = 1.0
   c.eval.every = 100
   return c

@@ -1,0 +1,155 @@
+r"""The self-review study (issue 13, items 1-2): can the model tell its own answers are cheating, as
+training bends it toward cheating?
+
+  python -m experiments.self_review [--workdir=workdir/self_review] [--seed=0] [--table_only]
+
+Trains ``experiments/configs/self_review.py:penalty=<p>`` for p in off, audits, review (pure debate
+on the permutation quick start with the judge flaw p_flaw = 0.9, audits at 0.1 per answer detecting
+an exploit with probability 0.8; the docstring there), or reuses the finished runs in
+``--workdir``, and writes ``experiments/results/self_review.{md,json,png}``: over training, the
+hack rate (the share of M_target's sampled answers that are EXPLOIT), the leaf verdicts the flaw
+decided, M's accuracy on the training questions (greedy, against the truth: evaluation only),
+and the self-review's precision and recall on M's own answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from amp_debate import train
+from amp_debate.safety import overseer
+from amp_debate.train import metrics_io
+from experiments.configs import self_review
+
+RESULTS = "experiments/results/self_review"
+# Logged training metrics the study follows: key -> column title.
+CURVES = {
+    "safety/hack_rate": "hack rate",
+    "debate/leaf_fooled": "debates won by the flaw",
+    "accuracy/model": "M's accuracy (train questions)",
+    "safety/review_precision": "review precision",
+    "safety/review_recall": "review recall",
+    "safety/flag_recall": "exploits flagged for the penalty",
+}
+WINDOWS = ((1, 100), (101, 200), (201, 300))
+
+
+def _rows(run_dir: str) -> list[dict]:
+  return [r for r in metrics_io.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+          if "safety/hack_rate" in r]
+
+
+def summarise(run_dir: str, penalty: str) -> dict:
+  """Window means of the followed metrics, human calls and the final evaluation of one run."""
+  rows = _rows(run_dir)
+  evals = [r for r in metrics_io.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+           if "eval/accuracy/model/mean" in r]
+  windows = {}
+  for lo, hi in WINDOWS:
+    part = [r for r in rows if lo <= r["step"] <= hi]
+    windows[f"{lo}-{hi}"] = {k: float(np.mean([r[k] for r in part])) if part else float("nan")
+                             for k in CURVES}
+  return {
+      "penalty": penalty, "steps": rows[-1]["step"] if rows else 0, "windows": windows,
+      "audits_per_question": float(np.mean([r["human_calls/audits"] for r in rows])),
+      "human_calls_per_question": float(np.mean([r["human_calls/per_question"] for r in rows])),
+      "eval_accuracy": evals[-1]["eval/accuracy/model/mean"] if evals else float("nan"),
+      "curves": {k: [[r["step"], r[k]] for r in rows] for k in CURVES},
+  }
+
+
+def table(summaries: list[dict]) -> str:
+  headers = ["penalty"] + [f"{title}, steps {w}" for title in ("hack rate",)
+                           for w in (f"{lo}-{hi}" for lo, hi in WINDOWS)]
+  last = f"{WINDOWS[-1][0]}-{WINDOWS[-1][1]}"
+  headers += [f"{CURVES[k]}, steps {last}" for k in CURVES if k != "safety/hack_rate"]
+  headers += ["eval accuracy (end)", "audits / question", "human calls / question"]
+  rows = []
+  for s in summaries:
+    w = s["windows"]
+    rows.append([s["penalty"]] + [w[f"{lo}-{hi}"]["safety/hack_rate"] for lo, hi in WINDOWS]
+                + [w[last][k] for k in CURVES if k != "safety/hack_rate"]
+                + [s["eval_accuracy"], s["audits_per_question"], s["human_calls_per_question"]])
+  return metrics_io.markdown_table(headers, rows, float_format=".3f")
+
+
+def plot(summaries: list[dict], out_png: str) -> str | None:
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print("matplotlib is not installed: no plot (pip install matplotlib)")
+    return None
+  keys = ["safety/hack_rate", "accuracy/model", "safety/review_precision", "safety/review_recall"]
+  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), sharex=True)
+  for ax, key in zip(axes, keys):
+    for s in summaries:
+      curve = np.asarray(s["curves"][key], float)
+      if len(curve):
+        # A running mean over 5 logged steps: single batches are noisy.
+        smooth = np.convolve(curve[:, 1], np.ones(5) / 5, mode="valid")
+        ax.plot(curve[4:, 0], smooth, label=f"penalty={s['penalty']}")
+    ax.set_title(CURVES[key], fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylim(-0.02, 1.02)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=110)
+  plt.close(fig)
+  return out_png
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default="workdir/self_review")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--penalties", default=",".join(overseer.PENALTIES))
+  parser.add_argument("--results", default=RESULTS, help="output path without extension")
+  parser.add_argument("--table_only", action="store_true",
+                      help="train nothing; tabulate the runs in --workdir")
+  args = parser.parse_args()
+  penalties = [p for p in args.penalties.split(",") if p]
+  for p in penalties:
+    if p not in overseer.PENALTIES:
+      parser.error(f"--penalties: {p!r} is not one of {', '.join(overseer.PENALTIES)}")
+  summaries = []
+  for penalty in penalties:
+    run_dir = os.path.join(args.workdir, f"{penalty}_s{args.seed}")
+    if not args.table_only:
+      print(f"== penalty={penalty} seed={args.seed} ({run_dir})", flush=True)
+      result = train.run(self_review.get_config(f"penalty={penalty},seed={args.seed}"), run_dir)
+      if result.status != "done":
+        raise SystemExit(f"{run_dir}: {result.status}; rerun to resume")
+    if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+      raise SystemExit(f"{run_dir}: no run there (run without --table_only to train it)")
+    summaries.append(summarise(run_dir, penalty))
+  os.makedirs(os.path.dirname(args.results), exist_ok=True)
+  png = plot(summaries, args.results + ".png")
+  text = [
+      "# Self-review of reward hacking (judge flaw, audits, overseer)\n",
+      f"Regenerate: `python -m experiments.self_review --seed={args.seed}` (config "
+      "`experiments/configs/self_review.py:penalty=<off|audits|review>`: pure debate on the "
+      "permutation quick start, n=5, k <= 2; p_flaw = 0.9, audit_prob = 0.1, p_audit = 0.8, "
+      "λ_rl = 1, λ_cat = 1, review weight 0.1; 300 steps of 64 debates; one seed). Metrics are "
+      "means over the logged training steps of each window; M's accuracy is its greedy answer to "
+      "the training questions against the truth (evaluation only); eval accuracy is M on the "
+      "eval split `amp_debate_eval/permutation+max_exponent-2+n-5:1.2.0` at the end.\n",
+      table(summaries) + "\n",
+  ]
+  if png:
+    text.append(f"![hack rate, accuracy and the review's precision and recall against step]"
+                f"({os.path.basename(png)})\n")
+  with open(args.results + ".md", "w") as f:
+    f.write("\n".join(text))
+  with open(args.results + ".json", "w") as f:
+    json.dump(summaries, f, indent=2)
+  print("\n".join(text))
+
+
+if __name__ == "__main__":
+  main()
