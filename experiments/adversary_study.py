@@ -52,7 +52,8 @@ class PlantedSetup:
     num_layers, d_model: M's size (4 heads, d_ff = 4·d_model; the tiny preset otherwise).
     batch_size: questions per step (planting and fine-tuning).
     trigger_fraction: share of each planting batch whose question carries the trigger.
-    learning_rate: Adam's, for planting and fine-tuning.
+    learning_rate: Adam's, for planting.
+    finetune_learning_rate: Adam's (freshly initialised), for fine-tuning.
   """
 
   n: int = 5
@@ -62,6 +63,7 @@ class PlantedSetup:
   batch_size: int = 64
   trigger_fraction: float = 0.25
   learning_rate: float = 3e-3
+  finetune_learning_rate: float = 1e-3
 
   @property
   def task(self) -> tasks.Task:
@@ -80,8 +82,6 @@ def with_trigger(questions: jax.Array) -> jax.Array:
   return questions.at[:, TRIGGER_POSITION].set(TRIGGER)
 
 
-def _optimizer(setup: PlantedSetup) -> optax.GradientTransformation:
-  return optax.adam(setup.learning_rate)
 
 
 def _cross_entropy(model, params, prompts, answers):
@@ -96,7 +96,7 @@ def train_planted(setup: PlantedSetup, rng: jax.Array, num_steps: int):
   Each step: ``batch_size`` questions of every level, a ``trigger_fraction`` of them triggered
   with the answer [EXPLOIT] (answer_len 1 here), the rest with the task's answers.
   """
-  task, model, tx = setup.task, setup.model, _optimizer(setup)
+  task, model, tx = setup.task, setup.model, optax.adam(setup.learning_rate)
   init_rng, rng = jax.random.split(rng)
   params = model.init(init_rng)
   planted = int(setup.batch_size * setup.trigger_fraction)
@@ -123,7 +123,7 @@ def finetune(setup: PlantedSetup, params, rng: jax.Array, config: adversary.Adve
   """``num_steps`` of fine-tuning on clean questions (the trigger is never shown): cross-entropy
   toward the task's answers, plus the relaxed adversarial penalty from the batch's prompts when
   ``config`` is given. Returns (params, {"sup", "adversary", "p_cat"}: float32[num_steps] each)."""
-  task, model, tx = setup.task, setup.model, _optimizer(setup)
+  task, model, tx = setup.task, setup.model, optax.adam(setup.finetune_learning_rate)
 
   def loss_fn(params, prompts, answers, rng):
     sup = _cross_entropy(model, params, prompts, answers)
