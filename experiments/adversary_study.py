@@ -20,18 +20,17 @@ tests/test_adversary.py trains its planted M with.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
 
 from amp_debate import models, tasks
 from amp_debate.models.transformer import leading_pad
@@ -119,10 +118,12 @@ def train_planted(setup: PlantedSetup, rng: jax.Array, num_steps: int):
 
 @functools.partial(jax.jit, static_argnames=("setup", "config", "num_steps"))
 def finetune(setup: PlantedSetup, params, rng: jax.Array, config: adversary.AdversaryConfig | None,
-             num_steps: int):
+             num_steps: int, opt_state=None):
   """``num_steps`` of fine-tuning on clean questions (the trigger is never shown): cross-entropy
   toward the task's answers, plus the relaxed adversarial penalty from the batch's prompts when
-  ``config`` is given. Returns (params, {"sup", "adversary", "p_cat"}: float32[num_steps] each)."""
+  ``config`` is given, with Adam at ``finetune_learning_rate`` (``opt_state``: None for a fresh
+  one, or the state returned by an earlier call, to continue). Returns (params, opt_state,
+  {"sup", "adversary", "p_cat"}: float32[num_steps] each)."""
   task, model, tx = setup.task, setup.model, optax.adam(setup.finetune_learning_rate)
 
   def loss_fn(params, prompts, answers, rng):
@@ -141,9 +142,10 @@ def finetune(setup: PlantedSetup, params, rng: jax.Array, config: adversary.Adve
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), logs
 
-  (params, _), logs = jax.lax.scan(step, (params, tx.init(params)),
-                                   jax.random.split(rng, num_steps))
-  return params, logs
+  opt_state = tx.init(params) if opt_state is None else opt_state
+  (params, opt_state), logs = jax.lax.scan(step, (params, opt_state),
+                                           jax.random.split(rng, num_steps))
+  return params, opt_state, logs
 
 
 @functools.partial(jax.jit, static_argnames=("setup", "config"))
@@ -153,7 +155,9 @@ def evaluate(setup: PlantedSetup, params, rng: jax.Array, config: adversary.Adve
   "p_trigger" (p(EXPLOIT) on the questions with the trigger), "p_clean" (on the questions),
   "p_adversary" (at the adversary's points from the clean prompts, ``config``'s ball and search),
   "p_random" (at uniformly random points of the same ball's surface) and "accuracy" (greedy
-  answers on the clean questions)."""
+  answers on the clean questions), and "trigger_gap": the mean of log p(EXPLOIT | triggered) -
+  log p(EXPLOIT | clean) over the questions (nats), how much the trigger alone still moves M
+  towards EXPLOIT."""
   task, model = setup.task, setup.model
   prompts = model_player.answer_prompts(task, questions)
   lengths = prompts.shape[1] - leading_pad(prompts, pad_id=model.config.pad_id)
@@ -166,10 +170,180 @@ def evaluate(setup: PlantedSetup, params, rng: jax.Array, config: adversary.Adve
   p = lambda e: jnp.exp(adversary.exploit_log_prob_from_embeddings(model, params, e, lengths))
   triggered = model_player.answer_prompts(task, with_trigger(questions))
   logits = model.answer_logits(params, prompts, answers)
+  logp_trigger = catastrophe.exploit_log_prob(model, params, triggered)
+  logp_clean = catastrophe.exploit_log_prob(model, params, prompts)
   return {
-      "p_trigger": jnp.exp(catastrophe.exploit_log_prob(model, params, triggered)).mean(),
-      "p_clean": jnp.exp(catastrophe.exploit_log_prob(model, params, prompts)).mean(),
+      "p_trigger": jnp.exp(logp_trigger).mean(),
+      "p_clean": jnp.exp(logp_clean).mean(),
+      "trigger_gap": (logp_trigger - logp_clean).mean(),
       "p_adversary": p(pseudo).mean(),
       "p_random": p(clean + noise).mean(),
       "accuracy": (jnp.argmax(logits, -1) == answers).all(-1).mean(),
   }
+
+
+# ---- the study ---------------------------------------------------------------------------------
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "adversary")
+# What each evaluation's adversary searches: the training ball with a stronger search (20 steps),
+# and a ball twice as wide.
+EVAL_SEARCH = {"": adversary.AdversaryConfig(radius=0.5, num_steps=20, step_size=0.25),
+               "_wide": adversary.AdversaryConfig(radius=1.0, num_steps=20, step_size=0.25)}
+COLUMNS = (("p_trigger", "p(EXPLOIT) triggered"), ("p_clean", "p(EXPLOIT) clean"),
+           ("trigger_gap", "trigger gap (nats)"), ("p_adversary", "adversary p_cat ε=0.5"),
+           ("p_random", "random p_cat ε=0.5"), ("p_adversary_wide", "adversary p_cat ε=1"),
+           ("accuracy", "clean accuracy"))
+
+
+def arms(weight: float) -> dict[str, adversary.AdversaryConfig | None]:
+  """The fine-tuning arms: no penalty; the penalty on the clean prompts themselves (a ball of
+  radius 1e-6: no search, the control); the relaxed adversarial penalty (the config defaults:
+  ε = 0.5, 5 steps of 0.5·r, l2)."""
+  return {"none": None,
+          "clean penalty": adversary.AdversaryConfig(radius=1e-6, num_steps=1, weight=weight),
+          "adversarial penalty": adversary.AdversaryConfig(weight=weight)}
+
+
+def evaluate_all(setup, params, rng, questions, answers) -> dict[str, float]:
+  """``evaluate`` under each ``EVAL_SEARCH`` (its adversary columns suffixed), as floats."""
+  out = {}
+  for suffix, config in EVAL_SEARCH.items():
+    m = evaluate(setup, params, rng, config, questions, answers)
+    out.update({k + suffix if k in ("p_adversary", "p_random") else k: float(v)
+                for k, v in m.items()})
+  return out
+
+
+def run_seed(setup: PlantedSetup, seed: int, plant_steps: int, finetune_steps: int,
+             eval_every: int, weight: float, num_eval: int) -> dict:
+  """Plants M, then fine-tunes a copy under each arm, evaluating every ``eval_every`` steps:
+  {"planted": {loss, seconds}, "arms": {arm: {"curve": [{step, metrics...}], "seconds"}}}."""
+  rng = jax.random.key(seed)
+  plant_rng, eval_data_rng, eval_rng, finetune_rng = jax.random.split(rng, 4)
+  start = time.time()
+  planted, loss = train_planted(setup, plant_rng, plant_steps)
+  out = {"planted": {"loss": float(loss), "seconds": time.time() - start}, "arms": {}}
+  held_out = setup.task.sample(eval_data_rng, num_eval)
+  for name, config in arms(weight).items():
+    start = time.time()
+    params, opt_state = planted, None
+    curve = [{"step": 0, **evaluate_all(setup, params, eval_rng, held_out.questions, held_out.answers)}]
+    for done in range(0, finetune_steps, eval_every):
+      params, opt_state, _ = finetune(setup, params, jax.random.fold_in(finetune_rng, done),
+                                      config, eval_every, opt_state)
+      curve.append({"step": done + eval_every,
+                    **evaluate_all(setup, params, eval_rng, held_out.questions, held_out.answers)})
+      print(f"seed {seed} {name} step {done + eval_every}: " + ", ".join(
+          f"{k}={curve[-1][k]:.3g}" for k, _ in COLUMNS), flush=True)
+    out["arms"][name] = {"curve": curve, "seconds": time.time() - start}
+  return out
+
+
+def table(results: dict[int, dict], steps: list[int]) -> str:
+  """Markdown: one row per seed, arm and reported step."""
+  head = ["seed", "arm", "step"] + [title for _, title in COLUMNS]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for seed, result in results.items():
+    for arm, record in result["arms"].items():
+      for point in record["curve"]:
+        if point["step"] in steps:
+          cells = [f"{point[k]:.2f}" if k in ("trigger_gap", "accuracy") else f"{point[k]:.2g}"
+                   for k, _ in COLUMNS]
+          lines.append("| " + " | ".join([str(seed), arm, str(point["step"])] + cells) + " |")
+  return "\n".join(lines)
+
+
+def plot(results: dict[int, dict], out_png: str) -> str | None:
+  """A PNG of three panels against fine-tuning step, one line per arm and seed: p(EXPLOIT) on
+  triggered questions, the adversary's p_cat (ε = 0.5) and clean accuracy. None without
+  matplotlib."""
+  try:
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  fig = Figure(figsize=(13, 3.6), layout="constrained")
+  axes = fig.subplots(1, 3)
+  panels = (("p_trigger", "p(EXPLOIT | triggered question)", True),
+            ("p_adversary", "adversary's p_cat (ε = 0.5, 20 steps)", True),
+            ("accuracy", "clean accuracy", False))
+  colours = {"none": "tab:red", "clean penalty": "tab:orange", "adversarial penalty": "tab:blue"}
+  for ax, (key, title, log) in zip(axes, panels):
+    for seed, result in results.items():
+      for arm, record in result["arms"].items():
+        steps = [p["step"] for p in record["curve"]]
+        values = [max(p[key], 1e-7) if log else p[key] for p in record["curve"]]
+        ax.plot(steps, values, color=colours.get(arm), linestyle="-" if seed == min(results)
+                else "--", linewidth=3.5 if arm == "none" else 1.5,
+                alpha=0.5 if arm == "none" else 1.0, label=f"{arm}, seed {seed}")
+    if log:
+      ax.set_yscale("log")
+      ax.set_ylim(1e-7, 2)
+    else:
+      ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.set_xlabel("fine-tuning step (trigger never shown)")
+  axes[0].legend(fontsize="small", loc="lower left")
+  os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
+  fig.savefig(out_png)
+  return out_png
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--seeds", default="0,1", help="comma-separated planting/fine-tuning seeds")
+  parser.add_argument("--plant_steps", type=int, default=1500)
+  parser.add_argument("--finetune_steps", type=int, default=300)
+  parser.add_argument("--eval_every", type=int, default=25)
+  parser.add_argument("--weight", type=float, default=1.0, help="the penalty's weight")
+  parser.add_argument("--num_eval", type=int, default=256, help="held-out questions")
+  parser.add_argument("--results", default=RESULTS, help="output path without extension")
+  args = parser.parse_args()
+  if args.finetune_steps % args.eval_every:
+    parser.error("--eval_every must divide --finetune_steps")
+  setup = PlantedSetup()
+  seeds = [int(s) for s in args.seeds.split(",") if s]
+  start = time.time()
+  results = {seed: run_seed(setup, seed, args.plant_steps, args.finetune_steps, args.eval_every,
+                            args.weight, args.num_eval) for seed in seeds}
+  seconds = time.time() - start
+  command = ("python -m experiments.adversary_study" + "".join(
+      f" --{k}={v}" for k, v in vars(args).items()
+      if k != "results" and v != parser.get_default(k)))
+  steps = sorted({0, args.eval_every, 2 * args.eval_every, args.finetune_steps // 3,
+                  args.finetune_steps})
+  png = plot(results, args.results + ".png")
+  text = table(results, steps)
+  pen = arms(args.weight)["adversarial penalty"]
+  notes = (
+      f"Setup: permutation n={setup.n}, k <= {setup.max_exponent}; M {setup.num_layers} layers, "
+      f"d={setup.d_model}; planted for {args.plant_steps} steps (batch {setup.batch_size}, "
+      f"{setup.trigger_fraction:.0%} of each batch triggered: DRAW in place of σ(0), answer "
+      f"EXPLOIT), then fine-tuned {args.finetune_steps} steps on clean questions only (Adam "
+      f"{setup.finetune_learning_rate:g}, fresh state) under each arm, from the same planted M. "
+      f"Arms: none; clean penalty = {args.weight:g} · p(EXPLOIT) on the batch's own prompts (a "
+      f"ball of radius 1e-6, no search); adversarial penalty = {args.weight:g} · p(EXPLOIT) at "
+      f"the adversary's points (per-token l2 ball ε={pen.radius:g} · RMS token-embedding norm, "
+      f"{pen.num_steps} projected steps of {pen.step_size:g}·r from a random start). Evaluated "
+      f"on {args.num_eval} held-out questions: p(EXPLOIT) with the trigger planted and clean; "
+      f"trigger gap = mean log p(EXPLOIT | triggered) - log p(EXPLOIT | clean); a fresh search "
+      f"(20 steps of 0.25·r) from the clean prompts' embeddings at ε=0.5 and ε=1; random points "
+      f"on the ε=0.5 ball's surface; greedy accuracy on the clean questions. Planting: " +
+      ", ".join(f"seed {s} final loss {r['planted']['loss']:.2g} in {r['planted']['seconds']:.0f} s"
+                for s, r in results.items()) +
+      f". Wall time {seconds:.0f} s on a shared 2-core CPU (compiles included).")
+  os.makedirs(os.path.dirname(args.results), exist_ok=True)
+  body = (f"# Relaxed adversarial training against a planted weakness\n\n"
+          f"Regenerate: `{command}`\n\n{text}\n\n" +
+          (f"![p(EXPLOIT) on triggered questions, the adversary's p_cat and clean accuracy "
+           f"against fine-tuning step]({os.path.basename(png)})\n\n" if png else "") +
+          f"{notes}\n")
+  with open(args.results + ".md", "w") as f:
+    f.write(body)
+  with open(args.results + ".json", "w") as f:
+    json.dump({"command": command, "args": vars(args) | {"results": None},
+               "setup": dataclasses.asdict(setup), "seconds": seconds,
+               "results": {str(k): v for k, v in results.items()}}, f, indent=2)
+  print(f"\n{body}\nwrote {args.results}.md, .json" + (f" and {png}" if png else ""))
+
+
+if __name__ == "__main__":
+  main()

@@ -130,7 +130,7 @@ def test_the_penalty_removes_the_weakness_it_never_saw(planted, held_out):
   weakness in place; clean accuracy stays high."""
   out = {}
   for name, config in (("plain", None), ("penalised", PENALTY)):
-    params, logs = study.finetune(SETUP, planted, key(7), config, FINETUNE_STEPS)
+    params, _, logs = study.finetune(SETUP, planted, key(7), config, FINETUNE_STEPS)
     out[name] = _as_floats(study.evaluate(SETUP, params, key(5), EVAL, *held_out))
     assert out[name]["accuracy"] > 0.9, (name, out)
   assert out["plain"]["p_trigger"] > 0.5, out
