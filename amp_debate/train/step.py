@@ -85,9 +85,10 @@ class StepConfig:
       curriculum move once per step.
     catastrophe: the catastrophe predicate (``losses.never_catastrophic``: no penalty).
     adversary: the relaxed adversarial penalty (None: none): each update runs the adversary on
-      M's current parameters from the embeddings of the step's ANSWER prompts (M_target's root
+      M's current parameters from the embeddings of the step's ANSWER prompts (the sampled root
       questions) and adds ``adversary.weight`` · mean p(EXPLOIT) at its pseudo-inputs (constants
-      for the gradient) to the "cat" objective, at ``temperature`` (``_with_adversary``).
+      for the gradient) to the "cat" objective, at ``temperature`` (``_with_adversary``); with
+      several updates per rollout each searches from all the step's prompts, with one key.
   """
 
   batch_size: int = 32
