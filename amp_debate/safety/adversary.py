@@ -18,7 +18,7 @@ The search. Projected gradient ascent on log p(M's answer starts with EXPLOIT | 
 start uniform in the ball: ``num_steps`` steps of size ``step_size``·r along the steepest-ascent
 direction of the ball's norm (each token's gradient normalised to l2 length 1, or its sign for
 linf), each followed by the projection onto the ball; the best point seen per prompt (including the
-start) is returned. A ``lax.fori_loop`` with static shapes: jittable, vmappable.
+start) is returned. A ``lax.fori_loop`` with static shapes: jittable.
 
 The penalty. ``adversarial_catastrophe_loss`` = weight · mean_b p_cat(b) at the adversary's
 points, which are constants for the gradient (``stop_gradient``): only M's parameters move, the
