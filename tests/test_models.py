@@ -249,6 +249,29 @@ def test_explicit_prompt_lengths_hide_whatever_the_padding_holds():
       inferred.log_probs, atol=ATOL)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_embedding_path_equals_the_token_path(variant):
+  """The prompts as input embeddings (``embed``) give the token path's logits exactly; the
+  embeddings at padding positions are never seen, a real position's are."""
+  model, params = model_and_params(tiny(**VARIANTS[variant]))
+  prompts, lengths = random_prompts(9)
+  answers = jax.random.randint(key(3), (prompts.shape[0], ANSWER_LEN), 1, VOCAB)
+  from_embeddings = jax.jit(model.answer_logits_from_embeddings)
+  embeddings = jax.jit(model.embed)(params, prompts)
+  chex.assert_shape(embeddings, prompts.shape + (model.config.d_model,))
+  expected = jitted(model)["answer_logits"](params, prompts, answers, prompt_lengths=lengths)
+  np.testing.assert_array_equal(
+      from_embeddings(params, embeddings, answers, prompt_lengths=lengths), expected)
+  pad_region = jnp.arange(PROMPT_LEN)[None, :] < (PROMPT_LEN - lengths)[:, None]
+  noise = jax.random.normal(key(4), embeddings.shape)
+  in_padding = from_embeddings(params, embeddings + noise * pad_region[..., None], answers,
+                               prompt_lengths=lengths)
+  np.testing.assert_allclose(in_padding, expected, atol=ATOL)
+  moved = from_embeddings(params, embeddings.at[:, -1].add(noise[:, -1]), answers,
+                          prompt_lengths=lengths)
+  assert np.abs(moved - expected).max(axis=(1, 2)).min() > 1e-3
+
+
 def test_leading_pad_counts_only_the_leading_run():
   prompts = jnp.asarray([[0, 0, 5, 0, 6], [3, 0, 0, 4, 0], [0, 0, 0, 0, 7]], jnp.int32)
   np.testing.assert_array_equal(transformer.leading_pad(prompts), [2, 0, 4])

@@ -58,12 +58,25 @@ class Embedder(nn.Module):
                                 param_dtype=cfg.params_dtype,
                                 embedding_init=_partitioned(init, ("positions", "embed")))
 
-  def __call__(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-    """int32[B, T] tokens and positions -> [B, T, D]."""
-    x = self.tokens(tokens)
+  def __call__(self, tokens: jax.Array | None, positions: jax.Array,
+               embeddings: jax.Array | None = None) -> jax.Array:
+    """int32[B, T] tokens and positions -> [B, T, D].
+
+    ``embeddings`` [B, T, D], when given, stand in for the tokens' embeddings (``tokens`` is then
+    unused): the positions are added to them as to ``embed_tokens(tokens)``, so passing
+    ``embed_tokens(tokens)`` gives exactly the token path (input-space search, ``safety.adversary``).
+    """
+    if embeddings is None:
+      x = self.tokens(tokens)
+    else:
+      x = embeddings.astype(self.config.compute_dtype)
     if self.config.positions == "learned":
       x = x + self.positions(positions)
     return x
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    """int32[B, T] -> [B, T, D] the tokens' embeddings alone (no positions), in the compute dtype."""
+    return self.tokens(tokens)
 
   def attend(self, x: jax.Array) -> jax.Array:
     """[B, T, D] -> float32[B, T, vocab] logits against the token embedding table."""

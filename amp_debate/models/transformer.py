@@ -22,7 +22,9 @@ Conventions (all functions are pure and jittable; shapes are static):
 
 Entry point: ``LanguageModel(config)``, a frozen (hashable) description whose methods are pure
 functions of ``params``: ``init``, ``logical_axes``, ``answer_logits``, ``log_prob``, ``prefill``,
-``decode_step``, ``sample`` and the reference ``greedy_full_recompute``.
+``decode_step``, ``sample`` and the reference ``greedy_full_recompute``; ``embed`` and
+``answer_logits_from_embeddings`` take the prompts as input embeddings instead of tokens (a search
+in input space, ``safety.adversary``).
 """
 
 from __future__ import annotations
@@ -47,23 +49,27 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, mask, cache=None, cache_index=None, deterministic=True,
-               logits_from: int = 0):
+               logits_from: int = 0, embeddings=None):
     """Logits for a token sequence, optionally appending it to a KV cache.
 
     Args:
-      tokens: int32[B, T].
+      tokens: int32[B, T] (unused, and may be None, when ``embeddings`` are given).
       positions: int32[B, T] position ids.
       mask: bool[B, 1, T, S] attention mask (S = T without a cache, else the cache length).
       cache: None or a tuple over layers of (keys, values), each [B, S, H, K].
       cache_index: int32[] where the T new entries are written (with a cache only).
       deterministic: no dropout when True.
       logits_from: static; logits are computed for tokens[:, logits_from:] only.
+      embeddings: optional [B, T, D] input embeddings that replace the tokens' embeddings
+        (``Embedder``: positions are still added); the token embedding table still gives the
+        tied output logits.
     Returns:
       (logits float32[B, T - logits_from, vocab], tuple over layers of (keys, values)).
     """
     cfg = self.config
     embedder = Embedder(cfg, name="embedder")
-    x = nn.Dropout(cfg.dropout)(embedder(tokens, positions), deterministic=deterministic)
+    x = nn.Dropout(cfg.dropout)(embedder(tokens, positions, embeddings),
+                                deterministic=deterministic)
     kvs = []
     for i in range(cfg.num_layers):
       x, kv = Block(cfg, name=f"block_{i}")(
@@ -189,17 +195,61 @@ class LanguageModel:
     chex.assert_rank([prompts, answers], 2)
     chex.assert_type([prompts, answers], jnp.int32)
     chex.assert_equal_shape_prefix([prompts, answers], 1)
-    (batch, prompt_len), answer_len = prompts.shape, answers.shape[1]
-    self._check_lengths(prompt_len, answer_len)
     tokens = jnp.concatenate([prompts, answers[:, :-1]], axis=1)
-    index = jnp.arange(tokens.shape[1])
     pad = leading_pad(prompts, prompt_lengths, pad_id=self.config.pad_id)
+    return self._teacher_forced(params, pad, prompts.shape[1], answers.shape[1], dropout_rng,
+                                tokens=tokens)
+
+  def embed(self, params, tokens):
+    """int32[B, T] tokens -> [B, T, D] their input embeddings, in the compute dtype: the token
+    table's rows alone (``Embedder`` adds the positions inside the model). What
+    ``answer_logits_from_embeddings`` takes in place of the prompts' tokens."""
+    chex.assert_type(tokens, jnp.int32)
+    return Embedder(self.config).apply({"params": params["embedder"]}, tokens,
+                                       method=Embedder.embed_tokens)
+
+  def answer_logits_from_embeddings(self, params, prompt_embeddings, answers, *, prompt_lengths,
+                                    dropout_rng=None):
+    """``answer_logits`` with the prompts given as input embeddings (a search in input space).
+
+    ``answer_logits_from_embeddings(params, embed(params, prompts), answers,
+    prompt_lengths=lengths)`` equals ``answer_logits(params, prompts, answers,
+    prompt_lengths=lengths)`` exactly.
+
+    Args:
+      params: from ``init``.
+      prompt_embeddings: float[B, Lp, D] left-padded like prompts: the first
+        Lp - prompt_lengths positions are padding, never attended to.
+      answers: int32[B, La], embedded by the token table.
+      prompt_lengths: int32[B] the real prompt lengths (padding cannot be read off embeddings).
+      dropout_rng: as in ``answer_logits``.
+    Returns:
+      float32[B, La, vocab].
+    """
+    chex.assert_rank([prompt_embeddings, answers], [3, 2])
+    chex.assert_type(answers, jnp.int32)
+    chex.assert_shape(prompt_embeddings, (answers.shape[0], None, self.config.d_model))
+    embeddings = jnp.concatenate([prompt_embeddings.astype(self.config.compute_dtype),
+                                  self.embed(params, answers[:, :-1])], axis=1)
+    prompt_len = prompt_embeddings.shape[1]
+    pad = (prompt_len - prompt_lengths).astype(jnp.int32)
+    return self._teacher_forced(params, pad, prompt_len, answers.shape[1], dropout_rng,
+                                embeddings=embeddings)
+
+  def _teacher_forced(self, params, pad, prompt_len: int, answer_len: int, dropout_rng, *,
+                      tokens=None, embeddings=None):
+    """Logits float32[B, La, vocab] of a prompt ++ answers[:, :-1] sequence given as tokens
+    int32[B, Lp + La - 1] or as embeddings [B, Lp + La - 1, D], pad int32[B] leading pads."""
+    self._check_lengths(prompt_len, answer_len)
+    inputs = tokens if embeddings is None else embeddings
+    batch = inputs.shape[0]
+    index = jnp.arange(inputs.shape[1])
     prefix = prompt_len if self.config.mask == "prefix" else None
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
     logits, _ = self.module.apply(
         {"params": params}, tokens, position_ids(index, pad),
         attention_mask(index, index, pad, prefix), deterministic=dropout_rng is None,
-        logits_from=prompt_len - 1, rngs=rngs)
+        logits_from=prompt_len - 1, rngs=rngs, embeddings=embeddings)
     chex.assert_shape(logits, (batch, answer_len, self.config.vocab_size))
     return logits
 

@@ -3,10 +3,10 @@ describes, and resume safety.
 
 A config is an ``ml_collections.ConfigDict`` (``experiments/configs/*.py``). Each field is checked
 in one place:
-  * ``debate.*``, ``curriculum.*``, ``step.*``, ``model.*`` and ``batch_size`` set fields of the
-    frozen dataclasses the pure code consumes
-    (``DebateConfig``, ``CurriculumConfig``, ``StepConfig``, and ``ModelConfig`` through
-    ``models.preset``), which check them on construction. ``OWNED`` maps each such config field to
+  * ``debate.*``, ``curriculum.*``, ``step.*``, ``safety.adversary.*``, ``model.*`` and
+    ``batch_size`` set fields of the frozen dataclasses the pure code consumes
+    (``DebateConfig``, ``CurriculumConfig``, ``StepConfig``, ``AdversaryConfig``, and
+    ``ModelConfig`` through ``models.preset``), which check them on construction. ``OWNED`` maps each such config field to
     the dataclass field it sets; the builders (``make_model``, ``make_step_config``) report the
     dataclass's ``checks.FieldError`` as a ``ConfigError`` naming the config field.
   * every other field is checked here, by ``FIELDS`` (dotted name -> check).
@@ -35,7 +35,7 @@ import optax
 from amp_debate import checks, models, tasks
 from amp_debate.procedure import combine, curriculum, debate
 from amp_debate.procedure.model_player import required_max_len
-from amp_debate.safety import overseer
+from amp_debate.safety import adversary, overseer
 from amp_debate.train import step as step_lib
 
 MODES = ("hybrid", "amplification", "debate", "supervised")
@@ -60,10 +60,13 @@ _MODEL_SIZES = ("num_layers", "d_model", "num_heads", "d_ff")  # 0 in the config
 OWNED: dict[str, str] = {
     "batch_size": "StepConfig.batch_size",
     **{f"step.{f}": f"StepConfig.{f}" for f in _fields(
-        step_lib.StepConfig, "batch_size", "debate", "curriculum", "catastrophe", "overseer")},
+        step_lib.StepConfig, "batch_size", "debate", "curriculum", "catastrophe", "overseer",
+        "adversary")},
     **{f"debate.{f}": f"DebateConfig.{f}" for f in _fields(debate.DebateConfig)},
     **{f"curriculum.{f}": f"CurriculumConfig.{f}" for f in _fields(curriculum.CurriculumConfig)},
     **{f"safety.overseer.{f}": f"OverseerConfig.{f}" for f in _fields(overseer.OverseerConfig)},
+    **{f"safety.adversary.{f}": f"AdversaryConfig.{f}"
+       for f in _fields(adversary.AdversaryConfig)},
     "model.preset": "models.preset",
     **{f"model.{f}": f"ModelConfig.{f}" for f in (*_MODEL_SIZES, "mask", "positions", "dtype")},
 }
@@ -72,6 +75,7 @@ _CONFIG_FIELD = {owned: name for name, owned in OWNED.items()}
 # fields are awkward); the builders translate them, and errors recall them.
 _SENTINELS = {"debate.confidence_threshold": "< 0: no confidence rule",
               "debate.force_stop_after": "0: never", "step.target_period": "0: Polyak averaging",
+              "safety.adversary.weight": "0: no adversary",
               **{f"model.{k}": "0: the preset's" for k in _MODEL_SIZES}}
 
 
@@ -276,10 +280,12 @@ def make_model(config: ml_collections.ConfigDict, task: tasks.Task) -> models.La
 
 
 def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
-  """The step's static options (the debate's and the curriculum's inside)."""
+  """The step's static options (the debate's, the curriculum's and the adversary's inside; the
+  adversary is None at weight 0, its other fields checked all the same)."""
   d, s = config.debate, config.step
   target_period = _none_if(s.target_period, lambda v: v == 0)
   with _named_as_config_fields():
+    adversary_config = adversary.AdversaryConfig(**config.safety.adversary)
     return step_lib.StepConfig(**{
         **s,
         "batch_size": config.batch_size,
@@ -293,6 +299,7 @@ def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
         # The overseer watches for the judge flaw's exploit: only where there is a flaw.
         "overseer": (overseer.OverseerConfig(**config.safety.overseer) if d.p_flaw > 0
                      else None),
+        "adversary": adversary_config if adversary_config.weight > 0 else None,
     })
 
 

@@ -12,7 +12,9 @@
 4. losses with M (not M_target): PPO-clipped policy gradient on the sampled tokens at the sampling
    temperature (importance ratios against the recorded log-probs), cross-entropy toward the
    targets, catastrophe penalty; one gradient per objective (``jax.jacrev``), over each game's
-   real rows only (``pack_width``, ``procedure.packing``);
+   real rows only (``pack_width``, ``procedure.packing``); with ``adversary`` the relaxed
+   adversarial penalty (``safety.adversary``, from the step's ANSWER prompts) joins the
+   catastrophe objective;
 5. the optax combination (weighted / constrained / shaped) reduces the gradients to one update;
    shaped: every sampled answer's reward also pays β·(fraction of its tokens that differ from
    the amplified target of its question), which depends on the argument; with
@@ -50,6 +52,7 @@ from amp_debate.procedure import (combine, credit, curriculum, debate, losses, m
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
 from amp_debate.safety import overseer as overseer_lib
+from amp_debate.safety import adversary as adversary_lib
 from amp_debate.tasks.base import Batch, Task
 from amp_debate.tasks.tokenizer import SEP
 
@@ -85,6 +88,11 @@ class StepConfig:
     overseer: with the judge flaw (``debate.p_flaw``), the overseer of cheating answers
       (``safety.overseer``: H's audits, M_target's self-review, trained from the audits); its
       flags replace the predicate. None: no overseer.
+    adversary: the relaxed adversarial penalty (None: none): each update runs the adversary on
+      M's current parameters from the embeddings of the step's ANSWER prompts (the sampled root
+      questions) and adds ``adversary.weight`` · mean p(EXPLOIT) at its pseudo-inputs (constants
+      for the gradient) to the "cat" objective, at ``temperature`` (``_with_adversary``); with
+      several updates per rollout each searches from all the step's prompts, with one key.
   """
 
   batch_size: int = 32
@@ -102,6 +110,7 @@ class StepConfig:
   num_minibatches: int = 1
   catastrophe: Any = losses.never_catastrophic
   overseer: overseer_lib.OverseerConfig | None = None
+  adversary: adversary_lib.AdversaryConfig | None = None
 
   def __post_init__(self):
     checks.check_fields(
@@ -112,7 +121,8 @@ class StepConfig:
         entropy_coef=checks.number(0.0),
         distill_subquestions=checks.boolean, pack_width=checks.integer(0),
         update_epochs=checks.integer(1), num_minibatches=checks.integer(1),
-        overseer=checks.optional(checks.of_type(overseer_lib.OverseerConfig)))
+        overseer=checks.optional(checks.of_type(overseer_lib.OverseerConfig)),
+        adversary=checks.optional(checks.of_type(adversary_lib.AdversaryConfig)))
     if self.batch_size % self.num_minibatches:
       raise checks.FieldError(type(self).__name__, "num_minibatches",
                               f"must divide batch_size={self.batch_size}, got "
@@ -332,6 +342,30 @@ def _gradient_fn(model: LanguageModel, config: StepConfig):
   return gradients
 
 
+# The adversary's key: ``fold_in(step key, _ADVERSARY_STREAM)``, a stream apart from the step's
+# split, so that turning the adversary on changes no other random draw of the step.
+_ADVERSARY_STREAM = 0x61647672
+
+
+def _with_adversary(gradients, model: LanguageModel, config: StepConfig, prompts, rng):
+  """``gradients`` (``_gradient_fn``'s) plus the relaxed adversarial penalty in the "cat"
+  objective: its value added to values["cat"], its gradient (the adversary's points held
+  constant) to grads["cat"], and "adversary/p_cat", "adversary/p_cat_clean" to the metrics.
+  ``prompts`` int32[B, Lp]: the starting points of the search; ``rng``: its key."""
+
+  def penalised(params, policy, drows):
+    grads, values, pg_metrics = gradients(params, policy, drows)
+    (penalty, seen), grad = jax.value_and_grad(
+        lambda p: adversary_lib.adversarial_catastrophe_loss(
+            model, p, prompts, rng, config.adversary, temperature=config.temperature),
+        has_aux=True)(params)
+    values = {**values, "cat": values["cat"] + penalty}
+    grads = {**grads, "cat": jax.tree.map(jnp.add, grads["cat"], grad)}
+    return grads, values, {**pg_metrics, **{f"adversary/{k}": v for k, v in seen.items()}}
+
+  return penalised
+
+
 def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
                      config: StepConfig, combination: str = "weighted",
                      constrain_batch: Callable[[Batch], Batch] | None = None):
@@ -412,6 +446,10 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       policy["flags"] = oversight.flags.reshape(batch_size, -1)
       policy["review"] = overseer_lib.review_targets(task, prows, oversight)
     gradients = _gradient_fn(model, config)
+    if config.adversary is not None:
+      gradients = _with_adversary(gradients, model, config,
+                                  model_player.answer_prompts(task, batch.questions),
+                                  jax.random.fold_in(rng, _ADVERSARY_STREAM))
     if num_updates == 1:
       grads, values, pg_metrics = gradients(state.params, policy, drows)
       params, opt_state = _apply(tx, state.params, state.opt_state, grads, values)
@@ -460,7 +498,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     metrics = {
         **debate.metrics(game, transcript, config.debate.t_max),
         **{f"loss/{k}": v for k, v in values.items()},
-        **{f"pg/{k}": v for k, v in pg_metrics.items()},
+        **{k if k.startswith("adversary/") else f"pg/{k}": v for k, v in pg_metrics.items()},
         **combine.metrics(opt_state),
         "curriculum/level": state.curriculum.level,
         "curriculum/agreement": agreement,

@@ -203,6 +203,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.curriculum.min_steps = 5 if runlocal else 20
   c.curriculum.steps_per_level = 200
 
+  # Relaxed adversarial training (amp_debate.safety.adversary): with weight > 0 every update runs
+  # an adversary from the embeddings of the step's ANSWER prompts, num_steps projected gradient
+  # steps (each step_size x the radius) in a per-token norm ball ("l2" | "linf") of radius
+  # radius x M's RMS token-embedding norm, and adds weight x M's mean probability of arguing
+  # EXPLOIT at the points found to the catastrophe loss (experiments/results/adversary.md).
+  c.safety.adversary = ml_collections.ConfigDict()
+  c.safety.adversary.weight = 0.0  # 0: no adversary
+  c.safety.adversary.radius = 0.5
+  c.safety.adversary.num_steps = 5
+  c.safety.adversary.step_size = 0.5
+  c.safety.adversary.norm = "l2"
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: every device not used by fsdp
   c.mesh.fsdp = 1
