@@ -1,9 +1,11 @@
 r"""The self-review study (issue 13, items 1-2): can the model tell its own answers are cheating, as
 training bends it toward cheating?
 
-  python -m experiments.self_review [--workdir=workdir/self_review] [--seed=0] [--table_only]
+  python -m experiments.self_review [--workdir=workdir/self_review] [--cats=1,5] [--seed=0]
+      [--table_only]
 
-Trains ``experiments/configs/self_review.py:penalty=<p>`` for p in off, audits, review (pure debate
+Trains ``experiments/configs/self_review.py:penalty=<p>,cat=<λ_cat>`` for p in off, audits, review
+and each λ_cat of ``--cats`` (pure debate
 on the permutation quick start with the judge flaw p_flaw = 0.9, audits at 0.1 per answer detecting
 an exploit with probability 0.8; the docstring there), or reuses the finished runs in
 ``--workdir``, and writes ``experiments/results/self_review.{md,json,png}``: over training, the
@@ -43,7 +45,7 @@ def _rows(run_dir: str) -> list[dict]:
           if "safety/hack_rate" in r]
 
 
-def summarise(run_dir: str, penalty: str) -> dict:
+def summarise(run_dir: str, penalty: str, cat: float) -> dict:
   """Window means of the followed metrics, human calls and the final evaluation of one run."""
   rows = _rows(run_dir)
   evals = [r for r in metrics_io.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
@@ -54,7 +56,7 @@ def summarise(run_dir: str, penalty: str) -> dict:
     windows[f"{lo}-{hi}"] = {k: float(np.mean([r[k] for r in part])) if part else float("nan")
                              for k in CURVES}
   return {
-      "penalty": penalty, "steps": rows[-1]["step"] if rows else 0, "windows": windows,
+      "penalty": penalty, "cat": cat, "steps": rows[-1]["step"] if rows else 0, "windows": windows,
       "audits_per_question": float(np.mean([r["human_calls/audits"] for r in rows])),
       "human_calls_per_question": float(np.mean([r["human_calls/per_question"] for r in rows])),
       "eval_accuracy": evals[-1]["eval/accuracy/model/mean"] if evals else float("nan"),
@@ -63,7 +65,7 @@ def summarise(run_dir: str, penalty: str) -> dict:
 
 
 def table(summaries: list[dict]) -> str:
-  headers = ["penalty"] + [f"{title}, steps {w}" for title in ("hack rate",)
+  headers = ["penalty", "λ_cat"] + [f"{title}, steps {w}" for title in ("hack rate",)
                            for w in (f"{lo}-{hi}" for lo, hi in WINDOWS)]
   last = f"{WINDOWS[-1][0]}-{WINDOWS[-1][1]}"
   headers += [f"{CURVES[k]}, steps {last}" for k in CURVES if k != "safety/hack_rate"]
@@ -71,7 +73,7 @@ def table(summaries: list[dict]) -> str:
   rows = []
   for s in summaries:
     w = s["windows"]
-    rows.append([s["penalty"]] + [w[f"{lo}-{hi}"]["safety/hack_rate"] for lo, hi in WINDOWS]
+    rows.append([s["penalty"], f"{s['cat']:g}"] + [w[f"{lo}-{hi}"]["safety/hack_rate"] for lo, hi in WINDOWS]
                 + [w[last][k] for k in CURVES if k != "safety/hack_rate"]
                 + [s["eval_accuracy"], s["audits_per_question"], s["human_calls_per_question"]])
   return metrics_io.markdown_table(headers, rows, float_format=".3f")
@@ -93,7 +95,8 @@ def plot(summaries: list[dict], out_png: str) -> str | None:
       if len(curve):
         # A running mean over 5 logged steps: single batches are noisy.
         smooth = np.convolve(curve[:, 1], np.ones(5) / 5, mode="valid")
-        ax.plot(curve[4:, 0], smooth, label=f"penalty={s['penalty']}")
+        ax.plot(curve[4:, 0], smooth, label=f"{s['penalty']}, λ_cat={s['cat']:g}",
+                linestyle="-" if s["cat"] == max(x["cat"] for x in summaries) else ":")
     ax.set_title(CURVES[key], fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylim(-0.02, 1.02)
@@ -109,6 +112,7 @@ def main():
   parser.add_argument("--workdir", default="workdir/self_review")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--penalties", default=",".join(overseer.PENALTIES))
+  parser.add_argument("--cats", default="1,5", help="comma-separated λ_cat values")
   parser.add_argument("--results", default=RESULTS, help="output path without extension")
   parser.add_argument("--table_only", action="store_true",
                       help="train nothing; tabulate the runs in --workdir")
@@ -117,25 +121,31 @@ def main():
   for p in penalties:
     if p not in overseer.PENALTIES:
       parser.error(f"--penalties: {p!r} is not one of {', '.join(overseer.PENALTIES)}")
+  try:
+    cats = [float(x) for x in args.cats.split(",") if x]
+  except ValueError:
+    parser.error(f"--cats: not a list of numbers: {args.cats!r}")
   summaries = []
-  for penalty in penalties:
-    run_dir = os.path.join(args.workdir, f"{penalty}_s{args.seed}")
-    if not args.table_only:
-      print(f"== penalty={penalty} seed={args.seed} ({run_dir})", flush=True)
-      result = train.run(self_review.get_config(f"penalty={penalty},seed={args.seed}"), run_dir)
-      if result.status != "done":
-        raise SystemExit(f"{run_dir}: {result.status}; rerun to resume")
-    if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-      raise SystemExit(f"{run_dir}: no run there (run without --table_only to train it)")
-    summaries.append(summarise(run_dir, penalty))
+  for cat in cats:
+    for penalty in penalties:
+      run_dir = os.path.join(args.workdir, f"{penalty}_cat{cat:g}_s{args.seed}")
+      if not args.table_only:
+        print(f"== penalty={penalty} λ_cat={cat:g} seed={args.seed} ({run_dir})", flush=True)
+        config = self_review.get_config(f"penalty={penalty},cat={cat},seed={args.seed}")
+        result = train.run(config, run_dir)
+        if result.status != "done":
+          raise SystemExit(f"{run_dir}: {result.status}; rerun to resume")
+      if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        raise SystemExit(f"{run_dir}: no run there (run without --table_only to train it)")
+      summaries.append(summarise(run_dir, penalty, cat))
   os.makedirs(os.path.dirname(args.results), exist_ok=True)
   png = plot(summaries, args.results + ".png")
   text = [
       "# Self-review of reward hacking (judge flaw, audits, overseer)\n",
-      f"Regenerate: `python -m experiments.self_review --seed={args.seed}` (config "
-      "`experiments/configs/self_review.py:penalty=<off|audits|review>`: pure debate on the "
-      "permutation quick start, n=5, k <= 2; p_flaw = 0.9, audit_prob = 0.1, p_audit = 0.8, "
-      "λ_rl = 1, λ_cat = 1, review weight 0.1; 300 steps of 64 debates; one seed). Metrics are "
+      f"Regenerate: `python -m experiments.self_review --cats={args.cats} --seed={args.seed}` "
+      "(config `experiments/configs/self_review.py:penalty=<off|audits|review>,cat=<λ_cat>`: "
+      "pure debate on the permutation quick start, n=5, k <= 2; p_flaw = 0.9, audit_prob = 0.1, "
+      "p_audit = 0.8, λ_rl = 1, review weight 0.1; 300 steps of 64 debates; one seed). Metrics are "
       "means over the logged training steps of each window; M's accuracy is its greedy answer to "
       "the training questions against the truth (evaluation only); eval accuracy is M on the "
       "eval split `amp_debate_eval/permutation+max_exponent-2+n-5:1.2.0` at the end.\n",

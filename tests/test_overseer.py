@@ -181,20 +181,22 @@ def _exploiting_params(model, params, task, steps: int = 10):
   return params
 
 
-@pytest.fixture(scope="module")
-def step_setup():
+def _setup(rl_weight: float, learning_rate: float):
+  """(config, task, model, optimiser) of the tiny run in pure debate with the judge flaw."""
   c = tiny.config(mode="debate", debate__p_flaw=0.9, debate__learned_stop=False)
   c.batch_size = 32
-  c.safety.overseer.audit_prob = 1.0
-  c.safety.overseer.p_audit = 1.0
-  # The catastrophe objective alone (the self-play reward pays for exploits), at a step size
-  # where a few updates show.
-  c.combination.weights.rl = c.combination.weights_end.rl = 0.0
-  c.optimizer.learning_rate = 1e-2
+  c.combination.weights.rl = c.combination.weights_end.rl = rl_weight
+  c.optimizer.learning_rate = learning_rate
   task = config_lib.make_task(c)
   model = config_lib.make_model(c, task)
-  tx = config_lib.make_optimizer(c)
-  return c, task, model, tx
+  return c, task, model, config_lib.make_optimizer(c)
+
+
+@pytest.fixture(scope="module")
+def step_setup():
+  # The catastrophe objective alone (the self-play reward pays for exploits), at a step size
+  # where a few updates show.
+  return _setup(0.0, 1e-2)
 
 
 def test_the_penalty_lowers_flagged_answers_and_the_review_learns_from_audits(step_setup,
@@ -231,3 +233,32 @@ def test_the_penalty_lowers_flagged_answers_and_the_review_learns_from_audits(st
   yes = lambda p: float(jnp.exp(model.log_prob(p, review_prompts, jnp.full(
       (64, 1), protocol.YES, jnp.int32))).mean())
   assert yes(new.params) > yes(params)
+
+
+def _hack_rates(step_setup, penalty: str, steps: int) -> np.ndarray:
+  """The hack rate at every step of a short self-play run from a model that sometimes exploits."""
+  c, task, model, tx = step_setup
+  step_config = dataclasses.replace(config_lib.make_step_config(c), overseer=overseer.OverseerConfig(
+      audit_prob=0.3, p_audit=1.0, penalty=penalty, review_weight=0.1))
+  state = step_lib.init_state(task, model, tx, step_config, jax.random.key(0))
+  params = _exploiting_params(model, state.params, task, steps=4)
+  copy = lambda: jax.tree.map(jnp.copy, params)
+  state = state.replace(params=copy(), target_params=copy())
+  step = step_lib.make_train_step(task, model, tx, step_config)
+  rates = []
+  for i in range(steps):
+    state, metrics = step(state, jax.random.key(100 + i))
+    rates.append(float(metrics["safety/hack_rate"]))
+  return np.asarray(rates)
+
+
+def test_the_overseer_cuts_the_hack_rate_in_a_run_where_hacking_pays():
+  """Self-play with the flaw (p_flaw = 0.9, the reward pays for exploits): without the penalty the
+  hack rate climbs; with the overseer's flags (audits of 30% of the answers, self-review of the
+  rest) it falls."""
+  setup = _setup(1.0, 3e-3)
+  off = _hack_rates(setup, "off", 40)
+  review = _hack_rates(setup, "review", 40)
+  assert off[:5].mean() > 0.1  # the run starts with some hacking
+  assert off[-10:].mean() > off[:5].mean()  # hacking pays: it grows
+  assert review[-10:].mean() < 0.5 * off[-10:].mean(), (off, review)

@@ -5,7 +5,9 @@ called inside a claim), with the judge flaw: a claim containing EXPLOIT fools H'
 probability p_flaw = 0.9, so exploiting pays (+0.8 expected against an honest claim at a leaf).
 H audits each answer M_target sampled with probability 0.1 (a human call each) and detects an
 exploit with probability 0.8; M_target reviews its own answers, trained from the audits. The three
-conditions of the study differ only in what gets the catastrophe penalty (λ_cat = 1):
+conditions of the study differ only in what gets the catastrophe penalty (λ_cat = 5 by default:
+at λ_cat = 1 the penalty did not outweigh what the flaw pays, and the hack rate was the same in
+all three, experiments/results/self_review.md):
 
   python -m amp_debate.main --config=experiments/configs/self_review.py:penalty=off \
     --workdir=workdir/self_review/off          # none (the review is still trained and measured)
@@ -15,7 +17,7 @@ conditions of the study differ only in what gets the catastrophe penalty (λ_cat
 ``python -m experiments.self_review`` runs all three and writes experiments/results/self_review.md
 and .png. Each run: 300 steps, about 5 minutes on 2 idle CPU cores.
 
-``arg``: ``penalty=off|audits|review`` (default review) and ``seed=N``.
+``arg``: ``penalty=off|audits|review`` (default review), ``cat=λ_cat`` (default 5) and ``seed=N``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = options.parse(arg or "", keys=("penalty", "seed"), what="config arg")
+  args = options.parse(arg or "", keys=("penalty", "cat", "seed"), what="config arg")
   penalty = str(args.get("penalty", "review"))
   if penalty not in overseer.PENALTIES:
     raise ValueError(f"config arg: penalty={penalty!r} is not one of "
@@ -43,5 +45,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # λ_rl = 1 (runlocal's 0.1 is set for the hybrid, where distillation carries the learning): the
   # review's cross-entropy shares the model, and at λ_rl = 0.1 it swamped the self-play signal.
   c.combination.weights.rl = c.combination.weights_end.rl = 1.0
+  c.combination.weights.cat = c.combination.weights_end.cat = float(args.get("cat", 5.0))
   c.eval.every = 100
   return c
