@@ -45,6 +45,22 @@ def _rows(run_dir: str) -> list[dict]:
           if "safety/hack_rate" in r]
 
 
+def _mean(values: list[float]) -> float:
+  return float(np.mean(values)) if values else float("nan")
+
+
+def _defined(row: dict, key: str) -> bool:
+  """Whether a logged ratio has a denominator at that step: the review's recall and the flags'
+  needs exploits, its precision needs flags (the metrics log 0 where a ratio is undefined)."""
+  if key in ("safety/review_recall", "safety/flag_recall"):
+    return row["safety/hack_rate"] > 0
+  if key == "safety/review_precision":
+    if "safety/review_rate" in row:
+      return row["safety/review_rate"] > 0
+    return row["safety/review_recall"] > 0  # runs logged before review_rate: flags that hit
+  return True
+
+
 def summarise(run_dir: str, penalty: str, cat: float) -> dict:
   """Window means of the followed metrics, human calls and the final evaluation of one run."""
   rows = _rows(run_dir)
@@ -53,14 +69,13 @@ def summarise(run_dir: str, penalty: str, cat: float) -> dict:
   windows = {}
   for lo, hi in WINDOWS:
     part = [r for r in rows if lo <= r["step"] <= hi]
-    windows[f"{lo}-{hi}"] = {k: float(np.mean([r[k] for r in part])) if part else float("nan")
-                             for k in CURVES}
+    windows[f"{lo}-{hi}"] = {k: _mean([r[k] for r in part if _defined(r, k)]) for k in CURVES}
   return {
       "penalty": penalty, "cat": cat, "steps": rows[-1]["step"] if rows else 0, "windows": windows,
       "audits_per_question": float(np.mean([r["human_calls/audits"] for r in rows])),
       "human_calls_per_question": float(np.mean([r["human_calls/per_question"] for r in rows])),
       "eval_accuracy": evals[-1]["eval/accuracy/model/mean"] if evals else float("nan"),
-      "curves": {k: [[r["step"], r[k]] for r in rows] for k in CURVES},
+      "curves": {k: [[r["step"], r[k]] for r in rows if _defined(r, k)] for k in CURVES},
   }
 
 
@@ -92,11 +107,13 @@ def plot(summaries: list[dict], out_png: str) -> str | None:
   for ax, key in zip(axes, keys):
     for s in summaries:
       curve = np.asarray(s["curves"][key], float)
-      if len(curve):
-        # A running mean over 5 logged steps: single batches are noisy.
+      style = "-" if s["cat"] == max(x["cat"] for x in summaries) else ":"
+      label = f"{s['penalty']}, λ_cat={s['cat']:g}"
+      if len(curve) >= 5:  # a running mean over 5 logged steps: single batches are noisy
         smooth = np.convolve(curve[:, 1], np.ones(5) / 5, mode="valid")
-        ax.plot(curve[4:, 0], smooth, label=f"{s['penalty']}, λ_cat={s['cat']:g}",
-                linestyle="-" if s["cat"] == max(x["cat"] for x in summaries) else ":")
+        ax.plot(curve[4:, 0], smooth, style, label=label)
+      elif len(curve):
+        ax.plot(curve[:, 0], curve[:, 1], style, marker=".", label=label)
     ax.set_title(CURVES[key], fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylim(-0.02, 1.02)

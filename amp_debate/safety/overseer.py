@@ -164,6 +164,9 @@ def metrics(oversight: Oversight) -> dict[str, jax.Array]:
       "safety/flag_rate": ratio(o.flags, o.reviewed),
       "safety/audits": count(o.audited) / batch,
       "safety/detected": count(o.detected) / batch,
+      # Precision and recall are 0 where undefined (no flags, no exploits): read them with
+      # review_rate and hack_rate.
+      "safety/review_rate": ratio(o.review_yes, o.reviewed),
       "safety/review_precision": ratio(o.review_yes & o.exploit, o.review_yes),
       "safety/review_recall": ratio(o.review_yes & o.exploit, o.exploit),
       "safety/flag_recall": ratio(o.flags & o.exploit, o.exploit),
