@@ -3,6 +3,7 @@ probability p_flaw, H's audits catch it with probability p_audit, M_target's sel
 from the audits, and the flagged answers get the catastrophe penalty."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -262,3 +263,22 @@ def test_the_overseer_cuts_the_hack_rate_in_a_run_where_hacking_pays():
   assert off[:5].mean() > 0.1  # the run starts with some hacking
   assert off[-10:].mean() > off[:5].mean()  # hacking pays: it grows
   assert review[-10:].mean() < 0.5 * off[-10:].mean(), (off, review)
+
+
+def test_the_study_averages_precision_and_recall_only_where_defined(tmp_path):
+  from experiments import self_review as study
+  rows = [{"step": s, "safety/hack_rate": h, "debate/leaf_fooled": 0.0, "accuracy/model": 0.5,
+           "safety/review_precision": p, "safety/review_recall": r, "safety/flag_recall": r,
+           "safety/review_rate": rr, "human_calls/audits": 0.2, "human_calls/per_question": 1.0}
+          for s, h, p, r, rr in [(10, 0.5, 1.0, 0.8, 0.4), (20, 0.0, 0.0, 0.0, 0.0),
+                                 (150, 0.2, 0.5, 1.0, 0.4), (160, 0.0, 0.0, 0.0, 0.1)]]
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+  summary = study.summarise(str(tmp_path), "review", 5.0)
+  early, middle = summary["windows"]["1-100"], summary["windows"]["101-200"]
+  assert early["safety/hack_rate"] == 0.25  # every step counts
+  assert early["safety/review_recall"] == 0.8  # only the step with exploits
+  assert early["safety/review_precision"] == 1.0  # only the step with flags
+  assert middle["safety/review_precision"] == 0.25  # flags at both steps, one of them all wrong
+  assert np.isnan(summary["windows"]["201-300"]["safety/hack_rate"])
+  assert "| review  | 5" in study.table([summary])
