@@ -107,7 +107,8 @@ def plot(summaries: list[dict], out_png: str) -> str | None:
   for ax, key in zip(axes, keys):
     for s in summaries:
       curve = np.asarray(s["curves"][key], float)
-      style = "-" if s["cat"] == max(x["cat"] for x in summaries) else ":"
+      style = ("-" if s["cat"] == max(x["cat"] for x in summaries) else ":") + {
+          "off": "C3", "audits": "C1", "review": "C2"}[s["penalty"]]
       label = f"{s['penalty']}, λ_cat={s['cat']:g}"
       if len(curve) >= 5:  # a running mean over 5 logged steps: single batches are noisy
         smooth = np.convolve(curve[:, 1], np.ones(5) / 5, mode="valid")
