@@ -49,6 +49,7 @@ from amp_debate.procedure import (combine, credit, curriculum, debate, losses, m
                                   packing, protocol, target)
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
+from amp_debate.safety import kl_budget
 from amp_debate.tasks.base import Batch, Task
 from amp_debate.tasks.tokenizer import SEP
 
@@ -426,6 +427,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         **{f"loss/{k}": v for k, v in values.items()},
         **{f"pg/{k}": v for k, v in pg_metrics.items()},
         **combine.metrics(opt_state),
+        **kl_budget.metrics(opt_state),  # {} unless the optimiser holds a KL budget
         "curriculum/level": state.curriculum.level,
         "curriculum/agreement": agreement,
         # Evaluation only (ground truth never feeds the update):

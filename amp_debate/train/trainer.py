@@ -39,6 +39,7 @@ from amp_debate.data import eval_sets
 from amp_debate.procedure import debate, players
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
+from amp_debate.safety import kl_budget
 from amp_debate.train import checkpoint as checkpoint_lib
 from amp_debate.train import config_lib, metrics_io, sharding
 from amp_debate.train import step as step_lib
@@ -391,6 +392,67 @@ def load_state(workdir: str, step: int | None = None):
   return restored["state"], config, step
 
 
+def load_params(spec: str, config: ml_collections.ConfigDict, field: str, abstract_params: Any):
+  """The parameters of the checkpoint ``spec`` ("workdir[:step]", the latest step if none), which
+  must be of ``config``'s task (and task options) and match ``abstract_params`` (shapes, dtypes).
+
+  Raises config_lib.ConfigError, one line naming the config ``field``, when there is no such run
+  or step, or the checkpoint belongs to another task or model.
+  """
+  workdir, step = config_lib.checkpoint_spec(spec)
+  where = f"config.{field}={spec!r}"
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise config_lib.ConfigError(f"{where}: no run there ({os.path.join(workdir, 'checkpoints')} "
+                                 f"does not exist)")
+  try:
+    state, saved, _ = load_state(workdir, step)
+  except checkpoint_lib.CheckpointError as e:
+    raise config_lib.ConfigError(f"{where}: {e}") from None
+  except (AttributeError, KeyError, ValueError) as e:  # a config this code cannot build
+    raise config_lib.ConfigError(f"{where}: cannot rebuild its run from its config "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+  theirs = (saved.task, dict(saved.task_options))
+  ours = (config.task, dict(config.task_options))
+  if theirs != ours:
+    raise config_lib.ConfigError(f"{where}: a checkpoint of task {theirs[0]} {theirs[1]}, not "
+                                 f"this run's {ours[0]} {ours[1]}")
+  name = lambda path: jax.tree_util.keystr(path)
+  have = {name(p): x for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  want = {name(p): x for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  for key in sorted(have.keys() | want.keys()):
+    if key not in have or key not in want:
+      raise config_lib.ConfigError(f"{where}: another model (parameter {key} is only in "
+                                   f"{'its' if key in have else 'this run'}'s model)")
+    a, b = have[key], want[key]
+    if (tuple(a.shape), a.dtype) != (tuple(b.shape), b.dtype):
+      raise config_lib.ConfigError(f"{where}: another model (parameter {key} is "
+                                   f"{a.dtype}{list(a.shape)} there, {b.dtype}{list(b.shape)} "
+                                   f"here)")
+  return state.params
+
+
+def _start_from(config: ml_collections.ConfigDict, state: step_lib.TrainState,
+                shardings: Any) -> step_lib.TrainState:
+  """A fresh state with M and M_target from ``config.init_from`` and the KL budget's anchor from
+  ``config.safety.kl_budget.reference`` (each loaded, checked and sharded like the params; the
+  state as is when neither is set). On resume both come back with the checkpoint instead."""
+  init_from = config.init_from
+  reference = config.safety.kl_budget.reference if config_lib.kl_budget_on(config) else ""
+  loaded = {}
+  for field, spec in (("init_from", init_from), ("safety.kl_budget.reference", reference)):
+    if spec and spec not in loaded:
+      params = load_params(spec, config, field, state.params)
+      loaded[spec] = jax.device_put(params, shardings.params)
+  if init_from:
+    params = loaded[init_from]
+    state = state.replace(params=params, target_params=jax.tree.map(jnp.copy, params))
+  if reference:
+    # A copy: the step donates the state, and one buffer cannot be donated twice.
+    anchor = jax.tree.map(jnp.copy, loaded[reference])
+    state = state.replace(opt_state=kl_budget.set_anchor(state.opt_state, anchor))
+  return state
+
+
 class _TrainClock:
   """Seconds since ``start`` minus the time spent inside ``paused()`` blocks (0 before start)."""
 
@@ -463,6 +525,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       print(f"Resumed from step {latest} ({os.path.join(workdir, 'checkpoints')}).", flush=True)
     else:
       state = sharding.init_sharded_state(init_fn, mesh, shardings, init_rng)
+      state = _start_from(config, state, shardings)
       if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
           json.dump(config_json, f, indent=2, sort_keys=True)
