@@ -411,8 +411,8 @@ def load_params(spec: str, config: ml_collections.ConfigDict, field: str, abstra
   except (AttributeError, KeyError, ValueError) as e:  # a config this code cannot build
     raise config_lib.ConfigError(f"{where}: cannot rebuild its run from its config "
                                  f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-  theirs = (saved.task, dict(saved.task_options))
-  ours = (config.task, dict(config.task_options))
+  theirs = (saved.task, dict(sorted(saved.task_options.items())))
+  ours = (config.task, dict(sorted(config.task_options.items())))
   if theirs != ours:
     raise config_lib.ConfigError(f"{where}: a checkpoint of task {theirs[0]} {theirs[1]}, not "
                                  f"this run's {ours[0]} {ours[1]}")
@@ -431,25 +431,33 @@ def load_params(spec: str, config: ml_collections.ConfigDict, field: str, abstra
   return state.params
 
 
-def _start_from(config: ml_collections.ConfigDict, state: step_lib.TrainState,
+def starting_params(config: ml_collections.ConfigDict, abstract_params: Any) -> dict[str, Any]:
+  """The parameters a fresh run starts from, loaded and checked (``load_params``) before anything
+  compiles: {"params": M's and M_target's, from ``config.init_from``; "anchor": the KL budget's
+  π_safe, from ``config.safety.kl_budget.reference``}, each present only when its field is set
+  (a checkpoint named by both is loaded once)."""
+  fields = {"params": ("init_from", config.init_from),
+            "anchor": ("safety.kl_budget.reference",
+                       config.safety.kl_budget.reference if config_lib.kl_budget_on(config) else "")}
+  loaded, out = {}, {}
+  for role, (field, spec) in fields.items():
+    if spec:
+      if spec not in loaded:
+        loaded[spec] = load_params(spec, config, field, abstract_params)
+      out[role] = loaded[spec]
+  return out
+
+
+def _start_from(state: step_lib.TrainState, start: Mapping[str, Any],
                 shardings: Any) -> step_lib.TrainState:
-  """A fresh state with M and M_target from ``config.init_from`` and the KL budget's anchor from
-  ``config.safety.kl_budget.reference`` (each loaded, checked and sharded like the params; the
-  state as is when neither is set). On resume both come back with the checkpoint instead."""
-  init_from = config.init_from
-  reference = config.safety.kl_budget.reference if config_lib.kl_budget_on(config) else ""
-  loaded = {}
-  for field, spec in (("init_from", init_from), ("safety.kl_budget.reference", reference)):
-    if spec and spec not in loaded:
-      params = load_params(spec, config, field, state.params)
-      loaded[spec] = jax.device_put(params, shardings.params)
-  if init_from:
-    params = loaded[init_from]
-    state = state.replace(params=params, target_params=jax.tree.map(jnp.copy, params))
-  if reference:
-    # A copy: the step donates the state, and one buffer cannot be donated twice.
-    anchor = jax.tree.map(jnp.copy, loaded[reference])
-    state = state.replace(opt_state=kl_budget.set_anchor(state.opt_state, anchor))
+  """A fresh state with M and M_target set to ``start["params"]`` and the KL budget's anchor to
+  ``start["anchor"]`` where given (``starting_params``), each sharded like the params. Each gets
+  its own copy: the step donates the state, and one buffer cannot be donated twice."""
+  put = lambda params: jax.tree.map(jnp.copy, jax.device_put(params, shardings.params))
+  if "params" in start:
+    state = state.replace(params=put(start["params"]), target_params=put(start["params"]))
+  if "anchor" in start:
+    state = state.replace(opt_state=kl_budget.set_anchor(state.opt_state, put(start["anchor"])))
   return state
 
 
@@ -524,8 +532,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       state, step_rng_root = restored["state"], restored["rng"]
       print(f"Resumed from step {latest} ({os.path.join(workdir, 'checkpoints')}).", flush=True)
     else:
+      start = starting_params(config, abstract.params)  # refuses a bad checkpoint before compiling
       state = sharding.init_sharded_state(init_fn, mesh, shardings, init_rng)
-      state = _start_from(config, state, shardings)
+      state = _start_from(state, start, shardings)
       if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
           json.dump(config_json, f, indent=2, sort_keys=True)
