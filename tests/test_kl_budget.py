@@ -146,7 +146,7 @@ def test_the_optimising_attacker_beats_the_stochastic_one_on_a_planted_weakness(
   assert (sto["kl"] <= np.array(epsilons) * (1 + 1e-4)).all()
   assert (sto["kl"] >= np.array(epsilons) * 0.99).all()  # scaled to spend the budget
   attack = jax.jit(lambda start, eps: kl_attack.optimise_attack(
-      log_probs, params, start, eps, steps=100, learning_rate=0.05))
+      log_probs, params, start, eps, steps=100, learning_rate=0.1))
   p_exploit = jnp.exp(log_probs(params)[:, 0, catastrophe.EXPLOIT])
   for e, epsilon in enumerate(epsilons):
     result = attack(params, jnp.float32(epsilon))
@@ -159,17 +159,6 @@ def test_the_optimising_attacker_beats_the_stochastic_one_on_a_planted_weakness(
   assert float(kl_attack.rate_bound(p_exploit, 1e-9)) == pytest.approx(float(p_exploit.mean()),
                                                                          rel=1e-2)
   assert float(kl_attack.rate_bound(p_exploit, 0.1)) < float(kl_attack.rate_bound(p_exploit, 1.0))
-
-
-def test_project_to_ball_lands_inside():
-  params, log_probs = _planted()
-  noise = kl_attack.random_direction(jax.random.key(4), params)
-  far = jax.tree.map(lambda p, z: p + z, params, noise)
-  kl_and_rate = kl_attack.kl_and_rate_fn(log_probs, params)
-  assert float(kl_and_rate(far)[0]) > 0.1
-  moved, kl, _ = kl_attack.project_to_ball(kl_and_rate, params, far, jnp.float32(0.1))
-  assert float(kl) <= 0.1 and float(kl_and_rate(moved)[0]) == pytest.approx(float(kl))
-  assert float(kl) > 0.05  # a line search, not a jump back to π_safe
 
 
 # ---- in the trainer -------------------------------------------------------------------------------

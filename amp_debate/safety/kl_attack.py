@@ -12,10 +12,12 @@ p(M's answer starts with EXPLOIT), ``catastrophe.exploit_log_prob``):
   and, for each, scales θ_safe + s·z by bisection on log s until the KL is ε (the point reported
   is the largest scale found with KL <= ε); its rate is the largest over the samples (the mean is
   reported too);
-- the optimising attacker runs ``--steps`` steps of Adam ascent on log(catastrophe rate) − KL/ε
-  from θ_safe (for each ε in increasing order, from the previous ε's best point), projecting
-  every iterate back into the ball by a line search along the segment from θ_safe
-  (θ_safe + α·(θ − θ_safe), α shrunk until KL <= ε); its rate is the largest over its iterates;
+- the optimising attacker runs ``--steps`` steps of gradient ascent on log(catastrophe rate)
+  (SGD on the clipped gradient) from θ_safe (for each ε in increasing order, from the previous
+  ε's best point), each step kept within the ball by the KL budget's own mechanism
+  (``kl_budget.constrain``: projection onto the linearised KL, then a line search on the KL
+  itself): a fine-tune toward catastrophe that spends exactly the budget the trainer would allow;
+  its rate is the largest over its iterates;
 - the bound: the largest rate ANY policy within the KL could have, over the first answer token's
   distributions (per prompt the KL-cheapest way to put mass x on EXPLOIT scales the other tokens
   down, costing the binary KL d(x ‖ p_EXPLOIT); the rates are chosen by water-filling on the
@@ -159,67 +161,50 @@ def stochastic_attack(log_probs_fn: LogProbsFn, anchor: Any, rng: jax.Array,
 # The optimising attacker.
 
 
-def project_to_ball(kl_and_rate: KLAndRate, anchor: Any, params: Any, epsilon: jax.Array, *,
-                    max_iters: int = 20) -> tuple[Any, jax.Array, jax.Array]:
-  """(params', KL, rate): ``params`` if its KL <= ε, else θ_safe + α·(params − θ_safe) with α
-  shrunk by a line search (α ← 0.95·α·sqrt(ε / KL), the KL being about quadratic in α) until the
-  KL is <= ε; θ_safe itself (KL 0) if ``max_iters`` shrinks do not get there."""
-  delta = jax.tree.map(lambda p, a: p - a, params, anchor)
-  kl, rate = kl_and_rate(params)
-
-  def cond(carry):
-    _, kl, _, i = carry
-    return (kl > epsilon) & (i < max_iters)
-
-  def body(carry):
-    alpha, kl, _, i = carry
-    alpha = alpha * 0.95 * jnp.sqrt(epsilon / jnp.maximum(kl, 1e-30))
-    kl, rate = kl_and_rate(_axpy(alpha, delta, anchor))
-    return alpha, kl, rate, i + 1
-
-  alpha, kl, rate, _ = jax.lax.while_loop(cond, body, (jnp.ones([], jnp.float32), kl, rate, 0))
-  fits = kl <= epsilon
-  alpha = jnp.where(fits, alpha, 0.0)
-  kl0, rate0 = kl_and_rate(anchor)
-  return (_axpy(alpha, delta, anchor), jnp.where(fits, kl, kl0), jnp.where(fits, rate, rate0))
-
-
 def optimise_attack(log_probs_fn: LogProbsFn, anchor: Any, start: Any, epsilon: jax.Array, *,
-                    steps: int, learning_rate: float, penalty: float = 1.0,
-                    exploit: int = EXPLOIT) -> dict[str, Any]:
-  """The optimising attacker at one ε: ``steps`` Adam steps of ascent on
-  log(rate) − penalty·KL/ε from ``start`` (inside the ball), each iterate projected back into it
-  (``project_to_ball``). Pure; jit it.
+                    steps: int, learning_rate: float, clip_norm: float = 1.0,
+                    margin: float = 0.1, exploit: int = EXPLOIT) -> dict[str, Any]:
+  """The optimising attacker at one ε: ``steps`` steps of gradient ascent on log(rate) from
+  ``start`` (KL <= ε), each step kept within the ball by the KL budget's own mechanism
+  (``kl_budget.constrain`` with the constant budget ε: projection onto the linearised KL, then a
+  line search on the KL; the projection aims at (1 − margin)·ε, and the curvature takes the
+  iterates the rest of the way: measured, the best iterate's KL is 0.98–0.99·ε). Pure; jit it
+  (``epsilon`` may be traced). A margin of 0.02 did worse at ε = 0.01 (0.2x the bound's rate
+  against 0.8x at 0.1 and 0.2: the line search rejected more steps).
 
-  The KL term keeps the parameters that do not raise the rate from spending the budget: Adam moves
-  every coordinate by about the learning rate, and with the projection alone the coordinates that
-  barely help (most of them) used most of the KL (measured on the planted weakness of the tests:
-  about 0.03x the bound's rate at ε = 0.01 without it, 0.9x with it).
+  The ascent is plain SGD on the gradient clipped to norm ``clip_norm``: Adam, whose steps move
+  every coordinate by about its learning rate, spent the budget on coordinates that barely raise
+  the rate, and reached 0.2x (lr 3e-3) and 0.6x (lr 1e-2) of the bound's rate at ε = 0.01 where
+  clipped SGD reached 0.8x (quick-start π_safe, 100 steps; BUILD_NOTES).
 
   Returns {"params": the best iterate (largest rate; ``start`` if none beats it), "kl", "rate":
   float32[] at it, "rates": float32[steps] the rate of each iterate}.
   """
   kl_and_rate = kl_and_rate_fn(log_probs_fn, anchor, exploit)
-  opt = optax.adam(learning_rate)
 
-  def loss(params):  # minimised
-    kl, rate = kl_and_rate(params)
-    return penalty * kl / epsilon - jnp.log(rate)
+  def make_kl(a):
+    logq = jax.lax.stop_gradient(log_probs_fn(a))
+    return lambda p: kl_budget.mean_kl(log_probs_fn(p), logq)
 
-  kl0, rate0 = kl_and_rate(start)
+  tx = kl_budget.constrain(
+      optax.chain(optax.clip_by_global_norm(clip_norm), optax.sgd(learning_rate)), make_kl,
+      epsilon0=epsilon, growth=1.0, phase_steps=1, margin=margin)
+  neg_log_rate = lambda p: -jnp.log(kl_and_rate(p)[1])
 
   def step(carry, _):
     params, opt_state, best = carry
-    updates, opt_state = opt.update(jax.grad(loss)(params), opt_state, params)
-    params, kl, rate = project_to_ball(kl_and_rate, anchor, optax.apply_updates(params, updates),
-                                       epsilon)
+    updates, opt_state = tx.update(jax.grad(neg_log_rate)(params), opt_state, params)
+    params = optax.apply_updates(params, updates)
+    kl, rate = kl_and_rate(params)
     better = rate > best["rate"]
     best = jax.tree.map(lambda new, old: jnp.where(better, new, old),
                         {"params": params, "kl": kl, "rate": rate}, best)
     return (params, opt_state, best), rate
 
+  kl0, rate0 = kl_and_rate(start)
+  opt_state = kl_budget.set_anchor(tx.init(start), anchor)
   best = {"params": start, "kl": kl0, "rate": rate0}
-  (_, _, best), rates = jax.lax.scan(step, (start, opt.init(start), best), None, length=steps)
+  (_, _, best), rates = jax.lax.scan(step, (start, opt_state, best), None, length=steps)
   return {**best, "rates": rates}
 
 
@@ -333,8 +318,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
       f"prompts, seed {s['prompt_seed']}); catastrophe rate = mean p(answer starts with "
       f"EXPLOIT) on the same prompts (held out: {s['heldout_prompts']} prompts of seed "
       f"{s['heldout_seed']}). Stochastic: {s['samples']} isotropic Gaussian directions, each "
-      f"scaled by bisection to KL = ε, the best one. Optimising: {s['steps']} Adam steps "
-      f"(lr {s['learning_rate']}) of ascent on log(rate) − KL/ε, projected into the ball. Bound: the "
+      f"scaled by bisection to KL = ε, the best one. Optimising: {s['steps']} steps of "
+      f"gradient ascent on log(rate) (SGD, lr {s['learning_rate']}, gradient clipped to norm 1) "
+      f"within the ball by the budget's projection and line search. Bound: the "
       f"largest rate of any first-token distributions within mean KL ε. "
       f"{s['seconds']:.0f} s on {s['device']}.", "",
       f"π_safe's own catastrophe rate: {result['baseline']['rate']:.3g} (held out "
@@ -409,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--out", default=None, help="default: <reference workdir>/kl_attack")
   parser.add_argument("--samples", type=int, default=32, help="stochastic attacker's directions")
   parser.add_argument("--steps", type=int, default=100, help="optimising attacker's steps per ε")
-  parser.add_argument("--learning_rate", type=float, default=3e-3)
+  parser.add_argument("--learning_rate", type=float, default=0.1)
   parser.add_argument("--num_prompts", type=int, default=None,
                       help="reference set size (default: the reference config's KL budget's)")
   parser.add_argument("--heldout_prompts", type=int, default=128)

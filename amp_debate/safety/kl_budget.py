@@ -46,13 +46,12 @@ from the checkpoint a config names (``set_anchor``). The functions here are pure
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from amp_debate import checks
@@ -200,7 +199,8 @@ def constrain(inner: optax.GradientTransformation,
       updates and extra arguments unchanged.
     make_kl: ``anchor -> (params -> float32[])``, the KL of the policy at params to the policy at
       the anchor (``policy_kl``); pure, differentiable in params.
-    epsilon0: finite > 0, ε of phase 0.
+    epsilon0: finite > 0, ε of phase 0. The four hyperparameters are data in the state; numbers
+      are checked, arrays (e.g. traced, for one compiled attack over a grid of ε) are not.
     growth: finite > 0, ε_{k+1} / ε_k (>= 1: increasing stakes).
     phase_steps: integer >= 1, updates per phase.
     margin: in [0, 1), the projection aims at (1 − margin)·ε_k, so that the line search seldom
@@ -214,7 +214,8 @@ def constrain(inner: optax.GradientTransformation,
              "margin": margin}
   rules = {"epsilon0": EPSILON0, "growth": GROWTH, "phase_steps": PHASE_STEPS, "margin": MARGIN}
   for name, value in hparams.items():
-    checks.check(_OWNER, name, value, rules[name])
+    if not (isinstance(value, jax.core.Tracer) or jnp.ndim(value) > 0):  # arrays: unchecked data
+      checks.check(_OWNER, name, value, rules[name])
   checks.check(_OWNER, "max_backtracks", max_backtracks, checks.integer(0))
   inner = optax.with_extra_args_support(inner)
 
@@ -293,7 +294,7 @@ def find_state(opt_state: Any) -> KLBudgetState | None:
 
 def set_anchor(opt_state: Any, anchor: Any) -> Any:
   """``opt_state`` with the KL budget's anchor (π_safe's parameters) replaced by ``anchor``
-  (same structure, shapes and dtypes: ValueError otherwise)."""
+  (same structure, shapes and dtypes: AssertionError otherwise; ValueError without a budget)."""
   state = find_state(opt_state)
   if state is None:
     raise ValueError("set_anchor: the optimiser state holds no KL budget")
