@@ -93,7 +93,7 @@ def _checkpoint_spec(value):
   if not isinstance(value, str):
     return f"must be '' or a run's workdir[:step], got {value!r}"
   tail = value.rpartition(":")[2] if ":" in value else None
-  if tail is not None and (tail == "" or tail.lstrip("-").isdigit() and not tail.isdigit()):
+  if tail is not None and (tail == "" or (tail.lstrip("-").isdigit() and not tail.isdigit())):
     return f"must be '' or a run's workdir[:step] with step an integer >= 0, got {value!r}"
   return None
 
@@ -364,7 +364,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   ``step.init_state(..., hparams=...)`` sets them. The decay is counted in updates, not steps,
   and does not follow ``num_steps``: extending a finished run keeps its schedule.
 
-  The KL budget (``safety.kl_budget.constrain``) wraps the whole chain and evaluates M's KL to
+  The KL budget (``amp_debate.safety.kl_budget.constrain``) wraps the whole chain and evaluates M's KL to
   the anchor on the reference prompts (drawn here from the task) at M's sampling temperature. The
   anchor in its state starts as a copy of the initial parameters; the trainer replaces it with the
   reference checkpoint's.
