@@ -410,7 +410,7 @@ def load_params(spec: str, config: ml_collections.ConfigDict, field: str, abstra
     raise config_lib.ConfigError(f"{where}: {e}") from None
   except (AttributeError, KeyError, ValueError) as e:  # a config this code cannot build
     raise config_lib.ConfigError(f"{where}: cannot rebuild its run from its config "
-                                 f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+                                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from None
   theirs = (saved.task, dict(sorted(saved.task_options.items())))
   ours = (config.task, dict(sorted(config.task_options.items())))
   if theirs != ours:
