@@ -409,8 +409,9 @@ def load_params(spec: str, config: ml_collections.ConfigDict, field: str, abstra
   except checkpoint_lib.CheckpointError as e:
     raise config_lib.ConfigError(f"{where}: {e}") from None
   except (AttributeError, KeyError, ValueError) as e:  # a config this code cannot build
+    first = (str(e).splitlines() or [""])[0][:120]
     raise config_lib.ConfigError(f"{where}: cannot rebuild its run from its config "
-                                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from None
+                                 f"({type(e).__name__}: {first})") from None
   theirs = (saved.task, dict(sorted(saved.task_options.items())))
   ours = (config.task, dict(sorted(config.task_options.items())))
   if theirs != ours:
