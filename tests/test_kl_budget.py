@@ -161,7 +161,7 @@ def test_the_optimising_attacker_beats_the_stochastic_one_on_a_planted_weakness(
   assert float(kl_attack.rate_bound(p_exploit, 0.1)) < float(kl_attack.rate_bound(p_exploit, 1.0))
 
 
-# ---- in the trainer -------------------------------------------------------------------------------
+# ---- in the trainer ------------------------------------------------------------------------------
 def _config(mode="amplification", steps=4, **overrides):
   return tiny.config(mode, steps, **{
       "eval__examples_per_difficulty": 16, "eval__batch_size": 16, "eval__every": 0,

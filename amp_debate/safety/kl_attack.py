@@ -385,8 +385,9 @@ def _positive(name: str, value: int) -> int:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """The command line (see the module docstring); returns the result written to --out."""
   # Imported here: the trainer imports the train step, which imports kl_budget (this package).
-  from amp_debate.train import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
-  from amp_debate.train import config_lib, trainer  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from amp_debate.train import checkpoint as checkpoint_lib
+  from amp_debate.train import config_lib, trainer
 
   parser = argparse.ArgumentParser(prog="python -m amp_debate.safety.kl_attack",
                                    description=__doc__.split("\n")[0])

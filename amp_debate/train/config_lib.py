@@ -364,10 +364,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   ``step.init_state(..., hparams=...)`` sets them. The decay is counted in updates, not steps,
   and does not follow ``num_steps``: extending a finished run keeps its schedule.
 
-  The KL budget (``amp_debate.safety.kl_budget.constrain``) wraps the whole chain and evaluates M's KL to
-  the anchor on the reference prompts (drawn here from the task) at M's sampling temperature. The
-  anchor in its state starts as a copy of the initial parameters; the trainer replaces it with the
-  reference checkpoint's.
+  The KL budget (``amp_debate.safety.kl_budget.constrain``) wraps the whole chain and evaluates
+  M's KL to the anchor on the reference prompts (drawn here from the task) at M's sampling
+  temperature. The anchor in its state starts as a copy of the initial parameters; the trainer
+  replaces it with the reference checkpoint's.
   """
   kind = config.combination.kind
   if kind == "weighted":

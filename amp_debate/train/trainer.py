@@ -437,9 +437,9 @@ def starting_params(config: ml_collections.ConfigDict, abstract_params: Any) -> 
   compiles: {"params": M's and M_target's, from ``config.init_from``; "anchor": the KL budget's
   π_safe, from ``config.safety.kl_budget.reference``}, each present only when its field is set
   (a checkpoint named by both is loaded once)."""
+  reference = config.safety.kl_budget.reference if config_lib.kl_budget_on(config) else ""
   fields = {"params": ("init_from", config.init_from),
-            "anchor": ("safety.kl_budget.reference",
-                       config.safety.kl_budget.reference if config_lib.kl_budget_on(config) else "")}
+            "anchor": ("safety.kl_budget.reference", reference)}
   loaded, out = {}, {}
   for role, (field, spec) in fields.items():
     if spec:
