@@ -35,7 +35,7 @@ import optax
 from amp_debate import checks, models, tasks
 from amp_debate.procedure import combine, curriculum, debate
 from amp_debate.procedure.model_player import required_max_len
-from amp_debate.safety import adversary, overseer
+from amp_debate.safety import adversary, kl_budget, overseer
 from amp_debate.train import step as step_lib
 
 MODES = ("hybrid", "amplification", "debate", "supervised")
@@ -85,6 +85,24 @@ def _mesh_axis(value):
   return None
 
 
+def checkpoint_spec(value: str) -> tuple[str, int | None]:
+  """(workdir, step or None for the latest) of a ``workdir[:step]`` config value."""
+  workdir, sep, step = value.rpartition(":")
+  if sep and step.isdigit() and workdir:
+    return workdir, int(step)
+  return value, None
+
+
+def _checkpoint_spec(value):
+  """'' (none) or ``workdir[:step]``."""
+  if not isinstance(value, str):
+    return f"must be '' or a run's workdir[:step], got {value!r}"
+  tail = value.rpartition(":")[2] if ":" in value else None
+  if tail is not None and (tail == "" or (tail.lstrip("-").isdigit() and not tail.isdigit())):
+    return f"must be '' or a run's workdir[:step] with step an integer >= 0, got {value!r}"
+  return None
+
+
 def _best_metric(value):
   if isinstance(value, str) and (value == "" or value.startswith("eval/")):
     return None
@@ -127,6 +145,15 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "checkpoint.best_metric": _best_metric,
     "checkpoint.async_save": checks.boolean,
     "resume_allow_unsafe": checks.boolean,
+    "init_from": _checkpoint_spec,
+    # The KL budget to a known-safe policy (amp_debate.safety.kl_budget applies the same rules).
+    "safety.kl_budget.reference": _checkpoint_spec,
+    "safety.kl_budget.phase_steps": kl_budget.PHASE_STEPS,
+    "safety.kl_budget.epsilon0": kl_budget.EPSILON0,
+    "safety.kl_budget.growth": kl_budget.GROWTH,
+    "safety.kl_budget.margin": kl_budget.MARGIN,
+    "safety.kl_budget.num_prompts": kl_budget.NUM_PROMPTS,
+    "safety.kl_budget.seed": kl_budget.SEED,
 }
 
 # Fields a resumed run may change without resume_allow_unsafe (they do not change what is learned).
@@ -193,6 +220,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise ConfigError(f"config.task_options: {e}") from None
   make_model(config, task)
   make_step_config(config)
+  if kl_budget_on(config) and config.mode == "supervised":
+    raise ConfigError("config.safety.kl_budget.reference: the KL budget needs a mode with the "
+                      "debate step (hybrid, amplification or debate), not supervised")
   if config.mode != "supervised" and config.debate.force_stop_after > config.debate.t_max:
     raise ConfigError(f"config.debate.force_stop_after={config.debate.force_stop_after} exceeds "
                       f"config.debate.t_max={config.debate.t_max}")
@@ -327,8 +357,15 @@ def lr_multiplier(optimizer: ml_collections.ConfigDict) -> Callable[[jax.Array],
   return multiplier
 
 
+def kl_budget_on(config: ml_collections.ConfigDict) -> bool:
+  """Whether the config names a reference checkpoint for the KL budget (configs saved before the
+  budget existed have none)."""
+  return bool(config.get("safety", {}).get("kl_budget", {}).get("reference", ""))
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-  """combination -> clip -> Adam (with optional linear warm-up and cosine decay).
+  """combination -> clip -> Adam (with optional linear warm-up and cosine decay), its steps
+  projected into the KL budget when ``safety.kl_budget.reference`` is set.
 
   The combination's hyperparameters (the λ anneals, limit, multiplier_lr, β) are data in its
   state (``combine``), and so is Adam's learning rate (``optax.inject_hyperparams``; the warm-up
@@ -337,6 +374,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   holds it there), so configs that differ only in them share one compiled step;
   ``step.init_state(..., hparams=...)`` sets them. The decay is counted in updates, not steps,
   and does not follow ``num_steps``: extending a finished run keeps its schedule.
+
+  The KL budget (``amp_debate.safety.kl_budget.constrain``) wraps the whole chain and evaluates
+  M's KL to the anchor on the reference prompts (drawn here from the task) at M's sampling
+  temperature. The anchor in its state starts as a copy of the initial parameters; the trainer
+  replaces it with the reference checkpoint's.
   """
   kind = config.combination.kind
   if kind == "weighted":
@@ -355,7 +397,16 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   schedule = lr_multiplier(config.optimizer)
   if schedule is not None:
     optimizer = optax.chain(optimizer, optax.scale_by_schedule(schedule))
-  return combine.chain(combination, clip_norm=config.optimizer.clip_norm or None,
-                       optimizer=optimizer)
+  tx = combine.chain(combination, clip_norm=config.optimizer.clip_norm or None,
+                     optimizer=optimizer)
+  if kl_budget_on(config):
+    k = config.safety.kl_budget
+    task = make_task(config)
+    make_kl = kl_budget.policy_kl(
+        make_model(config, task), kl_budget.reference_prompts(task, k.num_prompts, k.seed),
+        task.answer_len, temperature=config.step.temperature)
+    tx = kl_budget.constrain(tx, make_kl, epsilon0=k.epsilon0, growth=k.growth,
+                             phase_steps=k.phase_steps, margin=k.margin)
+  return tx
 
 

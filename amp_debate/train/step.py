@@ -51,8 +51,9 @@ from amp_debate.procedure import (combine, credit, curriculum, debate, losses, m
                                   packing, protocol, target)
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
-from amp_debate.safety import overseer as overseer_lib
 from amp_debate.safety import adversary as adversary_lib
+from amp_debate.safety import kl_budget
+from amp_debate.safety import overseer as overseer_lib
 from amp_debate.tasks.base import Batch, Task
 from amp_debate.tasks.tokenizer import SEP
 
@@ -500,6 +501,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         **{f"loss/{k}": v for k, v in values.items()},
         **{k if k.startswith("adversary/") else f"pg/{k}": v for k, v in pg_metrics.items()},
         **combine.metrics(opt_state),
+        **kl_budget.metrics(opt_state),  # {} unless the optimiser holds a KL budget
         "curriculum/level": state.curriculum.level,
         "curriculum/agreement": agreement,
         # Evaluation only (ground truth never feeds the update):

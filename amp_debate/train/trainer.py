@@ -39,6 +39,7 @@ from amp_debate.data import eval_sets
 from amp_debate.procedure import debate, players
 from amp_debate.procedure.amplify import amplify
 from amp_debate.procedure.model_player import ModelDebater
+from amp_debate.safety import kl_budget
 from amp_debate.train import checkpoint as checkpoint_lib
 from amp_debate.train import config_lib, metrics_io, sharding
 from amp_debate.train import step as step_lib
@@ -391,6 +392,76 @@ def load_state(workdir: str, step: int | None = None):
   return restored["state"], config, step
 
 
+def load_params(spec: str, config: ml_collections.ConfigDict, field: str, abstract_params: Any):
+  """The parameters of the checkpoint ``spec`` ("workdir[:step]", the latest step if none), which
+  must be of ``config``'s task (and task options) and match ``abstract_params`` (shapes, dtypes).
+
+  Raises config_lib.ConfigError, one line naming the config ``field``, when there is no such run
+  or step, or the checkpoint belongs to another task or model.
+  """
+  workdir, step = config_lib.checkpoint_spec(spec)
+  where = f"config.{field}={spec!r}"
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise config_lib.ConfigError(f"{where}: no run there ({os.path.join(workdir, 'checkpoints')} "
+                                 f"does not exist)")
+  try:
+    state, saved, _ = load_state(workdir, step)
+  except checkpoint_lib.CheckpointError as e:
+    raise config_lib.ConfigError(f"{where}: {e}") from None
+  except (AttributeError, KeyError, ValueError) as e:  # a config this code cannot build
+    first = (str(e).splitlines() or [""])[0][:120]
+    raise config_lib.ConfigError(f"{where}: cannot rebuild its run from its config "
+                                 f"({type(e).__name__}: {first})") from None
+  theirs = (saved.task, dict(sorted(saved.task_options.items())))
+  ours = (config.task, dict(sorted(config.task_options.items())))
+  if theirs != ours:
+    raise config_lib.ConfigError(f"{where}: a checkpoint of task {theirs[0]} {theirs[1]}, not "
+                                 f"this run's {ours[0]} {ours[1]}")
+  name = lambda path: jax.tree_util.keystr(path)
+  have = {name(p): x for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  want = {name(p): x for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  for key in sorted(have.keys() | want.keys()):
+    if key not in have or key not in want:
+      raise config_lib.ConfigError(f"{where}: another model (parameter {key} is only in "
+                                   f"{'its' if key in have else 'this run'}'s model)")
+    a, b = have[key], want[key]
+    if (tuple(a.shape), a.dtype) != (tuple(b.shape), b.dtype):
+      raise config_lib.ConfigError(f"{where}: another model (parameter {key} is "
+                                   f"{a.dtype}{list(a.shape)} there, {b.dtype}{list(b.shape)} "
+                                   f"here)")
+  return state.params
+
+
+def starting_params(config: ml_collections.ConfigDict, abstract_params: Any) -> dict[str, Any]:
+  """The parameters a fresh run starts from, loaded and checked (``load_params``) before anything
+  compiles: {"params": M's and M_target's, from ``config.init_from``; "anchor": the KL budget's
+  π_safe, from ``config.safety.kl_budget.reference``}, each present only when its field is set
+  (a checkpoint named by both is loaded once)."""
+  reference = config.safety.kl_budget.reference if config_lib.kl_budget_on(config) else ""
+  fields = {"params": ("init_from", config.init_from),
+            "anchor": ("safety.kl_budget.reference", reference)}
+  loaded, out = {}, {}
+  for role, (field, spec) in fields.items():
+    if spec:
+      if spec not in loaded:
+        loaded[spec] = load_params(spec, config, field, abstract_params)
+      out[role] = loaded[spec]
+  return out
+
+
+def _start_from(state: step_lib.TrainState, start: Mapping[str, Any],
+                shardings: Any) -> step_lib.TrainState:
+  """A fresh state with M and M_target set to ``start["params"]`` and the KL budget's anchor to
+  ``start["anchor"]`` where given (``starting_params``), each sharded like the params. Each gets
+  its own copy: the step donates the state, and one buffer cannot be donated twice."""
+  put = lambda params: jax.tree.map(jnp.copy, jax.device_put(params, shardings.params))
+  if "params" in start:
+    state = state.replace(params=put(start["params"]), target_params=put(start["params"]))
+  if "anchor" in start:
+    state = state.replace(opt_state=kl_budget.set_anchor(state.opt_state, put(start["anchor"])))
+  return state
+
+
 class _TrainClock:
   """Seconds since ``start`` minus the time spent inside ``paused()`` blocks (0 before start)."""
 
@@ -462,7 +533,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       state, step_rng_root = restored["state"], restored["rng"]
       print(f"Resumed from step {latest} ({os.path.join(workdir, 'checkpoints')}).", flush=True)
     else:
+      start = starting_params(config, abstract.params)  # refuses a bad checkpoint before compiling
       state = sharding.init_sharded_state(init_fn, mesh, shardings, init_rng)
+      state = _start_from(state, start, shardings)
       if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
           json.dump(config_json, f, indent=2, sort_keys=True)

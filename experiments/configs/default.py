@@ -236,6 +236,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Resuming with a config that changes anything but the safe fields (steps, logging, eval,
   # checkpoint cadence) is refused unless this is True.
   c.resume_allow_unsafe = False
+  # A fresh run's M (and M_target) start from this checkpoint's parameters, "workdir[:step]" (the
+  # latest step if none; same task and model shapes); "" starts from a random init.
+  c.init_from = ""
+
+  # Safety studies (DESIGN.md section 4; amp_debate.safety).
+  # KL budget to a known-safe policy (amp_debate.safety.kl_budget): by the end of phase k (each
+  # phase_steps optimiser updates) KL(pi_M || pi_safe) on a fixed reference set of num_prompts
+  # ANSWER prompts (drawn from key(seed)) must be at most epsilon0 * growth^k. Each optimiser step
+  # is projected so that its first-order KL is (1 - margin) of the budget, then shortened by a
+  # line search until the KL is within the budget. Off while reference is "".
+  c.safety.kl_budget = ml_collections.ConfigDict()
+  c.safety.kl_budget.reference = ""  # pi_safe: a run's "workdir[:step]" (same task and model)
+  c.safety.kl_budget.phase_steps = 100
+  c.safety.kl_budget.epsilon0 = 0.05
+  c.safety.kl_budget.growth = 2.0
+  c.safety.kl_budget.margin = 0.1
+  c.safety.kl_budget.num_prompts = 128
+  c.safety.kl_budget.seed = 0
 
   if mode == "amplification":
     c.debate.force_stop_after = 1

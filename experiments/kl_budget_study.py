@@ -1,0 +1,214 @@
+r"""Does the KL budget hold? An amplification-only π_safe, then a fine-tune from it with and without
+the budget, KL(π_M ‖ π_safe) at the end of every phase.
+
+  python -m experiments.kl_budget_study --workdir=workdir/kl_budget_study   # about 15 CPU minutes
+
+Runs (``experiments/configs/default.py:task=permutation,mode=M,quickstart``, in ``--workdir``):
+  safe    mode=amplification, ``--safe_steps`` steps: π_safe (the end of an amplification-only
+          phase; also the reference of ``python -m amp_debate.safety.kl_attack``).
+  free    mode=``--mode`` (default debate: pure self-play RL, which moves M most) from π_safe
+          (``init_from``), ``--phases`` x ``--phase_steps`` steps, no budget.
+  budget  the same with ``safety.kl_budget.reference`` = π_safe and the schedule
+          ε_k = ``--epsilon0`` x ``--growth``^k.
+A run whose ``summary.json`` exists is not run again (kill and rerun to resume). Both fine-tunes
+checkpoint at every phase end; the KL of each checkpoint to π_safe is measured on the budget's
+reference set (``kl_budget.kl_divergence``). Writes the table (``--results``.md, with the command),
+the numbers (.json) and the plot (.png: KL against updates, the budget's staircase, the budget run's
+per-update KL from its metrics and both runs' phase-end KLs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from amp_debate import train
+from amp_debate.safety import kl_budget
+from amp_debate.train import config_lib, metrics_io
+from experiments.configs import default
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kl_budget")
+
+
+def _config(mode: str, **overrides):
+  """The quick start's config in ``mode`` with dotted-field ``overrides``."""
+  c = default.get_config(f"task=permutation,mode={mode},quickstart")
+  for field, value in overrides.items():
+    *parents, leaf = field.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _run(name: str, config, workdir: str) -> dict:
+  """Trains ``config`` in ``<workdir>/<name>`` (or reads its finished summary)."""
+  run_dir = os.path.join(workdir, name)
+  summary_path = os.path.join(run_dir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      return json.load(f)
+  start = time.time()
+  result = train.run(config, run_dir)
+  summary = {"name": name, "mode": config.mode, "steps": result.step, "eval": result.eval,
+             "seconds": time.time() - start}
+  with open(summary_path, "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def phase_end_kls(run_dir: str, steps: list[int], safe_params, model, prompts, answer_len: int,
+                  temperature: float) -> list[float]:
+  """KL(π at each checkpoint step ‖ π_safe) on the reference prompts."""
+  kl = jax.jit(lambda p, a: kl_budget.kl_divergence(model, p, a, prompts, answer_len,
+                                                    temperature=temperature))
+  out = []
+  for step in steps:
+    state, _, _ = train.load_state(run_dir, step)
+    out.append(float(kl(state.params, safe_params)))
+  return out
+
+
+def _per_update_kl(run_dir: str) -> tuple[list[int], list[float]]:
+  """(updates done, KL) from the budget run's metrics: ``kl/value`` at step s is the KL of the
+  parameters after s - 1 updates."""
+  rows = [r for r in metrics_io.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+          if "kl/value" in r]
+  return [r["step"] - 1 for r in rows], [r["kl/value"] for r in rows]
+
+
+def plot(result: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  s = result["settings"]
+  n, budgets = s["phase_steps"], result["budgets"]
+  fig, ax = plt.subplots(figsize=(6.4, 4))
+  stairs_x = [x for k in range(len(budgets)) for x in (k * n, (k + 1) * n)]
+  stairs_y = [b for b in budgets for _ in range(2)]
+  ax.plot(stairs_x, stairs_y, "k-", lw=1.5, label="budget ε_k")
+  ax.plot(result["budget"]["updates"], result["budget"]["per_update_kl"], color="tab:blue",
+          lw=0.8, alpha=0.6, label="with budget, every update")
+  ends = result["phase_ends"]
+  ax.plot(ends, result["budget"]["phase_end_kl"], "o", color="tab:blue",
+          label="with budget, phase ends")
+  ax.plot(ends, result["free"]["phase_end_kl"], "s--", color="tab:red",
+          label="without budget, phase ends")
+  ax.set_yscale("log")
+  ax.set_xlabel(f"optimiser updates of the {s['mode']} fine-tune from π_safe")
+  ax.set_ylabel("KL(π_M ‖ π_safe) on the reference set")
+  ax.set_title("KL budget to a known-safe policy")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def markdown(result: dict, command: str) -> str:
+  s = result["settings"]
+  lines = [
+      "# KL budget to a known-safe policy", "",
+      f"Command: `{command}`", "",
+      f"π_safe: the quick start (permutation {s['task_options']}) trained {s['safe_steps']} "
+      f"steps with mode=amplification. Fine-tunes from π_safe (`init_from`): mode={s['mode']}, "
+      f"{s['phases']} phases of {s['phase_steps']} updates, without and with the budget "
+      f"(`safety.kl_budget`: ε_k = {s['epsilon0']:g}·{s['growth']:g}^k, margin {s['margin']:g}). "
+      f"KL(π_M ‖ π_safe) measured on the checkpoint at each phase end, on the budget's reference "
+      f"set ({s['num_prompts']} ANSWER prompts of seed {s['seed']}, teacher-forced on π_safe's "
+      f"greedy answers, exact over the vocabulary).", "",
+      "| phase | updates | budget ε_k | KL without budget | KL with budget | within budget |",
+      "|---|---|---|---|---|---|"]
+  for k, (end, eps) in enumerate(zip(result["phase_ends"], result["budgets"])):
+    free, held = result["free"]["phase_end_kl"][k], result["budget"]["phase_end_kl"][k]
+    lines.append(f"| {k} | {end} | {eps:.4g} | {free:.4g} | {held:.4g} | "
+                 f"{'yes' if held <= eps * (1 + s['tolerance']) else 'NO'} |")
+  lines += ["", "Held-out greedy accuracy of M at the end (mean over levels) and wall time:", "",
+            "| run | accuracy | wall time (s) |", "|---|---|---|"]
+  for name in ("safe", "free", "budget"):
+    run = result["runs"][name]
+    lines.append(f"| {name} | {run['eval'].get('eval/accuracy/model/mean', float('nan')):.3f} | "
+                 f"{run['seconds']:.0f} |")
+  b = result["budget"]
+  lines += ["", f"With the budget the projection was active in {b['projected']:.0%} of the "
+            f"updates and the line search shortened {b['shortened']:.0%} of them; the KL the "
+            f"updates started from never exceeded its phase's budget "
+            f"(max KL / ε_k = {b['max_ratio']:.3f}).", ""]
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default="workdir/kl_budget_study")
+  parser.add_argument("--results", default=RESULTS, help="output path prefix (.md/.json/.png)")
+  parser.add_argument("--safe_steps", type=int, default=600)
+  parser.add_argument("--mode", default="debate", choices=("hybrid", "debate"))
+  parser.add_argument("--phases", type=int, default=4)
+  parser.add_argument("--phase_steps", type=int, default=50)
+  parser.add_argument("--epsilon0", type=float, default=0.01)
+  parser.add_argument("--growth", type=float, default=2.0)
+  parser.add_argument("--margin", type=float, default=0.1)
+  parser.add_argument("--tolerance", type=float, default=1e-3,
+                      help="relative tolerance of the 'within budget' column")
+  args = parser.parse_args()
+  command = "python -m experiments.kl_budget_study " + " ".join(sys.argv[1:])
+
+  safe_dir = os.path.join(args.workdir, "safe")
+  runs = {"safe": _run("safe", _config("amplification", num_steps=args.safe_steps), args.workdir)}
+  num_steps = args.phases * args.phase_steps
+  finetune = {"num_steps": num_steps, "init_from": safe_dir, "checkpoint.every": args.phase_steps,
+              "checkpoint.keep": args.phases + 1, "checkpoint.best_metric": "", "eval.every": 0,
+              "log_every": 1}
+  budget = {"safety.kl_budget.reference": safe_dir,
+            "safety.kl_budget.phase_steps": args.phase_steps,
+            "safety.kl_budget.epsilon0": args.epsilon0, "safety.kl_budget.growth": args.growth,
+            "safety.kl_budget.margin": args.margin}
+  runs["free"] = _run("free", _config(args.mode, **finetune), args.workdir)
+  config = _config(args.mode, **finetune, **budget)
+  runs["budget"] = _run("budget", config, args.workdir)
+
+  task = config_lib.make_task(config)
+  model = config_lib.make_model(config, task)
+  k = config.safety.kl_budget
+  prompts = kl_budget.reference_prompts(task, k.num_prompts, k.seed)
+  safe_state, _, _ = train.load_state(safe_dir)
+  ends = [(p + 1) * args.phase_steps for p in range(args.phases)]
+  budgets = kl_budget.schedule(args.epsilon0, args.growth, args.phases)
+  kls = {name: phase_end_kls(os.path.join(args.workdir, name), ends, safe_state.params, model,
+                             prompts, task.answer_len, config.step.temperature)
+         for name in ("free", "budget")}
+  budget_dir = os.path.join(args.workdir, "budget")
+  updates, per_update = _per_update_kl(budget_dir)
+  rows = [r for r in metrics_io.read_jsonl(os.path.join(budget_dir, "metrics.jsonl"))
+          if "kl/value" in r]
+  result = {
+      "settings": {**vars(args), "task_options": dict(config.task_options),
+                   "num_prompts": k.num_prompts, "seed": k.seed, "command": command},
+      "phase_ends": ends, "budgets": budgets,
+      "free": {"phase_end_kl": kls["free"]},
+      "budget": {"phase_end_kl": kls["budget"], "updates": updates, "per_update_kl": per_update,
+                 "projected": float(np.mean([r["kl/multiplier"] > 0 for r in rows])),
+                 "shortened": float(np.mean([r["kl/step_scale"] < 1 for r in rows])),
+                 "max_ratio": float(max(r["kl/value"] / r["kl/budget"] for r in rows))},
+      "runs": runs,
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+  with open(args.results + ".json", "w") as f:
+    json.dump(result, f, indent=2)
+  text = markdown(result, command)
+  with open(args.results + ".md", "w") as f:
+    f.write(text)
+  plot(result, args.results + ".png")
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
