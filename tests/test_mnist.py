@@ -48,13 +48,26 @@ def test_test_split_shapes_dtypes_and_labels(offline_test_split):
 
 def test_splits_partition_the_test_split(offline_test_split, shared_dir):
   images, labels = offline_test_split
-  train_images, train_labels = mnist.load("judge_train", source="offline", offline_dir=shared_dir)
-  eval_images, eval_labels = mnist.load("eval", source="offline", offline_dir=shared_dir)
-  assert train_images.shape == (8_000, 28, 28) and eval_images.shape == (2_000, 28, 28)
-  np.testing.assert_array_equal(np.concatenate([train_images, eval_images]), images)
-  np.testing.assert_array_equal(np.concatenate([train_labels, eval_labels]), labels)
-  for split_labels in (train_labels, eval_labels):
+  parts = [mnist.load(split, source="offline", offline_dir=shared_dir)
+           for split in ("judge_train", "debater_train", "eval")]
+  assert [p[0].shape for p in parts] == [(6_000, 28, 28), (2_000, 28, 28), (2_000, 28, 28)]
+  np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), images)
+  np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), labels)
+  for _, split_labels in parts:
     assert (np.bincount(split_labels, minlength=10) > 0.07 * len(split_labels)).all()
+
+
+def test_describe_names_the_data(shared_dir, tmp_path):
+  line = mnist.describe("judge_train", source="offline", offline_dir=shared_dir)
+  assert line == ("MNIST official test split [0, 6000) (split 'judge_train'; offline copy, "
+                  "t10k-images sha256 8d422c7b0a1c1c79...)")
+  assert "[6000, 8000)" in mnist.describe("debater_train", offline_dir=shared_dir)
+  assert mnist.describe("eval", source="tfds") == (
+      "MNIST through TFDS 'mnist', split 'test[8000:]' (split 'eval')")
+  # auto without the offline copy -> TFDS
+  assert "split 'train'" in mnist.describe("train", offline_dir=tmp_path / "nowhere")
+  with pytest.raises(ValueError, match="unknown MNIST split 'validation'"):
+    mnist.describe("validation")
 
 
 def test_auto_uses_the_offline_copy_without_tfds(shared_dir, offline_test_split, monkeypatch):
@@ -76,13 +89,15 @@ def test_checksum_mismatch_is_detected(copy_dir):
   data = bytearray(path.read_bytes())
   data[len(data) // 2] ^= 0xFF
   path.write_bytes(bytes(data))
-  with pytest.raises(ValueError, match=f"checksum mismatch for .*{mnist.LABELS_FILE}"):
+  with pytest.raises(ValueError, match=f"checksum mismatch for .*{mnist.LABELS_FILE}") as error:
     mnist.load("test", source="offline", offline_dir=copy_dir)
+  assert "\n" not in str(error.value)  # one line
 
 
 def test_missing_files_and_dirs_are_clear_errors(copy_dir, tmp_path):
-  with pytest.raises(FileNotFoundError, match="does not exist.*AMP_DEBATE_MNIST_DIR"):
+  with pytest.raises(FileNotFoundError, match="does not exist.*AMP_DEBATE_MNIST_DIR") as error:
     mnist.load("eval", source="offline", offline_dir=tmp_path / "nowhere")
+  assert "\n" not in str(error.value)  # one line
   (copy_dir / mnist.IMAGES_FILE).unlink()
   with pytest.raises(FileNotFoundError, match=f"{mnist.IMAGES_FILE} is missing"):
     mnist.load("eval", source="offline", offline_dir=copy_dir)

@@ -1,10 +1,17 @@
 """MNIST for the sparse-pixel debate: the official test split offline, full MNIST through TFDS online.
 
-``load(split) -> (images uint8[N, 28, 28], labels int32[N])``. Splits (fixed; name them in results):
-  "test"         all 10,000 official test images
-  "judge_train"  test images [0, 8000)       (judge / debater training)
-  "eval"         test images [8000, 10000)   (evaluation)
-  "train"        the 60,000 official training images (TFDS only; not available offline)
+``load(split) -> (images uint8[N, 28, 28], labels int32[N])``. Splits (fixed; name them in results,
+``describe(split)`` gives the line to use):
+  "test"           all 10,000 official test images
+  "judge_train"    test images [0, 6000)        (training the sparse-pixel judge)
+  "debater_train"  test images [6000, 8000)     (training the debaters against a fixed judge)
+  "eval"           test images [8000, 10000)    (evaluation: judge baseline and debates)
+  "train"          the 60,000 official training images (TFDS only; not available offline)
+
+The three parts of the test split are disjoint, so the judge, the debaters and the evaluation never
+share an image. Through TFDS the same names map to the same slices of the official test split
+(``TFDS_SPLITS``), so a split name means the same images online and offline; with network access a
+judge can instead be trained on full MNIST by asking for "train" (as the original debate paper did).
 
 Offline copy: gzipped IDX files plus SHA256SUMS in ``$AMP_DEBATE_MNIST_DIR``, else
 ``../shared/data/mnist`` relative to the repository root, else relative to the working directory.
@@ -29,20 +36,23 @@ IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
 LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
 CHECKSUMS_FILE = "SHA256SUMS"
 NUM_TEST = 10_000
-JUDGE_TRAIN_SIZE = 8_000
+JUDGE_TRAIN_END = 6_000
+DEBATER_TRAIN_END = 8_000
 IMAGE_SHAPE = (28, 28)
 
 # Offline splits as slices of the official test split; TFDS split strings for the same data.
 OFFLINE_SPLITS = {
     "test": slice(0, NUM_TEST),
-    "judge_train": slice(0, JUDGE_TRAIN_SIZE),
-    "eval": slice(JUDGE_TRAIN_SIZE, NUM_TEST),
+    "judge_train": slice(0, JUDGE_TRAIN_END),
+    "debater_train": slice(JUDGE_TRAIN_END, DEBATER_TRAIN_END),
+    "eval": slice(DEBATER_TRAIN_END, NUM_TEST),
 }
 TFDS_SPLITS = {
     "train": "train",
     "test": "test",
-    "judge_train": f"test[:{JUDGE_TRAIN_SIZE}]",
-    "eval": f"test[{JUDGE_TRAIN_SIZE}:]",
+    "judge_train": f"test[:{JUDGE_TRAIN_END}]",
+    "debater_train": f"test[{JUDGE_TRAIN_END}:{DEBATER_TRAIN_END}]",
+    "eval": f"test[{DEBATER_TRAIN_END}:]",
 }
 SOURCES = ("auto", "offline", "tfds")
 
@@ -169,27 +179,49 @@ def load(split: str, *, source: str = "auto", offline_dir: str | os.PathLike | N
   """Loads an MNIST split.
 
   Args:
-    split: "judge_train", "eval", "test" (offline or TFDS) or "train" (TFDS only).
+    split: "judge_train", "debater_train", "eval", "test" (offline or TFDS) or "train" (TFDS only).
     source: "offline" (the verified local copy), "tfds", or "auto": offline when the local copy
       exists and holds the split, TFDS otherwise.
     offline_dir: the local copy (default ``default_offline_dir()``).
     data_dir: TFDS data directory (default: TFDS's own, ``$TFDS_DATA_DIR`` or ~/tensorflow_datasets).
   Returns:
-    (images uint8[N, 28, 28], labels int32[N]); N = 8000 / 2000 / 10000 / 60000.
+    (images uint8[N, 28, 28], labels int32[N]); N = 6000 / 2000 / 2000 / 10000 / 60000.
   """
+  directory = pathlib.Path(offline_dir) if offline_dir is not None else default_offline_dir()
+  if resolve_source(split, source, directory) == "tfds":
+    return load_tfds(split, data_dir=data_dir)
+  images, labels = load_offline_test(directory)
+  part = OFFLINE_SPLITS[split]
+  return images[part], labels[part]
+
+
+def resolve_source(split: str, source: str, offline_dir: pathlib.Path) -> str:
+  """Checks ``split`` and ``source`` and resolves "auto": returns "offline" or "tfds"."""
   if split not in TFDS_SPLITS:
     raise ValueError(f"unknown MNIST split {split!r}; available: {sorted(TFDS_SPLITS)} "
                      f"(offline: {sorted(OFFLINE_SPLITS)})")
   if source not in SOURCES:
     raise ValueError(f"unknown MNIST source {source!r}; available: {SOURCES}")
-  directory = pathlib.Path(offline_dir) if offline_dir is not None else default_offline_dir()
   if source == "auto":
-    source = "offline" if split in OFFLINE_SPLITS and directory.is_dir() else "tfds"
-  if source == "tfds":
-    return load_tfds(split, data_dir=data_dir)
-  if split not in OFFLINE_SPLITS:
+    source = "offline" if split in OFFLINE_SPLITS and offline_dir.is_dir() else "tfds"
+  if source == "offline" and split not in OFFLINE_SPLITS:
     raise ValueError(f"MNIST split {split!r} is not in the offline copy (only the official test "
                      f"split: {sorted(OFFLINE_SPLITS)}); use source='tfds' with network access")
-  images, labels = load_offline_test(directory)
+  return source
+
+
+def describe(split: str, *, source: str = "auto",
+             offline_dir: str | os.PathLike | None = None) -> str:
+  """One line naming the data ``load(split, source=source, offline_dir=offline_dir)`` returns.
+
+  E.g. "MNIST official test split [0, 6000) (split 'judge_train'; offline copy, t10k-images sha256
+  8d422c7b0a1c1c79...)" or "MNIST through TFDS 'mnist', split 'test[:6000]' (split 'judge_train')".
+  Offline, the digest is read from SHA256SUMS (``load`` verifies the files against it).
+  """
+  directory = pathlib.Path(offline_dir) if offline_dir is not None else default_offline_dir()
+  if resolve_source(split, source, directory) == "tfds":
+    return f"MNIST through TFDS 'mnist', split {TFDS_SPLITS[split]!r} (split {split!r})"
   part = OFFLINE_SPLITS[split]
-  return images[part], labels[part]
+  digest = read_checksums(directory).get(IMAGES_FILE, "unknown")
+  return (f"MNIST official test split [{part.start}, {part.stop}) (split {split!r}; offline copy, "
+          f"t10k-images sha256 {digest[:16]}...)")
