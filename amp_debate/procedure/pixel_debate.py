@@ -237,8 +237,13 @@ def template_judge(means: jax.Array) -> JudgeFn:
   """
 
   def judge(revealed, values):
-    diff = (values[:, None] - means[None]) ** 2 * revealed[:, None]
-    return -diff.sum(axis=(-2, -1))
+    # sum_revealed (v - m_c)^2 = sum r v^2 - 2 sum r v m_c + sum r m_c^2, without a [N, C, H, W]
+    # intermediate (the greedy debater judges B*H*W candidate sets at once).
+    mask = revealed.astype(values.dtype)
+    squares = (mask * values ** 2).sum(axis=(1, 2))[:, None]
+    cross = jnp.einsum("nhw,chw->nc", mask * values, means)
+    norms = jnp.einsum("nhw,chw->nc", mask, means ** 2)
+    return -(squares - 2 * cross + norms)
 
   return judge
 
