@@ -40,9 +40,10 @@ The rollout records every computation with its trace in a ``Transcript`` laid ou
 losses read: the policy gradient reaches only tokens M sampled, the distillation targets are the
 computations' own answers (``procedure.credit``).
 
-The rounds after the first run in a ``lax.scan`` with a per-game ``done`` mask: finished games are
-frozen and their later records inactive. ``early_exit=True`` runs the same round body in a
-``lax.while_loop`` that stops when every game is done; results are identical (each round's key is
+The rounds after the first run on ``procedure.game.masked_loop`` (the rollout loop the pixel debate
+also plays on): a ``lax.scan`` with a per-game ``done`` mask, finished games frozen and their later
+records inactive. ``early_exit=True`` runs the same round body in a ``lax.while_loop`` that stops
+when every game is done; results are identical (each round's key is
 ``fold_in(rng, r)``, and masked rounds change nothing).
 """
 
@@ -56,6 +57,7 @@ import jax
 import jax.numpy as jnp
 
 from amp_debate import checks
+from amp_debate.procedure import game as game_lib
 from amp_debate.procedure import protocol
 from amp_debate.procedure.amplify import AmpOutput, amplify
 from amp_debate.procedure.players import wrong_answer
@@ -554,15 +556,10 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
   carry = rollout_start(task, even, odd, questions, rng, config, assigned=assigned,
                         force_contest=force_contest, **players)
   if config.num_rounds >= 2:
-    body = lambda c, r: rollout_round(task, even, odd, c, r, rng, config, **players)
-    if config.early_exit:
-      def cond(c):
-        r, (s, _) = c
-        return (r < config.num_rounds) & ~s.done.all()
-      _, carry = jax.lax.while_loop(cond, lambda c: (c[0] + 1, body(c[1], c[0])), (1, carry))
-    else:
-      carry, _ = jax.lax.scan(lambda c, r: (body(c, r), None), carry,
-                              jnp.arange(1, config.num_rounds))
+    body = lambda c, r: (rollout_round(task, even, odd, c, r, rng, config, **players), None)
+    carry, _ = game_lib.masked_loop(body, carry, 1, config.num_rounds,
+                                    lambda c: c[0].done.all(), early_exit=config.early_exit,
+                                    outputs=False)
   return rollout_finish(task, even, odd, carry, rng, config, **players)
 
 

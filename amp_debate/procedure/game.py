@@ -12,14 +12,13 @@ A game is pure functions of a batched state (a pytree of arrays with a leading b
 A player is ``(state, key) -> int32[B]`` actions for every game of the batch (it may read the game
 through a closure: the search debaters do).
 
-``play`` is the rollout: a ``lax.scan`` over moves with a per-game ``done`` mask (finished games are
-frozen and their later records inactive), or, with ``early_exit=True``, the same move body in a
-``lax.while_loop`` that stops when every game is done. The results are identical: move t's key is
-``fold_in(rng, t)`` and masked moves change nothing.
-
-The tree debate (``procedure/debate.py``) keeps its own round structure (claims, supports,
-disputes) and its own scan / while_loop; it has not been ported onto this engine. The pixel debate
-(``procedure/pixel_debate.py``) is the game this engine plays.
+``masked_loop`` is the rollout loop of every game in this package: a ``lax.scan`` over steps whose
+body keeps a per-game ``done`` mask (finished games are frozen and their later records inactive),
+or, with ``early_exit=True``, the same body in a ``lax.while_loop`` that stops when every game is
+done. The results are identical: step t's key is ``fold_in(rng, t)`` and masked steps change
+nothing. The tree debate (``procedure/debate.py``) runs its rounds on it (a round there is a
+claim/support/dispute exchange with its own bookkeeping); ``play`` runs a move-by-move game on it,
+and the pixel debate (``procedure/pixel_debate.py``) is such a game.
 """
 
 from __future__ import annotations
@@ -94,9 +93,51 @@ def choose(players: Sequence[Player], state, to_play: jax.Array, active: jax.Arr
   return jnp.take_along_axis(all_actions, to_play[None], axis=0)[0]
 
 
+def masked_loop(body, carry, start: int, stop: int, all_done, *, early_exit: bool = False,
+                outputs: bool = True):
+  """The rollout loop every game here shares: ``carry, out_t = body(carry, t)`` for t in [start, stop).
+
+  ``body`` must itself leave finished games unchanged (a per-game ``done`` mask). With
+  ``early_exit=False`` this is a ``lax.scan`` (outputs stacked over t); with ``early_exit=True`` the
+  same body runs in a ``lax.while_loop`` that stops as soon as ``all_done(carry)`` (bool[]) holds, and
+  the outputs of the rounds it skipped are zeros (``play`` and ``debate.rollout`` both write
+  records whose zero means "inactive"). Both give identical results when the body's key for step t
+  depends only on t and a finished game's step is a no-op.
+
+  Args:
+    body: (carry, t int32[]) -> (carry, out); ``out`` a pytree of arrays or None.
+    carry: the initial carry.
+    start, stop: static step range.
+    all_done: carry -> bool[] (only read with ``early_exit``).
+    early_exit: use the while_loop.
+    outputs: False when ``body``'s ``out`` is None (saves tracing it a second time for the
+      while_loop's buffers).
+  Returns:
+    (final carry, outputs stacked over the stop - start steps).
+  """
+  steps = stop - start
+  if not early_exit:
+    return jax.lax.scan(body, carry, jnp.arange(start, stop))
+  out_shape = jax.eval_shape(body, carry, jnp.asarray(start))[1] if outputs else None
+  outs = jax.tree.map(lambda x: jnp.zeros((steps,) + x.shape, x.dtype), out_shape)
+
+  def cond(c):
+    t, carry, _ = c
+    return (t < stop) & ~all_done(carry)
+
+  def step(c):
+    t, carry, outs = c
+    carry, out = body(carry, t)
+    outs = jax.tree.map(lambda buf, x: buf.at[t - start].set(x), outs, out)
+    return t + 1, carry, outs
+
+  _, carry, outs = jax.lax.while_loop(cond, step, (jnp.asarray(start), carry, outs))
+  return carry, outs
+
+
 def play(game: Game, players: Sequence[Player], state, rng: jax.Array, num_moves: int, *,
          early_exit: bool = False, uniform_turns: bool = False):
-  """Plays at most ``num_moves`` moves of a batch of games.
+  """Plays at most ``num_moves`` moves of a batch of games (on ``masked_loop``).
 
   Args:
     game: the game's pure functions.
@@ -107,7 +148,8 @@ def play(game: Game, players: Sequence[Player], state, rng: jax.Array, num_moves
     early_exit: a ``lax.while_loop`` that stops when every game is done (same results).
     uniform_turns: see ``choose``.
   Returns:
-    (final state, MoveRecord with T = num_moves).
+    (final state, MoveRecord with T = num_moves; moves skipped by ``early_exit`` are recorded as
+    inactive with action and seat ``NO_ACTION``).
   """
 
   def move(state, t):
@@ -116,28 +158,12 @@ def play(game: Game, players: Sequence[Player], state, rng: jax.Array, num_moves
     actions = choose(players, state, to_play, active, jax.random.fold_in(rng, t), uniform_turns)
     chex.assert_shape(actions, active.shape)
     state = select(active, game.step(state, actions), state)
-    record = MoveRecord(actions=jnp.where(active, actions, NO_ACTION).astype(jnp.int32),
-                        to_play=jnp.where(active, to_play, NO_ACTION).astype(jnp.int32),
+    # Stored shifted by one so that the zeros of a skipped move read as NO_ACTION / inactive.
+    record = MoveRecord(actions=jnp.where(active, actions, NO_ACTION).astype(jnp.int32) + 1,
+                        to_play=jnp.where(active, to_play, NO_ACTION).astype(jnp.int32) + 1,
                         active=active)
     return state, record
 
-  if not early_exit:
-    return jax.lax.scan(move, state, jnp.arange(num_moves))
-
-  batch = game.done(state).shape[0]
-  empty = jnp.full((num_moves, batch), NO_ACTION, jnp.int32)
-  records = MoveRecord(actions=empty, to_play=empty,
-                       active=jnp.zeros((num_moves, batch), bool))
-
-  def cond(carry):
-    t, state, _ = carry
-    return (t < num_moves) & ~game.done(state).all()
-
-  def body(carry):
-    t, state, records = carry
-    state, record = move(state, t)
-    records = jax.tree.map(lambda buf, x: buf.at[t].set(x), records, record)
-    return t + 1, state, records
-
-  _, state, records = jax.lax.while_loop(cond, body, (0, state, records))
-  return state, records
+  state, record = masked_loop(move, state, 0, num_moves, lambda s: game.done(s).all(),
+                              early_exit=early_exit)
+  return state, record.replace(actions=record.actions - 1, to_play=record.to_play - 1)
