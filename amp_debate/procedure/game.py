@@ -167,3 +167,20 @@ def play(game: Game, players: Sequence[Player], state, rng: jax.Array, num_moves
   state, record = masked_loop(move, state, 0, num_moves, lambda s: game.done(s).all(),
                               early_exit=early_exit)
   return state, record.replace(actions=record.actions - 1, to_play=record.to_play - 1)
+
+
+def replay(game: Game, state, record: MoveRecord):
+  """The states before each recorded move: ``state`` (the initial one) advanced by ``record``.
+
+  What the losses of a learned player read (the rollout itself keeps only the final state).
+  Returns the state pytree stacked over the T moves ([T, B, ...]); a move recorded inactive leaves
+  the state as it was.
+  """
+
+  def move(state, t):
+    active = record.active[t]
+    new = game.step(state, jnp.maximum(record.actions[t], 0))
+    return select(active, new, state), state
+
+  _, before = jax.lax.scan(move, state, jnp.arange(record.actions.shape[0]))
+  return before

@@ -42,6 +42,7 @@ import mctx
 
 from amp_debate import checks
 from amp_debate.procedure import game as game_lib
+from amp_debate.procedure import losses
 
 HONEST, LIAR = 0, 1
 JudgeFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -259,25 +260,40 @@ def random_player(game: PixelDebate) -> game_lib.Player:
   return act
 
 
-def greedy_player(game: PixelDebate) -> game_lib.Player:
+def greedy_player(game: PixelDebate, max_candidates: int | None = None) -> game_lib.Player:
   """The legal pixel that maximises the mover's judge margin once revealed (ties: lowest index).
 
-  Judges every one of the A = H*W candidates in one batch of B*A judge calls (memory B*A*A for the
-  candidate masks); the key is unused.
+  Judges all candidates of a move in one batch. ``max_candidates=None``: every one of the A = H*W
+  pixels (B*A judge calls; memory B*A*A for the candidate masks), right for cheap judges. With
+  ``max_candidates=N`` only the N lowest-index legal pixels are judged (B*N calls): exact whenever
+  no image has more than N legal pixels (``experiments/mnist_debate.py`` sets N to the largest
+  count of nonzero pixels among the debated images, so nothing is dropped). The key is unused.
   """
   shape = game.config.image_shape
   num_pixels = game.config.num_pixels
+  if max_candidates is not None:
+    checks.check("greedy_player", "max_candidates", max_candidates, checks.integer(1))
+    max_candidates = min(max_candidates, num_pixels)
 
   def act(state, key):
     del key
     batch = state.moves.shape[0]
     seat = game.to_play(state)
+    legal = game.legal(state)
+    if max_candidates is None:
+      pixels = jnp.broadcast_to(jnp.arange(num_pixels), (batch, num_pixels))
+    else:  # the lowest-index legal pixels first (illegal ones rank below every legal one)
+      rank = jnp.where(legal, num_pixels - jnp.arange(num_pixels), -jnp.arange(num_pixels))
+      pixels = jax.lax.top_k(rank, max_candidates)[1]
+    count = pixels.shape[1]
     flat = state.revealed.reshape(batch, 1, num_pixels)
-    candidates = (flat | jnp.eye(num_pixels, dtype=bool)[None]).reshape((-1,) + shape)
-    expanded = jax.tree.map(lambda x: jnp.repeat(x, num_pixels, axis=0), state)
+    candidates = (flat | jax.nn.one_hot(pixels, num_pixels, dtype=bool)).reshape((-1,) + shape)
+    expanded = jax.tree.map(lambda x: jnp.repeat(x, count, axis=0), state)
     expanded = expanded.replace(revealed=candidates)
-    margins = game.margin_for(expanded, jnp.repeat(seat, num_pixels)).reshape(batch, num_pixels)
-    return jnp.argmax(jnp.where(game.legal(state), margins, -jnp.inf), axis=1).astype(jnp.int32)
+    margins = game.margin_for(expanded, jnp.repeat(seat, count)).reshape(batch, count)
+    ok = jnp.take_along_axis(legal, pixels, axis=1)
+    best = jnp.argmax(jnp.where(ok, margins, -jnp.inf), axis=1)
+    return jnp.take_along_axis(pixels, best[:, None], axis=1)[:, 0].astype(jnp.int32)
 
   return act
 
@@ -329,3 +345,80 @@ def mcts_player(game: PixelDebate, num_simulations: int, *, max_num_considered_a
     return out.action.astype(jnp.int32)
 
   return act
+
+
+# ---- a learned debater -------------------------------------------------------------------------
+# PolicyFn: (params, image float[N, H, W], revealed bool[N, H, W], own int32[N], other int32[N])
+#           -> float32[N, H*W] reveal logits (e.g. ``models.pixel_policy.PixelDebater``'s apply).
+PolicyFn = Callable[..., jax.Array]
+
+
+def _policy_logits(game: PixelDebate, apply_fn: PolicyFn, params, state: PixelState):
+  """(masked logits float32[N, A], legal bool[N, A]) of the side to move in each game."""
+  seat = game.to_play(state)
+  own = jnp.take_along_axis(state.claims, seat[:, None], axis=1)[:, 0]
+  other = jnp.take_along_axis(state.claims, 1 - seat[:, None], axis=1)[:, 0]
+  logits = apply_fn(params, state.image, state.revealed, own, other)
+  chex.assert_shape(logits, (state.moves.shape[0], game.config.num_pixels))
+  legal = game.legal(state)
+  return jnp.where(legal, logits, -1e9), legal
+
+
+def policy_player(game: PixelDebate, apply_fn: PolicyFn, params, *,
+                  sample: bool = True) -> game_lib.Player:
+  """A learned debater: samples a legal pixel from ``apply_fn``'s logits (``sample=False``: the
+  most likely legal pixel). With no legal pixel left it passes (pixel 0)."""
+
+  def act(state, key):
+    logits, legal = _policy_logits(game, apply_fn, params, state)
+    if sample:
+      action = jax.random.categorical(key, logits)
+    else:
+      action = jnp.argmax(logits, axis=1)
+    return jnp.where(legal.any(axis=1), action, 0).astype(jnp.int32)
+
+  return act
+
+
+def policy_loss(game: PixelDebate, apply_fn: PolicyFn, params, outcome: PixelDebateOutcome, *,
+                entropy_coef: float = 0.01, advantage: str = "normalize",
+                clip_eps: float = 0.2) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The framework's RL loss (``procedure.losses``) on a batch of pixel debates in which the policy
+  played both seats (self-play).
+
+  Each move is one "argument" of one token: the reward of every move of a game is +1 for the side
+  that won and -1 for the other (zero-sum; the judge's verdict on the final reveal set), the
+  advantages are ``losses.advantages(kind=advantage)`` taken per seat (the honest side wins more
+  often, so each seat gets its own baseline), and the loss is ``losses.policy_gradient_loss`` (at
+  ratio 1: REINFORCE; ``logp_old`` is the same policy's log-prob, the rollout having been sampled
+  from these params) minus ``entropy_coef`` times ``losses.entropy_bonus`` over legal pixels. The
+  states before each move are recomputed with ``game.replay``.
+
+  Args:
+    game, apply_fn, params: the game and the policy (its params are differentiated).
+    outcome: ``debate``'s result for games where the policy played both seats.
+  Returns:
+    (loss float32[], metrics: "pg_loss", "entropy", "honest_win", "approx_kl").
+  """
+  final, record = outcome.state, outcome.record
+  start = final.replace(revealed=jnp.zeros_like(final.revealed), moves=jnp.zeros_like(final.moves))
+  before = game_lib.replay(game, start, record)  # [T, N, ...]
+  steps, games = record.actions.shape
+  flat = jax.tree.map(lambda x: x.reshape((steps * games,) + x.shape[2:]), before)
+  logits, legal = _policy_logits(game, apply_fn, params, flat)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  actions = jnp.maximum(record.actions.reshape(-1), 0)
+  logp = jnp.take_along_axis(log_p, actions[:, None], axis=1).reshape(steps, games)
+  turn = record.active & legal.any(axis=1).reshape(steps, games)
+  honest_won = game.margin_for(final, jnp.full((games,), HONEST, jnp.int32)) > 0
+  seat = jnp.maximum(record.to_play, 0)
+  sign = jnp.where(honest_won, 1.0, -1.0)[None, :]
+  rewards = jnp.where(seat == HONEST, sign, -sign).astype(jnp.float32)
+  adv = sum(losses.advantages(rewards, turn & (seat == s), advantage) for s in (HONEST, LIAR))
+  ones = jnp.ones((steps, games, 1), bool)
+  pg, pg_metrics = losses.policy_gradient_loss(
+      logp[..., None], jax.lax.stop_gradient(logp)[..., None], ones, turn, adv, clip_eps)
+  entropy = losses.entropy_bonus(logits.reshape(steps, games, 1, -1), ones, turn)
+  metrics = dict(pg_loss=pg, entropy=entropy, honest_win=honest_won.mean(),
+                 approx_kl=pg_metrics["approx_kl"])
+  return pg - entropy_coef * entropy, metrics
