@@ -134,3 +134,18 @@ def test_trainer_errors_are_one_line(tmp_path):
       f"error: no trained judge in {tmp_path}/nope (missing judge.json; train one with python -m "
       "amp_debate.train.pixel_judge)"]
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_mcts_follows_a_peaked_prior():
+  """With ``prior_fn`` the search samples its root candidates from the prior: a prior that puts all
+  its mass on one legal pixel makes that pixel the move, where the uniform prior spreads out."""
+  images, labels, judge = _synthetic(5, 16)
+  game = pd.PixelDebate(pd.PixelDebateConfig(k=4, image_shape=SHAPE), judge)
+  state = game.init(None, (images, jnp.stack([labels, (labels + 1) % 10], axis=1)))
+  legal = game.legal(state)
+  target = jnp.argmax(legal, axis=1)  # each image's first legal pixel
+  peaked = lambda s: 50.0 * jax.nn.one_hot(target, 64)
+  with_prior = pd.mcts_player(game, 4, max_num_considered_actions=4, prior_fn=peaked)
+  uniform = pd.mcts_player(game, 4, max_num_considered_actions=4)
+  np.testing.assert_array_equal(with_prior(state, jax.random.key(0)), target)
+  assert (uniform(state, jax.random.key(0)) != target).mean() > 0.5

@@ -299,7 +299,8 @@ def greedy_player(game: PixelDebate, max_candidates: int | None = None) -> game_
 
 
 def mcts_player(game: PixelDebate, num_simulations: int, *, max_num_considered_actions: int = 16,
-                value_scale: float = 1.0) -> game_lib.Player:
+                value_scale: float = 1.0,
+                prior_fn: Callable[[PixelState], jax.Array] | None = None) -> game_lib.Player:
   """Gumbel MuZero tree search (mctx) with the judge as the model, ``num_simulations`` per move.
 
   The search's "model" is the game itself: an edge reveals a pixel (``step``; a pixel already
@@ -309,7 +310,9 @@ def mcts_player(game: PixelDebate, num_simulations: int, *, max_num_considered_a
   so every edge has discount -1 (mctx's convention for zero-sum two-player games: the parent's
   value is reward - child's value). Expanding below a finished node returns that node's value as
   the reward with discount 0 and value 0, so the search never looks past the end of the debate.
-  Priors are uniform over legal pixels (illegal ones get -1e9). The root action is Gumbel
+  Priors are uniform over legal pixels (illegal ones get -1e9), or ``prior_fn(state) -> float[B,
+  A]`` logits over pixels (e.g. a learned debater's: ``policy_prior``), masked the same way; Gumbel
+  MuZero then samples the considered root actions from the prior. The root action is Gumbel
   MuZero's (mctx: sequential halving over ``max_num_considered_actions`` Gumbel-sampled actions),
   which suits small simulation budgets and is deterministic given the key.
   """
@@ -323,7 +326,8 @@ def mcts_player(game: PixelDebate, num_simulations: int, *, max_num_considered_a
     return jnp.where(game.done(state), jnp.sign(margin), jnp.tanh(margin / value_scale))
 
   def prior(state):
-    return jnp.where(game.legal(state), 0.0, -1e9)
+    logits = 0.0 if prior_fn is None else prior_fn(state)
+    return jnp.where(game.legal(state), logits, -1e9)
 
   def recurrent_fn(params, rng, action, state):
     del params, rng
@@ -378,6 +382,11 @@ def policy_player(game: PixelDebate, apply_fn: PolicyFn, params, *,
     return jnp.where(legal.any(axis=1), action, 0).astype(jnp.int32)
 
   return act
+
+
+def policy_prior(game: PixelDebate, apply_fn: PolicyFn, params) -> Callable[[PixelState], jax.Array]:
+  """The learned debater's reveal logits for the side to move, as ``mcts_player``'s ``prior_fn``."""
+  return lambda state: _policy_logits(game, apply_fn, params, state)[0]
 
 
 def policy_loss(game: PixelDebate, apply_fn: PolicyFn, params, outcome: PixelDebateOutcome, *,
