@@ -149,3 +149,22 @@ def test_mcts_follows_a_peaked_prior():
   uniform = pd.mcts_player(game, 4, max_num_considered_actions=4)
   np.testing.assert_array_equal(with_prior(state, jax.random.key(0)), target)
   assert (uniform(state, jax.random.key(0)) != target).mean() > 0.5
+
+
+def test_training_is_deterministic_given_the_seed():
+  images, labels, judge = _synthetic(6, 64)
+  config = pd.PixelDebateConfig(k=4, image_shape=SHAPE)
+  optimizer = optax.adam(3e-3)
+  step = pixel_debater.make_train_step(config, judge, POLICY, optimizer, entropy_coef=0.01)
+
+  def train(seed):
+    params = _params()
+    opt_state = optimizer.init(params)
+    for t in range(3):
+      params, opt_state, _ = step(params, opt_state, images, labels,
+                                  jax.random.fold_in(jax.random.key(seed), t))
+    return params
+
+  chex.assert_trees_all_equal(train(0), train(0))
+  assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), train(0),
+                                              train(1))))
