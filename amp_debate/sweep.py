@@ -1,0 +1,502 @@
+r"""Ablation sweeps from config files: run every setting, resume what was cut off, tabulate.
+
+  python -m amp_debate.sweep --sweep=experiments/sweeps/call_prob.py \
+      --config=experiments/configs/default.py:task=permutation,quickstart --workdir=workdir/call_prob
+
+A sweep file is a small Python file whose ``get_sweep()`` returns the list of runs, each a dict of
+config overrides (``amp_debate.sweep.product`` and ``chain`` build such lists):
+
+  def get_sweep():
+    return sweep.product({"debate.call_prob": [1.0, 0.3]}, {"seed": [0, 1]})
+
+A key is a dotted config field (``debate.call_prob``) or one of the config file's arguments
+(``ARG_KEYS`` of experiments/configs/default.py: ``mode``, ``size``, ...), which rebuilds the base
+config with that argument (so ``mode=debate`` gets every default the debate mode sets). Every run is
+checked against the config before anything runs: an unknown field, a value of the wrong type or one
+the config's own checks refuse ends the sweep with a one-line message.
+
+Each run trains in ``<workdir>/<name>`` (the name spells its overrides) with the trainer's automatic
+resume. ``summary.json`` marks a finished run: rerunning the sweep skips those, resumes the others
+from their latest checkpoint and runs the rest, so a killed sweep is rerun with the same command.
+SIGTERM stops the current run at a checkpoint (the trainer's preemption path) and the sweep with
+it. ``--parallel=N`` runs N runs at a time, each in its own process (``--only=I`` in a child);
+``--count`` prints the number of runs (for cluster array jobs, ``launch/sweep_cluster.sh``).
+
+Afterwards (and with ``--table_only``) the sweep writes ``<workdir>/results.md`` and
+``results.csv``: one row per run with its overrides, seed, dataset version, final held-out
+accuracy per level, debate length, human calls per question and wall time; and ``accuracy.png``
+(held-out accuracy by level) and ``curves.png`` (held-out accuracy against step) when matplotlib is
+installed.
+
+Not built: running settings that share a compiled step vmapped in one process; every run is its own
+trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from absl import app, flags, logging
+
+from amp_debate import options
+
+SUMMARY = "summary.json"
+
+
+class SweepError(ValueError):
+  """A bad sweep file, base config or override (one-line message)."""
+
+
+# ---- writing sweeps ----------------------------------------------------------------------------
+def product(*axes: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
+  """Every combination: ``product({"a": [1, 2]}, {"b": [3, 4]})`` -> 4 runs (``a`` outermost).
+  Keys inside one mapping are zipped: ``{"x": [1, 2], "y": [3, 4]}`` -> x=1,y=3 and x=2,y=4."""
+  groups = []
+  for axis in axes:
+    values = [list(v) for v in axis.values()]
+    if len({len(v) for v in values}) > 1:
+      raise SweepError(f"zipped keys {list(axis)} have different numbers of values")
+    groups.append([dict(zip(axis, row)) for row in zip(*values)])
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+          for combo in itertools.product(*groups)]
+
+
+def chain(*sweeps: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """The runs of several sweeps, one after the other."""
+  return [dict(run) for s in sweeps for run in s]
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+def _import(path: str, what: str):
+  if not os.path.isfile(path):
+    raise SweepError(f"{what} {path} does not exist")
+  name = "_amp_debate_" + re.sub(r"\W", "_", os.path.abspath(path))
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses in the file look their module up
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # a user's file: any error in it is reported as one line
+    del sys.modules[name]
+    raise SweepError(f"{what} {path} failed to load: {type(e).__name__}: {e}") from None
+  return module
+
+
+def load_sweep(path: str) -> list[dict[str, Any]]:
+  """The runs of the sweep file at ``path`` (its ``get_sweep()``), checked for shape only."""
+  module = _import(path, "sweep file")
+  if not callable(getattr(module, "get_sweep", None)):
+    raise SweepError(f"sweep file {path} has no get_sweep() function")
+  try:
+    runs = module.get_sweep()
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f"sweep file {path}: get_sweep() failed: {type(e).__name__}: {e}") from None
+  if not isinstance(runs, (list, tuple)) or not runs:
+    raise SweepError(f"sweep file {path}: get_sweep() must return a non-empty list of dicts")
+  for i, run in enumerate(runs):
+    if not isinstance(run, Mapping) or not all(isinstance(k, str) for k in run):
+      raise SweepError(f"sweep file {path}: run {i} is not a dict of config overrides: {run!r}")
+  return [dict(run) for run in runs]
+
+
+def _split_config(spec: str) -> tuple[str, str]:
+  path, _, arg = spec.partition(":")
+  return path, arg
+
+
+@dataclasses.dataclass
+class Run:
+  """One run of a sweep: its overrides, the config they give, where it trains."""
+
+  index: int
+  overrides: dict[str, Any]
+  config: Any
+  name: str
+  workdir: str
+
+  @property
+  def done(self) -> bool:
+    return os.path.isfile(os.path.join(self.workdir, SUMMARY))
+
+  @property
+  def started(self) -> bool:
+    return os.path.isdir(os.path.join(self.workdir, "checkpoints"))
+
+
+def run_name(overrides: Mapping[str, Any]) -> str:
+  """A directory name that spells the overrides, each key by its last dotted part (two parts where
+  the last is shared, e.g. ``weights.rl`` and ``weights_end.rl``); hashed when too long."""
+  last = [k.rsplit(".", 1)[-1] for k in overrides]
+  short = [k.split(".")[-2:] if last.count(k.rsplit(".", 1)[-1]) > 1 else [k.rsplit(".", 1)[-1]]
+           for k in overrides]
+  text = ",".join(f"{'.'.join(s)}={v}" for s, v in zip(short, overrides.values())) or "base"
+  text = re.sub(r"[^\w.=,+-]", "_", text)
+  if len(text) > 120:
+    text = text[:100] + "-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+  return text
+
+
+def _set_field(config, key: str, value, where: str) -> None:
+  *parents, leaf = key.split(".")
+  node = config
+  for i, part in enumerate(parents):
+    if part not in node or not hasattr(node[part], "keys"):
+      raise SweepError(f"{where}: the config has no field {'.'.join(parents[:i + 1])!r} "
+                       f"(in {key!r})")
+    node = node[part]
+  if leaf not in node:
+    raise SweepError(f"{where}: the config has no field {key!r}")
+  old = node[leaf]
+  if hasattr(old, "keys"):
+    raise SweepError(f"{where}: {key!r} is a section, not a field; override its fields")
+  if isinstance(old, bool) != isinstance(value, bool) and old is not None:
+    raise SweepError(f"{where}: {key!r} must be {type(old).__name__}, got {value!r}")
+  try:
+    node[leaf] = value
+  except (TypeError, ValueError) as e:
+    raise SweepError(f"{where}: {key!r} must be {type(old).__name__}, got {value!r} ({e})") from None
+
+
+def build_runs(sweep_path: str, config_spec: str, workdir: str) -> list[Run]:
+  """Every run's config, checked (fields, types, the config's own checks) before any runs."""
+  from amp_debate.train import config_lib  # pylint: disable=import-outside-toplevel
+  runs = load_sweep(sweep_path)
+  path, base_arg = _split_config(config_spec)
+  module = _import(path, "--config")
+  if not callable(getattr(module, "get_config", None)):
+    raise SweepError(f"--config {path} has no get_config(arg) function")
+  arg_keys = tuple(getattr(module, "ARG_KEYS", ()))
+  built, names = [], {}
+  for i, overrides in enumerate(runs):
+    where = f"sweep run {i} ({run_name(overrides)})"
+    args = {k: v for k, v in overrides.items() if k in arg_keys}
+    try:
+      base = options.parse(base_arg, bare=True, what="config arg")
+      arg = ",".join(k if v is True else f"{k}={v}"
+                     for k, v in {**base, **args}.items() if v is not False)
+      config = module.get_config(arg)
+    except (ValueError, KeyError) as e:
+      raise SweepError(f"{where}: {e}") from None
+    config = copy.deepcopy(config)
+    for key, value in overrides.items():
+      if key not in arg_keys:
+        _set_field(config, key, value, where)
+    try:
+      config_lib.validate(config)
+    except ValueError as e:
+      raise SweepError(f"{where}: {e}") from None
+    name = run_name(overrides)
+    if name in names:
+      raise SweepError(f"{where} repeats run {names[name]}")
+    names[name] = i
+    built.append(Run(i, overrides, config, name, os.path.join(workdir, name)))
+  return built
+
+
+# ---- running -----------------------------------------------------------------------------------
+def _final_metrics(workdir: str) -> dict[str, Any]:
+  """Held-out accuracy by level, debate length, human calls per question, the dataset version."""
+  from amp_debate.train import metrics_io  # pylint: disable=import-outside-toplevel
+  records = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  evals = [r for r in records if "eval/accuracy/model/mean" in r]
+  train_rows = [r for r in records if "human_calls/per_question" in r]
+  out: dict[str, Any] = {}
+  if evals:
+    out.update({k: v for k, v in evals[-1].items() if k.startswith("eval/accuracy/model/")
+                or k.startswith("eval/debate/length/")})
+  if train_rows:
+    tail = train_rows[-max(1, len(train_rows) // 10):]
+    out["human_calls_per_question"] = sum(r["human_calls/per_question"]
+                                          for r in train_rows) / len(train_rows)
+    if "debate/mean_length" in tail[-1]:
+      out["debate_length_end"] = sum(r["debate/mean_length"] for r in tail) / len(tail)
+      hist = sorted((int(k.rsplit("/", 1)[1]), k) for k in tail[-1]
+                    if k.startswith("debate/length_hist/"))
+      counts = [sum(r.get(k, 0.0) for r in tail) for _, k in hist]
+      total = sum(counts) or 1.0
+      out["debate_length_hist_end"] = [c / total for c in counts]
+  results = os.path.join(workdir, "results.md")
+  if os.path.isfile(results):
+    with open(results) as f:
+      header = f.readline()
+    match = re.search(r"accuracy on (\S+)\s*$", header)
+    if match:
+      out["dataset"] = match.group(1)
+  return out
+
+
+def _wall(workdir: str, add: float | None = None) -> float:
+  path = os.path.join(workdir, "sweep_wall.json")
+  total = 0.0
+  if os.path.isfile(path):
+    with open(path) as f:
+      total = json.load(f)["seconds"]
+  if add is not None:
+    total += add
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"seconds": total}, f)
+  return total
+
+
+def execute(run: Run) -> str:
+  """Trains (or resumes) one run in this process; writes its summary when done. Returns the
+  trainer's status ("done" or "preempted")."""
+  from amp_debate import train  # pylint: disable=import-outside-toplevel
+  start = time.time()
+  try:
+    result = train.run(run.config, run.workdir)
+  finally:
+    wall = _wall(run.workdir, time.time() - start)
+  if result.status == "done":
+    summary = dict(index=run.index, name=run.name, overrides=run.overrides,
+                   seed=run.config.seed, mode=run.config.mode, task=run.config.task,
+                   steps=result.step, wall_s=wall, **_final_metrics(run.workdir))
+    with open(os.path.join(run.workdir, SUMMARY), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
+  return result.status
+
+
+def _child_command(argv_base: list[str], index: int) -> list[str]:
+  return [sys.executable, "-m", "amp_debate.sweep", *argv_base, f"--only={index}"]
+
+
+def run_parallel(runs: list[Run], argv_base: list[str], parallel: int) -> bool:
+  """Runs the unfinished runs ``parallel`` at a time, each as a child process (its log in
+  ``<run workdir>/sweep.log``). SIGTERM/SIGINT are passed on to the children (each saves a
+  checkpoint). Returns whether every run finished."""
+  pending = [r for r in runs if not r.done]
+  active: list[tuple[Run, subprocess.Popen, Any]] = []
+  stopping = False
+
+  def stop(signum, frame):
+    del frame
+    nonlocal stopping
+    stopping = True
+    for _, proc, _ in active:
+      proc.send_signal(signum)
+
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+  failed = []
+  try:
+    while pending or active:
+      while pending and len(active) < parallel and not stopping:
+        run = pending.pop(0)
+        os.makedirs(run.workdir, exist_ok=True)
+        log = open(os.path.join(run.workdir, "sweep.log"), "a")  # pylint: disable=consider-using-with
+        proc = subprocess.Popen(_child_command(argv_base, run.index), stdout=log,
+                                stderr=subprocess.STDOUT)
+        print(f"[{run.index}] started {run.name} (pid {proc.pid})", flush=True)
+        active.append((run, proc, log))
+      time.sleep(0.2)
+      for item in list(active):
+        run, proc, log = item
+        if proc.poll() is not None:
+          log.close()
+          active.remove(item)
+          state = "done" if run.done else f"stopped (exit {proc.returncode})"
+          print(f"[{run.index}] {state}: {run.name}", flush=True)
+          if not run.done:
+            failed.append(run)
+      if stopping and not active:
+        break
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  for run in failed:
+    print(f"[{run.index}] not finished; see {os.path.join(run.workdir, 'sweep.log')}", flush=True)
+  return not failed and not pending and not stopping
+
+
+def run_all(runs: list[Run], *, parallel: int = 1, argv_base: list[str] | None = None) -> bool:
+  """Runs every unfinished run (resuming the started ones): in this process one after the other,
+  or ``parallel`` child processes at a time (``argv_base``: the sweep's CLI arguments). Stops at
+  a preemption. Returns whether every run finished."""
+  todo = [r for r in runs if not r.done]
+  print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run "
+        f"({sum(r.started for r in todo)} to resume).", flush=True)
+  if parallel > 1:
+    return run_parallel(runs, argv_base or [], parallel)
+  for run in todo:
+    print(f"[{run.index}] {'resuming' if run.started else 'running'} {run.name}", flush=True)
+    try:
+      status = execute(run)
+    except ValueError as e:
+      raise ValueError(f"run {run.index} ({run.name}): {e}") from None
+    if status != "done":
+      print(f"[{run.index}] preempted", flush=True)
+      return False
+  return True
+
+
+# ---- the table and plots -----------------------------------------------------------------------
+def _summaries(runs: list[Run]) -> list[dict[str, Any]]:
+  rows = []
+  for run in runs:
+    if run.done:
+      with open(os.path.join(run.workdir, SUMMARY)) as f:
+        rows.append(json.load(f))
+    else:
+      rows.append(dict(index=run.index, name=run.name, overrides=run.overrides,
+                       seed=run.config.seed, status="started" if run.started else "not run"))
+  return rows
+
+
+def _levels(rows) -> list[str]:
+  keys = {k for r in rows for k in r if re.fullmatch(r"eval/accuracy/model/d\d+", k)}
+  return sorted(keys, key=lambda k: int(k.rsplit("d", 1)[1]))
+
+
+def aggregate(runs: list[Run], workdir: str, title: str) -> str:
+  """Writes results.md, results.csv and the plots; returns the markdown."""
+  rows = _summaries(runs)
+  levels = _levels(rows)
+  keys = sorted({k for r in rows for k in r["overrides"] if k != "seed"})
+  # The markdown table shows the overrides that vary; the CSV every one.
+  varying = [k for k in keys if len({repr(r["overrides"].get(k)) for r in rows}) > 1]
+  constant = {k: rows[0]["overrides"][k] for k in keys if k not in varying}
+  metrics = ["seed", "dataset", *[f"accuracy {k.rsplit('/', 1)[1]}" for k in levels],
+             "accuracy mean", "debate length (end)", "human calls / question", "wall time (s)",
+             "status"]
+
+  def fmt(value, digits=3):
+    if value is None:
+      return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+  def cells(r, columns):
+    return ([str(r["index"])] + [fmt(r["overrides"].get(k)) for k in columns]
+            + [fmt(r.get("seed")), r.get("dataset", ""), *[fmt(r.get(k)) for k in levels],
+               fmt(r.get("eval/accuracy/model/mean")), fmt(r.get("debate_length_end"), 2),
+               fmt(r.get("human_calls_per_question"), 2), fmt(r.get("wall_s"), 0),
+               r.get("status", "done")])
+
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["run", *keys, *metrics])
+    writer.writerows(cells(r, keys) for r in rows)
+  header = ["run", *varying, *metrics]
+  lines = [f"# {title}", ""]
+  if constant:
+    lines += ["Every run also sets: " + ", ".join(f"`{k}={v}`" for k, v in constant.items()), ""]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cells(r, varying)) + " |" for r in rows]
+  plots = _plot(runs, rows, levels, workdir)
+  lines += [""] + [f"![{name}]({name})" for name in plots]
+  text = "\n".join(lines) + "\n"
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(text)
+  return text
+
+
+def _plot(runs, rows, levels, workdir) -> list[str]:
+  try:
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return []
+  from amp_debate.train import metrics_io  # pylint: disable=import-outside-toplevel
+  done = [r for r in rows if "status" not in r]
+  written = []
+  if done and levels:
+    fig = Figure(figsize=(max(6, 0.5 * len(done) * len(levels) + 3), 5), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(levels)
+    for j, key in enumerate(levels):
+      ax.bar([i + j * width for i in range(len(done))], [r.get(key, 0.0) for r in done], width,
+             label=key.rsplit("/", 1)[1])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(done))],
+                  [r["name"][:40] for r in done], rotation=30, ha="right", fontsize="small")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("held-out accuracy (M, greedy)")
+    ax.legend(title="level")
+    fig.savefig(os.path.join(workdir, "accuracy.png"))
+    written.append("accuracy.png")
+  curves = []
+  for run in runs:
+    path = os.path.join(run.workdir, "metrics.jsonl")
+    if os.path.isfile(path):
+      points = [(r["step"], r["eval/accuracy/model/mean"]) for r in metrics_io.read_jsonl(path)
+                if "eval/accuracy/model/mean" in r]
+      if points:
+        curves.append((run.name, points))
+  if curves:
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for name, points in curves:
+      ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out accuracy, mean over levels")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="x-small")
+    fig.savefig(os.path.join(workdir, "curves.png"))
+    written.append("curves.png")
+  return written
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    if not _WORKDIR.value and not _COUNT.value:
+      raise SweepError("--workdir is required")
+    runs = build_runs(_SWEEP.value, _CONFIG.value, _WORKDIR.value or ".")
+    if _COUNT.value:
+      print(len(runs))
+      return
+    if _ONLY.value is not None and not 0 <= _ONLY.value < len(runs):
+      raise SweepError(f"--only={_ONLY.value} is not a run of this sweep (0..{len(runs) - 1})")
+  except SweepError as e:
+    sys.exit(f"error: {e}")
+  title = (f"Sweep {os.path.basename(_SWEEP.value)} on {_CONFIG.value} "
+           f"(python -m amp_debate.sweep --sweep={_SWEEP.value} --config={_CONFIG.value})")
+  if _DRY_RUN.value:
+    for run in runs:
+      state = "done" if run.done else "resume" if run.started else "new"
+      print(f"[{run.index}] {state:6s} {run.name}")
+    return
+  if _ONLY.value is not None:
+    status = execute(runs[_ONLY.value])
+    sys.exit(0 if status == "done" else 3)
+  if not _TABLE_ONLY.value:
+    base = [f"--sweep={_SWEEP.value}", f"--config={_CONFIG.value}", f"--workdir={_WORKDIR.value}"]
+    try:
+      finished = run_all(runs, parallel=_PARALLEL.value, argv_base=base)
+    except ValueError as e:  # the trainer's user-facing errors
+      sys.exit(f"error: {e}")
+    if not finished:
+      aggregate(runs, _WORKDIR.value, title)
+      print("sweep not finished: rerun the same command to resume", flush=True)
+      sys.exit(3)
+  print(aggregate(runs, _WORKDIR.value, title))
+
+
+if __name__ == "__main__":
+  _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (a .py with get_sweep()).")
+  _CONFIG = flags.DEFINE_string("config", "experiments/configs/default.py:task=permutation,"
+                                "quickstart", "Base config file and its arg (path.py:arg).")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory a run).")
+  _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time (> 1: one process each).")
+  _ONLY = flags.DEFINE_integer("only", None, "Run only this run (0-based) in this process.")
+  _COUNT = flags.DEFINE_bool("count", False, "Print the number of runs and exit.")
+  _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check every run, list them with their state.")
+  _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only write the table of finished runs.")
+  flags.mark_flags_as_required(["sweep"])
+  app.run(main)

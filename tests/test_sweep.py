@@ -1,0 +1,140 @@
+"""The sweep runner: a tiny sweep end to end (table, CSV, plots), a killed sweep resumed without
+redoing finished runs, and bad sweep files refused in one line before anything runs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from amp_debate import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(REPO, ".jax_cache", "eval_data")
+BASE = "experiments/configs/default.py:task=permutation,quickstart"
+
+# The tiny run of tests/tiny.py as overrides (same compiled step as the trainer tests).
+TINY = {"task_options.n": 4, "task_options.max_exponent": 4, "model.num_layers": 1,
+        "model.d_model": 32, "model.num_heads": 2, "model.d_ff": 64, "batch_size": 8,
+        "log_every": 1, "debate.t_max": 4, "debate.learned_stop": True,
+        "step.distill_subquestions": True, "eval.examples_per_difficulty": 16,
+        "eval.batch_size": 16, "eval.every": 2, "eval.data_dir": DATA_DIR, "checkpoint.every": 2}
+
+
+def _sweep_file(tmp_path, runs, name="tiny.py"):
+  path = tmp_path / name
+  path.write_text("def get_sweep():\n  return " + repr(runs) + "\n")
+  return str(path)
+
+
+def _cli(*args, **kw):
+  return subprocess.run([sys.executable, "-m", "amp_debate.sweep", *args], capture_output=True,
+                        text=True, cwd=REPO, check=False, **kw)
+
+
+def test_product_and_chain():
+  runs = sweep.product({"mode": ["a", "b"]}, {"x": [1, 2], "y": [3, 4]})
+  assert runs == [{"mode": "a", "x": 1, "y": 3}, {"mode": "a", "x": 2, "y": 4},
+                  {"mode": "b", "x": 1, "y": 3}, {"mode": "b", "x": 2, "y": 4}]
+  assert sweep.chain(runs[:1], [{"z": 0}]) == [runs[0], {"z": 0}]
+  with pytest.raises(sweep.SweepError, match="different numbers of values"):
+    sweep.product({"x": [1, 2], "y": [3]})
+
+
+@pytest.mark.parametrize("runs, message", [
+    ([{"debate.no_such_field": 1}], "the config has no field 'debate.no_such_field'"),
+    ([{"nope.call_prob": 1}], "the config has no field 'nope'"),
+    ([{"debate.call_prob": "often"}], "'debate.call_prob' must be float, got 'often'"),
+    ([{"debate.learned_stop": 1}], "'debate.learned_stop' must be bool, got 1"),
+    ([{"debate.call_prob": 2.0}], "config.debate.call_prob"),
+    ([{"mode": "telepathy"}], "mode='telepathy' is not one of"),
+    ([{"seed": 0}, {"seed": 0}], "repeats run 1"),
+])
+def test_bad_runs_are_refused_before_anything_runs(tmp_path, runs, message):
+  path = _sweep_file(tmp_path, [{"seed": 5}] + runs)
+  with pytest.raises(sweep.SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    sweep.build_runs(path, BASE, str(tmp_path / "w"))
+
+
+def test_cli_errors_are_one_line_and_nothing_is_written(tmp_path):
+  bad_field = _sweep_file(tmp_path, [{"seed": 0}, {"debate.colour": "red"}])
+  not_a_list = tmp_path / "nolist.py"
+  not_a_list.write_text("def get_sweep():\n  return {'seed': 0}\n")
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_sweep(:\n")
+  cases = [(bad_field, "sweep run 1 (colour=red): the config has no field 'debate.colour'"),
+           (str(not_a_list), "get_sweep() must return a non-empty list of dicts"),
+           (str(broken), "failed to load: SyntaxError"),
+           (str(tmp_path / "missing.py"), "does not exist")]
+  for path, message in cases:
+    result = _cli(f"--sweep={path}", f"--config={BASE}", f"--workdir={tmp_path}/w")
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+  assert not os.path.exists(tmp_path / "w")
+  count = _cli(f"--sweep={_sweep_file(tmp_path, [{'seed': 0}, {'seed': 1}], 'ok.py')}", "--count")
+  assert count.returncode == 0 and count.stdout.strip() == "2"
+
+
+def test_tiny_sweep_runs_end_to_end_and_tabulates(tmp_path):
+  path = _sweep_file(tmp_path, [dict(TINY, num_steps=2, seed=0),
+                                dict(TINY, num_steps=2, seed=1, **{"debate.call_prob": 0.5})])
+  workdir = str(tmp_path / "sweep")
+  runs = sweep.build_runs(path, BASE, workdir)
+  assert [r.config.seed for r in runs] == [0, 1]
+  assert runs[1].config.debate.call_prob == 0.5 and runs[0].config.debate.call_prob == 1.0
+  for run in runs:
+    assert sweep.execute(run) == "done"
+  text = sweep.aggregate(runs, workdir, "tiny")
+  with open(os.path.join(workdir, "results.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [r["seed"] for r in rows] == ["0", "1"] and [r["debate.call_prob"] for r in rows] == ["", "0.500"]
+  for row, run in zip(rows, runs):
+    with open(os.path.join(run.workdir, "summary.json")) as f:
+      summary = json.load(f)
+    assert summary["steps"] == 2
+    assert row["dataset"].startswith("amp_debate_eval/permutation") and row["status"] == "done"
+    assert float(row["accuracy d0"]) == pytest.approx(summary["eval/accuracy/model/d0"], abs=1e-3)
+    assert 0 < float(row["human calls / question"])
+    assert float(row["wall time (s)"]) > 0
+  # p = 0.5 calls the human about half as often as p = 1.
+  calls = [float(r["human calls / question"]) for r in rows]
+  assert calls[1] < 0.8 * calls[0], calls
+  assert "| run | debate.call_prob | seed |" in text and "`model.d_model=32`" in text
+  assert "| 1 |" in text and os.path.isfile(os.path.join(workdir, "accuracy.png"))
+  assert os.path.isfile(os.path.join(workdir, "curves.png"))
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, monkeypatch, capsys):
+  """The sweep dies in run 1 after its step-2 checkpoint (a crash: no summary, nothing tidied);
+  the rerun skips run 0 and resumes run 1 from step 2."""
+  from amp_debate.train import metrics_io  # pylint: disable=import-outside-toplevel
+  path = _sweep_file(tmp_path, [dict(TINY, num_steps=2, seed=0), dict(TINY, num_steps=4, seed=1)])
+  runs = sweep.build_runs(path, BASE, str(tmp_path / "sweep"))
+  write = metrics_io.MetricWriter.write_scalars
+
+  def crash_in_run_1(self, step, scalars):
+    if self.logdir == runs[1].workdir and step >= 3:
+      raise KeyboardInterrupt("killed")
+    return write(self, step, scalars)
+
+  monkeypatch.setattr(metrics_io.MetricWriter, "write_scalars", crash_in_run_1)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run_all(runs)
+  assert runs[0].done and not runs[1].done and runs[1].started
+  first_summary = os.path.getmtime(os.path.join(runs[0].workdir, "summary.json"))
+  monkeypatch.setattr(metrics_io.MetricWriter, "write_scalars", write)
+  executed = []
+  execute = sweep.execute
+  monkeypatch.setattr(sweep, "execute", lambda run: executed.append(run.index) or execute(run))
+  capsys.readouterr()
+  assert sweep.run_all(sweep.build_runs(path, BASE, str(tmp_path / "sweep")))
+  out = capsys.readouterr().out
+  assert "2 runs, 1 finished, 1 to run (1 to resume)" in out
+  assert executed == [1] and "Resumed from step 2" in out, out
+  assert runs[1].done
+  assert os.path.getmtime(os.path.join(runs[0].workdir, "summary.json")) == first_summary
+  with open(os.path.join(runs[1].workdir, "summary.json")) as f:
+    assert json.load(f)["steps"] == 4
