@@ -8,7 +8,9 @@
 #
 # Every process gets JAX_COORDINATOR_ADDRESS, AMP_DEBATE_NUM_PROCESSES, AMP_DEBATE_PROCESS_ID and
 # --config.distributed=True (amp_debate.train.trainer.initialize_distributed). Process 0 prints
-# the progress bar and the table; the others log to <workdir>/process_<i>.log.
+# the progress bar and the table; the others log to <workdir>/process_<i>.log. SIGTERM (or ^C) to
+# this script is passed on to every process (each saves at the step they agree on and exits 0);
+# the script waits for all of them and exits with the last non-zero exit code, if any.
 set -euo pipefail
 num="${1:?usage: launch/local.sh NUM_PROCESSES ARGS...}"
 shift
@@ -32,5 +34,9 @@ for ((i = num - 1; i >= 0; i--)); do
 done
 trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM INT
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for pid in "${pids[@]}"; do
+  # A trapped signal interrupts wait while the processes still run (saving): wait again.
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
+  wait "$pid" || status=$?
+done
 exit "$status"

@@ -302,10 +302,29 @@ def initialize_distributed() -> None:
   if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
-  if "AMP_DEBATE_NUM_PROCESSES" in os.environ:
+  given = [name for name in ("AMP_DEBATE_NUM_PROCESSES", "AMP_DEBATE_PROCESS_ID")
+           if name in os.environ]
+  if len(given) == 1:
+    raise ValueError(f"{given[0]} is set but not "
+                     f"{({'AMP_DEBATE_NUM_PROCESSES', 'AMP_DEBATE_PROCESS_ID'} - set(given)).pop()}; "
+                     f"set both (or neither, to let JAX detect the cluster)")
+  if given:
     kwargs = dict(num_processes=int(os.environ["AMP_DEBATE_NUM_PROCESSES"]),
                   process_id=int(os.environ["AMP_DEBATE_PROCESS_ID"]))
-  jax.distributed.initialize(**kwargs)
+  jax.distributed.initialize(**kwargs)  # no arguments: JAX detects TPU VMs, SLURM, ...
+
+
+def _load_eval_set(task, config: ml_collections.ConfigDict):
+  """The run's eval set (``eval_sets.load``). In a multi-process run process 0 loads it first (it
+  may build it) and the others after a barrier: processes sharing a data directory would otherwise
+  race to build the same TFDS dataset (seen: one fails renaming its copy into place)."""
+  load = lambda: eval_sets.load(task, data_dir=config.eval.data_dir or None,
+                                examples_per_difficulty=config.eval.examples_per_difficulty)
+  if jax.process_count() == 1:
+    return load()
+  eval_set = load() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("amp_debate eval set ready")
+  return eval_set if eval_set is not None else load()
 
 
 def _build(config: ml_collections.ConfigDict):
@@ -361,8 +380,11 @@ def _programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> _Pr
                                         constrain_batch=constrain)
   abstract = jax.eval_shape(init_fn, jax.random.key(0))
   shardings = sharding.state_shardings(mesh, abstract, model, tx)
+  # Outputs replicated: every process reads the per-question values whole (device_get cannot
+  # fetch an array split over other processes' devices).
   eval_fn = jax.jit(make_eval_fn(task, model, step_config,
-                                 config.eval.debates and config.mode != "supervised"))
+                                 config.eval.debates and config.mode != "supervised"),
+                    out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   programs = _Programs(task, init_fn, abstract, shardings,
                        sharding.shard_step(step_fn, mesh, shardings), eval_fn)
   _PROGRAMS[key] = programs
@@ -540,8 +562,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         with open(os.path.join(workdir, "config.json"), "w") as f:
           json.dump(config_json, f, indent=2, sort_keys=True)
 
-    eval_set = eval_sets.load(task, data_dir=config.eval.data_dir or None,
-                              examples_per_difficulty=config.eval.examples_per_difficulty)
+    eval_set = _load_eval_set(task, config)
     shards = data * fsdp  # the eval batch is rounded up to a multiple of the shards (padded rows)
     eval_batch = -(-min(config.eval.batch_size, config.eval.examples_per_difficulty) // shards) * shards
 
