@@ -168,3 +168,11 @@ def test_training_is_deterministic_given_the_seed():
   chex.assert_trees_all_equal(train(0), train(0))
   assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), train(0),
                                               train(1))))
+
+
+def test_saved_debater_loads_back(tmp_path):
+  params = _params(3)
+  pixel_debater.save_debater(str(tmp_path), POLICY, params, {"k": 4})
+  policy, loaded, record = pixel_debater.load_debater(str(tmp_path))
+  assert policy == POLICY and record["k"] == 4 and record["policy"]["features"] == [16, 16]
+  chex.assert_trees_all_equal(jax.device_get(params), loaded)

@@ -21,15 +21,12 @@ the evaluation curve). ``load_debater(workdir)`` restores them. The data order i
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import tqdm
 
@@ -114,29 +111,15 @@ def make_win_rates(config, judge_logits, policy):
 
 
 def save_debater(workdir, policy, params, record) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, PARAMS_FILE), "wb") as f:
-    f.write(flax.serialization.to_bytes(jax.device_get(params)))
-  sizes = {name: getattr(policy, name) for name in POLICY_FIELDS}
-  with open(os.path.join(workdir, RECORD_FILE), "w") as f:
-    json.dump({**record, "policy": sizes, "params_file": PARAMS_FILE}, f, indent=2)
-    f.write("\n")
+  pixel_judge.save_module(workdir, params, record, params_file=PARAMS_FILE,
+                          record_file=RECORD_FILE, sizes_key="policy",
+                          sizes={name: getattr(policy, name) for name in POLICY_FIELDS})
 
 
 def load_debater(workdir: str):
   """(PixelDebater, params, the debater.json record) saved by ``run``."""
-  path = os.path.join(workdir, RECORD_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no trained debater in {workdir} (missing {RECORD_FILE})")
-  with open(path) as f:
-    record = json.load(f)
-  sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in record["policy"].items()}
-  policy = PixelDebater(**sizes)
-  template = jax.eval_shape(lambda r: init_policy(policy, r), jax.random.key(0))
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-  with open(os.path.join(workdir, record["params_file"]), "rb") as f:
-    params = flax.serialization.from_bytes(template, f.read())
-  return policy, params, record
+  return pixel_judge.load_module(workdir, record_file=RECORD_FILE, sizes_key="policy",
+                                 make=PixelDebater, init=init_policy, what="debater")
 
 
 def run(*, judge_dir: str, workdir: str, steps: int, batch_size: int = 64, seed: int = 0,

@@ -151,28 +151,44 @@ def judge_accuracy(params, images, labels, k: int, rng: jax.Array, *,
   return total / (images.shape[0] * draws)
 
 
+def save_module(workdir: str, params, record: dict, *, params_file: str, record_file: str,
+                sizes_key: str, sizes: dict) -> None:
+  """Writes ``params`` (msgpack) and ``record`` plus the module's ``sizes`` (JSON) to workdir."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, params_file), "wb") as f:
+    f.write(flax.serialization.to_bytes(jax.device_get(params)))
+  with open(os.path.join(workdir, record_file), "w") as f:
+    json.dump({**record, sizes_key: sizes, "params_file": params_file}, f, indent=2)
+    f.write("\n")
+
+
+def load_module(workdir: str, *, record_file: str, sizes_key: str, make, init, what: str):
+  """(module, params, record) written by ``save_module``: ``make(**sizes)`` rebuilds the module
+  (JSON lists back to tuples), ``init(module, rng)`` gives the params' structure."""
+  path = os.path.join(workdir, record_file)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no trained {what} in {workdir} (missing {record_file})")
+  with open(path) as f:
+    record = json.load(f)
+  module = make(**{k: tuple(v) if isinstance(v, list) else v
+                   for k, v in record[sizes_key].items()})
+  template = jax.eval_shape(lambda r: init(module, r), jax.random.key(0))
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  with open(os.path.join(workdir, record["params_file"]), "rb") as f:
+    params = flax.serialization.from_bytes(template, f.read())
+  return module, params, record
+
+
 def save_judge(workdir: str, judge: ImageJudge, params, record: dict) -> None:
   """Writes ``PARAMS_FILE`` and ``RECORD_FILE`` (``record`` plus the judge's sizes) to workdir."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, PARAMS_FILE), "wb") as f:
-    f.write(flax.serialization.to_bytes(jax.device_get(params)))
-  sizes = {name: getattr(judge, name) for name in JUDGE_FIELDS}
-  with open(os.path.join(workdir, RECORD_FILE), "w") as f:
-    json.dump({**record, "judge": sizes, "params_file": PARAMS_FILE}, f, indent=2)
-    f.write("\n")
+  save_module(workdir, params, record, params_file=PARAMS_FILE, record_file=RECORD_FILE,
+              sizes_key="judge", sizes={name: getattr(judge, name) for name in JUDGE_FIELDS})
 
 
 def load_judge(workdir: str) -> tuple[ImageJudge, dict, dict]:
   """The judge saved by ``save_judge``: (module, params, the judge.json record)."""
-  with open(os.path.join(workdir, RECORD_FILE)) as f:
-    record = json.load(f)
-  sizes = dict(record["judge"], features=tuple(record["judge"]["features"]))
-  judge = ImageJudge(**sizes)
-  template = jax.eval_shape(lambda r: init_judge(judge, r), jax.random.key(0))
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-  with open(os.path.join(workdir, record["params_file"]), "rb") as f:
-    params = flax.serialization.from_bytes(template, f.read())
-  return judge, params, record
+  return load_module(workdir, record_file=RECORD_FILE, sizes_key="judge", make=ImageJudge,
+                     init=init_judge, what="judge")
 
 
 def run(*, k: int, steps: int, workdir: str, batch_size: int = 128, seed: int = 0,
