@@ -23,9 +23,10 @@ compiled by the TPU compiler. Nothing runs. Read back per device:
   lower bounds.
 
 With the search on, the largest global batch that fits: the per-chip batch (global batch / chips)
-doubles from ``--start-per-chip`` while the step fits, then bisects between the largest batch that
-fitted and the smallest that did not, until they are within 1/16 of each other or
-``--max-compiles`` compiles were spent. A batch fits when the TPU compiler accepts the program
+doubles from ``--start-per-chip`` while the step fits (once two batches fit, it jumps instead to
+where the line through their totals meets HBM, then probes 1/16 above; ``search_batch``), then
+bisects between the largest batch that fitted and the smallest that did not, until they are within
+1/16 of each other or ``--max-compiles`` compiles were spent. A batch fits when the TPU compiler accepts the program
 (it refuses one that cannot fit HBM: RESOURCE_EXHAUSTED) and the total above is within HBM.
 
 The config is ``experiments/configs/default.py:task=<task>,mode=<mode>,size=<preset>`` (the
@@ -103,6 +104,14 @@ def make_config(config_arg: str, batch: int, fsdp: int, dtype: str):
   return config
 
 
+def model_size(config) -> str:
+  """"layers × d_model, dtype" of the config's model M."""
+  from amp_debate.train import config_lib  # noqa: PLC0415
+
+  m = config_lib.make_model(config, config_lib.make_task(config)).config
+  return f"{m.num_layers}×{m.d_model}, {m.dtype}"
+
+
 def compile_step(config, devices):
   """The trainer's sharded train step for ``config`` on a mesh over ``devices``, lowered against
   abstract sharded inputs and compiled (never run). Returns the ``jax.stages.Compiled``."""
@@ -165,38 +174,60 @@ def try_batch(config_arg: str, devices, fsdp: int, per_chip: int, dtype: str,
   return row
 
 
+def _predicted(rows: list[dict], hbm: float) -> int | None:
+  """The per-chip batch at which a line through the fitted rows' totals reaches ``hbm`` (None
+  with fewer than two distinct batches or a total that does not grow with the batch)."""
+  points = {r["per_chip"]: r["total"] for r in rows if "total" in r}
+  if len(points) < 2:
+    return None
+  (b0, t0), (b1, t1) = sorted(points.items())[-2:]
+  slope = (t1 - t0) / (b1 - b0)
+  return int(b1 + (hbm - t1) / slope) if slope > 0 else None
+
+
 def search_batch(attempt, start: int, max_compiles: int, first: dict | None = None) -> dict:
-  """The largest per-chip batch for which ``attempt(per_chip)["fits"]``: doubling from ``start``
-  (halving if ``start`` does not fit), then bisection, within ``max_compiles`` calls (``first``:
-  the row of ``start`` if already compiled). Returns {"fits": row of the largest batch that fitted
-  or None, "fails": row of the smallest that did not or None, "tried": every row}."""
+  """The largest per-chip batch for which ``attempt(per_chip)["fits"]``, within ``max_compiles``
+  calls (``first``: the row of ``start`` if already compiled).
+
+  Doubling from ``start`` (halving while it does not fit), except that once two batches fit, the
+  next one tried is where the line through their totals reaches HBM (if beyond the doubling; one
+  compile instead of several doublings) and, once that one fits, 1/16 above it; then bisection
+  between the largest batch that fitted and the smallest that did not, until they are within
+  1/16 of each other. Returns {"fits": row of the largest batch that fitted or None, "fails": row
+  of the smallest that did not or None, "tried": every row, in order}."""
   tried = [first] if first is not None else []
   cache = {r["per_chip"]: r for r in tried}
-
-  def run(b):
-    if b not in cache:
-      cache[b] = attempt(b)
-      tried.append(cache[b])
-    return cache[b]
-
   good = bad = None
   b = start
-  while len(tried) < max_compiles or b in cache:
-    row = run(b)
-    if row["fits"]:
-      good = row
-      if bad is not None:
+  close = lambda: bad["per_chip"] - good["per_chip"] <= max(1, good["per_chip"] // 16)  # noqa: E731
+  while True:
+    if b not in cache:
+      if len(tried) >= max_compiles:
         break
-      b *= 2
-    else:
+      cache[b] = attempt(b)
+      tried.append(cache[b])
+    row = cache[b]
+    if row["fits"] and (good is None or b > good["per_chip"]):
+      good = row
+    if not row["fits"] and (bad is None or b < bad["per_chip"]):
       bad = row
-      if good is not None or b == 1:
+    if good is None:
+      if b == 1:
         break
       b //= 2
-  while (good is not None and bad is not None and len(tried) < max_compiles
-         and bad["per_chip"] - good["per_chip"] > max(1, good["per_chip"] // 16)):
-    row = run((good["per_chip"] + bad["per_chip"]) // 2)
-    good, bad = (row, bad) if row["fits"] else (good, row)
+    elif bad is None:
+      step = max(1, good["per_chip"] // 16)
+      predicted = _predicted([r for r in tried if r["fits"]], good["hbm"])
+      if predicted is not None and predicted > 2 * good["per_chip"]:
+        b = predicted
+      elif predicted is not None and predicted >= good["per_chip"] and b == predicted:
+        b = good["per_chip"] + step  # the prediction fitted: probe just above it
+      else:
+        b = 2 * good["per_chip"]
+    elif close():
+      break
+    else:
+      b = (good["per_chip"] + bad["per_chip"]) // 2
   return {"fits": good, "fails": bad, "tried": tried}
 
 
@@ -207,7 +238,7 @@ def _mib(value) -> str:
 
 def _memory_cells(row: dict) -> str:
   if "total" not in row:
-    return "compile refused (out of memory) | | | | | | | "
+    return "compile refused (out of memory)" + " |" * 8
   return (f"{_mib(row['argument'])} | {_mib(row['output'])} | {_mib(row['alias'])} | "
           f"{_mib(row['temp'])} | {_mib(row['generated_code'])} | {_mib(row['total'])} | "
           f"{row['total'] / row['hbm']:.1%} | {row['flops'] / 1e9:,.1f} | "
@@ -221,8 +252,8 @@ def report(results: list[dict], meta: dict) -> str:
           "GFLOP per device | GiB accessed per device |\n" + "|---" * 14 + "|\n")
   rows, search = [], []
   for r in results:
-    where = f"| {r['preset']} | {r['topology']} ({r['device_kind']}, {r['hbm_gib']:g} GiB) | " \
-            f"{r['chips']} | {r['data']}×{r['fsdp']} |"
+    where = (f"| {r['preset']} ({r['model']}) | {r['topology']} ({r['device_kind']}, "
+             f"{r['hbm_gib']:g} GiB) | {r['chips']} | {r['data']}×{r['fsdp']} |")
     first = r["tried"][0]
     rows.append(f"{where} {first['batch']} | {_memory_cells(first)} |")
     if meta["search"]:
@@ -291,8 +322,18 @@ def parse_args(argv):
   return args
 
 
+def write(text: str, data: dict, out: str) -> None:
+  """``out`` (markdown) and its .json sibling."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    f.write(text)
+  with open(os.path.splitext(out)[0] + ".json", "w") as f:
+    json.dump(data, f, indent=1)
+
+
 def run(args, command: str) -> tuple[str, dict]:
-  """Compiles every (preset, topology, mesh) of ``args``: (markdown report, JSON-able dict)."""
+  """Compiles every (preset, topology, mesh) of ``args``: (markdown report, JSON-able dict).
+  With ``args.out`` the report so far is written after each one (a long run keeps what it did)."""
   version = libtpu_version()
   if version is None:
     raise AotError("libtpu is not installed (pip install -e '.[aot]'); it compiles for TPU "
@@ -307,7 +348,7 @@ def run(args, command: str) -> tuple[str, dict]:
   import jaxlib  # noqa: PLC0415
 
   if args.quick:
-    presets, config_args = ["tiny"], {"tiny": QUICK["config_arg"]}
+    presets, config_args = ["quickstart"], {"quickstart": QUICK["config_arg"]}
     topologies, fsdps, search = [QUICK["topologies"]], [int(QUICK["fsdp"])], QUICK["search"]
   else:
     presets = [p for p in args.presets.split(",") if p]
@@ -336,10 +377,14 @@ def run(args, command: str) -> tuple[str, dict]:
         first = attempt(start)
         found = (search_batch(attempt, start, args.max_compiles, first) if search
                  else {"fits": None, "fails": None, "tried": [first]})
-        result = {"preset": preset, "topology": topology, "device_kind": kind,
+        result = {"preset": preset, "model": model_size(make_config(
+                      config_args[preset], start * len(devices), fsdp, args.dtype)),
+                  "topology": topology, "device_kind": kind,
                   "hbm_gib": hbm_gib, "chips": len(devices), "data": len(devices) // fsdp,
                   "fsdp": fsdp, **found}
         results.append(result)
+        if args.out:
+          write(report(results, meta), {"meta": meta, "results": results}, args.out)
         print(f"{preset} {topology} {result['data']}x{fsdp}: " + ", ".join(
             f"batch {t['batch']} " + (f"{t['total'] / MIB:,.0f} MiB" if "total" in t else "OOM")
             + f" ({t['compile_s']:.0f} s)" for t in found["tried"]), file=sys.stderr, flush=True)
@@ -357,11 +402,7 @@ def main(argv=None) -> dict:
     sys.exit(f"aot_tpu.py: {e}")
   print(text)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      f.write(text)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-      json.dump(data, f, indent=1)
+    write(text, data, args.out)
   return data
 
 
