@@ -26,8 +26,9 @@ With the search on, the largest global batch that fits: the per-chip batch (glob
 doubles from ``--start-per-chip`` while the step fits (once two batches fit, it jumps instead to
 where the line through their totals meets HBM, then probes 1/16 above; ``search_batch``), then
 bisects between the largest batch that fitted and the smallest that did not, until they are within
-1/16 of each other or ``--max-compiles`` compiles were spent. A batch fits when the TPU compiler accepts the program
-(it refuses one that cannot fit HBM: RESOURCE_EXHAUSTED) and the total above is within HBM.
+1/16 of each other or ``--max-compiles`` compiles were spent. A batch fits when the TPU compiler
+accepts the program (it refuses one that cannot fit HBM: RESOURCE_EXHAUSTED) and the total above
+is within HBM.
 
 The config is ``experiments/configs/default.py:task=<task>,mode=<mode>,size=<preset>`` (the
 full-size config) with ``model.dtype`` set to ``--dtype`` (bfloat16, the accelerator setting; the
@@ -96,7 +97,10 @@ def make_config(config_arg: str, batch: int, fsdp: int, dtype: str):
   device fsdp leaves) and compute dtype set."""
   from experiments.configs import default  # noqa: PLC0415
 
-  config = default.get_config(config_arg)
+  try:
+    config = default.get_config(config_arg)
+  except ValueError as e:  # an unknown task, mode or preset
+    raise AotError(_first_line(e)) from None
   config.batch_size = batch
   config.mesh.data, config.mesh.fsdp = -1, fsdp
   if dtype:
@@ -124,11 +128,14 @@ def compile_step(config, devices):
   except config_lib.ConfigError as e:
     raise AotError(str(e)) from None
   data, fsdp = config_lib.mesh_shape(config, len(devices))
-  mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=devices)
   # The trainer caches programs by config, mesh shape and device ids; compile-only devices of two
   # topologies share ids, so start from an empty cache.
   trainer._PROGRAMS.clear()  # noqa: SLF001
-  programs = trainer._programs(config, mesh)  # noqa: SLF001  (the trainer's own step, not a copy)
+  try:
+    mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=devices)
+    programs = trainer._programs(config, mesh)  # noqa: SLF001  (the trainer's step, not a copy)
+  except ValueError as e:  # e.g. fsdp does not divide d_model (sharding.state_shardings)
+    raise AotError(_first_line(e)) from None
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        programs.abstract, programs.shardings)
   key = jax.eval_shape(lambda: jax.random.key(0))
@@ -246,7 +253,7 @@ def _memory_cells(row: dict) -> str:
 
 
 def report(results: list[dict], meta: dict) -> str:
-  """Markdown: one row per (preset, topology, mesh) at the start batch, then the search's results."""
+  """Markdown: a row per (preset, topology, mesh) at the start batch, then the search's results."""
   head = ("| preset | topology (chip) | chips | mesh data×fsdp | global batch | arguments MiB | "
           "outputs MiB | aliased MiB | temporaries MiB | code MiB | total MiB | of HBM | "
           "GFLOP per device | GiB accessed per device |\n" + "|---" * 14 + "|\n")
@@ -274,7 +281,8 @@ def report(results: list[dict], meta: dict) -> str:
           f"`experiments/configs/default.py:{meta['config_arg']}` with "
           f"`model.dtype={meta['dtype'] or 'as configured'}`; the trainer's own sharded step "
           f"(`trainer._programs`), state donated. Memory per device from XLA's memory analysis; "
-          f"total = arguments + outputs − aliased (donated state) + temporaries + code. FLOPs and "
+          f"total = arguments + outputs − aliased (donated state) + temporaries + code. FLOPs "
+          f"and "
           f"bytes from XLA's cost analysis of the per-device program, loop bodies counted once "
           f"(lower bounds).\n\n"
           f"Command: `{meta['command']}`\n\n"
