@@ -224,9 +224,10 @@ def _markdown(result, args, pairs):
            f"Command: `{result['command']}` ({result['seconds']:.0f} s on {result['devices']}; "
            f"2 shared CPU cores).", "", f"Debates on: {result['data']}. Nonzero pixels only, seed "
            f"{args.seed}; MCTS = mctx Gumbel MuZero, {args.simulations} simulations per move, the "
-           "judge as its model (mcts+prior: with the learned debater's logits as the search "
-           "prior); greedy judges every legal pixel; learned = the self-play policy's most "
-           "likely legal pixel. Entries: the honest side's win rate per image (precommit: "
+           "judge as its model" + (" (mcts+prior: with the learned debater's logits as the search "
+                                   "prior)" if trained else "") +
+           "; greedy judges every legal pixel" + ("; learned = the self-play policy's most likely "
+                                                  "legal pixel" if trained else "") + ". Entries: the honest side's win rate per image (precommit: "
            "it must beat all nine lies).", ""]
   if trained:
     lines += ["| k | no-debate baseline (judge, k random pixels) | judge on every pixel (outside "

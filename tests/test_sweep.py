@@ -138,3 +138,21 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
   assert os.path.getmtime(os.path.join(runs[0].workdir, "summary.json")) == first_summary
   with open(os.path.join(runs[1].workdir, "summary.json")) as f:
     assert json.load(f)["steps"] == 4
+
+
+def test_parallel_sweep_runs_each_run_in_its_own_process(tmp_path):
+  path = _sweep_file(tmp_path, [dict(TINY, num_steps=2, seed=0), dict(TINY, num_steps=2, seed=1)])
+  workdir = tmp_path / "sweep"
+  result = _cli(f"--sweep={path}", f"--config={BASE}", f"--workdir={workdir}", "--parallel=2",
+                timeout=900)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  pids = {line.split("(pid ")[1].rstrip(")") for line in result.stdout.splitlines()
+          if "started" in line}
+  assert len(pids) == 2, result.stdout
+  for run in sweep.build_runs(path, BASE, str(workdir)):
+    assert run.done
+    with open(os.path.join(run.workdir, "sweep.log")) as f:
+      assert "100%" in f.read()  # the child's own progress bar went to its log
+  assert "| run | seed |" in (workdir / "results.md").read_text()
+  again = _cli(f"--sweep={path}", f"--config={BASE}", f"--workdir={workdir}", "--parallel=2")
+  assert "2 runs, 2 finished, 0 to run" in again.stdout and "started" not in again.stdout
