@@ -22,14 +22,20 @@ SIGTERM stops the current run at a checkpoint (the trainer's preemption path) an
 it. ``--parallel=N`` runs N runs at a time, each in its own process (``--only=I`` in a child);
 ``--count`` prints the number of runs (for cluster array jobs, ``launch/sweep_cluster.sh``).
 
+``--vmap=N`` trains runs that share a compiled step (configs differing only in the seed and the
+hyperparameters that are data in the state: learning rate, λ weights and anneals, limit,
+multiplier step, β; ``config_lib.DATA_FIELDS``) together, up to N at a time, as one vmapped
+program (``amp_debate.train.group``): one compile and one batched step for the group instead of
+one per run. Each run's directory gets the files its own run would write (metrics, results,
+its final checkpoint), so the table is the same; the group's stacked checkpoints live in
+``<workdir>/_vmap/``. With ``--vmap`` the units of ``--only``, ``--count`` and ``--parallel``
+are the groups (a run that shares its step with no other is a group of one).
+
 Afterwards (and with ``--table_only``) the sweep writes ``<workdir>/results.md`` and
 ``results.csv``: one row per run with its overrides, seed, dataset version, final held-out
 accuracy per level, debate length, human calls per question and wall time; and ``accuracy.png``
 (held-out accuracy by level) and ``curves.png`` (held-out accuracy against step) when matplotlib is
 installed.
-
-Not built: running settings that share a compiled step vmapped in one process; every run is its own
-trainer.
 """
 
 from __future__ import annotations
@@ -253,6 +259,16 @@ def _wall(workdir: str, add: float | None = None) -> float:
   return total
 
 
+def _write_summary(run: Run, result, wall: float, group: list[int] | None = None) -> None:
+  summary = dict(index=run.index, name=run.name, overrides=run.overrides,
+                 seed=run.config.seed, mode=run.config.mode, task=run.config.task,
+                 steps=result.step, wall_s=wall, **_final_metrics(run.workdir))
+  if group:
+    summary["vmap_group"] = group
+  with open(os.path.join(run.workdir, SUMMARY), "w") as f:
+    json.dump(summary, f, indent=2, default=str)
+
+
 def execute(run: Run) -> str:
   """Trains (or resumes) one run in this process; writes its summary when done. Returns the
   trainer's status ("done" or "preempted")."""
@@ -263,31 +279,76 @@ def execute(run: Run) -> str:
   finally:
     wall = _wall(run.workdir, time.time() - start)
   if result.status == "done":
-    summary = dict(index=run.index, name=run.name, overrides=run.overrides,
-                   seed=run.config.seed, mode=run.config.mode, task=run.config.task,
-                   steps=result.step, wall_s=wall, **_final_metrics(run.workdir))
-    with open(os.path.join(run.workdir, SUMMARY), "w") as f:
-      json.dump(summary, f, indent=2, default=str)
+    _write_summary(run, result, wall)
   return result.status
+
+
+def group_dir(unit: list[Run], workdir: str) -> str:
+  """Where a vmapped group keeps its stacked checkpoints: ``<workdir>/_vmap/runs-<i>-<j>...``."""
+  return os.path.join(workdir, "_vmap", "runs-" + "-".join(str(r.index) for r in unit))
+
+
+def execute_unit(unit: list[Run], workdir: str) -> str:
+  """Trains (or resumes) a unit: one run (``execute``), or a group of runs vmapped in one program
+  (``amp_debate.train.group``; each run's wall time is the group's). Returns the status."""
+  if len(unit) == 1:
+    return execute(unit[0])
+  from amp_debate.train import group  # pylint: disable=import-outside-toplevel
+  where = group_dir(unit, workdir)
+  start = time.time()
+  try:
+    results = group.run_group([r.config for r in unit], [r.workdir for r in unit], where)
+  finally:
+    elapsed = time.time() - start
+    walls = [_wall(r.workdir, elapsed) for r in unit]
+  if results[0].status == "done":
+    for run, result, wall in zip(unit, results, walls):
+      _write_summary(run, result, wall, group=[r.index for r in unit])
+  return results[0].status
+
+
+def make_units(runs: list[Run], vmap: int) -> list[list[Run]]:
+  """The sweep's units of work: each run alone (``vmap`` <= 1), or groups of at most ``vmap``
+  runs whose configs differ only in the seed and data hyperparameters
+  (``amp_debate.train.group.group_key``), in the order of their first run. The grouping depends
+  on the sweep alone (not on which runs are done), so a rerun finds the same groups."""
+  if vmap <= 1:
+    return [[run] for run in runs]
+  from amp_debate.train import group  # pylint: disable=import-outside-toplevel
+  by_key: dict[str, list[Run]] = {}
+  for run in runs:
+    by_key.setdefault(group.group_key(run.config), []).append(run)
+  units = [members[i:i + vmap] for members in by_key.values()
+           for i in range(0, len(members), vmap)]
+  return sorted(units, key=lambda unit: unit[0].index)
+
+
+def _unit_name(unit: list[Run]) -> str:
+  return unit[0].name if len(unit) == 1 else (
+      f"{len(unit)} runs vmapped: " + "; ".join(f"[{r.index}] {r.name}" for r in unit))
+
+
+def _done(unit: list[Run]) -> bool:
+  return all(r.done for r in unit)
 
 
 def _child_command(argv_base: list[str], index: int) -> list[str]:
   return [sys.executable, "-m", "amp_debate.sweep", *argv_base, f"--only={index}"]
 
 
-def run_parallel(runs: list[Run], argv_base: list[str], parallel: int) -> bool:
-  """Runs the unfinished runs ``parallel`` at a time, each as a child process (its log in
-  ``<run workdir>/sweep.log``). SIGTERM/SIGINT are passed on to the children (each saves a
-  checkpoint). Returns whether every run finished."""
-  pending = [r for r in runs if not r.done]
-  active: list[tuple[Run, subprocess.Popen, Any]] = []
+def run_parallel(units: list[list[Run]], argv_base: list[str], parallel: int) -> bool:
+  """Runs the unfinished units ``parallel`` at a time, each as a child process (``--only=I``; its
+  log in ``<first run's workdir>/sweep.log``). SIGTERM/SIGINT are passed on to the children (each
+  saves a checkpoint). Returns whether every unit finished."""
+  pending = [(i, u) for i, u in enumerate(units) if not _done(u)]
+  active: list[tuple[int, list[Run], subprocess.Popen, Any]] = []
   stopping = False
 
   def stop(signum, frame):
     del frame
     nonlocal stopping
     stopping = True
-    for _, proc, _ in active:
+    for _, _, proc, _ in active:
       proc.send_signal(signum)
 
   previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -295,50 +356,58 @@ def run_parallel(runs: list[Run], argv_base: list[str], parallel: int) -> bool:
   try:
     while pending or active:
       while pending and len(active) < parallel and not stopping:
-        run = pending.pop(0)
-        os.makedirs(run.workdir, exist_ok=True)
-        log = open(os.path.join(run.workdir, "sweep.log"), "a")  # pylint: disable=consider-using-with
-        proc = subprocess.Popen(_child_command(argv_base, run.index), stdout=log,
+        index, unit = pending.pop(0)
+        os.makedirs(unit[0].workdir, exist_ok=True)
+        log = open(os.path.join(unit[0].workdir, "sweep.log"), "a")  # pylint: disable=consider-using-with
+        proc = subprocess.Popen(_child_command(argv_base, index), stdout=log,
                                 stderr=subprocess.STDOUT)
-        print(f"[{run.index}] started {run.name} (pid {proc.pid})", flush=True)
-        active.append((run, proc, log))
+        print(f"[{index}] started {_unit_name(unit)} (pid {proc.pid})", flush=True)
+        active.append((index, unit, proc, log))
       time.sleep(0.2)
       for item in list(active):
-        run, proc, log = item
+        index, unit, proc, log = item
         if proc.poll() is not None:
           log.close()
           active.remove(item)
-          state = "done" if run.done else f"stopped (exit {proc.returncode})"
-          print(f"[{run.index}] {state}: {run.name}", flush=True)
-          if not run.done:
-            failed.append(run)
+          state = "done" if _done(unit) else f"stopped (exit {proc.returncode})"
+          print(f"[{index}] {state}: {_unit_name(unit)}", flush=True)
+          if not _done(unit):
+            failed.append(unit)
       if stopping and not active:
         break
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
-  for run in failed:
-    print(f"[{run.index}] not finished; see {os.path.join(run.workdir, 'sweep.log')}", flush=True)
+  for unit in failed:
+    print(f"not finished: {_unit_name(unit)}; see {os.path.join(unit[0].workdir, 'sweep.log')}",
+          flush=True)
   return not failed and not pending and not stopping
 
 
-def run_all(runs: list[Run], *, parallel: int = 1, argv_base: list[str] | None = None) -> bool:
-  """Runs every unfinished run (resuming the started ones): in this process one after the other,
+def run_all(units: list[list[Run]], workdir: str, *, parallel: int = 1,
+            argv_base: list[str] | None = None) -> bool:
+  """Runs every unfinished unit (resuming the started ones): in this process one after the other,
   or ``parallel`` child processes at a time (``argv_base``: the sweep's CLI arguments). Stops at
-  a preemption. Returns whether every run finished."""
+  a preemption. Returns whether every unit finished."""
+  runs = [r for unit in units for r in unit]
   todo = [r for r in runs if not r.done]
+  vmapped = sum(len(u) for u in units if len(u) > 1 and not _done(u))
   print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run "
-        f"({sum(r.started for r in todo)} to resume).", flush=True)
+        f"({sum(r.started for r in todo)} to resume)"
+        + (f"; {vmapped} of them vmapped in groups" if vmapped else "") + ".", flush=True)
   if parallel > 1:
-    return run_parallel(runs, argv_base or [], parallel)
-  for run in todo:
-    print(f"[{run.index}] {'resuming' if run.started else 'running'} {run.name}", flush=True)
+    return run_parallel(units, argv_base or [], parallel)
+  for index, unit in enumerate(units):
+    if _done(unit):
+      continue
+    started = any(r.started for r in unit) or os.path.isdir(group_dir(unit, workdir))
+    print(f"[{index}] {'resuming' if started else 'running'} {_unit_name(unit)}", flush=True)
     try:
-      status = execute(run)
+      status = execute_unit(unit, workdir)
     except ValueError as e:
-      raise ValueError(f"run {run.index} ({run.name}): {e}") from None
+      raise ValueError(f"{_unit_name(unit)}: {e}") from None
     if status != "done":
-      print(f"[{run.index}] preempted", flush=True)
+      print(f"[{index}] preempted", flush=True)
       return False
   return True
 
@@ -458,33 +527,42 @@ def main(argv):
     if not _WORKDIR.value and not _COUNT.value:
       raise SweepError("--workdir is required")
     runs = build_runs(_SWEEP.value, _CONFIG.value, _WORKDIR.value or ".")
+    if _VMAP.value < 1:
+      raise SweepError(f"--vmap must be >= 1 (1: no vmapping), got {_VMAP.value}")
+    units = make_units(runs, _VMAP.value)
     if _COUNT.value:
-      print(len(runs))
+      print(len(units))
       return
-    if _ONLY.value is not None and not 0 <= _ONLY.value < len(runs):
-      raise SweepError(f"--only={_ONLY.value} is not a run of this sweep (0..{len(runs) - 1})")
+    what = "run" if _VMAP.value <= 1 else "unit (run or vmapped group)"
+    if _ONLY.value is not None and not 0 <= _ONLY.value < len(units):
+      raise SweepError(f"--only={_ONLY.value} is not a {what} of this sweep "
+                       f"(0..{len(units) - 1})")
   except SweepError as e:
     sys.exit(f"error: {e}")
   title = (f"Sweep {os.path.basename(_SWEEP.value)} on {_CONFIG.value} "
-           f"(python -m amp_debate.sweep --sweep={_SWEEP.value} --config={_CONFIG.value})")
+           f"(python -m amp_debate.sweep --sweep={_SWEEP.value} --config={_CONFIG.value}"
+           + (f" --vmap={_VMAP.value}" if _VMAP.value > 1 else "") + ")")
   if _DRY_RUN.value:
-    for run in runs:
-      state = "done" if run.done else "resume" if run.started else "new"
-      print(f"[{run.index}] {state:6s} {run.name}")
+    for index, unit in enumerate(units):
+      for run in unit:
+        state = "done" if run.done else "resume" if run.started else "new"
+        prefix = f"[{index}]" if len(unit) == 1 else f"[{index}:{run.index}]"
+        print(f"{prefix} {state:6s} {run.name}")
     return
-  if _ONLY.value is not None:
-    status = execute(runs[_ONLY.value])
-    sys.exit(0 if status == "done" else 3)
-  if not _TABLE_ONLY.value:
-    base = [f"--sweep={_SWEEP.value}", f"--config={_CONFIG.value}", f"--workdir={_WORKDIR.value}"]
-    try:
-      finished = run_all(runs, parallel=_PARALLEL.value, argv_base=base)
-    except ValueError as e:  # the trainer's user-facing errors
-      sys.exit(f"error: {e}")
-    if not finished:
-      aggregate(runs, _WORKDIR.value, title)
-      print("sweep not finished: rerun the same command to resume", flush=True)
-      sys.exit(3)
+  try:
+    if _ONLY.value is not None:
+      status = execute_unit(units[_ONLY.value], _WORKDIR.value)
+      sys.exit(0 if status == "done" else 3)
+    if not _TABLE_ONLY.value:
+      base = [f"--sweep={_SWEEP.value}", f"--config={_CONFIG.value}",
+              f"--workdir={_WORKDIR.value}", f"--vmap={_VMAP.value}"]
+      finished = run_all(units, _WORKDIR.value, parallel=_PARALLEL.value, argv_base=base)
+      if not finished:
+        aggregate(runs, _WORKDIR.value, title)
+        print("sweep not finished: rerun the same command to resume", flush=True)
+        sys.exit(3)
+  except ValueError as e:  # the trainer's user-facing errors
+    sys.exit(f"error: {e}")
   print(aggregate(runs, _WORKDIR.value, title))
 
 
@@ -494,8 +572,12 @@ if __name__ == "__main__":
                                 "quickstart", "Base config file and its arg (path.py:arg).")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory a run).")
   _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time (> 1: one process each).")
-  _ONLY = flags.DEFINE_integer("only", None, "Run only this run (0-based) in this process.")
-  _COUNT = flags.DEFINE_bool("count", False, "Print the number of runs and exit.")
+  _VMAP = flags.DEFINE_integer("vmap", 1, "Vmap up to N runs that share a compiled step (differ "
+                                "only in seed and data hyperparameters) in one program.")
+  _ONLY = flags.DEFINE_integer("only", None, "Run only unit I (0-based: a run, or with --vmap a "
+                               "group) in this process.")
+  _COUNT = flags.DEFINE_bool("count", False, "Print the number of units (runs, or groups with "
+                             "--vmap) and exit.")
   _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check every run, list them with their state.")
   _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only write the table of finished runs.")
   flags.mark_flags_as_required(["sweep"])

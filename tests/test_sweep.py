@@ -122,7 +122,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
 
   monkeypatch.setattr(metrics_io.MetricWriter, "write_scalars", crash_in_run_1)
   with pytest.raises(KeyboardInterrupt):
-    sweep.run_all(runs)
+    sweep.run_all(sweep.make_units(runs, 1), str(tmp_path / "sweep"))
   assert runs[0].done and not runs[1].done and runs[1].started
   first_summary = os.path.getmtime(os.path.join(runs[0].workdir, "summary.json"))
   monkeypatch.setattr(metrics_io.MetricWriter, "write_scalars", write)
@@ -130,7 +130,8 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
   execute = sweep.execute
   monkeypatch.setattr(sweep, "execute", lambda run: executed.append(run.index) or execute(run))
   capsys.readouterr()
-  assert sweep.run_all(sweep.build_runs(path, BASE, str(tmp_path / "sweep")))
+  assert sweep.run_all(sweep.make_units(sweep.build_runs(path, BASE, str(tmp_path / "sweep")), 1),
+                       str(tmp_path / "sweep"))
   out = capsys.readouterr().out
   assert "2 runs, 1 finished, 1 to run (1 to resume)" in out
   assert executed == [1] and "Resumed from step 2" in out, out

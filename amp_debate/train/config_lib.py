@@ -410,3 +410,34 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return tx
 
 
+
+
+# Config fields that are data in the TrainState (``make_optimizer``), not in the traced program:
+# runs whose configs differ only in these (and the seed) share one compiled train step, and can
+# run vmapped in one process (``amp_debate.train.group``). ``hparams`` turns them into the
+# arguments of ``step.with_hparams``.
+DATA_FIELDS = ("optimizer.learning_rate", "combination.weights", "combination.weights_end",
+               "combination.anneal_steps", "combination.limit", "combination.multiplier_lr",
+               "combination.beta")
+
+
+def is_data_field(name: str) -> bool:
+  """Whether the flattened config field ``name`` is one of DATA_FIELDS (or inside one)."""
+  return any(name == f or name.startswith(f + ".") for f in DATA_FIELDS)
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config's DATA_FIELDS as keyword arguments of ``step.with_hparams``: a state built from
+  another config's optimiser (same kind, differing only in data fields) and given these equals
+  the state this config's own optimiser builds."""
+  c = config.combination
+  out: dict[str, Any] = {"learning_rate": float(config.optimizer.learning_rate)}
+  if c.kind == "weighted":
+    out["weights"] = {k: _weight(config, k) for k in combine.OBJECTIVES}
+  else:
+    out["weights"] = {k: _weight(config, k) for k in ("rl", "cat")}
+  if c.kind == "constrained":
+    out.update(limit=float(c.limit), multiplier_lr=float(c.multiplier_lr))
+  if c.kind == "shaped":
+    out["beta"] = float(c.beta)
+  return out

@@ -201,6 +201,24 @@ def _drop_partial_last_line(path: str) -> None:
     f.truncate(keep)
 
 
+def drop_after(path: str | os.PathLike, step: int) -> int:
+  """Removes the records of steps after ``step`` from the JSONL log at ``path`` (if it exists):
+  a run resumed from its checkpoint at ``step`` replays those steps, and would log them twice.
+  Rewrites the file atomically; returns the number of records dropped."""
+  if not os.path.exists(path):
+    return 0
+  records = read_jsonl(path)
+  keep = [r for r in records if r.get("step", 0) <= step]
+  if len(keep) == len(records):
+    return 0
+  tmp = f"{os.fspath(path)}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for record in keep:
+      f.write(json.dumps({k: _json_value(k, v) for k, v in record.items()}, allow_nan=False) + "\n")
+  os.replace(tmp, path)
+  return len(records) - len(keep)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """All records of a JSONL log, with ``"nan"``/``"inf"``/``"-inf"`` strings as floats.
 

@@ -229,6 +229,34 @@ def honesty_table(eval_results: Mapping, levels) -> str:
   return metrics_io.markdown_table(headers, rows)
 
 
+def write_report(config: ml_collections.ConfigDict, task, eval_set, last_eval: Mapping[str, float],
+                 step: int, workdir: str, reference: Mapping | None, *, is_main: bool) -> str:
+  """A finished run's report: the accuracy table, the honesty table and the human-calls line,
+  printed and written to ``<workdir>/results.md`` (header: mode, task, steps, eval set), and the
+  curves to ``<workdir>/curves.png`` (process 0 only). Returns the tables' markdown."""
+  levels = sorted(eval_set.splits)
+  table = results_table(last_eval, levels, (reference or {}).get(eval_set.name))
+  honesty = honesty_table(last_eval, levels)
+  if honesty:
+    table += ("\n\nDebate honesty (M greedy, in both seats, against scripted liars defending a "
+              "false claim; worst seat shown):\n\n" + honesty)
+  calls = human_calls_line(os.path.join(workdir, "metrics.jsonl")) if is_main else ""
+  if calls:
+    table += "\n\n" + calls
+  header = (f"{config.mode} on {task.name} {task.options()}, {step} steps; held-out greedy "
+            f"accuracy on {eval_set.name}")
+  if is_main:
+    print(f"\n{header}\n\n{table}\n", flush=True)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(f"# {header}\n\n{table}\n")
+    metrics_io.plot_curves(os.path.join(workdir, "metrics.jsonl"),
+                           os.path.join(workdir, "curves.png"),
+                           ["loss/sup", "accuracy/model", "curriculum/level",
+                            "eval/accuracy/model/mean", "win/draw",
+                            "eval/honesty/consistent/odd/win/min"])
+  return table
+
+
 # ---- the loop ----------------------------------------------------------------------------------
 class _Preemption:
   """SIGTERM sets ``requested``; the loop saves and exits at the next step boundary.
@@ -347,6 +375,7 @@ class _Programs:
   shardings: Any  # of the TrainState
   train_step: Any  # jitted, sharded, donating the state
   eval_fn: Any  # jitted
+  step_fn: Any  # the pure step that train_step jits: (state, rng) -> (state, metrics)
 
 
 # Config fields that never reach a traced program (host-side schedule, paths, the seed's key is an
@@ -386,7 +415,7 @@ def _programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> _Pr
                                  config.eval.debates and config.mode != "supervised"),
                     out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   programs = _Programs(task, init_fn, abstract, shardings,
-                       sharding.shard_step(step_fn, mesh, shardings), eval_fn)
+                       sharding.shard_step(step_fn, mesh, shardings), eval_fn, step_fn)
   _PROGRAMS[key] = programs
   while len(_PROGRAMS) > _KEEP_PROGRAMS:
     _PROGRAMS.pop(next(iter(_PROGRAMS)))
@@ -553,6 +582,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
       restored, _ = checkpointer.restore({"state": abstract_sharded, "rng": step_rng_root}, latest)
       state, step_rng_root = restored["state"], restored["rng"]
+      if is_main:  # the steps after the checkpoint are replayed: log them once
+        metrics_io.drop_after(os.path.join(workdir, "metrics.jsonl"), latest)
       print(f"Resumed from step {latest} ({os.path.join(workdir, 'checkpoints')}).", flush=True)
     else:
       start = starting_params(config, abstract.params)  # refuses a bad checkpoint before compiling
@@ -639,23 +670,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       last_eval = run_eval(state)
       writer.write_scalars(step, last_eval)
     checkpointer.wait()
-    table = results_table(last_eval, sorted(eval_set.splits), (reference or {}).get(eval_set.name))
-    honesty = honesty_table(last_eval, sorted(eval_set.splits))
-    if honesty:
-      table += ("\n\nDebate honesty (M greedy, in both seats, against scripted liars defending a "
-                "false claim; worst seat shown):\n\n" + honesty)
-    calls = human_calls_line(os.path.join(workdir, "metrics.jsonl")) if is_main else ""
-    if calls:
-      table += "\n\n" + calls
-    header = (f"{config.mode} on {task.name} {task.options()}, {step} steps; held-out greedy "
-              f"accuracy on {eval_set.name}")
-    if is_main:
-      print(f"\n{header}\n\n{table}\n", flush=True)
-      with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(f"# {header}\n\n{table}\n")
-      metrics_io.plot_curves(os.path.join(workdir, "metrics.jsonl"),
-                             os.path.join(workdir, "curves.png"),
-                             ["loss/sup", "accuracy/model", "curriculum/level",
-                              "eval/accuracy/model/mean", "win/draw",
-                              "eval/honesty/consistent/odd/win/min"])
+    table = write_report(config, task, eval_set, last_eval, step, workdir, reference,
+                         is_main=is_main)
     return RunResult(status=status, step=step, eval=last_eval, table=table)
