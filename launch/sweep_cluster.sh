@@ -12,6 +12,8 @@
 # The number of runs N comes from `python -m amp_debate.sweep --sweep=... --config=...
 # --workdir=... --count` unless --count=N is given (then the sweep module is not needed here,
 # also not under --dry-run). Run I (0-based) is `python -m amp_debate.sweep ... --only=I`.
+# With `-- --vmap=K` the units are vmapped groups of up to K runs sharing a compiled step (one
+# job per group; the count, taken with the same extra arguments, is the number of groups).
 #
 # SLURM (default): one array job, `sbatch --array=0-(N-1)[%K]`, task I running run I as one
 #   process with --gpus_per_run GPUs (default 1); --max_parallel=K runs at most K at once. The
@@ -76,8 +78,8 @@ fi
 
 sweep_args=(--sweep="$sweep" --config="$config" --workdir="$workdir")
 if [[ -z "$count" ]]; then
-  echo "+ $(join python -m amp_debate.sweep "${sweep_args[@]}" --count)"
-  count="$(python -m amp_debate.sweep "${sweep_args[@]}" --count)" ||
+  echo "+ $(join python -m amp_debate.sweep "${sweep_args[@]}" "${extra[@]}" --count)"
+  count="$(python -m amp_debate.sweep "${sweep_args[@]}" "${extra[@]}" --count)" ||
     die "python -m amp_debate.sweep ... --count failed (give --count=N to skip it)"
 fi
 [[ "$count" =~ ^[1-9][0-9]*$ ]] || die "the sweep's run count must be a positive integer, got '$count'"

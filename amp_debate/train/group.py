@@ -188,17 +188,13 @@ def run_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[s
       if step == start + 1:
         jax.block_until_ready(state)
         clock.start()
-      log_now = step % base.log_every == 0 or step == num_steps
-      eval_now = base.eval.every and step % base.eval.every == 0
       preempted = preemption.reached(step)
-      ckpt_now = (base.checkpoint.every and step % base.checkpoint.every == 0) or (
-          step == num_steps) or preempted
+      log_now, eval_now, ckpt_now = trainer.step_events(base, step, preempted)
       if log_now or eval_now or ckpt_now:
         host = jax.device_get(metrics)
         rows = [trainer._scalars(_row(host, i)) for i in range(n)]  # pylint: disable=protected-access
         for i, scalars in enumerate(rows):
-          bad = metrics_io.nonfinite({k: v for k, v in scalars.items()
-                                      if k.startswith(("loss/", "grad_norm/"))})
+          bad = trainer.diverged(scalars)
           if bad:
             if bar:
               bar.close()
@@ -235,7 +231,7 @@ def run_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[s
       return [trainer.RunResult(status=status, step=step, eval=e, table="")
               for e in (last_eval or [{}] * n)]
 
-    if not last_eval or not (base.eval.every and step % base.eval.every == 0):
+    if not last_eval or not trainer.step_events(base, step, False)[1]:
       last_eval = run_eval(state)
       for writer, result in zip(writers, last_eval):
         writer.write_scalars(step, result)

@@ -305,6 +305,23 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
   return out
 
 
+def step_events(config: ml_collections.ConfigDict, step: int,
+                preempted: bool) -> tuple[bool, bool, bool]:
+  """(log, evaluate, checkpoint) after ``step``: every log_every / eval.every / checkpoint.every
+  steps; the last step logs and checkpoints, and so does a preemption."""
+  last = step == config.num_steps
+  log = step % config.log_every == 0 or last
+  evaluate = bool(config.eval.every) and step % config.eval.every == 0
+  ckpt = bool(config.checkpoint.every and step % config.checkpoint.every == 0) or last or preempted
+  return log, evaluate, ckpt
+
+
+def diverged(scalars: Mapping[str, float]) -> list[str]:
+  """The losses and gradient norms among ``scalars`` that are NaN or Inf."""
+  return metrics_io.nonfinite({k: v for k, v in scalars.items()
+                               if k.startswith(("loss/", "grad_norm/"))})
+
+
 def make_workdir(workdir: str) -> None:
   """Creates ``workdir`` (and its parents) if missing; WorkdirError if it cannot hold a run."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -624,15 +641,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       if step == start + 1:
         jax.block_until_ready(state)
         clock.start()
-      log_now = step % config.log_every == 0 or step == num_steps
-      eval_now = config.eval.every and (step % config.eval.every == 0)
       preempted = preemption.reached(step)  # read once: SIGTERM may land at any moment
-      ckpt_now = (config.checkpoint.every and step % config.checkpoint.every == 0) or (
-          step == num_steps) or preempted
+      log_now, eval_now, ckpt_now = step_events(config, step, preempted)
       if log_now or eval_now or ckpt_now:
         scalars = _scalars(jax.device_get(metrics))
-        bad = metrics_io.nonfinite({k: v for k, v in scalars.items()
-                                    if k.startswith(("loss/", "grad_norm/"))})
+        bad = diverged(scalars)
         if bad:
           if bar:
             bar.close()
@@ -666,7 +679,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
             f"resume.", flush=True)
       return RunResult(status=status, step=step, eval=last_eval, table="")
 
-    if not last_eval or not (config.eval.every and step % config.eval.every == 0):
+    if not last_eval or not step_events(config, step, False)[1]:
       last_eval = run_eval(state)
       writer.write_scalars(step, last_eval)
     checkpointer.wait()
