@@ -1,0 +1,150 @@
+r"""Runs the shipped ablation sweeps (experiments/sweeps/) at the quick start's size and commits
+their tables and plots.
+
+  python -m experiments.sweep_study [--sweeps=anneal,call_prob,learned_stop,target,modes] \
+      [--workdir=workdir/sweep_study] [--vmap=8] [--out=experiments/results/sweeps]
+
+Each sweep runs as ``python -m amp_debate.sweep --sweep=experiments/sweeps/<name>.py
+--config=experiments/configs/default.py:task=permutation,quickstart --vmap=<vmap>
+--workdir=<workdir>/<name>`` (the sweep runner's resume applies: rerunning the study resumes or
+skips what is done). Afterwards ``<out>/<name>/`` receives the sweep's ``results.md``,
+``results.csv``, ``accuracy.png`` and ``curves.png``, plus ``debate_length.png`` (each run's
+debate-length distribution over the last tenth of training, from its ``summary.json``), and
+``<out>/README.md`` indexes them with each sweep's command and wall time. The quick start (the
+permutation task, n=5, two levels, 600 steps, 2 layers of width 128) is the size at which every
+sweep fits in CPU minutes; ``modes.py`` names the shortest-path runlocal recipe in its docstring,
+here it runs at the quick start too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "experiments/configs/default.py:task=permutation,quickstart"
+SWEEPS = ("anneal", "call_prob", "learned_stop", "target", "modes")
+FILES = ("results.md", "results.csv", "accuracy.png", "curves.png")
+
+
+def command(name: str, workdir: str, vmap: int) -> list[str]:
+  return [sys.executable, "-m", "amp_debate.sweep", f"--sweep=experiments/sweeps/{name}.py",
+          f"--config={CONFIG}", f"--workdir={os.path.join(workdir, name)}", f"--vmap={vmap}"]
+
+
+def summaries(sweep_dir: str) -> list[dict]:
+  """The finished runs' summary.json records, in run order."""
+  rows = []
+  for entry in sorted(os.listdir(sweep_dir)):
+    path = os.path.join(sweep_dir, entry, "summary.json")
+    if os.path.isfile(path):
+      with open(path) as f:
+        rows.append(json.load(f))
+  return sorted(rows, key=lambda r: r["index"])
+
+
+def plot_lengths(rows: list[dict], path: str) -> bool:
+  """Bar chart of each run's debate-length distribution (fraction of debates ending at each
+  length, last tenth of training). Returns whether anything was drawn."""
+  rows = [r for r in rows if r.get("debate_length_hist_end")]
+  if not rows:
+    return False
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  lengths = max(len(r["debate_length_hist_end"]) for r in rows)
+  fig = Figure(figsize=(max(6, 0.35 * len(rows) * lengths + 3), 4.5), layout="constrained")
+  ax = fig.subplots()
+  width = 0.8 / len(rows)
+  for i, row in enumerate(rows):
+    hist = row["debate_length_hist_end"]
+    ax.bar([t + i * width for t in range(len(hist))], hist, width, label=row["name"][:60])
+  ax.set_xticks([t + 0.4 - width / 2 for t in range(lengths)], [str(t) for t in range(lengths)])
+  ax.set_xlabel("debate length (arguments made, the trainer's debate/length_hist)")
+  ax.set_ylabel("fraction of training debates (last tenth)")
+  ax.set_ylim(0, 1)
+  ax.legend(fontsize="x-small")
+  fig.savefig(path)
+  return True
+
+
+def collect(name: str, workdir: str, out: str, cmd: list[str], shown: str) -> dict:
+  """Copies one sweep's table and plots to ``<out>/<name>/``; returns its index entry."""
+  src = os.path.join(workdir, name)
+  dst = os.path.join(out, name)
+  os.makedirs(dst, exist_ok=True)
+  for file in FILES:
+    if os.path.isfile(os.path.join(src, file)):
+      shutil.copyfile(os.path.join(src, file), os.path.join(dst, file))
+  rows = summaries(src)
+  extra = plot_lengths(rows, os.path.join(dst, "debate_length.png"))
+  if extra:
+    with open(os.path.join(dst, "results.md"), "a") as f:
+      f.write("\n![debate_length](debate_length.png)\n")
+  groups = {tuple(r.get("vmap_group") or [r["index"]]): r["wall_s"] for r in rows}
+  return dict(name=name, runs=len(rows), groups=len(groups),
+              command=" ".join(["python"] + cmd[1:]).replace(workdir, shown),
+              seconds=sum(groups.values()))
+
+
+def write_index(entries: list[dict], out: str) -> None:
+  lines = ["# Ablation sweeps at the quick start's size", "",
+           "Written by `python -m experiments.sweep_study` (every sweep file in "
+           "experiments/sweeps/, the quick start's task and model: "
+           f"`{CONFIG}`, 600 steps, CPU). Each sweep's table gives every run's overrides, seed, "
+           "dataset version, final held-out accuracy by level (M answering alone, greedy), "
+           "debate length, human calls per question and wall time (for vmapped runs: the "
+           "group's wall time, shared by its runs).", "",
+           "| sweep | runs | units (vmapped groups or single runs) | training wall time (sum over units) | command |",
+           "|---|---|---|---|---|"]
+  for e in entries:
+    wall = f"{e['seconds'] / 60:.1f} min"
+    lines.append(f"| [{e['name']}]({e['name']}/results.md) | {e['runs']} | {e['groups']} | "
+                 f"{wall} | `{e['command']}` |")
+  with open(os.path.join(out, "README.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--sweeps", default=",".join(SWEEPS))
+  parser.add_argument("--workdir", default="workdir/sweep_study")
+  parser.add_argument("--vmap", type=int, default=8)
+  parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "sweeps"))
+  parser.add_argument("--collect_only", action="store_true",
+                      help="Only copy the finished sweeps' tables and plots.")
+  args = parser.parse_args(argv)
+  names = [n for n in args.sweeps.split(",") if n]
+  workdir = os.path.abspath(args.workdir)
+  for name in names:
+    if not os.path.isfile(os.path.join(ROOT, "experiments", "sweeps", f"{name}.py")):
+      raise SystemExit(f"error: no sweep experiments/sweeps/{name}.py")
+  os.makedirs(args.out, exist_ok=True)
+  index_path = os.path.join(args.out, "index.json")
+  index = {}
+  if os.path.isfile(index_path):
+    with open(index_path) as f:
+      index = {e["name"]: e for e in json.load(f)}
+  status = 0
+  for name in names:
+    cmd = command(name, workdir, args.vmap)
+    if not args.collect_only:
+      print("$ " + " ".join(cmd[1:]), flush=True)
+      rc = subprocess.call(cmd, cwd=ROOT)
+      if rc != 0:
+        print(f"sweep {name} ended with status {rc}", flush=True)
+        status = rc
+        continue
+    if os.path.isdir(os.path.join(workdir, name)):
+      index[name] = collect(name, workdir, args.out, cmd, args.workdir)
+  entries = [index[n] for n in SWEEPS if n in index]
+  with open(index_path, "w") as f:
+    json.dump(entries, f, indent=2)
+  write_index(entries, args.out)
+  return status
+
+
+if __name__ == "__main__":
+  sys.exit(main())

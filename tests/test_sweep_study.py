@@ -1,0 +1,56 @@
+"""experiments/sweep_study.py's collection: tables and plots copied, the debate-length plot drawn
+from the runs' summaries, vmapped groups counted once in the wall time (no training here)."""
+
+import json
+import os
+
+from experiments import sweep_study
+
+
+def _fake_sweep(root, name):
+  """A finished two-run sweep as the runner leaves it: one vmapped group of two runs."""
+  src = os.path.join(root, name)
+  for i, hist in enumerate(([0.0, 0.25, 0.75], [0.0, 1.0, 0.0])):
+    run = os.path.join(src, f"run{i}")
+    os.makedirs(run)
+    with open(os.path.join(run, "summary.json"), "w") as f:
+      json.dump({"index": i, "name": f"run{i}", "wall_s": 120.0, "vmap_group": [0, 1],
+                 "debate_length_hist_end": hist}, f)
+  with open(os.path.join(src, "results.md"), "w") as f:
+    f.write("# table\n")
+  with open(os.path.join(src, "results.csv"), "w") as f:
+    f.write("run\n0\n1\n")
+  return src
+
+
+def test_collect_copies_and_counts_groups_once(tmp_path):
+  workdir, out = str(tmp_path / "work"), str(tmp_path / "out")
+  _fake_sweep(workdir, "anneal")
+  cmd = sweep_study.command("anneal", workdir, 8)
+  entry = sweep_study.collect("anneal", workdir, out, cmd, "workdir/sweep_study")
+  assert entry["runs"] == 2 and entry["groups"] == 1
+  assert entry["seconds"] == 120.0  # the group's wall time, not twice
+  assert "--workdir=workdir/sweep_study/anneal" in entry["command"]
+  assert "--vmap=8" in entry["command"]
+  files = sorted(os.listdir(os.path.join(out, "anneal")))
+  assert files == ["debate_length.png", "results.csv", "results.md"]
+  with open(os.path.join(out, "anneal", "results.md")) as f:
+    assert f.read().endswith("![debate_length](debate_length.png)\n")
+  sweep_study.write_index([entry], out)
+  with open(os.path.join(out, "README.md")) as f:
+    index = f.read()
+  assert "| [anneal](anneal/results.md) | 2 | 1 | 2.0 min |" in index
+
+
+def test_no_lengths_no_plot(tmp_path):
+  assert not sweep_study.plot_lengths([{"name": "a", "index": 0}], str(tmp_path / "x.png"))
+  assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_unknown_sweep_is_refused(tmp_path):
+  try:
+    sweep_study.main(["--sweeps=nope", f"--out={tmp_path}"])
+  except SystemExit as e:
+    assert "no sweep experiments/sweeps/nope.py" in str(e)
+  else:
+    raise AssertionError("an unknown sweep name was accepted")
