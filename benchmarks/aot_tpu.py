@@ -87,9 +87,12 @@ def topology_devices(name: str) -> list:
   from jax.experimental import topologies  # noqa: PLC0415
 
   try:
-    return list(topologies.get_topology_desc(name, "tpu").devices)
+    devices = list(topologies.get_topology_desc(name, "tpu").devices)
   except Exception as e:  # noqa: BLE001  (libtpu reports a bad name as a generic runtime error)
     raise AotError(f"topology {name!r}: libtpu cannot describe it ({_first_line(e)})") from None
+  # libtpu describes v4 (and v3) slices core by core, two per chip; JAX meshes on TPU >v3 take one
+  # device per chip (megacore: the chip's two cores act as one device), so keep each chip's first.
+  return [d for d in devices if getattr(d, "core_on_chip", 0) == 0]
 
 
 def make_config(config_arg: str, batch: int, fsdp: int, dtype: str):

@@ -48,24 +48,28 @@ def summaries(sweep_dir: str) -> list[dict]:
 
 
 def plot_lengths(rows: list[dict], path: str) -> bool:
-  """Bar chart of each run's debate-length distribution (fraction of debates ending at each
-  length, last tenth of training). Returns whether anything was drawn."""
+  """One horizontal bar per run, split by debate length: the fraction of its training debates
+  (last tenth of training) that ended after 0, 1, 2, ... arguments. Returns whether anything was
+  drawn."""
   rows = [r for r in rows if r.get("debate_length_hist_end")]
   if not rows:
     return False
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   lengths = max(len(r["debate_length_hist_end"]) for r in rows)
-  fig = Figure(figsize=(max(6, 0.35 * len(rows) * lengths + 3), 4.5), layout="constrained")
+  fig = Figure(figsize=(9, 1.2 + 0.3 * len(rows)), layout="constrained")
   ax = fig.subplots()
-  width = 0.8 / len(rows)
-  for i, row in enumerate(rows):
-    hist = row["debate_length_hist_end"]
-    ax.bar([t + i * width for t in range(len(hist))], hist, width, label=row["name"][:60])
-  ax.set_xticks([t + 0.4 - width / 2 for t in range(lengths)], [str(t) for t in range(lengths)])
-  ax.set_xlabel("debate length (arguments made, the trainer's debate/length_hist)")
-  ax.set_ylabel("fraction of training debates (last tenth)")
-  ax.set_ylim(0, 1)
-  ax.legend(fontsize="x-small")
+  names = [r["name"][:60] for r in rows]
+  left = [0.0] * len(rows)
+  for t in range(lengths):
+    widths = [(r["debate_length_hist_end"] + [0.0] * lengths)[t] for r in rows]
+    if any(widths):
+      ax.barh(names, widths, left=left, label=str(t), color=f"C{t % 10}")
+    left = [a + b for a, b in zip(left, widths)]
+  ax.invert_yaxis()
+  ax.set_xlim(0, 1)
+  ax.set_xlabel("fraction of training debates (last tenth of training)")
+  ax.tick_params(axis="y", labelsize="small")
+  ax.legend(title="arguments made", loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
   fig.savefig(path)
   return True
 
