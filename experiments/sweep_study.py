@@ -100,7 +100,9 @@ def write_index(entries: list[dict], out: str) -> None:
            f"`{CONFIG}`, 600 steps, CPU). Each sweep's table gives every run's overrides, seed, "
            "dataset version, final held-out accuracy by level (M answering alone, greedy), "
            "debate length, human calls per question and wall time (for vmapped runs: the "
-           "group's wall time, shared by its runs).", "",
+           "group's wall time, shared by its runs). Wall times are from a 2-core machine that other "
+           "jobs shared during some sweeps (not a speed measurement: benchmarks/sweep.py measures "
+           "a vmapped sweep against a sequential one in one run).", "",
            "| sweep | runs | units (vmapped groups or single runs) | training wall time (sum over units) | command |",
            "|---|---|---|---|---|"]
   for e in entries:

@@ -157,3 +157,20 @@ def test_parallel_sweep_runs_each_run_in_its_own_process(tmp_path):
   assert "| run | seed |" in (workdir / "results.md").read_text()
   again = _cli(f"--sweep={path}", f"--config={BASE}", f"--workdir={workdir}", "--parallel=2")
   assert "2 runs, 2 finished, 0 to run" in again.stdout and "started" not in again.stdout
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "experiments",
+                                                                               "sweeps"))
+                                        if f.endswith(".py") and not f.startswith("_")))
+def test_shipped_sweeps_build_on_every_task_at_runlocal(name, tmp_path):
+  """Every shipped sweep file is runnable on every registered task's runlocal config: each run's
+  config builds and passes the config's checks (nothing trains)."""
+  from amp_debate import tasks
+  path = os.path.join(REPO, "experiments", "sweeps", f"{name}.py")
+  expected = len(sweep.load_sweep(path))
+  for task in tasks.names():
+    runs = sweep.build_runs(path, f"experiments/configs/default.py:task={task},runlocal",
+                            str(tmp_path))
+    assert len(runs) == expected
+    assert {r.config.task for r in runs} == {task}
+    assert len({r.name for r in runs}) == expected
