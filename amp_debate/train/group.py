@@ -171,7 +171,7 @@ def run_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[s
                                      config.seed) for i, config in enumerate(configs)]
 
     writers = [stack.enter_context(metrics_io.MetricWriter(w)) for w in workdirs]
-    preemption = stack.enter_context(trainer._Preemption())  # pylint: disable=protected-access
+    preemption = stack.enter_context(trainer.Preemption())
     start = int(jax.device_get(state.step)[0])
     num_steps = base.num_steps
     bar = metrics_io.ProgressBar(num_steps, initial=start, stream=sys.stderr,
@@ -181,7 +181,7 @@ def run_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[s
     step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)),
                         out_shardings=replicated)
     step, status = start, "done"
-    clock = trainer._TrainClock()  # pylint: disable=protected-access
+    clock = trainer.TrainClock()
     while step < num_steps:
       state, metrics = train_step(state, step_keys(roots, step))
       step += 1
@@ -192,7 +192,7 @@ def run_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[s
       log_now, eval_now, ckpt_now = trainer.step_events(base, step, preempted)
       if log_now or eval_now or ckpt_now:
         host = jax.device_get(metrics)
-        rows = [trainer._scalars(_row(host, i)) for i in range(n)]  # pylint: disable=protected-access
+        rows = [trainer.host_scalars(_row(host, i)) for i in range(n)]
         for i, scalars in enumerate(rows):
           bad = trainer.diverged(scalars)
           if bad:

@@ -258,7 +258,7 @@ def write_report(config: ml_collections.ConfigDict, task, eval_set, last_eval: M
 
 
 # ---- the loop ----------------------------------------------------------------------------------
-class _Preemption:
+class Preemption:
   """SIGTERM sets ``requested``; the loop saves and exits at the next step boundary.
 
   Multi-process runs must agree on the step at which every process saves and stops (a process that
@@ -292,7 +292,7 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+def host_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
   """Scalar metrics as floats (histograms are expanded into one scalar per bin)."""
   out = {}
   for k, v in metrics.items():
@@ -530,7 +530,7 @@ def _start_from(state: step_lib.TrainState, start: Mapping[str, Any],
   return state
 
 
-class _TrainClock:
+class TrainClock:
   """Seconds since ``start`` minus the time spent inside ``paused()`` blocks (0 before start)."""
 
   def __init__(self):
@@ -618,7 +618,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       return evaluate_split(eval_fn, state.params, eval_set, mesh, eval_batch, config.seed)
 
     writer = stack.enter_context(metrics_io.MetricWriter(workdir))
-    preemption = stack.enter_context(_Preemption())
+    preemption = stack.enter_context(Preemption())
     start = int(jax.device_get(state.step))
     num_steps = config.num_steps
     bar = metrics_io.ProgressBar(num_steps, initial=start, desc=f"{config.mode} {task.name}",
@@ -634,7 +634,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     # perf/train_seconds: time spent training since this process's first step finished (its
     # compile), excluding evaluations and checkpoint saves; read at logged steps, where the
     # metrics' transfer waits for the step.
-    clock = _TrainClock()
+    clock = TrainClock()
     while step < num_steps:
       state, metrics = train_step(state, jax.random.fold_in(step_rng_root, step))
       step += 1
@@ -644,7 +644,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       preempted = preemption.reached(step)  # read once: SIGTERM may land at any moment
       log_now, eval_now, ckpt_now = step_events(config, step, preempted)
       if log_now or eval_now or ckpt_now:
-        scalars = _scalars(jax.device_get(metrics))
+        scalars = host_scalars(jax.device_get(metrics))
         bad = diverged(scalars)
         if bad:
           if bar:
