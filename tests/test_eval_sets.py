@@ -38,20 +38,38 @@ def assert_same_splits(a, b):
 
 
 def test_content_equals_regeneration_with_task_sample(eval_set):
+  """Each split is the first N distinct questions of rounds of evaluation-part draws."""
   task = tasks.get("permutation")
   assert sorted(eval_set.splits) == list(range(task.max_difficulty + 1))
   key = jax.random.key(eval_sets.DEFAULT_SEED, impl=eval_sets.PRNG_IMPL)
   for d, split in eval_set.splits.items():
-    batch = task.sample(jax.random.fold_in(key, d), N, difficulty=d)
-    np.testing.assert_array_equal(split["question"], np.asarray(batch.questions))
-    np.testing.assert_array_equal(split["answer"], np.asarray(batch.answers))
-    np.testing.assert_array_equal(split["difficulty"], np.asarray(batch.difficulty))
+    drawn = task.sample(jax.random.fold_in(jax.random.fold_in(key, d), 0), N, difficulty=d,
+                        part="eval")
+    questions = np.asarray(drawn.questions)
+    _, first = np.unique(questions, axis=0, return_index=True)
+    kept = questions[np.sort(first)]
+    np.testing.assert_array_equal(split["question"][:len(kept)], kept)
+    np.testing.assert_array_equal(split["answer"], np.asarray(task.batch_solve(split["question"])))
+    np.testing.assert_array_equal(split["difficulty"], np.full(N, d))
     np.testing.assert_array_equal(split["index"], np.arange(N))
   # Global PRNG flags do not change the content (generation pins them).
   with jax.threefry_partitionable(not eval_sets.THREEFRY_PARTITIONABLE):
     again = eval_sets.generate(task, task.max_difficulty, N)
   np.testing.assert_array_equal(np.asarray(again.questions),
                                 eval_set.splits[task.max_difficulty]["question"])
+
+
+def test_splits_hold_distinct_evaluation_part_questions_only(eval_set):
+  for d, split in eval_set.splits.items():
+    assert np.asarray(tasks.base.is_eval_question(split["question"])).all(), d
+    assert len(np.unique(split["question"], axis=0)) == N, d
+
+
+def test_a_level_too_small_for_the_split_is_a_clear_error(tmp_path):
+  # permutation n=3, k=1: 18 questions, about a quarter of them in the evaluation part.
+  task = tasks.get("permutation", n=3, max_exponent=1)
+  with pytest.raises(eval_sets.SpaceTooSmall, match=r"level 0 has only \d+ distinct evaluation"):
+    eval_sets.generate(task, 0, 16)
 
 
 def test_fields_shapes_ground_truth_and_difficulty(eval_set):
@@ -80,10 +98,10 @@ def test_reload_and_rebuild_elsewhere_are_identical(eval_set, data_dir, tmp_path
 
 
 def test_version_name_and_path(eval_set, data_dir):
-  assert eval_set.version == "1.2.0" == str(eval_sets.AmpDebateEval.VERSION)
-  assert eval_set.name == "amp_debate_eval/permutation+examples_per_difficulty-16:1.2.0"
+  assert eval_set.version == "2.0.0" == str(eval_sets.AmpDebateEval.VERSION)
+  assert eval_set.name == "amp_debate_eval/permutation+examples_per_difficulty-16:2.0.0"
   assert eval_set.path == os.path.join(
-      data_dir, "amp_debate_eval", "permutation+examples_per_difficulty-16", "1.2.0")
+      data_dir, "amp_debate_eval", "permutation+examples_per_difficulty-16", "2.0.0")
   metadata = json.loads(pathlib.Path(eval_set.path, "metadata.json").read_text())
   assert metadata["task"] == "permutation" and metadata["options"] == {"n": 8, "max_exponent": 8}
   assert metadata["seed"] == 0 and metadata["examples_per_difficulty"] == N
@@ -115,7 +133,7 @@ def test_tfds_style_names(eval_set, data_dir):
 def test_task_instance_options_and_difficulty_subset(tmp_path):
   task = tasks.get("permutation", n=4, max_exponent=2)
   loaded = eval_sets.load(task, difficulty=1, examples_per_difficulty=4, data_dir=tmp_path)
-  assert loaded.name == "amp_debate_eval/permutation+max_exponent-2+n-4+examples_per_difficulty-4:1.2.0"
+  assert loaded.name == "amp_debate_eval/permutation+max_exponent-2+n-4+examples_per_difficulty-4:2.0.0"
   assert list(loaded.splits) == [1] and loaded.task == task
   assert loaded.splits[1]["question"].shape == (4, task.question_len)
   by_options = eval_sets.load("permutation", options={"n": 4, "max_exponent": 2}, difficulty=[0, 1],
@@ -171,10 +189,10 @@ def test_cli_builds_prints_and_never_imports_tensorflow(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   config = "permutation+max_exponent-4+n-5+examples_per_difficulty-8"
-  assert f"amp_debate_eval/{config}:1.2.0  (version 1.2.0)" in out
+  assert f"amp_debate_eval/{config}:2.0.0  (version 2.0.0)" in out
   assert "difficulty_2: 8 examples" in out and "difficulty_3" not in out and "σ^k(x)?" in out
   assert "tensorflow imported: False" in out
-  assert (tmp_path / "amp_debate_eval" / config / "1.2.0").is_dir()
+  assert (tmp_path / "amp_debate_eval" / config / "2.0.0").is_dir()
 
 
 def test_cli_reports_bad_arguments_as_usage_errors(capsys, tmp_path):

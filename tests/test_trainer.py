@@ -84,7 +84,7 @@ def test_resume_continues_exactly(tmp_path, capsys):
   resumed = str(tmp_path / "resumed")
   train.run(_config(steps=2, checkpoint__every=4), resumed)  # stops (and saves) at step 2
   # num_steps is a safe change. A reference for this eval set adds its column to the table.
-  name = "amp_debate_eval/permutation+max_exponent-4+n-4+examples_per_difficulty-16:1.2.0"
+  name = "amp_debate_eval/permutation+max_exponent-4+n-4+examples_per_difficulty-16:2.0.0"
   reference = {name: {"0": 0.125, "1": 0.375, "mean": 0.625}, "amp_debate_eval/other:1.0.0": {}}
   result = train.run(_config(steps=4, checkpoint__every=4), resumed, reference=reference)
   assert result.step == 4 and "Resumed from step 2" in capsys.readouterr().out

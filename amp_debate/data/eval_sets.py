@@ -1,16 +1,19 @@
 """Fixed, versioned evaluation sets: one TFDS dataset ``amp_debate_eval`` (array_record, no TensorFlow).
 
 Each builder config is one task at fixed options; each split ``difficulty_{d}`` holds
-``examples_per_difficulty`` questions of level d for d in ``[0, task.max_difficulty]``. Examples are
-generated with JAX from a fixed seed, ``task.sample(fold_in(key(seed), d), n, difficulty=d)``, so the
-content is a pure function of (task code, options, seed, ``examples_per_difficulty``, version). Any
-change to a task's sampling code that changes its questions needs a new ``AmpDebateEval.VERSION``.
+``examples_per_difficulty`` distinct questions of level d for d in ``[0, task.max_difficulty]``, all
+from the **evaluation part** of the task's question space (``tasks.base.is_eval_question``), which
+the training sampler never draws: held out by construction (DESIGN.md section 2). Examples are
+generated with JAX from a fixed seed (``generate``: rounds of evaluation-part draws, first
+occurrences kept in order), so the content is a pure function of (task code, options, seed,
+``examples_per_difficulty``, version). Any change to a task's sampling code that changes its
+questions needs a new ``AmpDebateEval.VERSION``.
 
 Config names: the task name at the task's default options (``"permutation"``, one per registered task
 in ``BUILDER_CONFIGS``); otherwise every option, sorted, is spelled out, then non-default
 ``examples_per_difficulty`` / ``seed``, e.g. ``"permutation+max_exponent-16+n-8"``. Such names are
 parsed back on the fly, so TFDS-style names work everywhere:
-``builder("amp_debate_eval/permutation+max_exponent-16+n-8:1.2.0")``, and also ``tfds.builder(...)``
+``builder("amp_debate_eval/permutation+max_exponent-16+n-8:2.0.0")``, and also ``tfds.builder(...)``
 once this module is imported.
 
 Features per example:
@@ -22,7 +25,7 @@ Features per example:
 Usage::
 
   eval_set = eval_sets.load("permutation")          # builds into the data dir on first use
-  eval_set.name                                     # "amp_debate_eval/permutation:1.2.0": cite it
+  eval_set.name                                     # "amp_debate_eval/permutation:2.0.0": cite it
   eval_set.splits[2]["question"]                    # int32[500, Lq]
   eval_set.batch(2)                                 # tasks.Batch of jnp arrays
 
@@ -47,7 +50,7 @@ from etils import epath
 
 from amp_debate import options as options_lib
 from amp_debate import tasks as tasks_lib
-from amp_debate.tasks.base import Batch, Task, check_option
+from amp_debate.tasks.base import Batch, Task, check_option, is_eval_question
 
 DATASET_NAME = "amp_debate_eval"
 DATA_DIR_ENV = "AMP_DEBATE_DATA_DIR"
@@ -160,21 +163,55 @@ def split_name(difficulty: int) -> str:
   return f"difficulty_{difficulty}"
 
 
+# Rounds of evaluation-part draws (each of ``num`` questions) before ``generate`` gives up on finding
+# ``num`` distinct questions: a level whose evaluation part is smaller than the split.
+MAX_ROUNDS = 32
+
+
+class SpaceTooSmall(ValueError):
+  """A level's evaluation part holds fewer distinct questions than the split asks for."""
+
+
 def generate(task: Task, difficulty: int, num: int, seed: int = DEFAULT_SEED) -> Batch:
-  """The questions of one split, in generation order: ``task.sample(fold_in(key, d), num, d)``.
+  """The questions of one split, in generation order: ``num`` distinct evaluation-part questions.
+
+  Round r draws ``task.sample(fold_in(fold_in(key(seed), d), r), num, difficulty=d, part="eval")``;
+  the first occurrence of each question is kept, in draw order, until ``num`` are found.
 
   Returns:
     Batch with questions int32[num, Lq], answers int32[num, La], difficulty int32[num].
+  Raises:
+    SpaceTooSmall: fewer than ``num`` distinct questions after ``MAX_ROUNDS`` rounds (the message
+      gives the count found).
   """
+  kept_q, kept_a, seen = [], [], set()
   with jax.threefry_partitionable(THREEFRY_PARTITIONABLE):
     key = jax.random.fold_in(jax.random.key(seed, impl=PRNG_IMPL), difficulty)
-    return _jitted_sample(task)(key, num, difficulty=jnp.int32(difficulty))
+    for r in range(MAX_ROUNDS):
+      batch = jax.device_get(_jitted_sample(task)(jax.random.fold_in(key, r), num,
+                                                  difficulty=jnp.int32(difficulty)))
+      evaluation = np.asarray(is_eval_question(batch.questions))
+      for question, answer, ok in zip(batch.questions, batch.answers, evaluation):
+        row = question.tobytes()
+        if ok and row not in seen:  # (a draw that gave up after MAX_ATTEMPTS is not kept)
+          seen.add(row)
+          kept_q.append(question)
+          kept_a.append(answer)
+          if len(kept_q) == num:
+            return Batch(questions=jnp.asarray(np.stack(kept_q)),
+                         answers=jnp.asarray(np.stack(kept_a)),
+                         difficulty=jnp.full((num,), difficulty, jnp.int32))
+  raise SpaceTooSmall(
+      f"{task.name} {task.options()}: level {difficulty} has only {len(kept_q)} distinct "
+      f"evaluation-part questions in {MAX_ROUNDS * num} draws, fewer than the {num} asked for "
+      f"(examples_per_difficulty); use larger task options or fewer examples")
 
 
 @functools.cache
 def _jitted_sample(task: Task):
-  """``jax.jit(task.sample)``, kept so every difficulty reuses one compilation."""
-  return jax.jit(task.sample, static_argnums=1)
+  """``jax.jit(task.sample)`` on the evaluation part, kept so every round and difficulty reuse one
+  compilation."""
+  return jax.jit(functools.partial(task.sample, part="eval"), static_argnums=1)
 
 
 # Under ``python -m`` this file runs as ``__main__``; registering there too would make a later import
@@ -182,7 +219,7 @@ def _jitted_sample(task: Task):
 class AmpDebateEval(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__main__"):
   """Fixed evaluation questions per task and difficulty (see module docstring)."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release: splits difficulty_{d}; features question, answer, difficulty, index.",
       "1.1.0": "assignments: every level's table holds every depth up to max_depth and the query "
@@ -194,6 +231,13 @@ class AmpDebateEval(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ 
       "1.2.0": "shortest_path: node i's adjacency row is one number token, the mask sum of 2^j "
                "over its neighbours j (Lq = N + 3; 1.1.0: the N x N matrix of 0/1 tokens), and "
                "num_nodes is at most 10. Every other task's questions are unchanged.",
+      "2.0.0": "Held out by construction (issue 27): every split holds only questions of the "
+               "evaluation part of its task's question space (a hash of the question tokens, "
+               "tasks.base.is_eval_question: 1 bucket of 4), which the training sampler never "
+               "draws, and no question twice (first occurrences of rounds of evaluation-part "
+               "draws). Before, splits were plain draws from D: on four of five tasks most of "
+               "their questions were also drawn in training, and splits repeated questions "
+               "(permutation n=5 level 0: 338 distinct among 500). Every task's questions change.",
   }
   BUILDER_CONFIGS = [get_config(tasks_lib.get(name)) for name in tasks_lib.names()]
 
@@ -290,8 +334,8 @@ class EvalSet:
 
   Attributes:
     task: the Task the questions belong to.
-    name: full TFDS name to cite, e.g. ``"amp_debate_eval/permutation:1.2.0"``.
-    version: dataset version string, e.g. ``"1.0.0"``.
+    name: full TFDS name to cite, e.g. ``"amp_debate_eval/permutation:2.0.0"``.
+    version: dataset version string, e.g. ``"2.0.0"``.
     path: directory holding the prepared files.
     splits: difficulty -> {"question": int32[N, Lq], "answer": int32[N, La], "difficulty": int32[N],
       "index": int32[N]}, rows in generation order.

@@ -12,6 +12,14 @@ Shapes (per question):
 Difficulty is an integer level in ``[0, task.max_difficulty]`` that bounds the depth of H's
 decomposition: recursively expanding a question of difficulty d with H alone (Amp(H, Amp(H, ...)),
 d levels deep, H answering directly at the bottom) gives the exact answer. Level 0 is a leaf.
+
+**Held out by construction** (DESIGN.md section 2). Every task's question space is split by a hash
+of the question tokens (``is_eval_question``): a question is in the *evaluation* part when its hash
+falls in one of ``EVAL_BUCKETS`` of ``HASH_BUCKETS`` buckets (1/4 of the space), else in the
+*training* part. ``sample(..., part="train")`` (the default, and what the trainer's sampler uses)
+redraws a question until it is a training one (``sample_one_in_part``: a ``lax.while_loop`` per
+question, on device), so training never draws an evaluation question; the eval sets
+(``data.eval_sets``) hold only evaluation-part questions, without repeats.
 """
 
 from __future__ import annotations
@@ -28,6 +36,55 @@ import numpy as np
 
 from amp_debate import checks
 from amp_debate.tasks.tokenizer import Tokenizer
+
+# The split of every question space: hash(question) % HASH_BUCKETS < EVAL_BUCKETS is evaluation.
+HASH_BUCKETS = 4
+EVAL_BUCKETS = 1
+PARTS = ("train", "eval", "any")
+# Draws per question before the sampler gives up (a level with no question in the part asked for:
+# ``check_parts`` refuses such task options on the host first). With a quarter of a level in the
+# evaluation part, 64 draws all missing the training part has probability 4^-64.
+MAX_ATTEMPTS = 64
+# The hash's seed and multiplier (FNV-1a over 32-bit tokens, then murmur3's finaliser).
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+
+
+def question_hash(question: jax.Array) -> jax.Array:
+  """uint32[...]: a hash of each question's tokens. question: int32[..., Lq] (jnp or numpy).
+
+  FNV-1a over the 32-bit tokens followed by murmur3's 32-bit finaliser, in wrapping uint32
+  arithmetic: a pure function of the tokens, identical on every backend, under jit and on the host.
+  """
+  tokens = jnp.asarray(question).astype(jnp.uint32)
+  h = jnp.full(tokens.shape[:-1], _FNV_OFFSET, jnp.uint32)
+  for i in range(tokens.shape[-1]):
+    h = (h ^ tokens[..., i]) * jnp.uint32(_FNV_PRIME)
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def is_eval_question(question: jax.Array) -> jax.Array:
+  """bool[...]: the question (int32[..., Lq]) lies in the evaluation part of its task's space."""
+  return question_hash(question) % jnp.uint32(HASH_BUCKETS) < jnp.uint32(EVAL_BUCKETS)
+
+
+def in_part(question: jax.Array, part: str) -> jax.Array:
+  """bool[...]: the question (int32[..., Lq]) lies in ``part`` ("train", "eval" or "any")."""
+  check_part(part)
+  if part == "any":
+    return jnp.ones(jnp.shape(question)[:-1], bool)
+  evaluation = is_eval_question(question)
+  return evaluation if part == "eval" else ~evaluation
+
+
+def check_part(part: str) -> None:
+  """Raises ValueError unless ``part`` is one of ``PARTS``."""
+  if part not in PARTS:
+    raise ValueError(f"question part must be one of {PARTS}, got {part!r}")
 
 
 @flax.struct.dataclass
@@ -100,8 +157,39 @@ class Task(abc.ABC):
     """One question of the given (traced) difficulty -> (question int32[Lq], answer int32[La])."""
     ...
 
-  def sample(self, rng: jax.Array, batch: int, *, difficulty=None, max_difficulty=None) -> Batch:
-    """Samples ``batch`` questions.
+  def sample_one_in_part(self, rng: jax.Array, difficulty: jax.Array,
+                        part: str = "train") -> tuple[jax.Array, jax.Array]:
+    """One question of the given (traced) difficulty from one part of the question space:
+    ``sample_one(fold_in(rng, attempt), difficulty)`` for attempt = 0, 1, ... until the question
+    lies in ``part`` (a ``lax.while_loop``, at most ``MAX_ATTEMPTS`` draws; "any": the first
+    draw). Returns (question int32[Lq], answer int32[La]).
+
+    The draw is D restricted to the part (conditioning by rejection). A level whose questions all
+    lie in the other part would end on the last draw, in the wrong part: ``check_parts`` refuses
+    such options before training (the trainer calls it), and ``tests/test_held_out.py`` draws
+    100,000 training questions per level of every shipped size and finds no evaluation question.
+    """
+    check_part(part)
+    if part == "any":
+      return self.sample_one(rng, difficulty)
+
+    def draw(attempt):
+      return self.sample_one(jax.random.fold_in(rng, attempt), difficulty)
+
+    def missing(carry):
+      return ~in_part(carry[1], part) & (carry[0] < MAX_ATTEMPTS - 1)
+
+    def redraw(carry):
+      attempt = carry[0] + 1
+      question, answer = draw(attempt)
+      return attempt, question, answer
+
+    _, question, answer = jax.lax.while_loop(missing, redraw, (jnp.int32(0), *draw(0)))
+    return question, answer
+
+  def sample(self, rng: jax.Array, batch: int, *, difficulty=None, max_difficulty=None,
+             part: str = "train") -> Batch:
+    """Samples ``batch`` questions from one part of the question space.
 
     Args:
       rng: PRNG key.
@@ -109,6 +197,8 @@ class Task(abc.ABC):
       difficulty: optional int or int32[B]: sample exactly these levels.
       max_difficulty: optional (possibly traced) int: levels uniform in [0, max_difficulty]
         (the curriculum's knob). Default: uniform over all levels.
+      part: "train" (default: never an evaluation question), "eval" (the evaluation part, what
+        the eval sets hold) or "any" (D itself, either part).
     Returns:
       Batch with questions int32[B, Lq], answers int32[B, La], difficulty int32[B].
     """
@@ -120,10 +210,25 @@ class Task(abc.ABC):
     difficulty = jnp.clip(jnp.asarray(difficulty, jnp.int32), 0, self.max_difficulty)
     difficulty = jnp.broadcast_to(difficulty, (batch,))
     keys = jax.random.split(question_rng, batch)
-    questions, answers = jax.vmap(self.sample_one)(keys, difficulty)
+    questions, answers = jax.vmap(lambda k, d: self.sample_one_in_part(k, d, part))(keys, difficulty)
     chex.assert_shape(questions, (batch, self.question_len))
     chex.assert_shape(answers, (batch, self.answer_len))
     return Batch(questions=questions, answers=answers, difficulty=difficulty)
+
+  def check_parts(self, draws: int = 512, seed: int = 0) -> None:
+    """Raises ValueError if some level's ``draws`` questions of D (host-side check, seconds) hold
+    no training question or no evaluation question: options too small to split the space."""
+    for level in range(self.max_difficulty + 1):
+      batch = self.sample(jax.random.fold_in(jax.random.key(seed), level), draws,
+                          difficulty=level, part="any")
+      evaluation = np.asarray(is_eval_question(batch.questions))
+      distinct = len(np.unique(np.asarray(batch.questions), axis=0))
+      for part, found in (("evaluation", evaluation.any()), ("training", (~evaluation).any())):
+        if not found:
+          raise ValueError(
+              f"{self.name} {self.options()}: level {level} has no {part} question among {draws} "
+              f"draws ({distinct} distinct); its question space is too small to hold out "
+              f"evaluation questions by construction. Use larger task options.")
 
   # ---- H ---------------------------------------------------------------------------------------
   @abc.abstractmethod

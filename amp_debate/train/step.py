@@ -194,8 +194,10 @@ def _safe_prompts(prompts):
 
 
 def sample_batch(task: Task, rng: jax.Array, batch_size: int, max_difficulty) -> Batch:
-  """``batch_size`` questions, example i from ``fold_in(rng, i)`` with a level uniform in
-  [0, max_difficulty] (traced). Independent of how the batch is laid out over devices.
+  """``batch_size`` training questions, example i from ``fold_in(rng, i)`` with a level uniform in
+  [0, max_difficulty] (traced). Independent of how the batch is laid out over devices. Only the
+  training part of the question space is drawn (``Task.sample_one_in_part``): no evaluation
+  question is ever a training question (held out by construction, DESIGN.md section 2).
 
   Returns Batch(questions int32[B, Lq], answers int32[B, La], difficulty int32[B]).
   """
@@ -204,7 +206,7 @@ def sample_batch(task: Task, rng: jax.Array, batch_size: int, max_difficulty) ->
   def one(i):
     level_rng, question_rng = jax.random.split(jax.random.fold_in(rng, i))
     level = jax.random.randint(level_rng, (), 0, top + 1)
-    question, answer = task.sample_one(question_rng, level)
+    question, answer = task.sample_one_in_part(question_rng, level, "train")
     return question, answer, level
 
   questions, answers, levels = jax.vmap(one)(jnp.arange(batch_size))

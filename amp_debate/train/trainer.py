@@ -362,7 +362,9 @@ def initialize_distributed() -> None:
 def _load_eval_set(task, config: ml_collections.ConfigDict):
   """The run's eval set (``eval_sets.load``). In a multi-process run process 0 loads it first (it
   may build it) and the others after a barrier: processes sharing a data directory would otherwise
-  race to build the same TFDS dataset (seen: one fails renaming its copy into place)."""
+  race to build the same TFDS dataset (seen: one fails renaming its copy into place). Task options
+  too small to split into a training and an evaluation part are refused first (``check_parts``)."""
+  task.check_parts()
   load = lambda: eval_sets.load(task, data_dir=config.eval.data_dir or None,
                                 examples_per_difficulty=config.eval.examples_per_difficulty)
   if jax.process_count() == 1:

@@ -58,13 +58,18 @@ class Recipe:
 # Deeper questions need about one layer per look-up; 4 layers of width 64 train faster per step
 # than 4 of width 128 and reached more in the same minutes (BUILD_NOTES).
 _DEEP = dict(num_layers=4, d_model=64, decay=True)
+# Task sizes (issue 27): every level's question space is at least 10x what a run draws
+# (experiments/results/question_spaces.md; DESIGN.md section 2). Issue 12 tuned the steps and
+# models on smaller spaces (permutation n=5, wildcard bits=3, assignments 5 variables mod 5,
+# shortest path 6 nodes), where a run drew most of each level; at these sizes the recipes are not
+# yet re-tuned (BUILD_NOTES, "Held out by construction").
 RUNLOCAL = {
-    "permutation": Recipe(dict(n=5, max_exponent=4), num_steps=1500, **_DEEP),
+    "permutation": Recipe(dict(n=8, max_exponent=4), num_steps=1500, **_DEEP),
     "union_find": Recipe(dict(num_vars=8, max_depth=2), num_steps=2000, **_DEEP),
-    "assignments": Recipe(dict(num_vars=5, modulus=5, max_depth=2), num_steps=3500, **_DEEP),
-    "wildcard": Recipe(dict(bits=3, max_wildcards=2), num_steps=2000, **_DEEP),
+    "assignments": Recipe(dict(num_vars=6, modulus=7, max_depth=2), num_steps=3500, **_DEEP),
+    "wildcard": Recipe(dict(bits=4, max_wildcards=2), num_steps=2000, **_DEEP),
     # Batch 128: per question seen, it learned faster than 64 (BUILD_NOTES).
-    "shortest_path": Recipe(dict(num_nodes=6, max_hops=3), num_steps=3000, batch_size=128,
+    "shortest_path": Recipe(dict(num_nodes=8, max_hops=3), num_steps=3000, batch_size=128,
                             **_DEEP),
 }
 # The README main job's size: two levels (k <= 2), 2 layers of width 128, 600 steps (a hybrid run
