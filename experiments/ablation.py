@@ -146,7 +146,7 @@ def _stat(values) -> str:
 
 
 def _honesty(evals: dict, level: int, what: str, worst) -> float | None:
-  keys = [f"eval/honesty/{liar}/{seat}/{what}/d{level}" for liar in trainer.LIARS
+  keys = [f"eval/honesty/own/{liar}/{seat}/{what}/d{level}" for liar in trainer.LIARS
           for seat in trainer.SEATS]
   values = [evals[k] for k in keys if k in evals]
   return worst(values) if values else None

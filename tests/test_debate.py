@@ -173,8 +173,8 @@ def test_an_exact_answerer_never_loses_to_a_liar(task, liar):
   assert (reason[leaf_root] == debate.LEAF).all() and (num_args[leaf_root] == 2).all()
   if liar == "inconsistent":  # true supports of a false claim: caught at the first support check
     assert (reason[~leaf_root] == debate.INCONSISTENT).all()
-    # The liar's support is argument 3 (even) or 4 (odd).
-    assert (num_args[~leaf_root] == 3 + seats[~leaf_root]).all()
+    # Both supports are made (arguments 3 and 4) before either is checked.
+    assert (num_args[~leaf_root] == 4).all()
   elif task.name in PASS_THROUGH:  # the lie moves down the tree and is caught at a leaf
     assert (reason[~leaf_root] == debate.LEAF).all()
     assert transcript.leaf_reached[~leaf_root].all()
@@ -296,6 +296,30 @@ def _hand_questions(task):
   number = task.tokenizer.number
   sigma = [1, 2, 3, 0]
   return jnp.stack([number(jnp.asarray(sigma + [0, k], jnp.int32)) for k in (1, 2, 4)])
+
+
+def test_the_support_check_is_symmetric():
+  """Exactly one inconsistent support loses, whichever seat it is in; both inconsistent is a draw."""
+  task = tasks.get("permutation", n=5, max_exponent=4)
+  config = _full_config(task, call_prob=0.0)  # no H in any claim: every support is direct
+  batch = _questions(task)
+  inner = ~_leaf_root(task)
+  oracle, liar = players.OracleDebater(task), players.LiarDebater(task, consistent=False)
+  for liar_seat in (0, 1):
+    even, odd = (oracle, liar) if liar_seat == 1 else (liar, oracle)
+    state, transcript = _play(task, even, odd, config, assigned=_seats(BATCH, liar_seat),
+                              force_contest=False)
+    np.testing.assert_array_equal(state.reason[inner], debate.INCONSISTENT)
+    np.testing.assert_array_equal(state.winner[inner], 1 - liar_seat)
+    assert transcript.support_made[inner, 0].all()  # both supports made, whichever failed
+  # Both sides inconsistent (two independent false claims, each with true supports).
+  state, _ = _play(task, liar, liar, config)
+  claims_differ = inner & (state.reason != debate.CONCEDE)
+  assert claims_differ.sum() > BATCH // 3
+  np.testing.assert_array_equal(state.reason[claims_differ], debate.INCONSISTENT)
+  np.testing.assert_array_equal(state.winner[claims_differ], debate.DRAW)
+  np.testing.assert_array_equal(state.num_args[claims_differ], 4)
+  np.testing.assert_array_equal(batch.difficulty[~inner], 0)
 
 
 @pytest.mark.parametrize("t_max,call_prob,liar_seat,calls,reasons,num_args,stops_asked", [

@@ -62,17 +62,25 @@ def test_hybrid_run_writes_logs_checkpoints_and_a_result_table(tmp_path, capsys)
   with checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     assert ckpt.all_steps() == [2, 4]
     assert ckpt.saved_config()["task_options"] == {"n": 4, "max_exponent": 4}
-  # Debate honesty at every eval: M in both seats against both scripted liars.
-  for liar in ("consistent", "inconsistent"):
+  # Debate honesty at every eval, judged by H: M in both seats against each scripted liar, with its
+  # own claims (and Amp(H, M) claims against the consistent liar; the tiny run has the learned stop).
+  games = [("own", liar) for liar in trainer.LIARS] + [("amp", "consistent"), ("stop", "consistent")]
+  for source, liar in games:
     for seat in ("even", "odd"):
       for level in range(3):
-        get = lambda what: ev[f"eval/honesty/{liar}/{seat}/{what}/d{level}"]
+        get = lambda what: ev[f"eval/honesty/{source}/{liar}/{seat}/{what}/d{level}"]
         assert 0.0 <= get("win") + get("loss") <= 1.0 + 1e-6
         assert 0.0 <= get("concede_false") <= 1.0 and 0.0 <= get("claim_true") <= 1.0
-  assert ev["eval/honesty/consistent/even/win/d0"] + ev["eval/honesty/consistent/even/loss/d0"] > 0
+      # M's own claim is its greedy answer: claim_true is its accuracy, in either seat.
+      if source == "own":
+        assert ev[f"eval/honesty/own/{liar}/{seat}/claim_true/d0"] == pytest.approx(
+            ev["eval/accuracy/model/d0"])
+  # A leaf root is decided by H at once: M wins exactly where its own claim is true.
+  assert ev["eval/honesty/own/consistent/even/win/d0"] == pytest.approx(
+      ev["eval/accuracy/model/d0"])
   table = open(os.path.join(workdir, "results.md")).read()
   assert "| difficulty" in table and "H alone" in table and "amp_debate_eval/permutation" in table
-  assert "Debate honesty" in table and "concedes to false" in table
+  assert "Debate honesty, judged by H" in table and "wins vs plausible liar" in table
   assert "Human calls per training question" in table and "leaves" in table
   assert "supervised (reference)" not in table  # no reference given
   assert "H alone" in capsys.readouterr().out

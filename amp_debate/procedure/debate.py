@@ -9,7 +9,8 @@ Two sides argue about a node n, first the root question. ``t`` counts arguments.
                       called in the side's computation of n_r the support is exactly that
                       computation's subanswers (they recombine to the claim by construction).
                       Otherwise the side answers SUPPORT(n_r, claim) directly and H checks that the
-                      support recombines to the claim; an inconsistent support loses at once.
+                      support recombines to the claim. Both supports are made, then both checked:
+                      exactly one inconsistent loses, both inconsistent is a draw.
   dispute             H compares the two supports row by row; the first valid row where they differ
                       is the disputed subquestion n_{r+1}, each side's claim there being its own row.
                       At a leaf H decides. Otherwise each (non-assigned) side computes Amp′ of the new
@@ -359,6 +360,14 @@ class _Rollout:
       state = _finish(state, live & (state.num_args >= self.config.force_stop_after), DRAW, FORCED)
     return _finish(state, live & (state.num_args >= self.config.t_max), DRAW, T_MAX)
 
+  def stops_at(self, num_args):
+    """bool[B]: a forced or T_MAX stop fires once a game has made ``num_args`` (int32[B])
+    arguments."""
+    stop = num_args >= self.config.t_max
+    if self.config.force_stop_after is not None:
+      stop = stop | (num_args >= self.config.force_stop_after)
+    return stop
+
   def leaf_verdict(self, nodes, claims, key):
     """H's verdict at a leaf for every game (int32[B]) and whether the judge flaw decided it
     (bool[B]). nodes int32[B, Lq], claims int32[B, 2, La]; ``key`` draws the flaw (p_flaw > 0)."""
@@ -484,17 +493,19 @@ class _Rollout:
     check = jax.vmap(self.vmap(protocol.check_support), in_axes=(None, 1, 1), out_axes=1)
     consistent = check(state.node, state.claims, tokens) | ~direct  # traces recombine by design
 
-    made = []
-    for side in (0, 1):
-      active = ~state.done
-      made.append(active)
-      state = _count(state, "supports", (active & direct[:, side]).sum())
-      state = _finish(state, active & ~consistent[:, side], 1 - side, INCONSISTENT)
-      if side == 0:
-        state = self.after_argument(state, active)
-      else:  # both supports are in: H finds the dispute and the debate descends
-        state = state.replace(num_args=state.num_args + active.astype(jnp.int32))
-    made = jnp.stack(made, 1)
+    # Both supports are made before either is checked, so the check is symmetric: exactly one
+    # inconsistent support loses, both inconsistent is a draw (never decided by seat order). Where a
+    # forced or T_MAX stop falls right after even's support (t = 2+2r), only even's is made.
+    even_made = ~state.done
+    odd_made = even_made & ~self.stops_at(state.num_args + 1)
+    state = _count(state, "supports", (even_made & direct[:, 0]).sum())
+    state = _count(state, "supports", (odd_made & direct[:, 1]).sum())
+    bad = jnp.stack([even_made, odd_made], 1) & ~consistent  # [B, 2]
+    winner = jnp.where(bad[:, 0] & bad[:, 1], DRAW, jnp.where(bad[:, 0], ODD_WINS, EVEN_WINS))
+    state = _finish(state, bad.any(-1), winner, INCONSISTENT)
+    state = self.after_argument(state, even_made)  # even's support: the stop between the two
+    state = state.replace(num_args=state.num_args + odd_made.astype(jnp.int32))
+    made = jnp.stack([even_made, odd_made], 1)
     transcript = transcript.replace(
         support_tokens=_put(transcript.support_tokens, r, jnp.where(made[..., None], tokens, 0),
                             made[:, 0]),

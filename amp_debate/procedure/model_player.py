@@ -8,6 +8,8 @@ length (La, La, S*La, 1). One model plays every role. It also gives:
                                             (recomputed under new parameters in the losses)
   answer_fn()                            -> an ``amplify`` answer function: M answering ANSWER(q),
                                             returning (answers int32[B, La], log_probs [B, La])
+  likeliest_wrong(nodes, truth)          -> int32[B, La] M's most likely wrong answer (the
+                                            plausible liar's claim, ``players.LiarDebater``)
 
 The batched prompt builders (``answer_prompts`` ...) rebuild the prompts of recorded moves for
 ``score``. ``ModelDebater`` is a ``flax.struct.dataclass``: the parameters are its only pytree
@@ -20,6 +22,7 @@ from __future__ import annotations
 import chex
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 from amp_debate import checks
 from amp_debate.models.transformer import LanguageModel
@@ -131,6 +134,36 @@ class ModelDebater:
   def stop(self, nodes, claims_even, claims_odd, rng) -> players.Move:
     """The learned stop: Move [B, 1]; protocol.YES stops the debate."""
     return self._sample(stop_prompts(self.task, nodes, claims_even, claims_odd), rng, 1)
+
+  def likeliest_wrong(self, nodes, truth, allowed=None):
+    """M's most likely wrong answer to each node (the plausible liar's claim): the argmax of M's
+    logits at the answer position of ANSWER(n), with the true token, tokens outside the task's
+    vocabulary and (optionally) tokens not ``allowed`` masked out. Temperature does not move an
+    argmax.
+
+    Args:
+      nodes: int32[B, Lq].
+      truth: int32[B, La] the true answers (La must be 1).
+      allowed: optional bool[V] or bool[B, V] (V = the model's vocab_size): the tokens it may name.
+        Rows with no allowed token but the truth give PAD.
+    Returns:
+      int32[B, La].
+    Raises:
+      ValueError: the task's answers are longer than one token (every task has La = 1; a longer
+        answer would need a search over sequences).
+    """
+    if self.task.answer_len != 1:
+      raise ValueError(f"ModelDebater.likeliest_wrong: answers of one token only; task "
+                       f"{self.task.name} has answer_len={self.task.answer_len}")
+    chex.assert_shape(truth, (nodes.shape[0], 1))
+    prompts = answer_prompts(self.task, nodes)
+    logits = self.model.answer_logits(self.params, prompts, jnp.zeros_like(truth))[:, 0]
+    ids = jnp.arange(logits.shape[-1])
+    mask = (ids[None, :] < self.task.vocab_size) & (ids[None, :] != truth)
+    if allowed is not None:
+      mask = mask & jnp.broadcast_to(allowed, mask.shape)
+    best = jnp.argmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
+    return jnp.where(mask.any(-1), best, PAD)[:, None].astype(jnp.int32)
 
   # ---- amplify ----------------------------------------------------------------------------------
   def answer_fn(self) -> amplify_lib.AnswerFn:

@@ -13,16 +13,32 @@ debaters return zeros). The rollout (``debate``) calls:
   stop(nodes, claims_even, claims_odd, rng)  -> Move [B, 1]; protocol.YES stops the debate
 
 The model-backed debater lives in ``model_player``; this module holds the scripted ones used to test
-the protocol and to measure honesty: an honest oracle and liars.
+the protocol and to measure honesty: an honest oracle and liars (DESIGN.md section 3: "liars are
+what they claim to be on every task").
+
+Liars (``LiarDebater``): a *consistent* liar's support passes H's recombination check
+(``protocol.check_support``) for its false claim, so the lie moves down the tree; an *early* liar
+is consistent too but lies in the earliest row it can; an *inconsistent* one supports honestly. The
+tasks have no inverse, so a lie is found by search (``lie_candidates``): a static family of
+candidate supports (one row, a threshold over all rows, or two rows set to answer-vocabulary tokens,
+the other rows re-posed in order and answered truthfully) is built per node and the preferred
+candidate whose recombination is the claim is taken (``lying_support``). Claims: a uniformly random
+wrong answer the liar can defend on the node (``defensible``), or with a model, M's own likeliest
+such answer (the *plausible* liar). Measured (tests/test_liars.py, 256 questions per level): the
+consistent and early liars pass H's check on 100% of level >= 1 questions of every task, at each
+task's default options and at the runlocal sizes; the old last-row liar passed 0-100% by task.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from amp_debate.procedure import protocol
 from amp_debate.tasks.base import Task
@@ -43,11 +59,17 @@ def scripted(tokens) -> Move:
 
 
 def oracle_support(task: Task, node):
-  """True answers to H's subquestions of ``node``, posed in order: int32[S*La] (one game)."""
-  rows = jnp.full((task.num_subquestions, task.answer_len), PAD, jnp.int32)
-  for i in range(task.num_subquestions):
+  """True answers to H's subquestions of ``node``, posed in order: int32[S*La] (one game).
+
+  A ``lax.scan`` over the rows (subquestion i reads only rows < i, still PAD from i on): one copy
+  of ``task.solve`` in the compiled program instead of S."""
+
+  def pose(rows, i):
     sub, valid = task.subquestion(node, rows, i)
-    rows = rows.at[i].set(jnp.where(valid, task.solve(sub), PAD))
+    return rows.at[i].set(jnp.where(valid, task.solve(sub), PAD)), None
+
+  rows = jnp.full((task.num_subquestions, task.answer_len), PAD, jnp.int32)
+  rows, _ = jax.lax.scan(pose, rows, jnp.arange(task.num_subquestions))
   return rows.reshape(-1)
 
 
@@ -83,39 +105,293 @@ class OracleDebater:
     return _never_stop(nodes)
 
 
-@dataclasses.dataclass(frozen=True)
+# ---- scripted liars: the answer vocabulary and the search for a consistent lie ------------------
+STYLES = ("consistent", "early", "inconsistent")
+CLAIM_SOURCES = ("defensible", "any")
+
+
+def answer_vocabulary(task: Task) -> np.ndarray:
+  """int32[V]: the tokens a liar may claim and put in a support row, in answer order.
+
+  The answers ``task.solve`` can return on any question of the task's options (a static set, known
+  from each task's definition; the tests check that every sampled question's and subquestion's
+  answer lies in it):
+    permutation     number tokens 0 .. n-1 (elements of σ; the k tokens above n-1 are no answers)
+    union_find      0 .. num_values-1              assignments   0 .. modulus-1
+    wildcard        -2^bits .. 2^bits (every number token)
+    shortest_path   0 .. max_hops, then ``inf`` (NOT the adjacency-mask numbers up to 2^N - 1)
+  Another task: every number token, then every symbol. "Answer order" (numbers ascending, symbols
+  last, so ``inf`` is the largest distance) is the order the threshold lies of ``lie_candidates``
+  compare rows in.
+  """
+  tok = task.tokenizer
+  symbols: tuple[str, ...] = ()
+  if task.name == "permutation":
+    values = range(0, task.n)
+  elif task.name == "union_find":
+    values = range(0, task.num_values)
+  elif task.name == "assignments":
+    values = range(0, task.modulus)
+  elif task.name == "wildcard":
+    values = range(-task.table_size, task.table_size + 1)
+  elif task.name == "shortest_path":
+    values, symbols = range(0, task.max_hops + 1), ("inf",)
+  else:
+    values, symbols = range(tok.num_lo, tok.num_hi + 1), tuple(tok.symbols)
+  numbers = [v - tok.num_lo + tok.num_offset for v in values if tok.num_lo <= v <= tok.num_hi]
+  return np.asarray(numbers + [tok.symbol(s) for s in symbols], np.int32)
+
+
+# Kinds of candidate lies (``lie_candidates``).
+_SINGLE, _RAISE, _LOWER, _PAIR = range(4)
+
+
+def _candidate_spec(task: Task) -> np.ndarray:
+  """int32[K, 4]: the static family of candidate lies, one row (kind, row, value_a, value_b) each.
+
+  With S rows and V = len(answer_vocabulary(task)):
+    _SINGLE (S*V)   row ``row`` := vocab[value_a];
+    _RAISE  (V)     every valid row whose true answer lies below vocab[value_a] (answer order) :=
+                    vocab[value_a] (shortest path: a claim above the truth raises every smaller
+                    neighbour distance to claim - 1);
+    _LOWER  (V)     likewise every row above vocab[value_a] is lowered to it;
+    _PAIR   (8V, S >= 2)   two rows, one of them at an extreme of the vocabulary: the first two
+                    (``row`` 0) or the last two (``row`` 1) valid rows := (vocab[value_a],
+                    vocab[value_b]) with value_a or value_b in {0, V-1} (wildcard: a sum that no
+                    single in-range row reaches, e.g. 15 = 16 + (-1) when both halves are negative).
+  """
+  size = len(answer_vocabulary(task))
+  s = task.num_subquestions
+  spec = [(_SINGLE, j, v, 0) for j in range(s) for v in range(size)]
+  spec += [(_RAISE, 0, v, 0) for v in range(size)] + [(_LOWER, 0, v, 0) for v in range(size)]
+  if s >= 2:
+    for which in (0, 1):
+      for extreme in (0, size - 1):
+        spec += [(_PAIR, which, extreme, v) for v in range(size)]
+        spec += [(_PAIR, which, v, extreme) for v in range(size)]
+  return np.asarray(spec, np.int32)
+
+
+def _check_answer_len(task: Task, what: str) -> None:
+  if task.answer_len != 1:
+    raise ValueError(f"{what} searches single-token answers; task {task.name} has answer_len="
+                     f"{task.answer_len}")
+
+
+# Jitted (the task static) so that its trace is cached: a rollout calls it from the claims, from
+# every round's supports and from the supports' lookahead, and tracing it each time dominated the
+# compile time of a rollout with a liar. Under vmap it is batched like any function.
+@functools.partial(jax.jit, static_argnums=0)
+def lie_candidates(task: Task, node):
+  """Every candidate lie of the static family (``_candidate_spec``) on one node.
+
+  Each candidate fixes some rows to vocabulary tokens; the others are answered truthfully, and the
+  subquestions are posed in order from the rows already written (a row after a changed one is
+  re-posed from the lie and answered truthfully, e.g. permutation's σ^⌊k/2⌋(y') after y'). The
+  search is over the answer vocabulary (``answer_vocabulary``: the tokens ``task.solve`` can return,
+  at most 2^bits + 1 = 33 tokens for wildcard at its default size, 6 for shortest path) rather than
+  the task vocabulary (up to ~1000 tokens), since the tasks have no inverse.
+  Cost per node: K * S subquestions and ``task.solve`` calls, K = (S + 2) V + (8 V if S >= 2).
+
+  Args:
+    node: int32[Lq].
+  Returns:
+    (supports int32[K, S*La], recombined int32[K] H's recombination of each, changed bool[K, S] the
+    rows that differ from the true answer of the subquestion posed there). A candidate that changes
+    nothing (e.g. a single-row lie on an invalid row) is the honest support.
+  """
+  _check_answer_len(task, "lie_candidates")
+  vocab = jnp.asarray(answer_vocabulary(task))
+  spec = jnp.asarray(_candidate_spec(task))
+  s = task.num_subquestions
+  leaf = task.is_leaf(node)
+  idx = jnp.arange(s)
+  # The pairs' rows, from the honest support's valid rows (no task's validity reads the answers).
+  _, honest_valid, _ = protocol.subquestions_of(task, node, oracle_support(task, node))
+  ascending = jnp.argsort(jnp.where(honest_valid, idx, s + idx))
+  descending = jnp.argsort(jnp.where(honest_valid, -idx, s + idx))
+  pairs = jnp.stack([ascending[:2], descending[:2][::-1]]) if s >= 2 else jnp.zeros((2, 2), int)
+  pair_ok = honest_valid.sum() >= 2
+
+  def rank(token):
+    hit = vocab == token
+    return jnp.where(hit.any(), jnp.argmax(hit), vocab.shape[0])
+
+  def one(kind, row, value_a, value_b):
+    is_pair = (kind == _PAIR) & pair_ok
+    first = jnp.where(kind == _SINGLE, row, jnp.where(is_pair, pairs[jnp.clip(row, 0, 1), 0], -1))
+    second = jnp.where(is_pair, pairs[jnp.clip(row, 0, 1), 1], -1)
+    c_a, c_b = vocab[value_a], vocab[value_b]
+
+    def pose(rows, i):  # rows >= i are still PAD; subquestion i reads rows < i only
+      sub, ok = task.subquestion(node, rows, i)
+      ok = ok & ~leaf
+      truth = task.solve(sub)[0]
+      placed = jnp.where(i == first, c_a, jnp.where(i == second, c_b, truth))
+      raised = jnp.where(rank(truth) < value_a, c_a, truth)
+      lowered = jnp.where(rank(truth) > value_a, c_a, truth)
+      value = jnp.where(kind == _RAISE, raised, jnp.where(kind == _LOWER, lowered, placed))
+      return rows.at[i, 0].set(jnp.where(ok, value, PAD)), (ok & (value != truth), ok)
+
+    # A scan, not a Python loop over rows: one copy of subquestion and solve in the program
+    # (compile time), at S sequential steps.
+    rows, (changed, valid) = jax.lax.scan(pose, jnp.full((s, 1), PAD, jnp.int32), jnp.arange(s))
+    return rows.reshape(-1), task.recombine(node, rows, valid)[0], changed
+
+  return jax.vmap(one)(spec[:, 0], spec[:, 1], spec[:, 2], spec[:, 3])
+
+
+def defensible(task: Task, node):
+  """bool[V]: the wrong answers (answer_vocabulary order) some candidate lie on ``node`` supports
+  consistently, i.e. that a consistent liar can claim without H's recombination exposing it at
+  once. Empty at a leaf (no support)."""
+  _, recombined, changed = lie_candidates(task, node)
+  vocab = jnp.asarray(answer_vocabulary(task))
+  reach = ((recombined[:, None] == vocab[None, :]) & changed.any(-1)[:, None]).any(0)
+  return reach & (vocab != task.solve(node)[0]) & ~task.is_leaf(node)
+
+
+def lying_support(task: Task, node, claim, style: str = "consistent", lookahead: bool = True):
+  """A support of ``claim`` on ``node``: int32[S*La] (one game; vmap for batches).
+
+  A true claim gets the honest support. A false one gets the preferred candidate of
+  ``lie_candidates`` whose recombination is the claim. Preference, in order:
+    1. (``lookahead``) the lie it commits to in its first changed row, where an honest opponent
+       disputes it, is one it can defend there in turn: that row's subquestion (the honest one,
+       rows above it being true) is a leaf, or the lied value is ``defensible`` on it. E.g. in
+       shortest path, a claim "inf" raises the smaller neighbour distances to inf, not to the
+       budget h (a distance the subquestion's budget h - 1 can never recombine to);
+    2. style "consistent": as few changed rows as possible, then the latest first changed row
+       (the last rows first); style "early": the earliest first changed row, then as few rows as
+       possible, so the first dispute against an honest support lies above the last valid row
+       wherever the task allows it;
+    3. the candidate order of ``_candidate_spec``.
+  Style "inconsistent" always supports honestly. Where no candidate recombines to the claim (a
+  claim no support reaches, e.g. a shortest-path distance above the budget: see
+  ``LiarDebater.claims``), the last valid row is set to the claim (the old consistent liar; H's
+  check exposes it).
+  Cost: one ``lie_candidates`` family, plus S more with ``lookahead`` (one per row's subquestion).
+  """
+  if style not in STYLES:
+    raise ValueError(f"liar style must be one of {STYLES}, got {style!r}")
+  honest = oracle_support(task, node)
+  if style == "inconsistent":
+    return honest
+  s = task.num_subquestions
+  subs, valid, rows = protocol.subquestions_of(task, node, honest)
+  supports, recombined, changed = lie_candidates(task, node)
+  n = changed.sum(-1)
+  first = jnp.where(changed.any(-1), jnp.argmax(changed, -1), s)
+  key = n * (s + 1) + (s - first) if style == "consistent" else first * (s + 1) + n
+  if lookahead:
+    vocab = jnp.asarray(answer_vocabulary(task))
+    below = jax.vmap(lambda sub: defensible(task, sub))(subs)  # [S, V]
+    below = below | jax.vmap(task.is_leaf)(subs)[:, None]
+    at = jnp.minimum(first, s - 1)
+    lied = jnp.take_along_axis(supports.reshape(-1, s), at[:, None], axis=1)[:, 0]  # [K]
+    hit = vocab[None, :] == lied[:, None]  # [K, V]
+    holds = (below[at] & hit).any(-1)
+    key = key + jnp.where(holds, 0, (s + 1) ** 2)
+  ok = (recombined == claim[0]) & (n > 0)
+  best = jnp.argmin(jnp.where(ok, key, jnp.iinfo(jnp.int32).max))
+  last = jnp.max(jnp.where(valid, jnp.arange(s), -1))
+  fallback = jnp.where(last >= 0, rows.at[jnp.maximum(last, 0)].set(claim).reshape(-1), honest)
+  true = (claim == task.solve(node)).all()
+  return jnp.where(true, honest, jnp.where(ok.any(), supports[best], fallback))
+
+
+def _uniform_choice(rng, mask):
+  """int32[B]: per row a uniformly random index among the True entries of mask bool[B, V]."""
+  return jax.random.categorical(rng, jnp.where(mask, 0.0, -jnp.inf), axis=-1).astype(jnp.int32)
+
+
+def wrong_vocabulary_answer(task: Task, truth, rng):
+  """int32[B, 1]: a uniformly random answer-vocabulary token other than truth (int32[B, 1])."""
+  vocab = jnp.asarray(answer_vocabulary(task))
+  mask = vocab[None, :] != truth[:, :1]
+  return vocab[_uniform_choice(rng, mask)][:, None]
+
+
+@flax.struct.dataclass
 class LiarDebater:
   """Claims a false answer and defends it (played in an assigned seat: ``debate.rollout(...,
   assigned=...)``).
 
-  consistent=True: the support's last valid row is replaced by the claim. Where the task's
-  recombination passes that subanswer through (permutation, union find) the lie stays consistent and
-  moves one level down, to be caught only at a leaf; elsewhere it is usually exposed by H's
-  recombination at once (sometimes not: in wildcard a + claim = claim when a = 0, and the lie goes
-  down the tree). consistent=False: supports are true, so H's recombination exposes the lie at once. As an M for ``amplify``
-  (``answer_fn``) it answers every question falsely.
+  Attributes:
+    task: the task (static).
+    consistent: the old switch, kept as an alias: True is style "consistent", False
+      "inconsistent" (None: use ``style``); after construction it reads style != "inconsistent".
+    style (static): how supports are answered (``lying_support``):
+      "consistent"   the support passes H's recombination check (``protocol.check_support``) for
+                     the false claim, lying in as few rows as possible, the last rows first, so the
+                     lie moves down the tree to be caught only at a leaf (or where the lie it
+                     committed to below has no consistent support);
+      "early"        also consistent, but lies in the earliest row it can (permutation: y' at
+                     row 0 such that the re-posed row 1 truly answers the claim), so the first
+                     dispute is above the last valid row where the task allows it;
+      "inconsistent" true supports: H's recombination exposes the lie at once.
+    claim_model: None, or a ``model_player.ModelDebater``: the *plausible* liar claims M's own
+      likeliest wrong answer among those it can defend (``ModelDebater.likeliest_wrong``); a
+      pytree field, so the model's parameters are traced when the liar is a jit argument.
+    claims (static, without claim_model): "defensible" (default) a uniformly random wrong answer
+      among those a consistent support exists for on the node (``defensible``; where there is
+      none, e.g. at a leaf, any wrong answer of the answer vocabulary); "any" the old claim,
+      ``wrong_answer`` (any number token but the truth: many are no answer of the task, e.g.
+      shortest-path distances above the budget, and no support can pass H's check for them).
+  As an M for ``amplify`` (``answer_fn``) it answers every question with a uniformly random wrong
+  answer of the answer vocabulary (cheap: M inside Amp′ is never asked to defend it).
+
+  Cost (measured on this 2-core CPU, 500 questions at each task's default size, claims + supports
+  in one jit): 2.5-5 s to trace and compile, 2-55 ms to run. The search grows with the answer
+  vocabulary V and the rows S (``lie_candidates``); at the largest allowed sizes (wildcard bits=8:
+  V = 513; permutation n=64 with max_exponent=1024, whose ``solve`` loops 1024 times) it would be
+  far slower; no shipped config uses them.
   """
 
-  task: Task
-  consistent: bool = True
+  task: Task = flax.struct.field(pytree_node=False)
+  consistent: bool | None = flax.struct.field(pytree_node=False, default=None)
+  style: str = flax.struct.field(pytree_node=False, default="consistent")
+  claim_model: Any = None
+  claims: str = flax.struct.field(pytree_node=False, default="defensible")
+
+  def __post_init__(self):
+    if self.style not in STYLES:
+      raise ValueError(f"LiarDebater: style must be one of {STYLES}, got {self.style!r}")
+    if self.claims not in CLAIM_SOURCES:
+      raise ValueError(f"LiarDebater: claims must be one of {CLAIM_SOURCES}, got {self.claims!r}")
+    if self.consistent is not None:
+      if self.style == "consistent" and not self.consistent:
+        object.__setattr__(self, "style", "inconsistent")
+      elif self.consistent != (self.style != "inconsistent"):
+        raise ValueError(f"LiarDebater: consistent={self.consistent} contradicts "
+                         f"style={self.style!r}")
+    object.__setattr__(self, "consistent", self.style != "inconsistent")
+    if self.style != "inconsistent" or self.claims == "defensible" or self.claim_model is not None:
+      _check_answer_len(self.task, "LiarDebater")
 
   def answer_fn(self):
-    return lambda questions, rng: self.answer(questions, rng).tokens
+    return lambda questions, rng: wrong_vocabulary_answer(
+        self.task, self.task.batch_solve(questions), rng)
 
-  def answer(self, nodes, rng):
-    truth = self.task.batch_solve(nodes)
-    return scripted(wrong_answer(self.task, truth, rng))
+  def answer(self, nodes, rng) -> Move:
+    """The false claim to defend on each node: Move [B, La]."""
+    task = self.task
+    truth = task.batch_solve(nodes)
+    if self.claims == "any" and self.claim_model is None:
+      return scripted(wrong_answer(task, truth, rng))
+    vocab = jnp.asarray(answer_vocabulary(task))
+    wrong = vocab[None, :] != truth[:, :1]  # [B, V]
+    reach = jax.vmap(lambda n: defensible(task, n))(nodes)
+    allowed = jnp.where(reach.any(-1, keepdims=True), reach, wrong)
+    if self.claim_model is None:
+      return scripted(vocab[_uniform_choice(rng, allowed)][:, None])
+    size = self.claim_model.model.config.vocab_size
+    tokens = jnp.zeros((nodes.shape[0], size), bool).at[:, vocab].set(allowed)
+    return scripted(self.claim_model.likeliest_wrong(nodes, truth, allowed=tokens))
 
-  def support(self, nodes, claims, rng):
-    def one(node, claim):
-      honest = oracle_support(self.task, node)
-      if not self.consistent:
-        return honest
-      _, valid, rows = protocol.subquestions_of(self.task, node, honest)
-      last = jnp.max(jnp.where(valid, jnp.arange(valid.shape[0]), -1))
-      lied = rows.at[jnp.maximum(last, 0)].set(claim)
-      return jnp.where(last >= 0, lied.reshape(-1), honest)
-    return scripted(jax.vmap(one)(nodes, claims))
+  def support(self, nodes, claims, rng) -> Move:
+    lie = lambda node, claim: lying_support(self.task, node, claim, self.style)
+    return scripted(jax.vmap(lie)(nodes, claims))
 
   def stop(self, nodes, claims_even, claims_odd, rng):
     return _never_stop(nodes)
