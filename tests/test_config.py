@@ -29,10 +29,10 @@ def test_every_mode_validates_and_builds(mode, size):
   assert step_config.batch_size == config.batch_size
   assert config.runlocal == runlocal
   if size == "quickstart":  # the README main job
-    assert task.options() == {"n": 5, "max_exponent": 2}
-    assert (model.config.num_layers, model.config.d_model, config.num_steps) == (2, 128, 600)
+    assert task.options() == {"n": 8, "max_exponent": 2}
+    assert (model.config.num_layers, model.config.d_model, config.num_steps) == (4, 64, 600)
   if size == "runlocal":  # permutation's recipe: three levels
-    assert task.options() == {"n": 5, "max_exponent": 4} and task.max_difficulty == 2
+    assert task.options() == {"n": 8, "max_exponent": 4} and task.max_difficulty == 2
     assert (model.config.num_layers, model.config.d_model) == (4, 64)
   if mode == "amplification":
     assert step_config.debate.force_stop_after == 1 and step_config.debate.t_max == 1
@@ -55,7 +55,7 @@ def test_every_mode_validates_and_builds(mode, size):
     ("eval.every", -1, "config.eval.every must be >= 0"),
     ("batch_size", 12, "config.batch_size=12 is not divisible by the 8 data-parallel shards"),
     ("mesh.fsdp", 3, "config.mesh: data=-1 x fsdp=3 does not match the 8 devices"),
-    ("model.num_heads", 3, "config.model.num_heads must divide d_model=128, got 3"),
+    ("model.num_heads", 3, "config.model.num_heads must divide d_model=64, got 3"),
     ("model.preset", "huge", "config.model.preset must be one of 'tiny'"),
     ("step.temperature", 0.0, "config.step.temperature must be > 0.0, got 0.0"),
     ("step.clip_eps", -0.1, "config.step.clip_eps must be > 0.0"),
