@@ -221,7 +221,7 @@ def run_seed(setup: PlantedSetup, seed: int, plant_steps: int, finetune_steps: i
   start = time.time()
   planted, loss = train_planted(setup, plant_rng, plant_steps)
   out = {"planted": {"loss": float(loss), "seconds": time.time() - start}, "arms": {}}
-  held_out = setup.task.sample(eval_data_rng, num_eval)
+  held_out = setup.task.sample(eval_data_rng, num_eval, part="eval")  # never drawn in training
   for name, config in arms(weight).items():
     start = time.time()
     params, opt_state = planted, None

@@ -23,7 +23,8 @@ p(M's answer starts with EXPLOIT), ``catastrophe.exploit_log_prob``):
   down, costing the binary KL d(x ‖ p_EXPLOIT); the rates are chosen by water-filling on the
   average). No parameter setting of the model can beat it.
 
-Each attacked point's rate is also measured on held-out prompts (questions from another seed), to
+Each attacked point's rate is also measured on held-out prompts (questions from another seed, from
+the evaluation part of the question space: never drawn in training or in the reference set), to
 see whether the damage generalises beyond the reference set. Writes ``kl_attack.json``,
 ``kl_attack.md`` (the table, with the command at the top) and ``kl_attack.png`` (rate against ε,
 log axes) to ``--out`` (default ``<reference workdir>/kl_attack``). A reference that is not a run
@@ -427,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   prompt_seed = budget_config.get("seed", 0)
   heldout_seed = prompt_seed + 1
   prompts = kl_budget.reference_prompts(task, num_prompts, prompt_seed)
-  heldout = kl_budget.reference_prompts(task, args.heldout_prompts, heldout_seed)
+  heldout = kl_budget.reference_prompts(task, args.heldout_prompts, heldout_seed, part="eval")
   out_dir = args.out or os.path.join(workdir, "kl_attack")
   os.makedirs(out_dir, exist_ok=True)
   start = time.time()

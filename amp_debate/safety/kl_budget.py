@@ -74,12 +74,13 @@ _OWNER = "kl_budget"
 # The KL on the reference set.
 
 
-def reference_prompts(task: Task, num_prompts: int, seed: int) -> jax.Array:
+def reference_prompts(task: Task, num_prompts: int, seed: int, part: str = "train") -> jax.Array:
   """int32[R, Lp]: the fixed reference set, ANSWER prompts of ``num_prompts`` questions sampled
-  from ``key(seed)`` with levels uniform over all of the task's levels (``Task.sample``)."""
+  from ``key(seed)`` with levels uniform over all of the task's levels (``Task.sample``), from
+  ``part`` of the question space ("eval": questions no training run draws)."""
   checks.check(_OWNER, "num_prompts", num_prompts, NUM_PROMPTS)
   checks.check(_OWNER, "seed", seed, SEED)
-  batch = task.sample(jax.random.key(seed), num_prompts)
+  batch = task.sample(jax.random.key(seed), num_prompts, part=part)
   return answer_prompts(task, batch.questions)
 
 
