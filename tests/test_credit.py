@@ -71,7 +71,9 @@ def test_rewards_are_zero_sum_per_game_and_per_argument():
   rewards, has_tokens = map(np.asarray, credit.argument_rewards(game.winner, rows, num_nodes))
   winner = np.asarray(game.winner)
   decided = winner != debate.DRAW
-  assert decided.sum() > BATCH // 2
+  # Enough decided games for the sums below to mean something (13 of 32 with this key since the
+  # support check became symmetric in issue 27: fewer lucky wins on a failed check).
+  assert decided.sum() >= BATCH // 4 and (~decided).any()
   totals = rewards.sum(-1)  # [B, 2]
   both = has_tokens.any(-1).all(-1)
   np.testing.assert_allclose(totals[decided & both].sum(-1), 0.0, atol=1e-6)
