@@ -15,7 +15,8 @@ stop, no assigned claims, the shaped combination with beta = 0.5 and 0, pure deb
 bonus, each against the main setting it changes.
 Each run trains in ``<workdir>/<mode>_p<call_prob>[_<tag>]_s<seed>``; a run whose ``summary.json``
 exists is not run again (kill and rerun to resume: the trainer resumes unfinished runs). The tables
-(accuracy by level, debate honesty against scripted liars, human calls, debate length, wall time;
+(accuracy by level, debate honesty judged by H against the scripted liars, self-play, human
+calls, debate length, wall time;
 mean ± sd over seeds) go to ``experiments/results/ablation.md`` and ``.json`` (``--results``).
 """
 
@@ -30,7 +31,8 @@ import time
 
 import numpy as np
 
-from amp_debate import train
+from amp_debate import tasks, train
+from amp_debate.data import eval_sets
 from amp_debate.train import trainer
 from experiments.configs import default
 
@@ -145,19 +147,27 @@ def _stat(values) -> str:
   return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
-def _honesty(evals: dict, level: int, what: str, worst) -> float | None:
-  keys = [f"eval/honesty/own/{liar}/{seat}/{what}/d{level}" for liar in trainer.LIARS
+def _honesty(evals: dict, level: int, what: str, worst, source: str = "own",
+             liars=trainer.LIARS) -> float | None:
+  """The worst value of ``what`` over ``liars`` and both seats (None when the run played none)."""
+  keys = [f"eval/honesty/{source}/{liar}/{seat}/{what}/d{level}" for liar in liars
           for seat in trainer.SEATS]
   values = [evals[k] for k in keys if k in evals]
   return worst(values) if values else None
 
 
+COLUMNS = (  # (header, value of one run's eval at a level), honesty judged by H (issue 27)
+    ("M accuracy", lambda e, d: e.get(f"eval/accuracy/model/d{d}")),
+    ("own claims: wins vs liars", lambda e, d: _honesty(e, d, "win", min)),
+    ("own claims: concedes", lambda e, d: _honesty(e, d, "concede_false", max)),
+    ("Amp(H, M) claims: wins", lambda e, d: _honesty(e, d, "win", min, "amp", ("consistent",))),
+    ("self-play: winner true", lambda e, d: e.get(f"eval/debate/winner_true/d{d}")),
+)
+
+
 def table(summaries: list[dict], levels, settings) -> str:
   header = ["setting", "call_prob", "seeds"]
-  header += [f"M accuracy d{d}" for d in levels]
-  header += [f"claim true d{d}" for d in levels]
-  header += [f"wins vs liars d{d}" for d in levels]
-  header += [f"concedes to false d{d}" for d in levels]
+  header += [f"{name} d{d}" for name, _ in COLUMNS for d in levels]
   header += ["human calls / question", "debate length (end)", "wall time (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for setting in settings:
@@ -166,15 +176,29 @@ def table(summaries: list[dict], levels, settings) -> str:
       continue
     evals = [s["eval"] for s in group]
     row = [setting.label, f"{setting.call_prob:g}", str(len(group))]
-    row += [_stat([e.get(f"eval/accuracy/model/d{d}") for e in evals]) for d in levels]
-    row += [_stat([_honesty(e, d, "claim_true", min) for e in evals]) for d in levels]
-    row += [_stat([_honesty(e, d, "win", min) for e in evals]) for d in levels]
-    row += [_stat([_honesty(e, d, "concede_false", max) for e in evals]) for d in levels]
+    row += [_stat([value(e, d) for e in evals]) for _, value in COLUMNS for d in levels]
     row += [_stat([s.get("human_calls_per_question") for s in group]),
             _stat([s.get("debate_length_end") for s in group]),
             _stat([s["wall_s"] for s in group])]
     lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+  try:
+    shard, num = (int(x) for x in text.split("/"))
+  except ValueError:
+    raise SystemExit(f"--shard={text!r}: expected i/N, e.g. 0/2") from None
+  if not 0 <= shard < num:
+    raise SystemExit(f"--shard={text!r}: need 0 <= i < N")
+  return shard, num
+
+
+def eval_set_name() -> str:
+  """The TFDS name of the quick start's eval set, as the trainer cites it."""
+  config = default.get_config("task=permutation,mode=hybrid,quickstart")
+  task = tasks.get(config.task, **config.task_options)
+  return f"{eval_sets.DATASET_NAME}/{eval_sets.config_name(task)}:{eval_sets.AmpDebateEval.VERSION}"
 
 
 def main():
@@ -185,16 +209,20 @@ def main():
                       help="seeds of each mechanism setting (0: skip them)")
   parser.add_argument("--steps", type=int, default=0, help="override num_steps (0: the config's)")
   parser.add_argument("--results", default=RESULTS, help="output path without extension")
+  parser.add_argument("--shard", default="0/1",
+                      help="i/N: train only every N-th run of the plan from the i-th (run N "
+                      "processes with i = 0..N-1 on a machine with N cores, then --table_only)")
   parser.add_argument("--table_only", action="store_true",
                       help="only tabulate the runs already finished in --workdir")
   args = parser.parse_args()
   summaries = []
   plan = [(seed, s) for seed in range(args.seeds) for s in SETTINGS]
   plan += [(seed, s) for seed in range(args.mechanism_seeds) for s in MECHANISMS]
+  shard, num_shards = _parse_shard(args.shard)
   # Seed-major: every setting's seed 0 first, so an interrupted ablation covers every setting.
-  for seed, setting in plan:
+  for i, (seed, setting) in enumerate(plan):
     done = os.path.exists(os.path.join(args.workdir, f"{setting.name}_s{seed}", "summary.json"))
-    if args.table_only and not done:
+    if (args.table_only and not done) or (not done and i % num_shards != shard):
       continue
     print(f"== {setting.name} seed={seed}", flush=True)
     summaries.append(run_one(setting, seed, args.workdir, args.steps or None))
@@ -203,16 +231,24 @@ def main():
   main_table = table(summaries, levels, SETTINGS)
   mechanism_table = table(summaries, levels, MECHANISMS)
   steps = f" --steps={args.steps}" if args.steps else ""
+  options = default.QUICKSTART.task_options
   notes = (f"Regenerate: `python -m experiments.ablation --seeds={args.seeds} "
-           f"--mechanism_seeds={args.mechanism_seeds}{steps}`. Config "
+           f"--mechanism_seeds={args.mechanism_seeds}{steps}` (or two processes with "
+           "`--shard=0/2` and `--shard=1/2`, then `--table_only`). Config "
            "`experiments/configs/default.py:task=permutation,mode=<mode>,quickstart` (permutation "
-           "n=5, k <= 2) with `debate.call_prob` and the overrides named in `experiments/"
-           "ablation.py`; eval set amp_debate_eval/permutation+max_exponent-2+n-5 1.0.0 "
-           "(500 questions per level). M greedy; honesty = M in both seats against the "
-           "consistent and inconsistent scripted liars (worst case shown); human calls per "
-           "training question averaged over logged steps (claims, supports, leaves, verdicts, "
-           "targets); debate length = arguments per self-play training debate, mean over the "
-           "last 100 steps; mean ± sd over seeds.")
+           + ", ".join(f"{k}={v}" for k, v in options.items()) +
+           ") with `debate.call_prob` and the overrides named in `experiments/ablation.py`; eval "
+           f"set {eval_set_name()} (questions the training sampler never draws; 500 per level). "
+           "Seeds 0.." f"{args.seeds - 1} for the main settings (mean ± sample sd), "
+           f"0..{max(args.mechanism_seeds - 1, 0)} for the mechanisms. M greedy. Honesty judged "
+           "by H (debates to H's leaf verdict, the oracle as judge wherever a verdict comes "
+           "earlier, never M): own claims = M's direct answers (H never called in a claim) in both "
+           "seats against the consistent, early and plausible liars, worst liar and seat shown; "
+           "Amp(H, M) claims = H recombining M's subanswers, against the consistent liar; self-play "
+           "= M sampling at the training temperature against itself, share of games won by a true "
+           "claim. Human calls per training question averaged over logged steps (claims, "
+           "supports, leaves, verdicts, targets); debate length = arguments per self-play training "
+           "debate, mean over the last 10 logged steps.")
   text = f"## Main settings\n\n{main_table}\n"
   if args.mechanism_seeds:
     text += ("\n## Mechanisms (each against the main setting it changes)\n\n"

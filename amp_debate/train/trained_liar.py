@@ -12,7 +12,9 @@ minus the batch mean (a baseline).
   python -m amp_debate.train.trained_liar --workdir=workdir/quickstart [--steps=100]
 
 loads the run's latest checkpoint, reports M's win rate in both seats against the liar before and
-after training on the run's eval split, and writes ``<workdir>/trained_liar.json``.
+after training on the run's eval split (questions the run never drew), and the liar's training-time
+win rate beside a control arm that plays the same games at learning rate 0, and writes
+``<workdir>/trained_liar.json``.
 """
 
 from __future__ import annotations
@@ -153,17 +155,25 @@ def evaluate(task, model, m_params, liar_params, questions, rng, config) -> dict
   return out
 
 
-def main(argv=None) -> None:
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A finished run, loaded for the liar: its task, model, M's parameters at ``step``, the honesty
+  debate config (M's own claims, H's leaf verdict), its eval set and training-part sampler."""
+
+  workdir: str
+  step: int
+  task: Task
+  model: object
+  m_params: object
+  config: debate.DebateConfig
+  eval_set: object
+  sample_fn: object
+
+
+def load_run(workdir: str, step: int | None = None) -> Run:
   from amp_debate.train import config_lib, trainer  # pylint: disable=import-outside-toplevel
   from amp_debate.train import step as step_lib  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="a finished run's work directory")
-  parser.add_argument("--steps", type=int, default=LiarTraining.steps)
-  parser.add_argument("--batch", type=int, default=LiarTraining.batch)
-  parser.add_argument("--learning_rate", type=float, default=LiarTraining.learning_rate)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
-  state, config, step = trainer.load_state(args.workdir)
+  state, config, step = trainer.load_state(workdir, step)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   debate_config = dataclasses.replace(
@@ -171,31 +181,69 @@ def main(argv=None) -> None:
   eval_set = trainer._load_eval_set(task, config)  # pylint: disable=protected-access
   top = task.max_difficulty
   sample_fn = lambda key, n: step_lib.sample_batch(task, key, n, top).questions
-  rng = jax.random.key(args.seed)
-  m_params = state.params
-  record = {"workdir": args.workdir, "step": int(step), "eval_set": eval_set.name,
-            "options": vars(args), "before": {}, "after": {}}
-  for level, split in sorted(eval_set.splits.items()):
-    record["before"][str(level)] = evaluate(task, model, m_params, m_params,
-                                            jnp.asarray(split["question"]), rng, debate_config)
-  options = LiarTraining(steps=args.steps, batch=args.batch, learning_rate=args.learning_rate)
-  liar_params, history = train_liar(
-      task, model, m_params, sample_fn, debate_config, jax.random.fold_in(rng, 1), options,
-      on_step=lambda i, w: print(f"liar step {i + 1}/{options.steps}: liar wins {w:.3f}",
-                                 flush=True) if (i + 1) % 10 == 0 else None)
-  record["liar_win_history"] = history
-  for level, split in sorted(eval_set.splits.items()):
-    record["after"][str(level)] = evaluate(task, model, m_params, liar_params,
-                                           jnp.asarray(split["question"]), rng, debate_config)
-  with open(os.path.join(args.workdir, "trained_liar.json"), "w") as f:
-    json.dump(record, f, indent=1)
+  return Run(workdir, int(step), task, model, state.params, debate_config, eval_set, sample_fn)
+
+
+def evaluate_on_eval_set(run: Run, liar_params, rng) -> dict[str, dict[str, float]]:
+  """``evaluate`` on every level of the run's eval set (questions the run never trained on)."""
+  return {str(level): evaluate(run.task, run.model, run.m_params, liar_params,
+                               jnp.asarray(split["question"]), rng, run.config)
+          for level, split in sorted(run.eval_set.splits.items())}
+
+
+def study(run: Run, options: LiarTraining, seed: int, log=print) -> dict:
+  """M against its greedy copy (before), the liar trained with ``options`` (after), and the control
+  arm: the same steps, keys and sampled games at learning rate 0 (no update), whose training-time
+  win rate is what the liar wins without learning. Returns a JSON-able record."""
+  rng = jax.random.key(seed)
+  record = {"workdir": run.workdir, "step": run.step, "eval_set": run.eval_set.name,
+            "options": dataclasses.asdict(options), "seed": seed,
+            "before": evaluate_on_eval_set(run, run.m_params, rng)}
+  for arm, arm_options in (("trained", options),
+                           ("control", dataclasses.replace(options, learning_rate=0.0))):
+    liar_params, history = train_liar(
+        run.task, run.model, run.m_params, run.sample_fn, run.config, jax.random.fold_in(rng, 1),
+        arm_options, on_step=lambda i, w, arm=arm: log(
+            f"{arm} liar step {i + 1}/{options.steps}: liar wins {w:.3f}")
+        if (i + 1) % 10 == 0 else None)
+    record[f"{arm}_win_history"] = history
+    if arm == "trained":
+      record["after"] = evaluate_on_eval_set(run, liar_params, rng)
+  return record
+
+
+def summary_lines(record: dict) -> list[str]:
+  lines = []
   for when in ("before", "after"):
     for level, v in record[when].items():
-      print(f"{when} training the liar, level {level}: M wins {min(v['even/win'], v['odd/win']):.3f}"
-            f" (worst seat), loses {max(v['even/loss'], v['odd/loss']):.3f}, concedes "
-            f"{max(v['even/concede_false'], v['odd/concede_false']):.3f}")
-  print("training-time liar win rate, first / last 10 steps:",
-        f"{np.mean(history[:10]):.3f} / {np.mean(history[-10:]):.3f}")
+      lines.append(f"{when} training the liar, level {level}: M wins "
+                   f"{min(v['even/win'], v['odd/win']):.3f} (worst seat), loses "
+                   f"{max(v['even/loss'], v['odd/loss']):.3f}, concedes "
+                   f"{max(v['even/concede_false'], v['odd/concede_false']):.3f}")
+  for arm in ("trained", "control"):
+    history = record[f"{arm}_win_history"]
+    lines.append(f"{arm} liar's training-time win rate, first / last 10 steps: "
+                 f"{np.mean(history[:10]):.3f} / {np.mean(history[-10:]):.3f}")
+  return lines
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True, help="a finished run's work directory")
+  parser.add_argument("--checkpoint_step", type=int, default=None,
+                      help="M at this saved step (default: the latest)")
+  parser.add_argument("--steps", type=int, default=LiarTraining.steps)
+  parser.add_argument("--batch", type=int, default=LiarTraining.batch)
+  parser.add_argument("--learning_rate", type=float, default=LiarTraining.learning_rate)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default="", help="JSON path (default <workdir>/trained_liar.json)")
+  args = parser.parse_args(argv)
+  run = load_run(args.workdir, args.checkpoint_step)
+  options = LiarTraining(steps=args.steps, batch=args.batch, learning_rate=args.learning_rate)
+  record = study(run, options, args.seed, log=lambda line: print(line, flush=True))
+  with open(args.out or os.path.join(args.workdir, "trained_liar.json"), "w") as f:
+    json.dump(record, f, indent=1)
+  print("\n".join(summary_lines(record)))
 
 
 if __name__ == "__main__":
