@@ -10,6 +10,7 @@ import optax
 
 from amp_debate import models, tasks
 from amp_debate.procedure import credit, debate, losses, model_player, players, protocol
+from amp_debate.tasks import base
 
 TASK = tasks.get("permutation", n=4, max_exponent=4)
 MODEL = models.LanguageModel(models.preset("tiny", TASK.vocab_size,
@@ -127,12 +128,17 @@ def test_distillation_targets_come_from_the_debates_own_computations():
   _, game, transcript, _ = _played()
   rows = credit.distill_rows(TASK, transcript, CONFIG)
   comps = transcript.comps
-  used = np.asarray(comps.active & comps.called)
+  # Nodes in the evaluation part of the space get no target (held out by construction).
+  training_node = ~np.asarray(base.is_eval_question(transcript.nodes))[:, :, None]
+  assert (~training_node).any()  # some descended-to nodes are evaluation-part questions
+  used = np.asarray(comps.active & comps.called) & training_node
   inner = used & ~np.asarray(comps.is_leaf)
   n = used.size
   active = np.asarray(rows.active)
   np.testing.assert_array_equal(active[:n].reshape(used.shape), used)
   np.testing.assert_array_equal(active[n:2 * n].reshape(used.shape), inner)
+  questions = np.asarray(rows.questions)[active]
+  assert not np.asarray(base.is_eval_question(questions)).any()
   la = TASK.answer_len
   tokens = np.asarray(rows.tokens)
   np.testing.assert_array_equal(tokens[:n].reshape(used.shape + (-1,))[..., :la][used],
@@ -145,7 +151,8 @@ def test_distillation_targets_come_from_the_debates_own_computations():
   ok = np.asarray(check(node[inner], np.asarray(comps.answer)[inner], support[inner]))
   assert ok.size > 0 and ok.all()
   # H's answers at leaves reached by descent, once per such game (the last group of rows).
-  leaf = np.asarray(transcript.leaf_reached)
+  leaf = np.asarray(transcript.leaf_reached) & ~np.asarray(
+      base.is_eval_question(transcript.final_node))
   np.testing.assert_array_equal(active[-BATCH:], leaf)
   final = np.asarray(transcript.final_node)[leaf]
   np.testing.assert_array_equal(tokens[-BATCH:][leaf][:, :la],

@@ -22,7 +22,11 @@ used once: ANSWER(n) -> the computation's answer and SUPPORT(n, answer) -> its s
 H was called in a side's or the judge's Amp′ of n; ANSWER(leaf) -> H's answer at a leaf reached by
 descent; STOP(n, claims) -> H's hindsight label where the learned stop was asked and did not fire;
 optionally (``subquestion_targets``) ANSWER(q′) -> a fresh Amp′(H, M_target)(q′) for every
-subquestion q′ H posed in those computations.
+subquestion q′ H posed in those computations. A distillation row whose question (the node, or q′)
+lies in the evaluation part of the task's space (``tasks.base.is_eval_question``) is dropped: the
+root questions come from the training part, but H's subquestions and the nodes a descent reaches can
+be any question of a lower level, and distilling H's answers (at a leaf, the truth) on them would
+train M on questions the eval sets hold out (DESIGN.md section 2).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import jax.numpy as jnp
 
 from amp_debate.procedure import debate, protocol
 from amp_debate.procedure.amplify import AmpOutput
-from amp_debate.tasks.base import Task
+from amp_debate.tasks.base import Task, in_part
 from amp_debate.tasks.tokenizer import PAD
 
 
@@ -76,6 +80,13 @@ def _rows(task: Task, prompts, questions, tokens, active, log_probs=None) -> Row
               tokens=jnp.where(mask, _pad_to(tokens.astype(jnp.int32), length, PAD), PAD),
               mask=mask,
               log_probs=jnp.where(mask, _pad_to(log_probs.astype(jnp.float32), length, 0.0), 0.0))
+
+
+def _training_part_only(rows: Rows) -> Rows:
+  """``rows`` with every row whose question lies in the evaluation part masked out."""
+  keep = in_part(rows.questions, "train")[..., None]
+  return rows.replace(mask=rows.mask & keep, tokens=jnp.where(keep, rows.tokens, PAD),
+                      log_probs=jnp.where(keep, rows.log_probs, 0.0))
 
 
 def _prompts(fn, task, *args):
@@ -220,13 +231,15 @@ def per_game(rows: Rows, num_games: int | None = None) -> Rows:
 
 
 def distill_rows(task: Task, transcript: debate.Transcript, config: debate.DebateConfig,
-                 by_game: bool = False) -> Rows:
+                 by_game: bool = False, drop_eval_part: bool = True) -> Rows:
   """Distillation targets from the debate's own computations (no subquestion pass; see
   ``subquestion_targets``). ``config`` (static) leaves out the groups that cannot have targets
   (judges and stops without the learned stop, verdicts without a contest).
 
   Returns Rows [N, ...] flattened group by group (every game's ANSWER rows, then every game's
-  SUPPORT rows, ...), or with ``by_game`` Rows [B, G], each game's rows together."""
+  SUPPORT rows, ...), or with ``by_game`` Rows [B, G], each game's rows together. Rows whose
+  question lies in the evaluation part are masked out unless ``drop_eval_part`` is False (what the
+  trainer counts to log how many it dropped)."""
   lq = task.question_len
   comps = transcript.comps
   used = comps.active & comps.called  # [B, R, 2]
@@ -255,6 +268,8 @@ def distill_rows(task: Task, transcript: debate.Transcript, config: debate.Debat
                       final.active & final.called))
     rows.append(_rows(task, final_prompts, transcript.final_node,
                       task.batch_leaf_answer(transcript.final_node), transcript.leaf_reached))
+  if drop_eval_part:
+    rows = [_training_part_only(r) for r in rows]
   if by_game:
     return concat([per_game(r) for r in rows], axis=1)
   return concat([r.flatten() for r in rows], axis=0)
@@ -269,11 +284,12 @@ def posed_subquestions(transcript: debate.Transcript) -> tuple[jax.Array, jax.Ar
 
 def subquestion_targets(task: Task, subquestions: jax.Array, amp: AmpOutput,
                         posed: jax.Array) -> Rows:
-  """Rows [N] of ANSWER(q′) -> Amp′(H, M_target)(q′) for posed subquestions where H was called.
+  """Rows [N] of ANSWER(q′) -> Amp′(H, M_target)(q′) for posed subquestions where H was called
+  and q′ lies in the training part.
 
   Args:
     subquestions: int32[N, Lq]; amp: that Amp′ pass over them; posed: bool[N].
   """
   chex.assert_rank(subquestions, 2)
-  return _rows(task, _prompts(protocol.answer_prompt, task, subquestions), subquestions,
-               amp.answers, posed & amp.called)
+  return _training_part_only(_rows(task, _prompts(protocol.answer_prompt, task, subquestions),
+                                  subquestions, amp.answers, posed & amp.called))

@@ -403,6 +403,10 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
 
     # Distillation targets from the debate's own computations (+ the subquestion pass).
     drows = credit.distill_rows(task, transcript, config.debate, by_game=True)  # [B, G]
+    # Targets on evaluation-part nodes (subquestions, descended-to nodes) are dropped: logged.
+    eval_part_dropped = (credit.distill_rows(task, transcript, config.debate, by_game=True,
+                                             drop_eval_part=False).active.sum()
+                         - drows.active.sum()) / batch_size
     sub_amp = sub_posed = None
     target_calls = jnp.zeros((), jnp.int32)
     if config.distill_subquestions:
@@ -514,6 +518,8 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         "human_calls/targets": target_calls / batch_size,
         "human_calls/per_question": (game.human_calls + target_calls + audit_calls) / batch_size,
         "distill/targets": drows.active.sum(),
+        # Per question: the debate's targets on evaluation-part questions, dropped (held out).
+        "distill/eval_part_dropped": eval_part_dropped,
         "rl/arguments": has_tokens.sum() / batch_size,
         "stop/label_yes": (transcript.stop_label.sum() / jnp.maximum(
             transcript.stop_labelled.sum(), 1)),
