@@ -1,0 +1,119 @@
+r"""The trained liar against M that can and cannot be beaten (issue 27, item 2d).
+
+  python -m experiments.trained_liar_study --workdir=workdir/trained_liar
+
+For each M below: trains it if its run is not finished (``amp_debate.train.run``; a finished run
+only re-evaluates), then fine-tunes a copy of M to win the false side against frozen M
+(``amp_debate.train.trained_liar.study``: REINFORCE on the liar's supports, H at the leaves; a
+control arm plays the same games at learning rate 0) and evaluates M against the greedy liar before
+and after on the run's eval split (questions the run never drew). A run whose
+``trained_liar.json`` exists with the same liar options is not redone. Writes
+``experiments/results/trained_liar.md`` and ``.json``.
+
+Ms:
+  quickstart_amplification  the quick start in amplification mode, 600 steps (two levels: a descent
+                            reaches a leaf one step below the root, so only the root support matters)
+  runlocal_hybrid_400       permutation runlocal (three levels) in hybrid mode stopped at 400 steps,
+                            where M is still weak at level 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from amp_debate import train
+from amp_debate.train import trained_liar
+from experiments.configs import default
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "trained_liar")
+
+MS = (  # (name, config arg, num_steps)
+    ("quickstart_amplification", "task=permutation,mode=amplification,quickstart", 600),
+    ("runlocal_hybrid_400", "task=permutation,mode=hybrid,runlocal", 400),
+)
+
+
+def ensure_trained(name: str, arg: str, num_steps: int, workdir: str) -> str:
+  run_dir = os.path.join(workdir, name)
+  config = default.get_config(arg)
+  config.num_steps = num_steps
+  if not os.path.exists(os.path.join(run_dir, "results.md")):
+    result = train.run(config, run_dir)
+    if result.status != "done":
+      raise SystemExit(f"{run_dir}: {result.status}; rerun to resume")
+  return run_dir
+
+
+def liar_record(run_dir: str, options: trained_liar.LiarTraining, seed: int) -> dict:
+  path = os.path.join(run_dir, "trained_liar.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+    if record.get("options") == dataclasses.asdict(options) and record.get("seed") == seed:
+      return record
+  run = trained_liar.load_run(run_dir)
+  record = trained_liar.study(run, options, seed, log=lambda line: print(line, flush=True))
+  with open(path, "w") as f:
+    json.dump(record, f, indent=1)
+  return record
+
+
+def table(records: dict[str, dict]) -> str:
+  worst = lambda v, what, pick: pick(v[f"even/{what}"], v[f"odd/{what}"])
+  lines = ["| M | level | M wins: before / after | M loses: before / after | M concedes: before / "
+           "after | liar's training win rate, first / last 10 steps: trained | control |",
+           "|---|---|---|---|---|---|---|"]
+  for name, r in records.items():
+    hist = {arm: r[f"{arm}_win_history"] for arm in ("trained", "control")}
+    span = {arm: f"{np.mean(h[:10]):.3f} / {np.mean(h[-10:]):.3f}" for arm, h in hist.items()}
+    for level in sorted(r["before"], key=int):
+      b, a = r["before"][level], r["after"][level]
+      cells = [f"{worst(b, w, p):.3f} / {worst(a, w, p):.3f}"
+               for w, p in (("win", min), ("loss", max), ("concede_false", max))]
+      lines.append(f"| {name} (step {r['step']}) | {level} | " + " | ".join(cells)
+                   + f" | {span['trained']} | {span['control']} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default="workdir/trained_liar")
+  parser.add_argument("--steps", type=int, default=100, help="liar updates")
+  parser.add_argument("--batch", type=int, default=trained_liar.LiarTraining.batch)
+  parser.add_argument("--learning_rate", type=float,
+                      default=trained_liar.LiarTraining.learning_rate)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--results", default=RESULTS, help="output path without extension")
+  args = parser.parse_args()
+  options = trained_liar.LiarTraining(steps=args.steps, batch=args.batch,
+                                      learning_rate=args.learning_rate)
+  records = {}
+  for name, arg, num_steps in MS:
+    print(f"== {name}", flush=True)
+    run_dir = ensure_trained(name, arg, num_steps, args.workdir)
+    records[name] = liar_record(run_dir, options, args.seed)
+  eval_sets = ", ".join(sorted({r["eval_set"] for r in records.values()}))
+  notes = (f"Regenerate: `python -m experiments.trained_liar_study --steps={args.steps}` (M: "
+           + "; ".join(f"{n}: `experiments/configs/default.py:{a}`, {s} steps, seed 0"
+                       for n, a, s in MS)
+           + f"). Liar: M's copy, Adam {args.learning_rate:g}, {args.steps} updates of "
+           f"{args.batch} debates (half per seat), seed {args.seed}; control: the same games at "
+           "learning rate 0. M greedy, its own claims (H never called in a claim), debates to H's "
+           f"leaf verdict; worst seat; eval sets {eval_sets} (500 questions per level). "
+           "'before' = M against its greedy copy as the liar; 'after' = against the trained liar.")
+  text = (f"# Trained liar\n\n{table(records)}\n\n{notes}\n")
+  os.makedirs(os.path.dirname(args.results), exist_ok=True)
+  with open(args.results + ".md", "w") as f:
+    f.write(text)
+  with open(args.results + ".json", "w") as f:
+    json.dump(records, f, indent=1)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
