@@ -105,7 +105,9 @@ def main():
            f"{args.batch} debates (half per seat), seed {args.seed}; control: the same games at "
            "learning rate 0. M greedy, its own claims (H never called in a claim), debates to H's "
            f"leaf verdict; worst seat; eval sets {eval_sets} (500 questions per level). "
-           "'before' = M against its greedy copy as the liar; 'after' = against the trained liar.")
+           "'before' = M against its greedy copy as the liar; 'after' = against the trained liar. "
+           "The training win rates pool the levels the trainer's sampler draws (the same on "
+           "every row of an M).")
   text = (f"# Trained liar\n\n{table(records)}\n\n{notes}\n")
   os.makedirs(os.path.dirname(args.results), exist_ok=True)
   with open(args.results + ".md", "w") as f:
