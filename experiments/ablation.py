@@ -10,6 +10,8 @@ Runs, each with seeds 0..seeds-1 (``experiments/configs/default.py:task=permutat
   supervised                 the ground-truth upper bound (call_prob unused)
   debate                     debate RL only (λ_sup = 0, call_prob = 0: claims are M's own)
   amplification, hybrid at debate.call_prob = 0.3   (about a third of the human calls)
+  hybrid without RL          hybrid's debates and targets, λ_rl = 0 (the control for hybrid vs
+                             amplification: is it the debate's gradient or the extra targets?)
 and the mechanism settings (``MECHANISMS``, ``--mechanism_seeds`` seeds each, default 1): the learned
 stop, no assigned claims, the shaped combination with beta = 0.5 and 0, pure debate with an entropy
 bonus, each against the main setting it changes.
@@ -59,7 +61,12 @@ class Setting:
 
 
 SETTINGS = (Setting("hybrid", 1.0), Setting("amplification", 1.0), Setting("supervised", 1.0),
-            Setting("debate", 0.0), Setting("amplification", 0.3), Setting("hybrid", 0.3))
+            Setting("debate", 0.0), Setting("amplification", 0.3), Setting("hybrid", 0.3),
+            # The control for "hybrid beats amplification": the same debates and distillation
+            # targets (both sides' computations, descended-to nodes: about twice amplification's
+            # targets per question) without the debate's policy gradient.
+            Setting("hybrid", 1.0, (("combination.weights.rl", 0.0),
+                                    ("combination.weights_end.rl", 0.0)), "no_rl"))
 # Each learning mechanism against the main setting it changes (one seed unless --mechanism_seeds):
 # does it move the behaviour DESIGN.md says it should?
 MECHANISMS = (
@@ -212,6 +219,9 @@ def main():
   parser.add_argument("--shard", default="0/1",
                       help="i/N: train only every N-th run of the plan from the i-th (run N "
                       "processes with i = 0..N-1 on a machine with N cores, then --table_only)")
+  parser.add_argument("--only", default="",
+                      help="comma-separated setting names (e.g. hybrid_p1.0_no_rl): train only "
+                      "these (the table still lists every finished run)")
   parser.add_argument("--table_only", action="store_true",
                       help="only tabulate the runs already finished in --workdir")
   args = parser.parse_args()
@@ -222,7 +232,8 @@ def main():
   # Seed-major: every setting's seed 0 first, so an interrupted ablation covers every setting.
   for i, (seed, setting) in enumerate(plan):
     done = os.path.exists(os.path.join(args.workdir, f"{setting.name}_s{seed}", "summary.json"))
-    if (args.table_only and not done) or (not done and i % num_shards != shard):
+    only = args.only and setting.name not in args.only.split(",")
+    if (args.table_only and not done) or (not done and (i % num_shards != shard or only)):
       continue
     print(f"== {setting.name} seed={seed}", flush=True)
     summaries.append(run_one(setting, seed, args.workdir, args.steps or None))

@@ -128,7 +128,7 @@ def run_one(task: str, mode: str, seed: int, workdir: str,
              "eval_set": supervised_reference._eval_name(run_dir)}
   if mode != "supervised":
     summary.update(ablation._training_means(run_dir))
-  with open(summary_path, "w") as f:
+  with open(os.path.join(run_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary
 

@@ -63,11 +63,29 @@ def liar_record(run_dir: str, options: trained_liar.LiarTraining, seed: int) -> 
   return record
 
 
+def scripted_losses(run_dir: str) -> dict[str, float]:
+  """Per level, M's worst-seat loss rate to the scripted consistent liar in the run's last
+  evaluation (``trainer.make_eval_fn``, own claims, same eval split)."""
+  last = None
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if any(k.startswith("eval/honesty/own/consistent/") for k in row):
+        last = row
+  if last is None:
+    return {}
+  prefix = "eval/honesty/own/consistent/even/loss/d"
+  levels = {k[len(prefix):] for k in last if k.startswith(prefix) and k[len(prefix):].isdigit()}
+  return {level: max(last[f"eval/honesty/own/consistent/{seat}/loss/d{level}"]
+                     for seat in ("even", "odd")) for level in levels}
+
+
 def table(records: dict[str, dict]) -> str:
   worst = lambda v, what, pick: pick(v[f"even/{what}"], v[f"odd/{what}"])
   lines = ["| M | level | M wins: before / after | M loses: before / after | M concedes: before / "
-           "after | liar's training win rate, first / last 10 steps: trained | control |",
-           "|---|---|---|---|---|---|---|"]
+           "after | liar's training win rate, first / last 10 steps: trained | control | M loses "
+           "to the scripted consistent liar |",
+           "|---|---|---|---|---|---|---|---|"]
   for name, r in records.items():
     hist = {arm: r[f"{arm}_win_history"] for arm in ("trained", "control")}
     span = {arm: f"{np.mean(h[:10]):.3f} / {np.mean(h[-10:]):.3f}" for arm, h in hist.items()}
@@ -76,7 +94,8 @@ def table(records: dict[str, dict]) -> str:
       cells = [f"{worst(b, w, p):.3f} / {worst(a, w, p):.3f}"
                for w, p in (("win", min), ("loss", max), ("concede_false", max))]
       lines.append(f"| {name} (step {r['step']}) | {level} | " + " | ".join(cells)
-                   + f" | {span['trained']} | {span['control']} |")
+                   + f" | {span['trained']} | {span['control']} | "
+                   + f"{r.get('scripted_consistent_loss', {}).get(level, float('nan')):.3f} |")
   return "\n".join(lines)
 
 
@@ -97,6 +116,7 @@ def main():
     print(f"== {name}", flush=True)
     run_dir = ensure_trained(name, arg, num_steps, args.workdir)
     records[name] = liar_record(run_dir, options, args.seed)
+    records[name]["scripted_consistent_loss"] = scripted_losses(run_dir)
   eval_sets = ", ".join(sorted({r["eval_set"] for r in records.values()}))
   notes = (f"Regenerate: `python -m experiments.trained_liar_study --steps={args.steps}` (M: "
            + "; ".join(f"{n}: `experiments/configs/default.py:{a}`, {s} steps, seed 0"
