@@ -282,7 +282,12 @@ def main():
                     f"({os.path.basename(png)})")
   for name, summaries in by_task.items():
     sections.append(f"## {name}\n\n{eval_sets_line(summaries)}\n\n{task_table(summaries)}")
-  notes = (f"Regenerate: `python -m experiments.task_suite --seed={args.seed}` (config "
+  command = f"python -m experiments.task_suite --seed={args.seed}"
+  if args.modes != ",".join(MODES):
+    command += f" --modes={args.modes}"
+  if os.path.abspath(args.results) != RESULTS:
+    command += f" --results={os.path.relpath(args.results)}"
+  notes = (f"Regenerate: `{command}` (config "
            "`experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`: each task's "
            "runlocal options and model recipe, `default.RUNLOCAL`). M greedy on the task's eval "
            "split (500 questions per level); Amp(H, M) = H decomposing once, M answering the "
@@ -290,8 +295,8 @@ def main():
            "every `eval.every` steps, with its training seconds (after the first step's "
            "compile, evaluations excluded); human calls per training question averaged over "
            "logged steps; wall time includes compiles and evaluations. One seed. Eval sets "
-           "1.1.0 and 1.2.0 hold the same questions for every task but shortest_path "
-           "(`amp_debate.data.eval_sets` release notes).")
+           "2.0.0 hold only questions the training sampler never draws (issue 27; versions 1.x "
+           "did not, `amp_debate.data.eval_sets` release notes).")
   text = "\n\n".join(sections)
   os.makedirs(os.path.dirname(args.results), exist_ok=True)
   with open(args.results + ".md", "w") as f:
