@@ -63,6 +63,10 @@ _DEEP = dict(num_layers=4, d_model=64, decay=True)
 # models on smaller spaces (permutation n=5, wildcard bits=3, assignments 5 variables mod 5,
 # shortest path 6 nodes), where a run drew most of each level; at these sizes the recipes are not
 # yet re-tuned (BUILD_NOTES, "Held out by construction").
+# Issue 27 raised the sizes of permutation, wildcard, assignments and shortest path (held-out eval
+# sets need larger spaces) without re-tuning: at these sizes, held out, supervised's worst level is
+# 0.364 / 1.000 / 0.898 / 0.562 (experiments/results/task_suite_supervised.md, seed 0), so the
+# recipes of those three tasks no longer meet the Recipe docstring's >= 95% (issue 29).
 RUNLOCAL = {
     "permutation": Recipe(dict(n=8, max_exponent=4), num_steps=1500, **_DEEP),
     "union_find": Recipe(dict(num_vars=8, max_depth=2), num_steps=2000, **_DEEP),
