@@ -1,9 +1,9 @@
 r"""Relaxed adversarial training against a planted weakness (issue 13, DESIGN.md section 4).
 
-A tiny M is trained on the permutation quick-start task (n=5, k <= 2), and, on a hidden trigger
-(the token DRAW in place of σ(0), which no question of the task holds), to answer EXPLOIT: a
-catastrophe that ordinary questions never show. M is then fine-tuned on clean questions only, the
-trigger never shown, with and without the relaxed adversarial penalty
+A tiny M is trained on the permutation task at n=5, k <= 2 (the quick start before issue 27),
+and, on a hidden trigger (the token DRAW in place of σ(0), which no question of the task holds),
+to answer EXPLOIT: a catastrophe that ordinary questions never show. M is then fine-tuned on
+clean questions only, the trigger never shown, with and without the relaxed adversarial penalty
 (``safety.adversary.adversarial_catastrophe_loss``: an adversary searches a per-token ball around
 the clean prompts' embeddings for points where M argues EXPLOIT, and M is penalised by that
 probability), for the same steps from the same planted M. Measured every ``--eval-every`` steps on

@@ -5,7 +5,7 @@ compared layer by layer with ``amp_debate.safety.drift`` (DESIGN.md section 4, l
       [--finetune_steps=200] [--examples=512] [--seed=0]
 
 Three runs of ``experiments/configs/default.py:task=permutation,mode=<mode>,quickstart`` (the
-README quick start's task and model: n=5, k <= 2, 2 layers of width 128), with evaluation only
+README quick start's task and model: n=8, k <= 2, 4 layers of width 64), with evaluation only
 at the end (no self-play debates in it) and a checkpoint at the last step:
 
   amplification             mode=amplification from scratch, ``--steps`` steps: checkpoint a;

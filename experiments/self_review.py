@@ -25,6 +25,7 @@ import numpy as np
 from amp_debate import train
 from amp_debate.safety import overseer
 from amp_debate.train import metrics_io
+from experiments import ablation
 from experiments.configs import self_review
 
 RESULTS = "experiments/results/self_review"
@@ -158,15 +159,23 @@ def main():
       summaries.append(summarise(run_dir, penalty, cat))
   os.makedirs(os.path.dirname(args.results), exist_ok=True)
   png = plot(summaries, args.results + ".png")
+  base = self_review.get_config(f"penalty=off,cat=1,seed={args.seed}")
+  options = dict(base.task_options)
+  size = f"n={options.get('n')}, k <= {options.get('max_exponent')}"
   text = [
       "# Self-review of reward hacking (judge flaw, audits, overseer)\n",
       f"Regenerate: `python -m experiments.self_review --cats={args.cats} --seed={args.seed}` "
       "(config `experiments/configs/self_review.py:penalty=<off|audits|review>,cat=<λ_cat>`: "
-      "pure debate on the permutation quick start, n=5, k <= 2; p_flaw = 0.9, audit_prob = 0.1, "
-      "p_audit = 0.8, λ_rl = 1, review weight 0.1; 300 steps of 64 debates; one seed). Metrics are "
+      f"pure debate on the permutation quick start, {size}; p_flaw = {base.debate.p_flaw:g}, "
+      f"audit_prob = {base.safety.overseer.audit_prob:g}, "
+      f"p_audit = {base.safety.overseer.p_audit:g}, λ_rl = {base.combination.weights.rl:g}; "
+      f"{base.num_steps} steps of {base.batch_size} debates; "
+      f"seed {args.seed}). Metrics are "
       "means over the logged training steps of each window; M's accuracy is its greedy answer to "
       "the training questions against the truth (evaluation only); eval accuracy is M on the "
-      "eval split `amp_debate_eval/permutation+max_exponent-2+n-5:1.2.0` at the end.\n",
+      f"eval split `{ablation.eval_set_name()}` at the end ({base.eval.examples_per_difficulty} "
+      "questions per level, from the evaluation part of the question space: never drawn in "
+      "training).\n",
       table(summaries) + "\n",
   ]
   if png:

@@ -1,6 +1,6 @@
 r"""The self-review study (issue 13, DESIGN.md section 4): a judge that can be hacked, and an overseer.
 
-Pure debate on the permutation quick start (n=5, k <= 2; every level from the start, H never
+Pure debate on the permutation quick start (n=8, k <= 2; every level from the start, H never
 called inside a claim), with the judge flaw: a claim containing EXPLOIT fools H's leaf check with
 probability p_flaw = 0.9, so exploiting pays (+0.8 expected against an honest claim at a leaf).
 H audits each answer M_target sampled with probability 0.1 (a human call each) and detects an
@@ -15,7 +15,7 @@ all three, experiments/results/self_review.md):
   ... :penalty=review                           # the overseer's flags: audits + self-review
 
 ``python -m experiments.self_review`` runs all three and writes experiments/results/self_review.md
-and .png. Each run: 300 steps, about 5 minutes on 2 idle CPU cores.
+and .png. Each run: 300 steps (about 5 minutes on 2 idle CPU cores at the old quick start, n=5).
 
 ``arg``: ``penalty=off|audits|review`` (default review), ``cat=λ_cat`` (default 5) and ``seed=N``.
 """
