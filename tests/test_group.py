@@ -41,7 +41,7 @@ def _config(steps=4, **overrides):
   """tests/test_trainer.py's tiny run (eval and checkpoint every 2 steps)."""
   return tiny.config("hybrid", steps, **{
       "eval__examples_per_difficulty": 16, "eval__batch_size": 16, "eval__every": 2,
-      "eval__data_dir": DATA_DIR, "checkpoint__every": 2, **overrides})
+      "eval__data_dir": DATA_DIR, "checkpoint__every": 2, "eval__debates": False, **overrides})
 
 
 def _max_diff(a, b) -> float:

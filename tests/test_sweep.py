@@ -20,7 +20,10 @@ TINY = {"task_options.n": 4, "task_options.max_exponent": 4, "model.num_layers":
         "model.d_model": 32, "model.num_heads": 2, "model.d_ff": 64, "batch_size": 8,
         "log_every": 1, "debate.t_max": 4, "debate.learned_stop": True,
         "step.distill_subquestions": True, "eval.examples_per_difficulty": 16,
-        "eval.batch_size": 16, "eval.every": 2, "eval.data_dir": DATA_DIR, "checkpoint.every": 2}
+        "eval.batch_size": 16, "eval.every": 2, "eval.data_dir": DATA_DIR, "checkpoint.every": 2,
+        # No debates in the evaluation: the sweep's bookkeeping does not read them, and compiling
+        # them (eleven rollouts) took most of this module's and tests/test_group.py's time.
+        "eval.debates": False}
 
 
 def _sweep_file(tmp_path, runs, name="tiny.py"):
