@@ -141,6 +141,7 @@ def main():
              f"--seed={args.seed}")
   overrides = ", ".join(f"{k}={v!r}" for k, v in OVERRIDES.items())
   eval_sets = sorted({s["eval_set"] for s in runs})
+  reference = run_config("amplification", args.steps, args.workdir)
   any_report = next(iter(reports.values()))
   sections = [
       "# Which concepts move in fine-tuning: amplification, then a hybrid fine-tune",
@@ -151,7 +152,9 @@ def main():
       f"Drift inputs: {args.examples} questions of `task.sample` (seed {args.seed}, every level), "
       "each asked as ANSWER(q) (task inputs) and as one of SUPPORT, STOP, VERDICT, REVIEW about q "
       "(protocol inputs).",
-      "Runs (M's held-out greedy accuracy at the end):\n\n" + "\n".join(
+      f"Runs (M's held-out greedy accuracy at the end: {reference.eval.examples_per_difficulty} "
+      "questions per level of the eval set above, from the evaluation part of the question space, "
+      f"never drawn in training; training seed {reference.seed}, one seed):\n\n" + "\n".join(
           f"- {accuracy_line(s)}" for s in runs),
       f"The fine-tune and the control both start from amplification at step {args.steps} and "
       f"train {args.finetune_steps} more steps; the last comparison sets them side by side (a = "

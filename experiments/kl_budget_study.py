@@ -31,6 +31,7 @@ import numpy as np
 from amp_debate import train
 from amp_debate.safety import kl_budget
 from amp_debate.train import config_lib, metrics_io
+from experiments import ablation
 from experiments.configs import default
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kl_budget")
@@ -131,7 +132,11 @@ def markdown(result: dict, command: str) -> str:
     free, held = result["free"]["phase_end_kl"][k], result["budget"]["phase_end_kl"][k]
     lines.append(f"| {k} | {end} | {eps:.4g} | {free:.4g} | {held:.4g} | "
                  f"{'yes' if held <= eps * (1 + s['tolerance']) else 'NO'} |")
-  lines += ["", "Held-out greedy accuracy of M at the end (mean over levels) and wall time:", "",
+  held_out = (f"eval set `{s['eval_set']}`, {s['eval_examples']} questions per level from the "
+              "evaluation part of the question space, never drawn in training; "
+              f"run seed {s['run_seed']}, one seed" if "eval_set" in s else "one seed")
+  lines += ["", f"Held-out greedy accuracy of M at the end (mean over levels; {held_out}) and "
+            "wall time:", "",
             "| run | accuracy | wall time (s) |", "|---|---|---|"]
   for name in ("safe", "free", "budget"):
     run = result["runs"][name]
@@ -191,7 +196,10 @@ def main():
           if "kl/value" in r]
   result = {
       "settings": {**vars(args), "task_options": dict(config.task_options),
-                   "num_prompts": k.num_prompts, "seed": k.seed, "command": command},
+                   "num_prompts": k.num_prompts, "seed": k.seed, "command": command,
+                   "eval_set": ablation.eval_set_name(),
+                   "eval_examples": config.eval.examples_per_difficulty,
+                   "run_seed": config.seed},
       "phase_ends": ends, "budgets": budgets,
       "free": {"phase_end_kl": kls["free"]},
       "budget": {"phase_end_kl": kls["budget"], "updates": updates, "per_update_kl": per_update,
