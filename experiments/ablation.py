@@ -205,7 +205,7 @@ def eval_set_name() -> str:
   """The TFDS name of the quick start's eval set, as the trainer cites it."""
   config = default.get_config("task=permutation,mode=hybrid,quickstart")
   task = tasks.get(config.task, **config.task_options)
-  return f"{eval_sets.DATASET_NAME}/{eval_sets.config_name(task)}:{eval_sets.AmpDebateEval.VERSION}"
+  return eval_sets.full_name(task, config.eval.examples_per_difficulty)
 
 
 def main():

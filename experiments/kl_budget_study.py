@@ -29,9 +29,9 @@ import jax
 import numpy as np
 
 from amp_debate import train
+from amp_debate.data import eval_sets
 from amp_debate.safety import kl_budget
 from amp_debate.train import config_lib, metrics_io
-from experiments import ablation
 from experiments.configs import default
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kl_budget")
@@ -197,7 +197,7 @@ def main():
   result = {
       "settings": {**vars(args), "task_options": dict(config.task_options),
                    "num_prompts": k.num_prompts, "seed": k.seed, "command": command,
-                   "eval_set": ablation.eval_set_name(),
+                   "eval_set": eval_sets.full_name(task, config.eval.examples_per_difficulty),
                    "eval_examples": config.eval.examples_per_difficulty,
                    "run_seed": config.seed},
       "phase_ends": ends, "budgets": budgets,

@@ -24,8 +24,8 @@ import numpy as np
 
 from amp_debate import train
 from amp_debate.safety import overseer
-from amp_debate.train import metrics_io
-from experiments import ablation
+from amp_debate.data import eval_sets
+from amp_debate.train import config_lib, metrics_io
 from experiments.configs import self_review
 
 RESULTS = "experiments/results/self_review"
@@ -162,6 +162,7 @@ def main():
   base = self_review.get_config(f"penalty=off,cat=1,seed={args.seed}")
   options = dict(base.task_options)
   size = f"n={options.get('n')}, k <= {options.get('max_exponent')}"
+  eval_set = eval_sets.full_name(config_lib.make_task(base), base.eval.examples_per_difficulty)
   text = [
       "# Self-review of reward hacking (judge flaw, audits, overseer)\n",
       f"Regenerate: `python -m experiments.self_review --cats={args.cats} --seed={args.seed}` "
@@ -173,7 +174,7 @@ def main():
       f"seed {args.seed}). Metrics are "
       "means over the logged training steps of each window; M's accuracy is its greedy answer to "
       "the training questions against the truth (evaluation only); eval accuracy is M on the "
-      f"eval split `{ablation.eval_set_name()}` at the end ({base.eval.examples_per_difficulty} "
+      f"eval split `{eval_set}` at the end ({base.eval.examples_per_difficulty} "
       "questions per level, from the evaluation part of the question space: never drawn in "
       "training).\n",
       table(summaries) + "\n",

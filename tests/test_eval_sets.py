@@ -200,3 +200,9 @@ def test_cli_reports_bad_arguments_as_usage_errors(capsys, tmp_path):
     eval_sets.main(["--task", "permutation", "--option", "n=99", "--data_dir", os.fspath(tmp_path)])
   assert exit_info.value.code == 2
   assert "permutation.n must be in [2, 64], got 99" in capsys.readouterr().err
+
+
+def test_full_name_is_the_name_load_cites(eval_set):
+  """``full_name`` (what the study scripts cite without building the set) equals ``load``'s."""
+  assert eval_sets.full_name(eval_set.task, N) == eval_set.name
+  assert eval_sets.full_name(eval_set.task) != eval_set.name  # the size is part of the name

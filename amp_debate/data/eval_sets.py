@@ -91,6 +91,14 @@ def config_name(task: Task, examples_per_difficulty: int = DEFAULT_EXAMPLES_PER_
   return "+".join(parts)
 
 
+def full_name(task: Task, examples_per_difficulty: int = DEFAULT_EXAMPLES_PER_DIFFICULTY,
+              seed: int = DEFAULT_SEED) -> str:
+  """The TFDS name an eval set is cited by, ``"amp_debate_eval/<config>:<version>"``, without
+  building it (``load`` returns the same as ``EvalSet.name``)."""
+  return (f"{DATASET_NAME}/{config_name(task, examples_per_difficulty, seed)}:"
+          f"{AmpDebateEval.VERSION}")
+
+
 def parse_config_name(name: str) -> tuple[Task, int, int]:
   """Inverse of ``config_name``: -> (task, examples_per_difficulty, seed). Raises ValueError.
 
