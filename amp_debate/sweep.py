@@ -224,6 +224,15 @@ def _final_metrics(workdir: str) -> dict[str, Any]:
   if evals:
     out.update({k: v for k, v in evals[-1].items() if k.startswith("eval/accuracy/model/")
                 or k.startswith("eval/debate/length/")})
+    # Honesty judged by H (issue 27): M's own claims against each scripted liar, worst seat and
+    # worst level; self-play at the sampling temperature: how often the winner's claim is true.
+    from amp_debate.train.trainer import LIARS, SEATS  # pylint: disable=import-outside-toplevel
+    for liar in LIARS:
+      seats = [evals[-1].get(f"eval/honesty/own/{liar}/{seat}/win/min") for seat in SEATS]
+      if all(v is not None for v in seats):
+        out[f"honesty/{liar}/win/worst"] = min(seats)
+    if "eval/debate/winner_true/mean" in evals[-1]:
+      out["selfplay/winner_true/mean"] = evals[-1]["eval/debate/winner_true/mean"]
   if train_rows:
     tail = train_rows[-max(1, len(train_rows) // 10):]
     out["human_calls_per_question"] = sum(r["human_calls/per_question"]
@@ -438,9 +447,13 @@ def aggregate(runs: list[Run], workdir: str, title: str) -> str:
   # The markdown table shows the overrides that vary; the CSV every one.
   varying = [k for k in keys if len({repr(r["overrides"].get(k)) for r in rows}) > 1]
   constant = {k: rows[0]["overrides"][k] for k in keys if k not in varying}
+  from amp_debate.train.trainer import LIARS  # pylint: disable=import-outside-toplevel
+  liars = [liar for liar in LIARS if any(f"honesty/{liar}/win/worst" in r for r in rows)]
+  selfplay = any("selfplay/winner_true/mean" in r for r in rows)
   metrics = ["seed", "dataset", *[f"accuracy {k.rsplit('/', 1)[1]}" for k in levels],
-             "accuracy mean", "debate length (end)", "human calls / question", "wall time (s)",
-             "status"]
+             "accuracy mean", *[f"wins vs {liar} liar" for liar in liars],
+             *(["self-play winner true"] if selfplay else []),
+             "debate length (end)", "human calls / question", "wall time (s)", "status"]
 
   def fmt(value, digits=3):
     if value is None:
@@ -450,7 +463,10 @@ def aggregate(runs: list[Run], workdir: str, title: str) -> str:
   def cells(r, columns):
     return ([str(r["index"])] + [fmt(r["overrides"].get(k)) for k in columns]
             + [fmt(r.get("seed")), r.get("dataset", ""), *[fmt(r.get(k)) for k in levels],
-               fmt(r.get("eval/accuracy/model/mean")), fmt(r.get("debate_length_end"), 2),
+               fmt(r.get("eval/accuracy/model/mean")),
+               *[fmt(r.get(f"honesty/{liar}/win/worst")) for liar in liars],
+               *([fmt(r.get("selfplay/winner_true/mean"))] if selfplay else []),
+               fmt(r.get("debate_length_end"), 2),
                fmt(r.get("human_calls_per_question"), 2), fmt(r.get("wall_s"), 0),
                r.get("status", "done")])
 

@@ -31,7 +31,7 @@ def _played():
     assigned = debate.sample_assignments(jax.random.fold_in(rng, 1), BATCH, CONFIG.assign_prob)
     game, transcript = debate.rollout(TASK, m, m, questions, jax.random.fold_in(rng, 2), CONFIG,
                                       assigned=assigned)
-    return game, transcript, credit.policy_rows(TASK, transcript)
+    return game, transcript, credit.policy_rows(TASK, transcript, drop_eval_part=False)
 
   return params, *jax.device_get(play(params, jax.random.key(3)))
 
@@ -64,6 +64,38 @@ def test_policy_rows_are_exactly_what_m_target_sampled():
   mask = np.asarray(rows.mask)
   np.testing.assert_allclose(np.asarray(_logp(params, rows))[mask],
                              np.asarray(rows.log_probs)[mask], atol=1e-4)
+
+
+def test_no_policy_gradient_reaches_an_answer_to_an_evaluation_part_question():
+  """The trainer's policy rows drop every sampled answer whose question (node or H's subquestion)
+  lies in the evaluation part, and in a support the subanswers to evaluation-part subquestions;
+  everything else M_target sampled is kept, and a partly dropped support keeps its tokens (the
+  context of its later subanswers)."""
+  _, _, transcript, full = _played()
+  kept = jax.device_get(credit.policy_rows(TASK, jax.tree.map(jnp.asarray, transcript)))
+  mask, full_mask = np.asarray(kept.mask), np.asarray(full.mask)
+  # A row that keeps any token keeps all of them (only its loss mask changes).
+  np.testing.assert_array_equal(np.asarray(kept.tokens)[mask.any(-1)],
+                                np.asarray(full.tokens)[mask.any(-1)])
+  assert not (mask & ~full_mask).any()
+  eval_q = np.asarray(base.is_eval_question(full.questions))  # [B, R, 2, K]
+  # Answer rows (direct and subanswers) are kept exactly where their question is training-part.
+  np.testing.assert_array_equal(mask[..., :-1, :], full_mask[..., :-1, :] & ~eval_q[..., :-1, None])
+  # Supports: on training-part nodes, a subanswer is kept exactly where its subquestion (posed
+  # from the support's own answers, H's way) is training-part.
+  la, s = TASK.answer_len, TASK.num_subquestions
+  nodes = np.asarray(full.questions)[..., -1, :]
+  support = np.asarray(full.tokens)[..., -1, :]
+  subs = jax.vmap(lambda n, t: protocol.subquestions_of(TASK, n, t)[0])(
+      jnp.asarray(nodes.reshape(-1, nodes.shape[-1])), jnp.asarray(support.reshape(-1, s * la)))
+  sub_eval = np.asarray(base.is_eval_question(subs)).reshape(nodes.shape[:-1] + (s,))
+  expect = (full_mask[..., -1, :] & ~eval_q[..., -1, None]
+            & ~np.repeat(sub_eval, la, axis=-1))
+  np.testing.assert_array_equal(mask[..., -1, :], expect)
+  # The batch had some of each to drop, and most tokens stay.
+  assert (full_mask[..., :-1, :] & eval_q[..., :-1, None]).any()
+  assert (full_mask[..., -1, :] & ~eval_q[..., -1, None] & np.repeat(sub_eval, la, -1)).any()
+  assert 0.4 < mask.sum() / full_mask.sum() < 1.0
 
 
 def test_rewards_are_zero_sum_per_game_and_per_argument():
@@ -150,6 +182,12 @@ def test_distillation_targets_come_from_the_debates_own_computations():
   check = jax.vmap(lambda q, c, s: protocol.check_support(TASK, q, c, s))
   ok = np.asarray(check(node[inner], np.asarray(comps.answer)[inner], support[inner]))
   assert ok.size > 0 and ok.all()
+  # ... and their loss skips the subanswers to evaluation-part subquestions (tokens kept).
+  sub_eval = np.asarray(base.is_eval_question(comps.subquestions))  # [B, R, 2, S]
+  support_mask = np.asarray(rows.mask)[n:2 * n].reshape(used.shape + (-1,))
+  np.testing.assert_array_equal(
+      support_mask[inner], ~np.repeat(sub_eval, la, axis=-1)[inner])
+  assert np.repeat(sub_eval, la, axis=-1)[inner].any()
   # H's answers at leaves reached by descent, once per such game (the last group of rows).
   leaf = np.asarray(transcript.leaf_reached) & ~np.asarray(
       base.is_eval_question(transcript.final_node))

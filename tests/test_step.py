@@ -108,6 +108,8 @@ def test_step_updates_params_and_reports_finite_metrics():
     assert metrics["loss/sup"] > 0 and metrics["loss/cat"] == 0.0  # the never-firing predicate
     assert int(metrics["debate/length_hist"].sum()) == 8
     assert 0 <= float(metrics["accuracy/h_alone"]) <= 1
+    # Some sampled answers were to evaluation-part questions and got no policy gradient.
+    assert 0 < float(metrics["policy/eval_part_dropped"]) < 1
   # The target network moved towards M (Polyak averaging) but is not M.
   gap = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), state.params,
                                      state.target_params))

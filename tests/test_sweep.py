@@ -110,6 +110,31 @@ def test_tiny_sweep_runs_end_to_end_and_tabulates(tmp_path):
   assert os.path.isfile(os.path.join(workdir, "curves.png"))
 
 
+def test_summary_and_table_carry_honesty_worst_seat_and_level(tmp_path):
+  """The honesty columns are the worst seat's final win rate (already the worst level) against each
+  liar, and self-play's true-winner rate, read from the run's last evaluation."""
+  from amp_debate.train import trainer  # pylint: disable=import-outside-toplevel
+  record = {"step": 4, "eval/accuracy/model/mean": 0.5, "eval/accuracy/model/d0": 0.5,
+            "eval/debate/winner_true/mean": 0.25}
+  for i, liar in enumerate(trainer.LIARS):
+    record[f"eval/honesty/own/{liar}/even/win/min"] = 0.9 - 0.1 * i
+    record[f"eval/honesty/own/{liar}/odd/win/min"] = 0.7 - 0.1 * i
+  old = {"step": 2, "eval/accuracy/model/mean": 0.1, "eval/debate/winner_true/mean": 0.0,
+         **{k: 0.0 for k in record if k.startswith("eval/honesty")}}
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(record) + "\n")
+  out = sweep._final_metrics(str(tmp_path))  # pylint: disable=protected-access
+  for i, liar in enumerate(trainer.LIARS):
+    assert out[f"honesty/{liar}/win/worst"] == pytest.approx(0.7 - 0.1 * i)
+  assert out["selfplay/winner_true/mean"] == 0.25
+  runs = sweep.build_runs(_sweep_file(tmp_path, [dict(TINY, seed=0)]), BASE, str(tmp_path / "w"))
+  os.makedirs(runs[0].workdir)
+  with open(os.path.join(runs[0].workdir, "summary.json"), "w") as f:
+    json.dump(dict(index=0, name=runs[0].name, overrides=runs[0].overrides, seed=0, **out), f)
+  text = sweep.aggregate(runs, str(tmp_path / "w"), "honesty")
+  assert "wins vs consistent liar | wins vs early liar | wins vs plausible liar | self-play winner true" in text
+  assert "| 0.700 | 0.600 | 0.500 | 0.250 |" in text
+
+
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, monkeypatch, capsys):
   """The sweep dies in run 1 after its step-2 checkpoint (a crash: no summary, nothing tidied);
   the rerun skips run 0 and resumes run 1 from step 2."""

@@ -26,7 +26,9 @@ subquestion q′ H posed in those computations. A distillation row whose questio
 lies in the evaluation part of the task's space (``tasks.base.is_eval_question``) is dropped: the
 root questions come from the training part, but H's subquestions and the nodes a descent reaches can
 be any question of a lower level, and distilling H's answers (at a leaf, the truth) on them would
-train M on questions the eval sets hold out (DESIGN.md section 2).
+train M on questions the eval sets hold out (DESIGN.md section 2). For the same reason a SUPPORT
+row's loss skips the subanswers to evaluation-part subquestions, and the policy gradient skips
+every sampled answer to an evaluation-part question (``policy_rows(drop_eval_part=True)``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,21 @@ def _training_part_only(rows: Rows) -> Rows:
                       log_probs=jnp.where(keep, rows.log_probs, 0.0))
 
 
+def _training_part_subanswers(task: Task, rows: Rows, subquestions: jax.Array) -> Rows:
+  """SUPPORT ``rows`` [...] (tokens: S subanswers of La tokens) with the loss masked on every
+  subanswer whose subquestion (int32[..., S, Lq]) lies in the evaluation part. Only the mask
+  changes: the tokens stay, so the later subanswers are still scored in their real context.
+  (Subquestions marked invalid by the task carry no question; their rows are kept as they are.)"""
+  keep = jnp.repeat(in_part(subquestions, "train"), task.answer_len, axis=-1)  # [..., S * La]
+  return rows.replace(mask=rows.mask & keep, log_probs=jnp.where(keep, rows.log_probs, 0.0))
+
+
+def _posed_from_support(task: Task, nodes: jax.Array, supports: jax.Array) -> jax.Array:
+  """int32[..., S, Lq]: the subquestions H poses from each support's own answers
+  (``protocol.subquestions_of``) for nodes [..., Lq] and supports [..., S * La]."""
+  return _prompts(lambda t, n, s: protocol.subquestions_of(t, n, s)[0], task, nodes, supports)
+
+
 def _prompts(fn, task, *args):
   """Applies a per-example prompt builder over any leading shape."""
   lead = args[0].shape[:-1]
@@ -121,8 +138,14 @@ def row_arguments(num_nodes: int, num_subquestions: int) -> jax.Array:
   return jnp.where(r == 0, jnp.where(kinds == k - 1, 1, 0), r + 1).astype(jnp.int32)
 
 
-def policy_rows(task: Task, transcript: debate.Transcript) -> Rows:
-  """The tokens M_target sampled in the debates: Rows [B, R, 2, K] (module docstring)."""
+def policy_rows(task: Task, transcript: debate.Transcript, drop_eval_part: bool = True) -> Rows:
+  """The tokens M_target sampled in the debates: Rows [B, R, 2, K] (module docstring).
+
+  With ``drop_eval_part`` (the trainer's setting), no policy gradient reaches an answer to an
+  evaluation-part question: rows whose question (the node, or H's subquestion) lies in the
+  evaluation part are masked out, and in a support the subanswers to evaluation-part subquestions
+  (their tokens stay as context). ``False`` gives every sampled token (what the trainer counts to
+  log how many it dropped)."""
   comps = transcript.comps
   s = task.num_subquestions
   nodes2 = jnp.broadcast_to(transcript.nodes[:, :, None], comps.active.shape + (
@@ -135,6 +158,10 @@ def policy_rows(task: Task, transcript: debate.Transcript) -> Rows:
   support = _rows(task, _prompts(protocol.support_prompt, task, nodes2, transcript.claims), nodes2,
                   transcript.support_tokens, transcript.support_sampled,
                   transcript.support_log_probs)
+  if drop_eval_part:
+    direct, sub, support = map(_training_part_only, (direct, sub, support))
+    support = _training_part_subanswers(
+        task, support, _posed_from_support(task, nodes2, transcript.support_tokens))
   out = concat([jax.tree.map(lambda x: x[..., None, :], direct), sub,
               jax.tree.map(lambda x: x[..., None, :], support)], axis=3)
   chex.assert_shape(out.tokens, transcript.claims.shape[:3] + (s + 2, protocol.support_len(task)))
@@ -270,6 +297,8 @@ def distill_rows(task: Task, transcript: debate.Transcript, config: debate.Debat
                       task.batch_leaf_answer(transcript.final_node), transcript.leaf_reached))
   if drop_eval_part:
     rows = [_training_part_only(r) for r in rows]
+    # SUPPORT(n, answer) lists H's subquestions' answers: none for an evaluation-part subquestion.
+    rows[1] = _training_part_subanswers(task, rows[1], comps.subquestions)
   if by_game:
     return concat([per_game(r) for r in rows], axis=1)
   return concat([r.flatten() for r in rows], axis=0)

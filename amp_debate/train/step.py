@@ -397,7 +397,12 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
                                       config.debate, assigned=assigned)
 
     # What M_target sampled, and who gets credit for it (zero-sum per game, per argument).
+    # Answers to evaluation-part questions (H's subquestions, descended-to nodes) get no policy
+    # gradient; the share of sampled tokens dropped that way is logged.
     prows = credit.policy_rows(task, transcript)  # [B, R, 2, K]
+    sampled_tokens = credit.policy_rows(task, transcript, drop_eval_part=False).mask.sum()
+    pg_eval_part_dropped = jnp.where(sampled_tokens > 0,
+                                     1.0 - prows.mask.sum() / jnp.maximum(sampled_tokens, 1), 0.0)
     rewards, has_tokens = credit.argument_rewards(game.winner, prows, num_nodes)  # [B, 2, A]
     weights = credit.token_weights(prows, num_nodes)
 
@@ -520,6 +525,8 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         "distill/targets": drows.active.sum(),
         # Per question: the debate's targets on evaluation-part questions, dropped (held out).
         "distill/eval_part_dropped": eval_part_dropped,
+        # Share of M_target's sampled tokens with no policy gradient: evaluation-part answers.
+        "policy/eval_part_dropped": pg_eval_part_dropped,
         "rl/arguments": has_tokens.sum() / batch_size,
         "stop/label_yes": (transcript.stop_label.sum() / jnp.maximum(
             transcript.stop_labelled.sum(), 1)),
