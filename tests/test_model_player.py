@@ -1,5 +1,6 @@
 """ModelDebater: M answering the protocol questions (shapes, log-probs, jit); M inside amplify."""
 
+import dataclasses
 import functools
 
 import jax
@@ -233,3 +234,69 @@ def test_model_supports_where_h_was_called_are_consistent():
     rescored = np.asarray(score(debater, questions, claims[:, side], supports[:, side]))
     np.testing.assert_allclose(transcript.support_log_probs[:, 0, side][made[:, side]],
                                rescored[made[:, side]], atol=1e-5)
+
+
+def test_answer_excluding_samples_the_renormalised_distribution_without_the_excluded_answer():
+  """Exactly π(· | · ≠ excluded) for one-token answers: empirical frequencies over 4,000 draws
+  match the renormalised softmax (within 4 standard errors), the excluded token never appears,
+  and the recorded log-probs are M's unconditioned ones (what ``score`` gives)."""
+  debater = _debater("permutation", temperature=2.0)
+  task = _task("permutation")
+  node = _questions("permutation", batch=1)
+  n = 4000
+  nodes = jnp.repeat(node, n, axis=0)
+  prompts = model_player.answer_prompts(task, nodes[:1])
+  logits = debater.model.answer_logits(debater.params, prompts, jnp.zeros((1, 1), jnp.int32))[0, 0]
+  probs = np.asarray(jax.nn.softmax(logits / 2.0))
+  excluded = int(np.argmax(probs))
+  move = jax.jit(debater.answer_excluding)(nodes, jnp.full((n, 1), excluded, jnp.int32),
+                                           jax.random.key(3))
+  tokens = np.asarray(move.tokens)[:, 0]
+  assert not (tokens == excluded).any()
+  expected = probs.copy()
+  expected[excluded] = 0.0
+  expected /= expected.sum()
+  counts = np.bincount(tokens, minlength=probs.size) / n
+  stderr = np.sqrt(expected * (1 - expected) / n)
+  assert (np.abs(counts - expected) <= 4 * stderr + 1e-9).all()
+  scored = np.asarray(debater.score(model_player.answer_prompts(task, nodes[:50]), move.tokens[:50]))
+  np.testing.assert_allclose(np.asarray(move.log_probs)[:50], scored, atol=1e-5)
+  greedy = dataclasses.replace(debater, greedy=True)
+  best_other = int(np.argsort(probs)[-2])
+  assert (np.asarray(greedy.answer_excluding(nodes[:4], jnp.full((4, 1), excluded, jnp.int32),
+                                             jax.random.key(0)).tokens) == best_other).all()
+
+
+def test_distinct_claims_contest_every_self_play_game():
+  """Contest by construction: at a low temperature an untrained M's two root claims often agree
+  (a concession, the control); with ``distinct_claims`` they never do in an unassigned game where
+  odd answered directly, odd's redrawn claim is what its policy row records (with M's log-prob),
+  and the games where the claims already differed are untouched (same keys)."""
+  task = _task("permutation")
+  debater = _debater("permutation", temperature=0.3)
+  questions = _questions("permutation", seed=4, batch=64)
+  results = {}
+  for distinct in (False, True):
+    config = debate.DebateConfig(t_max=4, call_prob=0.0, learned_stop=False,
+                                 distinct_claims=distinct)
+    results[distinct] = jax.jit(lambda q, k, c=config: debate.rollout(
+        task, debater, debater, q, k, c))(questions, jax.random.key(5))
+  (game_off, tr_off), (game_on, tr_on) = results[False], results[True]
+  same_off = (np.asarray(tr_off.claims)[:, 0, 0] == np.asarray(tr_off.claims)[:, 0, 1]).all(-1)
+  same_on = (np.asarray(tr_on.claims)[:, 0, 0] == np.asarray(tr_on.claims)[:, 0, 1]).all(-1)
+  assert same_off.sum() >= 8  # the control: many self-play games open with a concession
+  assert not same_on.any()
+  assert not (np.asarray(game_on.reason) == debate.CONCEDE)[same_off].any()
+  # Even's claims, and odd's where they already differed, are the same draws.
+  np.testing.assert_array_equal(np.asarray(tr_on.claims)[:, 0, 0], np.asarray(tr_off.claims)[:, 0, 0])
+  np.testing.assert_array_equal(np.asarray(tr_on.claims)[~same_off, 0, 1],
+                                np.asarray(tr_off.claims)[~same_off, 0, 1])
+  from amp_debate.procedure import credit  # pylint: disable=import-outside-toplevel
+  rows = credit.policy_rows(task, tr_on, drop_eval_part=False)
+  odd_claim_rows = jax.tree.map(lambda x: np.asarray(x)[:, 0, 1, 0], rows)  # node 0, odd, direct
+  assert odd_claim_rows.mask[:, 0].all()
+  np.testing.assert_array_equal(odd_claim_rows.tokens[:, 0], np.asarray(tr_on.claims)[:, 0, 1, 0])
+  scored = debater.score(jnp.asarray(odd_claim_rows.prompts),
+                         jnp.asarray(odd_claim_rows.tokens[:, :task.answer_len]))
+  np.testing.assert_allclose(odd_claim_rows.log_probs[:, :task.answer_len], np.asarray(scored),
+                             atol=1e-5)

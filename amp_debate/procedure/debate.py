@@ -87,6 +87,11 @@ class DebateConfig:
       an assigned claim other than the other side's (``sample_assignments``), so that refuting
       false claims is practised.
     p_flaw: the judge flaw: probability that an EXPLOIT claim fools H's leaf check (0: no flaw).
+    distinct_claims: contest by construction (issue 28): where neither side is assigned a claim
+      and odd's root claim is its player's own direct answer (H not called in it), a claim equal
+      to even's is replaced by a sample of odd's answer distribution without even's claim
+      (``answer_excluding``), so self-play never opens with a concession; both claims keep their
+      policy-gradient rows.
   """
 
   t_max: int = 12
@@ -97,6 +102,7 @@ class DebateConfig:
   early_exit: bool = False
   assign_prob: float = 0.0
   p_flaw: float = 0.0
+  distinct_claims: bool = False
 
   def __post_init__(self):
     checks.check_fields(
@@ -104,7 +110,7 @@ class DebateConfig:
         confidence_threshold=checks.optional(checks.number(0.0, 1.0)),
         learned_stop=checks.boolean, force_stop_after=checks.optional(checks.integer(1)),
         early_exit=checks.boolean, assign_prob=checks.number(0.0, 1.0),
-        p_flaw=checks.number(0.0, 1.0))
+        p_flaw=checks.number(0.0, 1.0), distinct_claims=checks.boolean)
 
   @property
   def num_rounds(self) -> int:
@@ -351,6 +357,23 @@ class _Rollout:
       given = jnp.where(same, wrong_answer(self.task, other, wrong_rng), given)
     return given
 
+  def distinct_odd_claim(self, questions, comp: Computation, assigned, key) -> Computation:
+    """Contest by construction: where neither side is assigned, odd answered directly (H not
+    called) and its answer equals even's claim, odd's direct answer is redrawn from its answer
+    distribution without even's claim. Returns the root Computation [B, 2] with odd's answer,
+    direct answer and log-probs replaced there."""
+    odd = self.players[1]
+    if not hasattr(odd, "answer_excluding"):
+      raise ValueError(f"DebateConfig.distinct_claims needs an odd player with answer_excluding "
+                       f"(a model debater); got {type(odd).__name__}")
+    redraw = (~assigned.any(-1) & comp.active[:, 1] & ~comp.called[:, 1]
+              & (comp.answer[:, 0] == comp.answer[:, 1]).all(-1))  # bool[B]
+    move = odd.answer_excluding(questions, comp.answer[:, 0], key)
+    swap = lambda field, new: field.at[:, 1].set(jnp.where(redraw[:, None], new, field[:, 1]))
+    return comp.replace(answer=swap(comp.answer, move.tokens),
+                        direct=swap(comp.direct, move.tokens),
+                        direct_log_probs=swap(comp.direct_log_probs, move.log_probs))
+
   def after_argument(self, state: GameState, active) -> GameState:
     """Counts an argument made by the ``active`` games, then applies the forced and T_MAX stops
     (the judge decides those after the rollout)."""
@@ -430,6 +453,8 @@ class _Rollout:
       comp = comp.replace(active=comp.active.at[:, 1].set(False),
                           called=comp.called.at[:, 1].set(False),
                           sub_valid=comp.sub_valid.at[:, 1].set(False))
+    if config.distinct_claims and config.contested:
+      comp = self.distinct_odd_claim(questions, comp, assigned, jax.random.fold_in(key, 11))
     claims = comp.answer  # [B, 2, La]
     if assigned_seat is not None:
       claims = jnp.where(assigned[..., None], self.assigned_claims(

@@ -126,6 +126,35 @@ class ModelDebater:
     """M's direct answers (assigned claims; M inside Amp′): nodes int32[B, Lq] -> Move [B, La]."""
     return self._sample(answer_prompts(self.task, nodes), rng, self.task.answer_len)
 
+  def answer_excluding(self, nodes, excluded, rng) -> players.Move:
+    """M's direct answers conditioned to differ from ``excluded``: a sample of M's answer
+    distribution (at ``temperature``) with the excluded token masked out and the rest
+    renormalised, exactly π(· | · ≠ excluded) for one-token answers (greedy: the best other
+    token). The log-probs recorded are M's unconditioned ones (what ``score`` recomputes), so
+    importance ratios stay those of the policy.
+
+    Args:
+      nodes: int32[B, Lq]; excluded: int32[B, La] (La must be 1); rng: a key.
+    Returns:
+      Move [B, La].
+    Raises:
+      ValueError: the task's answers are longer than one token.
+    """
+    if self.task.answer_len != 1:
+      raise ValueError(f"ModelDebater.answer_excluding: answers of one token only; task "
+                       f"{self.task.name} has answer_len={self.task.answer_len}")
+    chex.assert_shape(excluded, (nodes.shape[0], 1))
+    prompts = answer_prompts(self.task, nodes)
+    logits = self.model.answer_logits(self.params, prompts, jnp.zeros_like(excluded))[:, 0]
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32) / self.temperature, axis=-1)
+    masked = jnp.where(jnp.arange(logits.shape[-1])[None, :] == excluded, -jnp.inf, log_probs)
+    if self.greedy:
+      token = jnp.argmax(masked, axis=-1)
+    else:
+      token = jax.random.categorical(rng, masked, axis=-1)
+    token = token.astype(jnp.int32)[:, None]
+    return players.Move(tokens=token, log_probs=jnp.take_along_axis(log_probs, token, axis=-1))
+
   def support(self, nodes, claims, rng) -> players.Move:
     """Answers to H's subquestions of each node -> Move [B, S*La]."""
     return self._sample(support_prompts(self.task, nodes, claims), rng,

@@ -171,6 +171,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The judge flaw of the self-review study (DESIGN.md section 4): probability that a claim
   # containing EXPLOIT fools H's leaf check (0: no flaw, no overseer).
   c.debate.p_flaw = 0.0
+  # Contest by construction (issue 28): in self-play, odd's root claim (when it is M's own direct
+  # answer) is redrawn without even's claim where the two agree, so no game opens with a
+  # concession and a collapsed policy still meets another answer.
+  c.debate.distinct_claims = False
 
   c.step = ml_collections.ConfigDict()
   c.step.temperature = 1.0
