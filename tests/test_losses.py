@@ -56,6 +56,31 @@ def _pg(logp, logp_old, token_mask, turn_mask, adv, eps=0.2):
   return losses.policy_gradient_loss(logp, logp_old, token_mask, turn_mask, adv, eps)
 
 
+def test_rloo_advantages_leave_the_game_out_per_question_and_seat():
+  """Each side's advantage is its outcome minus the mean of the same seat's outcomes in the other
+  debates of its question, spread over its arguments with tokens; they sum to 0 per group and
+  seat, and a question whose debates all end alike gives none."""
+  outcomes = np.array([[1, -1], [1, -1], [-1, 1], [0, 0],   # question 0: G = 4 debates
+                       [1, -1], [1, -1], [1, -1], [1, -1]], np.float32)  # question 1: all alike
+  has = np.ones((8, 2, 3), bool)
+  has[0, 0, 2] = False  # even's first game: two arguments with tokens
+  has[3, 1] = False     # odd's fourth game: none
+  adv = np.asarray(losses.rloo_advantages(jnp.asarray(outcomes), jnp.asarray(has), 4))
+  grouped = outcomes.reshape(2, 4, 2)
+  loo = (grouped.sum(1, keepdims=True) - grouped) / 3
+  side = (grouped - loo).reshape(8, 2)
+  np.testing.assert_allclose(adv[0, 0], [side[0, 0] / 2, side[0, 0] / 2, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(adv[1, 0], [side[1, 0] / 3] * 3, rtol=1e-6)
+  assert side[0, 0] == pytest.approx(1 - (1 - 1 + 0) / 3)
+  assert (adv[3, 1] == 0).all()
+  np.testing.assert_allclose(adv[4:], 0.0)
+  np.testing.assert_allclose((side.reshape(2, 4, 2)).sum(1), 0.0, atol=1e-6)
+  with pytest.raises(ValueError, match="group_size"):
+    losses.rloo_advantages(jnp.asarray(outcomes), jnp.asarray(has), 3)
+  with pytest.raises(ValueError, match="rloo_advantages"):
+    losses.advantages(jnp.zeros((2, 2)), jnp.ones((2, 2), bool), "rloo")
+
+
 def test_pg_gradient_is_reinforce_when_ratios_are_one():
   logp, token_mask, turn_mask = _batch()
   adv = jnp.asarray(np.random.default_rng(1).normal(size=(B, T)), jnp.float32)

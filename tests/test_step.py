@@ -214,6 +214,36 @@ def test_bad_step_config_names_the_field():
     step_lib.StepConfig(target_period=None, target_ema=None)
   with pytest.raises(ValueError, match="StepConfig.curriculum must be a CurriculumConfig"):
     step_lib.StepConfig(curriculum="off")
+  with pytest.raises(ValueError, match="StepConfig.debates_per_question must divide batch_size=32"):
+    step_lib.StepConfig(debates_per_question=3)
+  with pytest.raises(ValueError, match="StepConfig.debates_per_question must be >= 2 with advantage='rloo'"):
+    step_lib.StepConfig(advantage="rloo")
+  tx = combine.chain(combine.make("shaped"), clip_norm=1.0, optimizer=optax.sgd(0.1))
+  with pytest.raises(ValueError, match="StepConfig.advantage.*shaped"):
+    step_lib.build_train_step(TASK, MODEL, tx, step_lib.StepConfig(
+        batch_size=4, advantage="rloo", debates_per_question=2), combination="shaped")
+
+
+def test_rloo_plays_each_question_several_times_and_baselines_within_it():
+  """advantage='rloo' with G = 2 (batch_size / 2 questions, each debated twice in consecutive
+  games; tests/test_losses.py checks the leave-one-out arithmetic): the step runs, and its update
+  differs from the batch baseline's on the same games."""
+  tx = combine.chain(combine.make("weighted", weights=dict.fromkeys(OBJECTIVES, 1.0)),
+                     clip_norm=1.0, optimizer=optax.sgd(0.1))
+  results = {}
+  for advantage in ("baseline", "rloo"):
+    config = tiny.step_config(dict(call_prob=0.0, assign_prob=0.0, distinct_claims=True),
+                              advantage=advantage, debates_per_question=2)
+    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
+    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+    results[advantage] = jax.device_get(train_step(state, jax.random.key(3)))
+  (base_state, base_metrics), (rloo_state, rloo_metrics) = results["baseline"], results["rloo"]
+  # Same games (the rollout does not depend on the advantage), a different policy update.
+  assert float(base_metrics["win/even"]) == float(rloo_metrics["win/even"])
+  assert np.isfinite(float(rloo_metrics["loss/rl"])) and float(rloo_metrics["rl/arguments"]) > 0
+  gap = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), base_state.params,
+                                     rloo_state.params))
+  assert max(gap) > 1e-6
 
 
 def test_shaped_penalty_reaches_the_update():

@@ -188,6 +188,14 @@ def argument_rewards(winner: jax.Array, rows: Rows, num_nodes: int) -> tuple[jax
   return rewards, has_tokens
 
 
+def side_outcomes(winner: jax.Array) -> jax.Array:
+  """float32[B, 2]: each side's game outcome, +1 won, -1 lost, 0 draw, from winner int32[B]."""
+  side = jnp.arange(2)[None, :]
+  won = winner[:, None] == side
+  return jnp.where(winner[:, None] == debate.DRAW, 0.0, jnp.where(won, 1.0, -1.0)).astype(
+      jnp.float32)
+
+
 def token_weights(rows: Rows, num_nodes: int) -> jax.Array:
   """float32[B, R, 2, K, L]: 1 / (tokens of the row's argument) on real tokens, else 0; summing to
   the number of arguments with tokens."""

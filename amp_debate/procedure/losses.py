@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from amp_debate import checks
 
-ADVANTAGE_KINDS = ("none", "normalize", "baseline")
+ADVANTAGE_KINDS = ("none", "normalize", "baseline", "rloo")
 # The rules of the static options (``StepConfig`` applies them to its fields on construction).
 ADVANTAGE_KIND = checks.choice(*ADVANTAGE_KINDS)
 CLIP_EPS = checks.number(0.0, lo_open=True)
@@ -78,6 +78,9 @@ def advantages(rewards: jax.Array, turn_mask: jax.Array, kind: str) -> jax.Array
   _check_turns(turn_mask, rewards)
   chex.assert_type(rewards, jnp.float32)
   checks.check("advantages", "kind", kind, ADVANTAGE_KIND)
+  if kind == "rloo":
+    raise ValueError("advantages: kind 'rloo' needs the games grouped by question: use "
+                     "rloo_advantages")
   rewards = jnp.where(turn_mask, rewards, 0.0)
   if kind == "none":
     return rewards
@@ -87,6 +90,34 @@ def advantages(rewards: jax.Array, turn_mask: jax.Array, kind: str) -> jax.Array
   std = jnp.sqrt(_masked_mean(jnp.square(centred), turn_mask))
   scale = jnp.where(std > 1e-6, 1.0 / jnp.maximum(std, 1e-6), 1.0)
   return (centred * scale).astype(jnp.float32)
+
+
+def rloo_advantages(outcomes: jax.Array, has_tokens: jax.Array, group_size: int) -> jax.Array:
+  """Leave-one-out advantages per question and seat (as in RLOO): the B games come in B / G
+  groups of G consecutive debates of one question; a side's advantage is its game outcome minus
+  the mean outcome of the same seat in the group's other G - 1 games, spread evenly over its
+  arguments with tokens (like ``credit.argument_rewards``). Unlike a batch baseline, the baseline
+  never includes the game's own outcome (unbiased), and a question every debate of which ends the
+  same way gives no gradient at all (nothing to learn there), whatever the rest of the batch did.
+
+  Args:
+    outcomes: float32[B, 2] each side's outcome (+1 won, -1 lost, 0 draw).
+    has_tokens: bool[B, 2, A] the arguments that carry sampled tokens.
+    group_size: G (static, >= 2, divides B).
+  Returns:
+    float32[B, 2, A]; 0 where an argument has no tokens.
+  """
+  chex.assert_rank([outcomes, has_tokens], [2, 3])
+  chex.assert_shape(outcomes, has_tokens.shape[:2])
+  b = outcomes.shape[0]
+  if group_size < 2 or b % group_size:
+    raise ValueError(f"rloo_advantages: group_size must be >= 2 and divide the batch ({b}), got "
+                     f"{group_size}")
+  grouped = outcomes.astype(jnp.float32).reshape(b // group_size, group_size, 2)
+  others = (grouped.sum(1, keepdims=True) - grouped) / (group_size - 1)
+  side = (grouped - others).reshape(b, 2)
+  count = has_tokens.sum(-1, keepdims=True)
+  return jnp.where(has_tokens, side[..., None] / jnp.maximum(count, 1), 0.0).astype(jnp.float32)
 
 
 # ---- RL on the debaters' arguments --------------------------------------------------------------

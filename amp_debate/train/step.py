@@ -69,7 +69,11 @@ class StepConfig:
     curriculum: the difficulty curriculum's options.
     temperature: M_target's sampling temperature (and the one the policy loss rescores at).
     clip_eps: PPO clipping ε (> 0).
-    advantage: how rewards become advantages (``losses.ADVANTAGE_KINDS``).
+    advantage: how rewards become advantages (``losses.ADVANTAGE_KINDS``); "rloo": leave-one-out
+      per question and seat over ``debates_per_question`` debates (``losses.rloo_advantages``;
+      not with the shaped combination, whose rewards are per row).
+    debates_per_question: G: the step samples batch_size / G questions and plays G debates of
+      each (consecutive games), for the per-question baseline of "rloo" (1: one debate each).
     target_period, target_ema: the target network's update; exactly one is given
       (``target.update_target``).
     entropy_coef: weight of the entropy bonus on the sampled positions, subtracted from the
@@ -109,6 +113,7 @@ class StepConfig:
   pack_width: int = 1
   update_epochs: int = 1
   num_minibatches: int = 1
+  debates_per_question: int = 1
   catastrophe: Any = losses.never_catastrophic
   overseer: overseer_lib.OverseerConfig | None = None
   adversary: adversary_lib.AdversaryConfig | None = None
@@ -122,12 +127,22 @@ class StepConfig:
         entropy_coef=checks.number(0.0),
         distill_subquestions=checks.boolean, pack_width=checks.integer(0),
         update_epochs=checks.integer(1), num_minibatches=checks.integer(1),
+        debates_per_question=checks.integer(1),
         overseer=checks.optional(checks.of_type(overseer_lib.OverseerConfig)),
         adversary=checks.optional(checks.of_type(adversary_lib.AdversaryConfig)))
     if self.batch_size % self.num_minibatches:
       raise checks.FieldError(type(self).__name__, "num_minibatches",
                               f"must divide batch_size={self.batch_size}, got "
                               f"{self.num_minibatches}")
+    if self.batch_size % self.debates_per_question:
+      raise checks.FieldError(type(self).__name__, "debates_per_question",
+                              f"must divide batch_size={self.batch_size}, got "
+                              f"{self.debates_per_question}")
+    if self.advantage == "rloo" and self.debates_per_question < 2:
+      raise checks.FieldError(type(self).__name__, "debates_per_question",
+                              "must be >= 2 with advantage='rloo' (the leave-one-out baseline "
+                              f"needs other debates of the same question), got "
+                              f"{self.debates_per_question}")
     target.check_target_options(self.target_period, self.target_ema, owner="StepConfig",
                                 names=("target_period", "target_ema"))
 
@@ -381,11 +396,18 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
   batch_size = config.batch_size
   num_nodes, num_sub = config.debate.num_nodes, task.num_subquestions
   num_updates = config.update_epochs * config.num_minibatches
+  if combination == "shaped" and config.advantage == "rloo":
+    raise checks.FieldError("StepConfig", "advantage",
+                            "'rloo' baselines whole games; the shaped combination's rewards are "
+                            "per row: use 'normalize' or 'baseline' with it")
 
   def train_step(state: TrainState, rng: jax.Array):
     sample_rng, assign_rng, debate_rng, target_rng, eval_rng = jax.random.split(rng, 5)
     level = curriculum.max_difficulty(state.curriculum)
-    batch = sample_batch(task, sample_rng, batch_size, level)
+    group = config.debates_per_question
+    batch = sample_batch(task, sample_rng, batch_size // group, level)
+    if group > 1:  # G consecutive debates of each question
+      batch = jax.tree.map(lambda x: jnp.repeat(x, group, axis=0), batch)
     if constrain_batch is not None:
       batch = constrain_batch(batch)
     m_target = ModelDebater(model=model, params=state.target_params, task=task,
@@ -439,7 +461,11 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
           prows.active.shape)  # [B, R, 2, K]
     else:
       arg_mask = has_tokens.reshape(batch_size, -1)
-      adv = losses.advantages(rewards.reshape(batch_size, -1), arg_mask, config.advantage)
+      if config.advantage == "rloo":
+        adv = losses.rloo_advantages(credit.side_outcomes(game.winner), has_tokens,
+                                     config.debates_per_question)
+      else:
+        adv = losses.advantages(rewards.reshape(batch_size, -1), arg_mask, config.advantage)
       row_adv = credit.row_values(adv.reshape(rewards.shape), num_nodes, num_sub)  # [B, R, 2, K]
       mismatch = jnp.zeros(row_adv.shape, jnp.float32)
 

@@ -182,7 +182,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Entropy bonus on the sampled argument tokens (0: none): keeps self-play from collapsing onto
   # one answer, where every game is a draw and the policy gradient vanishes.
   c.step.entropy_coef = 0.0
+  # "rloo": leave-one-out baseline per question and seat over debates_per_question debates of
+  # each question (issue 28); the others baseline over the whole batch.
   c.step.advantage = "normalize"
+  c.step.debates_per_question = 1
   c.step.target_period = 0  # > 0: hard copy every target_period steps (else Polyak target_ema)
   c.step.target_ema = 0.9
   # A fresh Amp′ pass over every subquestion posed (more targets, one more pass). runlocal: off;
