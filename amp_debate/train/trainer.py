@@ -83,9 +83,11 @@ def eval_debate_config(task, config: debate.DebateConfig) -> debate.DebateConfig
   to a leaf (t_max = 2 + 2·max_difficulty, or the training t_max if larger), no forced stop, no
   learned stop, no assignments and an exact H (no judge flaw), so that every game ends at H's leaf
   verdict, a concession or an inconsistency, and the judge is never a party. The call rule is the
-  run's; honesty games set it per claim source (``CLAIM_SOURCES``)."""
+  run's; honesty games set it per claim source (``CLAIM_SOURCES``). Claims are never redrawn
+  (``distinct_claims`` is a training estimator: self-play is measured as M plays it)."""
   return dataclasses.replace(config, force_stop_after=None, assign_prob=0.0, learned_stop=False,
-                             p_flaw=0.0, t_max=max(config.t_max, 2 + 2 * task.max_difficulty))
+                             p_flaw=0.0, t_max=max(config.t_max, 2 + 2 * task.max_difficulty),
+                             distinct_claims=False)
 
 
 def make_eval_fn(task, model, step_config: step_lib.StepConfig, with_debates: bool):
