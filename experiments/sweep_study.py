@@ -19,6 +19,7 @@ here it runs at the quick start too.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -93,6 +94,22 @@ def collect(name: str, workdir: str, out: str, cmd: list[str], shown: str) -> di
               seconds=sum(groups.values()))
 
 
+def datasets(out: str, name: str) -> list[str]:
+  """The eval sets named in a collected sweep's results.csv (its ``dataset`` column)."""
+  path = os.path.join(out, name, "results.csv")
+  if not os.path.isfile(path):
+    return []
+  with open(path, newline="") as f:
+    return sorted({row["dataset"] for row in csv.DictReader(f) if row.get("dataset")})
+
+
+def held_out(dataset: str) -> bool:
+  """Eval sets from version 2.0.0 on hold their questions out of training by construction
+  (issue 27); earlier ones were plain draws the runs also trained on."""
+  version = dataset.rsplit(":", 1)[-1]
+  return version.split(".", 1)[0].isdigit() and int(version.split(".", 1)[0]) >= 2
+
+
 def write_index(entries: list[dict], out: str) -> None:
   lines = ["# Ablation sweeps at the quick start's size", "",
            "Written by `python -m experiments.sweep_study` (every sweep file in "
@@ -102,13 +119,18 @@ def write_index(entries: list[dict], out: str) -> None:
            "debate length, human calls per question and wall time (for vmapped runs: the "
            "group's wall time, shared by its runs). Wall times are from a 2-core machine that other "
            "jobs shared during some sweeps (not a speed measurement: benchmarks/sweep.py measures "
-           "a vmapped sweep against a sequential one in one run).", "",
-           "| sweep | runs | units (vmapped groups or single runs) | training wall time (sum over units) | command |",
-           "|---|---|---|---|---|"]
+           "a vmapped sweep against a sequential one in one run). Eval sets before version "
+           "2.0.0 were drawn from the training distribution, and those runs trained on most of "
+           "their questions (issue 27): their accuracies are marked not held out, kept until "
+           "the sweep is rerun.", "",
+           "| sweep | runs | units (vmapped groups or single runs) | training wall time (sum over units) | eval set | command |",
+           "|---|---|---|---|---|---|"]
   for e in entries:
     wall = f"{e['seconds'] / 60:.1f} min"
+    sets = datasets(out, e["name"])
+    named = ", ".join(f"`{d}`" + ("" if held_out(d) else " (not held out)") for d in sets)
     lines.append(f"| [{e['name']}]({e['name']}/results.md) | {e['runs']} | {e['groups']} | "
-                 f"{wall} | `{e['command']}` |")
+                 f"{wall} | {named} | `{e['command']}` |")
   with open(os.path.join(out, "README.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 

@@ -39,7 +39,21 @@ def test_collect_copies_and_counts_groups_once(tmp_path):
   sweep_study.write_index([entry], out)
   with open(os.path.join(out, "README.md")) as f:
     index = f.read()
-  assert "| [anneal](anneal/results.md) | 2 | 1 | 2.0 min |" in index
+  assert "| [anneal](anneal/results.md) | 2 | 1 | 2.0 min |  |" in index  # no dataset column
+
+
+def test_index_names_each_sweeps_eval_set_and_whether_it_is_held_out(tmp_path):
+  out = str(tmp_path / "out")
+  for name, version in (("anneal", "2.0.0"), ("target", "1.2.0")):
+    os.makedirs(os.path.join(out, name))
+    with open(os.path.join(out, name, "results.csv"), "w") as f:
+      f.write(f"run,dataset\n0,amp_debate_eval/permutation:{version}\n1,amp_debate_eval/permutation:{version}\n")
+  entries = [dict(name=n, runs=2, groups=1, seconds=60.0, command="c") for n in ("anneal", "target")]
+  sweep_study.write_index(entries, out)
+  with open(os.path.join(out, "README.md")) as f:
+    index = f.read()
+  assert "| `amp_debate_eval/permutation:2.0.0` | `c` |" in index
+  assert "| `amp_debate_eval/permutation:1.2.0` (not held out) | `c` |" in index
 
 
 def test_no_lengths_no_plot(tmp_path):
