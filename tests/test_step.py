@@ -29,7 +29,7 @@ TRACES = collections.Counter()  # _program's arguments -> times its step was tra
 
 @functools.cache
 def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None,
-             epochs_minibatches=None):
+             epochs_minibatches=None, advantage="baseline"):
   """(tx, config, jitted train step) of one program: the combination ``kind`` ("weighted",
   "constrained" or "shaped") with SGD; the combination's hyperparameters (λ weights, β, limit)
   are data in the state, so every setting of them shares this one compiled step. No assigned
@@ -47,11 +47,11 @@ def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None,
   if epochs_minibatches is not None:
     extra["update_epochs"], extra["num_minibatches"] = epochs_minibatches
   config = tiny.step_config(dict(force_stop_after=force_stop_after, assign_prob=0.0),
-                            advantage="baseline", **extra)
+                            advantage=advantage, **extra)
   pure = step_lib.build_train_step(TASK, MODEL, tx, config, combination=kind)
 
   def counted(state, rng):
-    TRACES[kind, force_stop_after, catastrophe, pack_width, epochs_minibatches] += 1
+    TRACES[kind, force_stop_after, catastrophe, pack_width, epochs_minibatches, advantage] += 1
     return pure(state, rng)
 
   return tx, config, jax.jit(counted, donate_argnums=0)
@@ -59,12 +59,12 @@ def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None,
 
 @functools.cache
 def _steps(kind, beta=None, weights=None, force_stop_after=None, catastrophe=None, steps=2,
-           pack_width=None, epochs_minibatches=None, first_key=1):
+           pack_width=None, epochs_minibatches=None, first_key=1, advantage="baseline"):
   """(final state, per-step metrics) of ``steps`` steps of ``_program(kind, ...)`` from a fixed
   init, with the shaped ``beta`` or the weighted ``weights`` ((objective, λ) pairs) set as data
   in the initial state (None: the combination's own)."""
   tx, config, train_step = _program(kind, force_stop_after, catastrophe, pack_width,
-                                    epochs_minibatches)
+                                    epochs_minibatches, advantage)
   hparams = {}
   if beta is not None:
     hparams["beta"] = beta
@@ -132,8 +132,12 @@ def test_force_stop_after_one_is_pure_imitative_amplification():
 
 
 def test_zero_supervised_weight_is_pure_debate():
-  state, history = _run((("rl", 1.0), ("sup", 0.0), ("cat", 1.0)))
-  without_sup, _ = _run("shaped")  # a different code path that never reads the sup gradient
+  """λ_sup = 0 gives the update of the shaped path at β = 0, which never reads the sup gradient.
+  Raw rewards (advantage "none"): the shaped path baselines over rows and the weighted one over
+  arguments, which differ once evaluation-part rows are dropped from some arguments."""
+  state, history = _steps("weighted", weights=(("rl", 1.0), ("sup", 0.0), ("cat", 1.0)),
+                          advantage="none")
+  without_sup, _ = _steps("shaped", beta=0.0, advantage="none")
   _same_params(state.params, without_sup.params)
   assert all(float(m["weight/sup"]) == 0.0 for m in history)
 
@@ -285,7 +289,7 @@ def test_a_beta_sweep_reuses_one_compiled_step():
   combination's state) and give three different updates."""
   # first_key=7: a first batch where shaping varies across rows (see the test above).
   runs = [_steps("shaped", beta=beta, first_key=7)[0] for beta in (0.0, 0.5, 2.0)]
-  assert TRACES["shaped", None, None, None, None] == 1
+  assert TRACES["shaped", None, None, None, None, "baseline"] == 1
   for a, b in [(runs[0], runs[1]), (runs[1], runs[2])]:
     gap = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a.params, b.params))
     assert max(gap) > 1e-5
@@ -301,7 +305,7 @@ def test_a_lambda_sweep_compiles_the_step_once():
     state, history = _run((("rl", 1.0), ("sup", lam), ("cat", 1.0)))
     assert [float(m["weight/sup"]) for m in history] == [lam, lam]
     results[lam] = state.params
-  assert TRACES["weighted", None, None, None, None] == 1
+  assert TRACES["weighted", None, None, None, None, "baseline"] == 1
   gap = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b)))
   assert gap(results[1.0], results[0.5]) > 0 and gap(results[0.5], results[0.0]) > 0
 
