@@ -158,14 +158,22 @@ def policy_rows(task: Task, transcript: debate.Transcript, drop_eval_part: bool 
   support = _rows(task, _prompts(protocol.support_prompt, task, nodes2, transcript.claims), nodes2,
                   transcript.support_tokens, transcript.support_sampled,
                   transcript.support_log_probs)
-  if drop_eval_part:
-    direct, sub, support = map(_training_part_only, (direct, sub, support))
-    support = _training_part_subanswers(
-        task, support, _posed_from_support(task, nodes2, transcript.support_tokens))
   out = concat([jax.tree.map(lambda x: x[..., None, :], direct), sub,
               jax.tree.map(lambda x: x[..., None, :], support)], axis=3)
   chex.assert_shape(out.tokens, transcript.claims.shape[:3] + (s + 2, protocol.support_len(task)))
-  return out
+  return training_part_policy(task, out) if drop_eval_part else out
+
+
+def training_part_policy(task: Task, rows: Rows) -> Rows:
+  """Policy Rows [B, R, 2, K] with no policy gradient on an answer to an evaluation-part question:
+  rows whose question lies there are masked out, and in each support (kind K - 1) the subanswers
+  to evaluation-part subquestions, posed from the support's own answers (tokens kept as context)."""
+  rows = _training_part_only(rows)
+  support = jax.tree.map(lambda x: x[..., -1, :], rows)
+  support = _training_part_subanswers(
+      task, support, _posed_from_support(task, support.questions, support.tokens))
+  return rows.replace(mask=rows.mask.at[..., -1, :].set(support.mask),
+                      log_probs=rows.log_probs.at[..., -1, :].set(support.log_probs))
 
 
 def argument_rewards(winner: jax.Array, rows: Rows, num_nodes: int) -> tuple[jax.Array, jax.Array]:
@@ -181,9 +189,7 @@ def argument_rewards(winner: jax.Array, rows: Rows, num_nodes: int) -> tuple[jax
   one_hot = _argument_one_hot(num_nodes, rows.mask.shape[3], jnp.bool_)
   has_tokens = (rows.active[..., None] & one_hot[None, :, None]).any((1, 3))  # [B, 2, A]
   count = has_tokens.sum(-1, keepdims=True)
-  side = jnp.arange(2)[None, :, None]
-  sign = jnp.where(winner[:, None, None] == debate.DRAW, 0.0,
-                   jnp.where(side == winner[:, None, None], 1.0, -1.0))
+  sign = side_outcomes(winner)[..., None]  # [B, 2, 1]
   rewards = jnp.where(has_tokens, sign / jnp.maximum(count, 1), 0.0).astype(jnp.float32)
   return rewards, has_tokens
 

@@ -126,6 +126,16 @@ class ModelDebater:
     """M's direct answers (assigned claims; M inside Amp′): nodes int32[B, Lq] -> Move [B, La]."""
     return self._sample(answer_prompts(self.task, nodes), rng, self.task.answer_len)
 
+  def _one_token_answer_logits(self, caller: str, nodes, answers):
+    """float32[B, V]: M's logits for the (one-token) answer to ANSWER(n), nodes int32[B, Lq];
+    ``answers`` int32[B, 1] only fixes the shape. Raises ValueError for longer answers."""
+    if self.task.answer_len != 1:
+      raise ValueError(f"ModelDebater.{caller}: answers of one token only; task "
+                       f"{self.task.name} has answer_len={self.task.answer_len}")
+    chex.assert_shape(answers, (nodes.shape[0], 1))
+    prompts = answer_prompts(self.task, nodes)
+    return self.model.answer_logits(self.params, prompts, jnp.zeros_like(answers))[:, 0]
+
   def answer_excluding(self, nodes, excluded, rng) -> players.Move:
     """M's direct answers conditioned to differ from ``excluded``: a sample of M's answer
     distribution (at ``temperature``) with the excluded token masked out and the rest
@@ -140,12 +150,7 @@ class ModelDebater:
     Raises:
       ValueError: the task's answers are longer than one token.
     """
-    if self.task.answer_len != 1:
-      raise ValueError(f"ModelDebater.answer_excluding: answers of one token only; task "
-                       f"{self.task.name} has answer_len={self.task.answer_len}")
-    chex.assert_shape(excluded, (nodes.shape[0], 1))
-    prompts = answer_prompts(self.task, nodes)
-    logits = self.model.answer_logits(self.params, prompts, jnp.zeros_like(excluded))[:, 0]
+    logits = self._one_token_answer_logits("answer_excluding", nodes, excluded)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32) / self.temperature, axis=-1)
     masked = jnp.where(jnp.arange(logits.shape[-1])[None, :] == excluded, -jnp.inf, log_probs)
     if self.greedy:
@@ -181,12 +186,7 @@ class ModelDebater:
       ValueError: the task's answers are longer than one token (every task has La = 1; a longer
         answer would need a search over sequences).
     """
-    if self.task.answer_len != 1:
-      raise ValueError(f"ModelDebater.likeliest_wrong: answers of one token only; task "
-                       f"{self.task.name} has answer_len={self.task.answer_len}")
-    chex.assert_shape(truth, (nodes.shape[0], 1))
-    prompts = answer_prompts(self.task, nodes)
-    logits = self.model.answer_logits(self.params, prompts, jnp.zeros_like(truth))[:, 0]
+    logits = self._one_token_answer_logits("likeliest_wrong", nodes, truth)
     ids = jnp.arange(logits.shape[-1])
     mask = (ids[None, :] < self.task.vocab_size) & (ids[None, :] != truth)
     if allowed is not None:

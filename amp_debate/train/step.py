@@ -421,8 +421,9 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     # What M_target sampled, and who gets credit for it (zero-sum per game, per argument).
     # Answers to evaluation-part questions (H's subquestions, descended-to nodes) get no policy
     # gradient; the share of sampled tokens dropped that way is logged.
-    prows = credit.policy_rows(task, transcript)  # [B, R, 2, K]
-    sampled_tokens = credit.policy_rows(task, transcript, drop_eval_part=False).mask.sum()
+    sampled = credit.policy_rows(task, transcript, drop_eval_part=False)
+    prows = credit.training_part_policy(task, sampled)  # [B, R, 2, K]
+    sampled_tokens = sampled.mask.sum()
     pg_eval_part_dropped = jnp.where(sampled_tokens > 0,
                                      1.0 - prows.mask.sum() / jnp.maximum(sampled_tokens, 1), 0.0)
     rewards, has_tokens = credit.argument_rewards(game.winner, prows, num_nodes)  # [B, 2, A]
