@@ -300,3 +300,42 @@ def test_distinct_claims_contest_every_self_play_game():
                          jnp.asarray(odd_claim_rows.tokens[:, :task.answer_len]))
   np.testing.assert_allclose(odd_claim_rows.log_probs[:, :task.answer_len], np.asarray(scored),
                              atol=1e-5)
+
+
+def test_explored_claims_are_uniform_other_answers_scored_by_m():
+  """Challenger exploration at explore_prob 1: odd's root claim in every unassigned game is an
+  answer of the task other than even's, spread over the answers (every answer drawn, none in half
+  of 256 games), and its policy row records M's own log-prob of it. At
+  explore_prob 0 the rollout is the control's, draw for draw. The evaluation never explores."""
+  task = _task("permutation")
+  debater = _debater("permutation", temperature=1.0)
+  questions = _questions("permutation", seed=6, batch=256)
+  results = {}
+  for prob in (0.0, 1.0):
+    config = debate.DebateConfig(t_max=4, call_prob=0.0, learned_stop=False, explore_prob=prob)
+    results[prob] = jax.jit(lambda q, k, c=config: debate.rollout(
+        task, debater, debater, q, k, c))(questions, jax.random.key(7))
+  control = jax.jit(lambda q, k: debate.rollout(task, debater, debater, q, k, debate.DebateConfig(
+      t_max=4, call_prob=0.0, learned_stop=False)))(questions, jax.random.key(7))
+  np.testing.assert_array_equal(np.asarray(results[0.0][1].claims), np.asarray(control[1].claims))
+  claims = np.asarray(results[1.0][1].claims)[:, 0, :, 0]  # [B, 2] root claims
+  vocab = np.asarray(players.answer_vocabulary(task))
+  assert np.isin(claims[:, 1], vocab).all()
+  assert (claims[:, 1] != claims[:, 0]).all()
+  np.testing.assert_array_equal(claims[:, 0], np.asarray(control[1].claims)[:, 0, 0, 0])
+  counts = np.bincount(np.searchsorted(vocab, claims[:, 1]), minlength=len(vocab))
+  assert (counts > 0).all() and counts.max() < 256 / 2  # spread, not one answer
+  from amp_debate.procedure import credit  # pylint: disable=import-outside-toplevel
+  rows = credit.policy_rows(task, results[1.0][1], drop_eval_part=False)
+  odd = jax.tree.map(lambda x: np.asarray(x)[:, 0, 1, 0], rows)  # node 0, odd, direct answer
+  assert odd.mask[:, 0].all()
+  np.testing.assert_array_equal(odd.tokens[:, 0], claims[:, 1])
+  scored = debater.score(jnp.asarray(odd.prompts), jnp.asarray(odd.tokens[:, :1]))
+  np.testing.assert_allclose(odd.log_probs[:, :1], np.asarray(scored), atol=1e-5)
+  from amp_debate.train import trainer  # pylint: disable=import-outside-toplevel
+  assert trainer.eval_debate_config(task, debate.DebateConfig(explore_prob=0.5)).explore_prob == 0
+
+
+def test_explore_prob_is_checked():
+  with pytest.raises(ValueError, match="explore_prob"):
+    debate.DebateConfig(explore_prob=1.5)

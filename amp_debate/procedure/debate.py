@@ -61,7 +61,7 @@ from amp_debate import checks
 from amp_debate.procedure import game as game_lib
 from amp_debate.procedure import protocol
 from amp_debate.procedure.amplify import AmpOutput, amplify
-from amp_debate.procedure.players import wrong_answer
+from amp_debate.procedure.players import answer_vocabulary, wrong_answer
 from amp_debate.tasks.base import Task
 
 REASONS = ("running", "concede", "inconsistent", "leaf", "t_max", "learned_stop", "forced")
@@ -92,6 +92,12 @@ class DebateConfig:
       to even's is replaced by a sample of odd's answer distribution without even's claim
       (``answer_excluding``), so self-play never opens with a concession; both claims keep their
       policy-gradient rows.
+    explore_prob: challenger exploration (issue 28): in the same games (unassigned, odd's root
+      claim its player's own direct answer), with this probability odd's claim is replaced by a
+      uniform draw from the task's answer vocabulary other than even's claim
+      (``players.answer_vocabulary``); the policy-gradient row keeps it with M's own log-prob.
+      Without it a policy that is sure of a wrong answer never meets the truth (both claims come
+      from the same sharp distribution) and its gradient, weighted by π(true answer), vanishes.
   """
 
   t_max: int = 12
@@ -103,6 +109,7 @@ class DebateConfig:
   assign_prob: float = 0.0
   p_flaw: float = 0.0
   distinct_claims: bool = False
+  explore_prob: float = 0.0
 
   def __post_init__(self):
     checks.check_fields(
@@ -110,7 +117,8 @@ class DebateConfig:
         confidence_threshold=checks.optional(checks.number(0.0, 1.0)),
         learned_stop=checks.boolean, force_stop_after=checks.optional(checks.integer(1)),
         early_exit=checks.boolean, assign_prob=checks.number(0.0, 1.0),
-        p_flaw=checks.number(0.0, 1.0), distinct_claims=checks.boolean)
+        p_flaw=checks.number(0.0, 1.0), distinct_claims=checks.boolean,
+        explore_prob=checks.number(0.0, 1.0))
 
   @property
   def num_rounds(self) -> int:
@@ -374,6 +382,31 @@ class _Rollout:
                         direct=swap(comp.direct, move.tokens),
                         direct_log_probs=swap(comp.direct_log_probs, move.log_probs))
 
+  def explored_odd_claim(self, questions, comp: Computation, assigned, key) -> Computation:
+    """Challenger exploration: where neither side is assigned and odd answered directly (H not
+    called), with probability ``explore_prob`` odd's claim becomes a uniform draw from the task's
+    answer vocabulary without even's claim, recorded with M's own log-prob of it
+    (``score_answers``). Returns the root Computation [B, 2] with odd's answer replaced there."""
+    odd = self.players[1]
+    if not hasattr(odd, "score_answers"):
+      raise ValueError(f"DebateConfig.explore_prob needs an odd player with score_answers (a "
+                       f"model debater); got {type(odd).__name__}")
+    if self.task.answer_len != 1:
+      raise ValueError(f"DebateConfig.explore_prob draws one-token answers; {self.task.name}'s "
+                       f"answers have {self.task.answer_len} tokens")
+    coin_rng, draw_rng = jax.random.split(key)
+    batch = questions.shape[0]
+    explore = (~assigned.any(-1) & comp.active[:, 1] & ~comp.called[:, 1]
+               & jax.random.bernoulli(coin_rng, self.config.explore_prob, (batch,)))
+    vocab = jnp.asarray(answer_vocabulary(self.task), jnp.int32)  # [V]
+    allowed = vocab[None, :] != comp.answer[:, 0]  # [B, V] (La = 1)
+    pick = jax.random.categorical(draw_rng, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
+    tokens = vocab[pick][:, None]  # [B, 1]
+    log_probs = odd.score_answers(questions, tokens)
+    swap = lambda field, new: field.at[:, 1].set(jnp.where(explore[:, None], new, field[:, 1]))
+    return comp.replace(answer=swap(comp.answer, tokens), direct=swap(comp.direct, tokens),
+                        direct_log_probs=swap(comp.direct_log_probs, log_probs))
+
   def after_argument(self, state: GameState, active) -> GameState:
     """Counts an argument made by the ``active`` games, then applies the forced and T_MAX stops
     (the judge decides those after the rollout)."""
@@ -455,6 +488,8 @@ class _Rollout:
                           sub_valid=comp.sub_valid.at[:, 1].set(False))
     if config.distinct_claims and config.contested:
       comp = self.distinct_odd_claim(questions, comp, assigned, jax.random.fold_in(key, 11))
+    if config.explore_prob > 0 and config.contested:
+      comp = self.explored_odd_claim(questions, comp, assigned, jax.random.fold_in(key, 12))
     claims = comp.answer  # [B, 2, La]
     if assigned_seat is not None:
       claims = jnp.where(assigned[..., None], self.assigned_claims(

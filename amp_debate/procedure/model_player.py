@@ -121,6 +121,11 @@ class ModelDebater:
     chex.assert_rank([prompts, tokens], 2)
     return self.model.log_prob(self.params, prompts, tokens, temperature=self.temperature)
 
+  def score_answers(self, nodes, answers):
+    """float32[B, La]: M's log-probs (at ``temperature``) of ``answers`` int32[B, La] as its
+    direct answers to ANSWER(n), nodes int32[B, Lq] (what ``score`` gives on their prompts)."""
+    return self.score(answer_prompts(self.task, nodes), answers)
+
   # ---- the Debater interface (players) --------------------------------------------------------
   def answer(self, nodes, rng) -> players.Move:
     """M's direct answers (assigned claims; M inside Amp′): nodes int32[B, Lq] -> Move [B, La]."""

@@ -84,10 +84,11 @@ def eval_debate_config(task, config: debate.DebateConfig) -> debate.DebateConfig
   learned stop, no assignments and an exact H (no judge flaw), so that every game ends at H's leaf
   verdict, a concession or an inconsistency, and the judge is never a party. The call rule is the
   run's; honesty games set it per claim source (``CLAIM_SOURCES``). Claims are never redrawn
-  (``distinct_claims`` is a training estimator: self-play is measured as M plays it)."""
+  or explored (``distinct_claims`` and ``explore_prob`` are training estimators: self-play is
+  measured as M plays it)."""
   return dataclasses.replace(config, force_stop_after=None, assign_prob=0.0, learned_stop=False,
                              p_flaw=0.0, t_max=max(config.t_max, 2 + 2 * task.max_difficulty),
-                             distinct_claims=False)
+                             distinct_claims=False, explore_prob=0.0)
 
 
 def make_eval_fn(task, model, step_config: step_lib.StepConfig, with_debates: bool):

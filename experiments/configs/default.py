@@ -175,6 +175,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # answer) is redrawn without even's claim where the two agree, so no game opens with a
   # concession and a collapsed policy still meets another answer.
   c.debate.distinct_claims = False
+  # Challenger exploration (issue 28): with this probability odd's root claim (M's own direct
+  # answer, unassigned games) is a uniform draw from the task's answers other than even's claim, so
+  # that a policy sure of a wrong answer still meets the truth in self-play (0: never).
+  c.debate.explore_prob = 0.0
 
   c.step = ml_collections.ConfigDict()
   c.step.temperature = 1.0
