@@ -1,0 +1,23 @@
+"""Issue 28: does the self-play estimator learn where H decides every game by the truth? Pure
+debate (λ_sup = 0, H never in a claim) on level 0 alone (leaf questions: H answers the node, so a
+decided game's winner is the side whose claim is true), on-policy (M_target = M: no importance
+ratio, no clipping), no assigned claims, 1,000 steps, three seeds. Arms: plain self-play (the
+control), contest by construction (``debate.distinct_claims``), contest plus challenger exploration
+(``debate.explore_prob`` 0.25), and supervised training on the same questions (the reference).
+
+  python -m amp_debate.sweep --sweep=experiments/sweeps/selfplay_leaf.py \
+      --config=experiments/configs/default.py:task=permutation,mode=debate,quickstart \
+      --workdir=workdir/selfplay_leaf --vmap=3
+"""
+
+from amp_debate import sweep
+
+LEAF = {"curriculum.kind": "fixed", "curriculum.steps_per_level": 100_000,
+        "debate.assign_prob": 0.0, "step.target_ema": 0.0, "num_steps": 1000,
+        "eval.debates": False}
+DISTINCT = {"debate.distinct_claims": True}
+ARMS = ({}, DISTINCT, {**DISTINCT, "debate.explore_prob": 0.25}, {"mode": "supervised"})
+
+
+def get_sweep():
+  return sweep.chain(*[[dict(LEAF, **arm, seed=seed) for seed in (0, 1, 2)] for arm in ARMS])
