@@ -28,13 +28,15 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/configs/default.py:task=permutation,quickstart"
-SWEEPS = ("anneal", "call_prob", "learned_stop", "target", "modes")
+SWEEPS = ("anneal", "call_prob", "learned_stop", "target", "modes", "selfplay_leaf")
+# Sweeps whose runs start from another mode's defaults (the sweep file sets the rest).
+CONFIGS = {"selfplay_leaf": "experiments/configs/default.py:task=permutation,mode=debate,quickstart"}
 FILES = ("results.md", "results.csv", "accuracy.png", "curves.png")
 
 
 def command(name: str, workdir: str, vmap: int) -> list[str]:
   return [sys.executable, "-m", "amp_debate.sweep", f"--sweep=experiments/sweeps/{name}.py",
-          f"--config={CONFIG}", f"--workdir={os.path.join(workdir, name)}", f"--vmap={vmap}"]
+          f"--config={CONFIGS.get(name, CONFIG)}", f"--workdir={os.path.join(workdir, name)}", f"--vmap={vmap}"]
 
 
 def summaries(sweep_dir: str) -> list[dict]:
@@ -114,7 +116,8 @@ def write_index(entries: list[dict], out: str) -> None:
   lines = ["# Ablation sweeps at the quick start's size", "",
            "Written by `python -m experiments.sweep_study` (every sweep file in "
            "experiments/sweeps/, the quick start's task and model: "
-           f"`{CONFIG}`, 600 steps, CPU). Each sweep's table gives every run's overrides, seed, "
+           f"`{CONFIG}`, 600 steps, CPU, unless the sweep's command or file says otherwise). "
+           "Each sweep's table gives every run's overrides, seed, "
            "dataset version, final held-out accuracy by level (M answering alone, greedy), "
            "debate length, human calls per question and wall time (for vmapped runs: the "
            "group's wall time, shared by its runs). Wall times are from a 2-core machine that other "

@@ -68,3 +68,11 @@ def test_unknown_sweep_is_refused(tmp_path):
     assert "no sweep experiments/sweeps/nope.py" in str(e)
   else:
     raise AssertionError("an unknown sweep name was accepted")
+
+
+def test_each_sweep_runs_on_its_own_base_config():
+  """selfplay_leaf starts from the debate mode's defaults; the others from the quick start's."""
+  leaf = sweep_study.command("selfplay_leaf", "/w", 3)
+  assert "--config=experiments/configs/default.py:task=permutation,mode=debate,quickstart" in leaf
+  assert f"--config={sweep_study.CONFIG}" in sweep_study.command("anneal", "/w", 3)
+  assert "selfplay_leaf" in sweep_study.SWEEPS
