@@ -315,6 +315,15 @@ def _empty_transcript(task: Task, batch: int, num_nodes: int) -> Transcript:
       leaf_fooled=z(b, dtype=bool))
 
 
+
+def _with_odd_claim(comp: Computation, where: jax.Array, tokens: jax.Array,
+                    log_probs: jax.Array) -> Computation:
+  """The root Computation [B, 2] with odd's answer and direct answer set to ``tokens`` int32[B, La]
+  (log-probs float32[B, La]) where ``where`` bool[B]; unchanged elsewhere."""
+  swap = lambda field, new: field.at[:, 1].set(jnp.where(where[:, None], new, field[:, 1]))
+  return comp.replace(answer=swap(comp.answer, tokens), direct=swap(comp.direct, tokens),
+                      direct_log_probs=swap(comp.direct_log_probs, log_probs))
+
 class _Rollout:
   """The pieces of one rollout (task, players and config are static; methods are pure)."""
 
@@ -377,10 +386,7 @@ class _Rollout:
     redraw = (~assigned.any(-1) & comp.active[:, 1] & ~comp.called[:, 1]
               & (comp.answer[:, 0] == comp.answer[:, 1]).all(-1))  # bool[B]
     move = odd.answer_excluding(questions, comp.answer[:, 0], key)
-    swap = lambda field, new: field.at[:, 1].set(jnp.where(redraw[:, None], new, field[:, 1]))
-    return comp.replace(answer=swap(comp.answer, move.tokens),
-                        direct=swap(comp.direct, move.tokens),
-                        direct_log_probs=swap(comp.direct_log_probs, move.log_probs))
+    return _with_odd_claim(comp, redraw, move.tokens, move.log_probs)
 
   def explored_odd_claim(self, questions, comp: Computation, assigned, key) -> Computation:
     """Challenger exploration: where neither side is assigned and odd answered directly (H not
@@ -402,10 +408,7 @@ class _Rollout:
     allowed = vocab[None, :] != comp.answer[:, 0]  # [B, V] (La = 1)
     pick = jax.random.categorical(draw_rng, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
     tokens = vocab[pick][:, None]  # [B, 1]
-    log_probs = odd.score_answers(questions, tokens)
-    swap = lambda field, new: field.at[:, 1].set(jnp.where(explore[:, None], new, field[:, 1]))
-    return comp.replace(answer=swap(comp.answer, tokens), direct=swap(comp.direct, tokens),
-                        direct_log_probs=swap(comp.direct_log_probs, log_probs))
+    return _with_odd_claim(comp, explore, tokens, odd.score_answers(questions, tokens))
 
   def after_argument(self, state: GameState, active) -> GameState:
     """Counts an argument made by the ``active`` games, then applies the forced and T_MAX stops
