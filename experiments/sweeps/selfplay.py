@@ -2,6 +2,8 @@
 Arms, three seeds each: plain self-play (the control), contest by construction
 (``debate.distinct_claims``), per-question leave-one-out baselines over four debates of each
 question (``step.advantage=rloo``), both, and the entropy bonus of 0.1 (the earlier remedy).
+Not run as a sweep: single runs of its arms at both levels collapsed (BUILD_NOTES, "What limits
+the estimator"); ``selfplay_leaf.py`` is the three-seed measurement on leaf questions.
 
   python -m amp_debate.sweep --sweep=experiments/sweeps/selfplay.py \
       --config=experiments/configs/default.py:task=permutation,mode=debate,quickstart \
