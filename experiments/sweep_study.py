@@ -36,7 +36,8 @@ FILES = ("results.md", "results.csv", "accuracy.png", "curves.png")
 
 def command(name: str, workdir: str, vmap: int) -> list[str]:
   return [sys.executable, "-m", "amp_debate.sweep", f"--sweep=experiments/sweeps/{name}.py",
-          f"--config={CONFIGS.get(name, CONFIG)}", f"--workdir={os.path.join(workdir, name)}", f"--vmap={vmap}"]
+          f"--config={CONFIGS.get(name, CONFIG)}", f"--workdir={os.path.join(workdir, name)}",
+          f"--vmap={vmap}"]
 
 
 def summaries(sweep_dir: str) -> list[dict]:

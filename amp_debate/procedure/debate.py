@@ -96,8 +96,8 @@ class DebateConfig:
       claim its player's own direct answer), with this probability odd's claim is replaced by a
       uniform draw from the task's answer vocabulary other than even's claim
       (``players.answer_vocabulary``); the policy-gradient row keeps it with M's own log-prob.
-      Without it a policy that is sure of a wrong answer never meets the truth (both claims come
-      from the same sharp distribution) and its gradient, weighted by π(true answer), vanishes.
+      Without it a policy sure of a wrong answer rarely meets the truth (both claims come from the
+      same sharp distribution), so its gradient, weighted by π(true answer), all but vanishes.
   """
 
   t_max: int = 12
@@ -315,6 +315,11 @@ def _empty_transcript(task: Task, batch: int, num_nodes: int) -> Transcript:
       leaf_fooled=z(b, dtype=bool))
 
 
+def _own_odd_claim(comp: Computation, assigned: jax.Array) -> jax.Array:
+  """bool[B]: games where odd's root claim is its player's own direct answer (neither side
+  assigned, H not called in it): the claims ``distinct_claims`` and ``explore_prob`` may replace."""
+  return ~assigned.any(-1) & comp.active[:, 1] & ~comp.called[:, 1]
+
 
 def _with_odd_claim(comp: Computation, where: jax.Array, tokens: jax.Array,
                     log_probs: jax.Array) -> Computation:
@@ -323,6 +328,7 @@ def _with_odd_claim(comp: Computation, where: jax.Array, tokens: jax.Array,
   swap = lambda field, new: field.at[:, 1].set(jnp.where(where[:, None], new, field[:, 1]))
   return comp.replace(answer=swap(comp.answer, tokens), direct=swap(comp.direct, tokens),
                       direct_log_probs=swap(comp.direct_log_probs, log_probs))
+
 
 class _Rollout:
   """The pieces of one rollout (task, players and config are static; methods are pure)."""
@@ -383,8 +389,7 @@ class _Rollout:
     if not hasattr(odd, "answer_excluding"):
       raise ValueError(f"DebateConfig.distinct_claims needs an odd player with answer_excluding "
                        f"(a model debater); got {type(odd).__name__}")
-    redraw = (~assigned.any(-1) & comp.active[:, 1] & ~comp.called[:, 1]
-              & (comp.answer[:, 0] == comp.answer[:, 1]).all(-1))  # bool[B]
+    redraw = _own_odd_claim(comp, assigned) & (comp.answer[:, 0] == comp.answer[:, 1]).all(-1)
     move = odd.answer_excluding(questions, comp.answer[:, 0], key)
     return _with_odd_claim(comp, redraw, move.tokens, move.log_probs)
 
@@ -402,8 +407,8 @@ class _Rollout:
                        f"answers have {self.task.answer_len} tokens")
     coin_rng, draw_rng = jax.random.split(key)
     batch = questions.shape[0]
-    explore = (~assigned.any(-1) & comp.active[:, 1] & ~comp.called[:, 1]
-               & jax.random.bernoulli(coin_rng, self.config.explore_prob, (batch,)))
+    explore = _own_odd_claim(comp, assigned) & jax.random.bernoulli(
+        coin_rng, self.config.explore_prob, (batch,))
     vocab = jnp.asarray(answer_vocabulary(self.task), jnp.int32)  # [V]
     allowed = vocab[None, :] != comp.answer[:, 0]  # [B, V] (La = 1)
     pick = jax.random.categorical(draw_rng, jnp.where(allowed, 0.0, -jnp.inf), axis=-1)
