@@ -273,3 +273,74 @@ def test_the_learned_stop_is_trained_by_hindsight_and_shortens_debates():
   assert fired[~root_leaf].all()
   assert (np.asarray(trained.num_args)[~root_leaf] == 2).all()
   assert (np.asarray(trained.winner) == debate.EVEN_WINS).all()
+
+
+def test_stop_rewards_pay_verdict_changes_and_charge_arguments_after_the_decision():
+  """Hand-built records, two nodes: [YES] earns 0; going on earns 1 if the verdict changed (H's
+  hindsight label false) minus the cost per argument made after the decision (2 + 2r are in when
+  node r's stop is asked); nodes where the stop was not asked earn 0."""
+  t = debate._empty_transcript(TASK, 4, 2)  # pylint: disable=protected-access
+  asked = jnp.array([[True, False], [True, False], [True, True], [False, False]])
+  fired = jnp.array([[True, False], [False, False], [False, False], [False, False]])
+  label = jnp.array([[False, False], [True, False], [False, True], [False, False]])
+  t = t.replace(stop_asked=asked, stop_fired=fired, stop_labelled=asked & ~fired,
+                stop_label=label & asked & ~fired)
+  num_args = jnp.array([2, 4, 6, 0], jnp.int32)
+  got = np.asarray(credit.stop_rewards(t, num_args, 0.25))
+  want = np.array([[0.0, 0.0],                 # stopped at the root
+                   [-0.5, 0.0],                # went on 2 arguments, same verdict
+                   [1.0 - 1.0, -0.25 * 2],     # root: 4 after, verdict changed; node 1: 2 after
+                   [0.0, 0.0]])                # never asked
+  np.testing.assert_allclose(got, want)
+
+
+def test_rl_credit_with_an_argument_cost_teaches_the_stop_to_fire_where_going_on_changes_nothing():
+  """Planted case of the hindsight test above (honest oracle against a consistent liar, judged by
+  Amp′(H, oracle): going on never changes the verdict), trained by the policy gradient on the
+  stop's own sampled decisions (``stop_rows``, ``stop_rewards``) instead of distillation. With a
+  cost per argument the stop learns to fire at the root; the control without a cost (every
+  decision's reward 0) leaves it where it was: the cost is what moves it."""
+  config = debate.DebateConfig(t_max=2 + 2 * TASK.max_difficulty, learned_stop=True)
+  oracle, liar = players.OracleDebater(TASK), players.LiarDebater(TASK, consistent=True)
+  questions = TASK.sample(jax.random.key(5), BATCH, difficulty=2).questions
+  deep = ~np.asarray(TASK.batch_is_leaf(questions))
+
+  @jax.jit
+  def play(params, rng):
+    stopper = model_player.ModelDebater(MODEL, params, TASK, temperature=1.0)
+    return debate.rollout(TASK, oracle, liar, questions, rng, config, stopper=stopper,
+                          judge=oracle, force_contest=False,
+                          assigned=jnp.ones((BATCH,), jnp.int32))
+
+  def loss(p, rows, adv):
+    flat = rows.flatten()
+    logp = MODEL.log_prob(p, flat.prompts, flat.tokens, answer_mask=flat.mask).reshape(
+        rows.tokens.shape)
+    return losses.policy_gradient_loss(logp, rows.log_probs, rows.mask, rows.active, adv, 0.2)[0]
+
+  tx = optax.adam(1e-2)
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def train_step(p, opt, cost, rng):
+    game, transcript = play(p, rng)
+    rows = credit.stop_rows(TASK, transcript)
+    adv = losses.advantages(credit.stop_rewards(transcript, game.num_args, cost), rows.active,
+                            "baseline")
+    updates, opt = tx.update(jax.grad(loss)(p, rows, adv), opt)
+    return optax.apply_updates(p, updates), opt
+
+  def root_fire_rate(p):
+    _, transcript = play(p, jax.random.key(99))
+    return float(np.asarray(transcript.stop_fired)[deep, 0].mean())
+
+  params = MODEL.init(jax.random.key(7))
+  before = root_fire_rate(params)
+  assert before < 0.5
+  rates = {}
+  for cost in (0.0, 0.2):
+    p, opt = params, tx.init(params)
+    for i in range(40):
+      p, opt = train_step(p, opt, cost, jax.random.key(100 + i))
+    rates[cost] = root_fire_rate(p)
+  assert rates[0.2] > 0.9, rates
+  assert abs(rates[0.0] - before) < 0.1, (before, rates)

@@ -305,3 +305,30 @@ def test_entropy_bonus_is_the_weighted_mean_entropy_over_valid_tokens():
   peaked = logits.at[1, 0, 0].set(2.0)
   grad = jax.grad(lambda l: losses.entropy_bonus(l, token_mask, turn_mask))(peaked)
   assert float(grad[1, 0, 0]) < 0 < float(grad[1, 0, 1])  # the dominant logit goes down
+
+
+def test_anchor_kl_is_the_weighted_mean_kl_to_the_reference_and_pulls_toward_it():
+  vocab = 4
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(2, 3, vocab)), jnp.float32)
+  ref = jnp.asarray(rng.normal(size=(2, 3, vocab)), jnp.float32)
+  token_mask = jnp.array([[True, False, True], [True, True, False]])
+  turn_mask = jnp.array([True, True])
+  weights = jnp.array([[0.5, 0.0, 0.5], [1.0, 2.0, 0.0]], jnp.float32)
+  p = jax.nn.softmax(logits / 2.0, -1)
+  q = jax.nn.softmax(ref / 2.0, -1)
+  kl = np.asarray((p * (jnp.log(p) - jnp.log(q))).sum(-1))
+  w = np.where(np.asarray(token_mask), np.asarray(weights), 0.0)
+  got = losses.anchor_kl(logits, ref, token_mask, turn_mask, 2.0, token_weights=weights)
+  np.testing.assert_allclose(float(got), (w * kl).sum() / w.sum(), rtol=1e-5)
+  # Zero at the reference; a masked row counts for nothing, whatever it holds.
+  assert abs(float(losses.anchor_kl(ref, ref, token_mask, turn_mask))) < 1e-6
+  only_first = losses.anchor_kl(logits.at[1].set(jnp.nan), ref, token_mask,
+                                jnp.array([True, False]))
+  assert np.isfinite(float(only_first))
+  # Descent on it moves M's distributions toward the reference's; the reference gets no gradient.
+  g_logits, g_ref = jax.grad(losses.anchor_kl, argnums=(0, 1))(logits, ref, token_mask, turn_mask)
+  assert not np.asarray(g_ref).any()
+  moved = logits - 1.0 * g_logits
+  assert float(losses.anchor_kl(moved, ref, token_mask, turn_mask)) < float(
+      losses.anchor_kl(logits, ref, token_mask, turn_mask))

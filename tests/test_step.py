@@ -222,6 +222,10 @@ def test_bad_step_config_names_the_field():
     step_lib.StepConfig(debates_per_question=3)
   with pytest.raises(ValueError, match="StepConfig.debates_per_question must be >= 2 with advantage='rloo'"):
     step_lib.StepConfig(advantage="rloo")
+  with pytest.raises(ValueError, match="StepConfig.stop_cost.*needs debate.learned_stop"):
+    step_lib.StepConfig(stop_cost=0.1, debate=debate.DebateConfig(learned_stop=False))
+  with pytest.raises(ValueError, match="StepConfig.stop_cost must be >= 0"):
+    step_lib.StepConfig(stop_cost=-0.5)
   tx = combine.chain(combine.make("shaped"), clip_norm=1.0, optimizer=optax.sgd(0.1))
   with pytest.raises(ValueError, match="StepConfig.advantage.*shaped"):
     step_lib.build_train_step(TASK, MODEL, tx, step_lib.StepConfig(
@@ -339,3 +343,55 @@ def test_a_learning_rate_sweep_compiles_the_step_once():
   sgd_state = step_lib.init_state(TASK, MODEL, _program("weighted")[0], config, jax.random.key(0))
   with pytest.raises(ValueError, match="needs an optimiser built with optax.inject_hyperparams"):
     step_lib.with_hparams(sgd_state, learning_rate=1e-3)
+
+
+def test_rl_credit_for_the_stop_reaches_the_update():
+  """``stop_cost``: the learned stop's sampled decisions join the policy rows (one row each, with
+  their own baseline); on the same games (the rollout does not depend on it) the update differs
+  from the step without it, and the decisions are counted. tests/test_credit.py shows the direction
+  (a cost teaches the stop to fire where going on changes no verdict)."""
+  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
+                     clip_norm=1.0, optimizer=optax.sgd(0.1))
+  results = {}
+  for cost in (None, 0.1):
+    config = tiny.step_config(dict(call_prob=0.0, assign_prob=0.0), stop_cost=cost)
+    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
+    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+    results[cost] = jax.device_get(train_step(state, jax.random.key(3)))
+  (plain_state, plain), (credited_state, credited) = results[None], results[0.1]
+  assert float(plain["win/even"]) == float(credited["win/even"])
+  assert "stop/rl_rows" not in plain and float(credited["stop/rl_rows"]) > 0
+  assert np.isfinite(float(credited["stop/rl_reward"]))
+  gap = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), plain_state.params,
+                                     credited_state.params))
+  assert max(gap) > 1e-6
+
+
+def test_the_kl_anchor_keeps_m_nearer_its_start():
+  """``kl_anchor``: the state keeps M at step 0 as the reference (unchanged by the steps), the
+  step reports KL(M ‖ reference) on the sampled positions, and a strong anchor keeps M nearer its
+  start than the same steps without it (same games at the first step, same optimiser)."""
+  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
+                     clip_norm=1.0, optimizer=optax.adam(3e-3))
+  out = {}
+  for weight in (0.0, 3.0):
+    config = tiny.step_config(dict(call_prob=0.0, assign_prob=0.0, distinct_claims=True),
+                              kl_anchor=weight, entropy_coef=0.0)
+    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
+    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+    start = jax.device_get(state.params)
+    assert (state.anchor_params is None) == (weight == 0)
+    history = []
+    for i in range(12):
+      state, metrics = train_step(state, jax.random.key(10 + i))
+      history.append(jax.device_get(metrics))
+    distance = np.sqrt(sum(float(np.sum((np.asarray(a) - np.asarray(b)) ** 2)) for a, b in zip(
+        jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(start))))
+    out[weight] = (distance, history, jax.device_get(state))
+  (free, free_history, _), (anchored, history, state) = out[0.0], out[3.0]
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(state.anchor_params),
+               jax.tree.leaves(jax.device_get(step_lib.init_state(
+                   TASK, MODEL, tx, tiny.step_config(kl_anchor=3.0), jax.random.key(0)).params)))
+  assert "pg/anchor_kl" not in free_history[-1]
+  assert float(history[0]["pg/anchor_kl"]) < 1e-6 < float(history[-1]["pg/anchor_kl"])
+  assert anchored < 0.9 * free, (anchored, free)

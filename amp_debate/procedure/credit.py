@@ -194,6 +194,42 @@ def argument_rewards(winner: jax.Array, rows: Rows, num_nodes: int) -> tuple[jax
   return rewards, has_tokens
 
 
+def stop_rows(task: Task, transcript: debate.Transcript) -> Rows:
+  """The learned stop's sampled decisions as policy Rows [B, R]: STOP(n, claims) -> the token
+  M_target sampled there ([YES] stops) with its recorded log-prob, where the stop was asked.
+  Decisions on evaluation-part nodes are masked out, as their hindsight labels are."""
+  claims = transcript.claims
+  prompts = _prompts(protocol.stop_prompt, task, transcript.nodes, claims[:, :, 0],
+                     claims[:, :, 1])
+  rows = _rows(task, prompts, transcript.nodes, transcript.stop_tokens[..., None],
+               transcript.stop_asked, transcript.stop_log_probs[..., None])
+  return _training_part_only(rows)
+
+
+def stop_rewards(transcript: debate.Transcript, num_args: jax.Array,
+                 cost: float | jax.Array) -> jax.Array:
+  """float32[B, R]: the RL reward of each learned-stop decision (0 where none was asked).
+
+  [YES] at node r: 0 (the debate ends there). Any other token (the debate goes on): 1 if going on
+  changed the verdict (H's hindsight: stopping at r would have given another verdict than the one
+  the debate reached, ``Transcript.stop_label`` false) minus ``cost`` per argument made after the
+  decision (the stop at node r is asked once 2 + 2r arguments are in). So E[R | go on] −
+  E[R | stop] = P(the verdict changes) − cost · E[arguments after]: the stop learns to fire where
+  going on changes no verdict, from quantities pure debate has (H's leaf verdicts and the amplified
+  judge's), no ground truth.
+
+  Args:
+    transcript: the debates (R nodes); num_args: int32[B] arguments each debate made in all.
+    cost: per-argument cost >= 0.
+  """
+  chex.assert_rank(num_args, 1)
+  nodes = transcript.stop_asked.shape[1]
+  after = jnp.maximum(num_args[:, None] - (2 + 2 * jnp.arange(nodes))[None, :], 0)
+  changed = transcript.stop_labelled & ~transcript.stop_label
+  go_on = changed.astype(jnp.float32) - cost * after.astype(jnp.float32)
+  return jnp.where(transcript.stop_labelled, go_on, 0.0).astype(jnp.float32)
+
+
 def side_outcomes(winner: jax.Array) -> jax.Array:
   """float32[B, 2]: each side's game outcome, +1 won, -1 lost, 0 draw, from winner int32[B]."""
   side = jnp.arange(2)[None, :]

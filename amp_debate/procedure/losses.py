@@ -196,6 +196,36 @@ def entropy_bonus(logits: jax.Array, token_mask: jax.Array, turn_mask: jax.Array
   return (jnp.sum(weights * entropy) / jnp.maximum(jnp.sum(weights), 1e-9)).astype(jnp.float32)
 
 
+def anchor_kl(logits: jax.Array, ref_logits: jax.Array, token_mask: jax.Array,
+              turn_mask: jax.Array, temperature: float | jax.Array = 1.0,
+              token_weights: jax.Array | None = None) -> jax.Array:
+  """float32[]: the mean KL(π_M ‖ π_ref) of the next-token distributions at the sampled positions.
+
+  Added (times a coefficient) to the policy loss, it anchors M to a reference policy (the KL
+  anchor of DESIGN.md section 3: a collapsed self-play policy is pulled back toward one that
+  still spreads its claims). The reference is not differentiated.
+
+  Args:
+    logits, ref_logits: float32[..., L, V] M's and the reference's logits at the argument
+      positions (teacher forced).
+    token_mask, turn_mask, token_weights, temperature: as in ``entropy_bonus``.
+  Returns:
+    Σ w·KL / Σ w over valid tokens; 0 when there are none.
+  """
+  chex.assert_equal_shape([logits, ref_logits])
+  chex.assert_rank(logits, token_mask.ndim + 1)
+  _check_tokens(turn_mask, token_mask)
+  mask = token_mask & turn_mask[..., None]
+  weights = jnp.ones(mask.shape, jnp.float32) if token_weights is None else token_weights
+  weights = jnp.where(mask, jax.lax.stop_gradient(weights), 0.0)
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+  log_q = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits).astype(jnp.float32) / temperature,
+                             axis=-1)
+  kl = (jnp.exp(log_p) * (log_p - log_q)).sum(-1)
+  kl = jnp.where(mask, kl, 0.0)
+  return (jnp.sum(weights * kl) / jnp.maximum(jnp.sum(weights), 1e-9)).astype(jnp.float32)
+
+
 # ---- distillation toward Amp′(H, M_target) ------------------------------------------------------
 def distillation_loss(logp_targets: jax.Array, mask: jax.Array) -> jax.Array:
   """float32[]: cross-entropy of M on the Amp′(H, M_target) answer tokens.

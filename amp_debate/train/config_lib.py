@@ -75,6 +75,7 @@ _CONFIG_FIELD = {owned: name for name, owned in OWNED.items()}
 # fields are awkward); the builders translate them, and errors recall them.
 _SENTINELS = {"debate.confidence_threshold": "< 0: no confidence rule",
               "debate.force_stop_after": "0: never", "step.target_period": "0: Polyak averaging",
+              "step.stop_cost": "< 0: no RL credit for the stop",
               "safety.adversary.weight": "0: no adversary",
               **{f"model.{k}": "0: the preset's" for k in _MODEL_SIZES}}
 
@@ -324,6 +325,7 @@ def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
             "confidence_threshold": _none_if(d.confidence_threshold, lambda v: v < 0),
             "force_stop_after": _none_if(d.force_stop_after, lambda v: v == 0)}),
         "curriculum": curriculum.CurriculumConfig(**config.curriculum),
+        "stop_cost": _none_if(s.stop_cost, lambda v: v < 0),
         "target_period": target_period,
         "target_ema": None if target_period is not None else s.target_ema,
         # The overseer watches for the judge flaw's exploit: only where there is a flaw.

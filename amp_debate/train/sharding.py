@@ -159,7 +159,7 @@ def state_shardings(mesh: Mesh, abstract_state: Any, model: LanguageModel,
   """NamedShardings shaped like ``abstract_state`` (a ``step.TrainState`` of ShapeDtypeStructs,
   from ``jax.eval_shape(init_fn, rng)``).
 
-  params, target_params: by the model's logical axes. opt_state: every copy of the parameter
+  params, target_params (and the KL anchor's anchor_params): by the model's logical axes. opt_state: every copy of the parameter
   tree inside it (found by ``optax.tree_map_params``, e.g. Adam's mu and nu) sharded like the
   params where the leaf has the parameter's shape; all other leaves (counts, combination
   weights, Lagrange multiplier, factored statistics) replicated. step, curriculum: replicated.
@@ -180,7 +180,8 @@ def state_shardings(mesh: Mesh, abstract_state: Any, model: LanguageModel,
       transform_non_params=lambda _: rep)
   return abstract_state.replace(
       step=rep, params=params, target_params=params, opt_state=opt_state,
-      curriculum=jax.tree.map(lambda _: rep, abstract_state.curriculum))
+      curriculum=jax.tree.map(lambda _: rep, abstract_state.curriculum),
+      anchor_params=None if abstract_state.anchor_params is None else params)
 
 
 def init_sharded_state(init_fn: Callable[[jax.Array], Any], mesh: Mesh, shardings: Any,

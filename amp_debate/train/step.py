@@ -78,6 +78,15 @@ class StepConfig:
       (``target.update_target``).
     entropy_coef: weight of the entropy bonus on the sampled positions, subtracted from the
       policy loss (0: none, and no full-logit pass).
+    kl_anchor: weight of the KL anchor (issue 28; 0: none, no reference pass): KL(π_M ‖ π_ref) at
+      the sampled positions (``losses.anchor_kl``), added to the policy loss; π_ref is M as it
+      was at step 0 (the fresh init, or the ``init_from`` checkpoint), kept in the state
+      (``TrainState.anchor_params``).
+    stop_cost: RL credit for the learned stop (issue 28; None: its decisions get no policy
+      gradient, only the hindsight distillation): every decision M_target sampled is a policy row
+      with reward ``credit.stop_rewards`` (0 for [YES]; for [NO], 1 if continuing changed the
+      verdict minus ``stop_cost`` per argument made after it), so that the stop learns where λ_sup
+      is 0. Needs ``debate.learned_stop``; not with the overseer.
     distill_subquestions: one more Amp′ pass gives distillation targets for every subquestion posed.
     pack_width: > 0: the gradient passes sort each game's rows real-first and score them in
       chunks of this many row slots per game, only the chunks that hold a real row
@@ -109,6 +118,8 @@ class StepConfig:
   target_period: int | None = None
   target_ema: float | None = 0.9
   entropy_coef: float = 0.0
+  kl_anchor: float = 0.0
+  stop_cost: float | None = None
   distill_subquestions: bool = True
   pack_width: int = 1
   update_epochs: int = 1
@@ -124,7 +135,8 @@ class StepConfig:
         curriculum=checks.of_type(curriculum.CurriculumConfig),
         temperature=model_player.TEMPERATURE, clip_eps=losses.CLIP_EPS,
         advantage=losses.ADVANTAGE_KIND,
-        entropy_coef=checks.number(0.0),
+        entropy_coef=checks.number(0.0), kl_anchor=checks.number(0.0),
+        stop_cost=checks.optional(checks.number(0.0)),
         distill_subquestions=checks.boolean, pack_width=checks.integer(0),
         update_epochs=checks.integer(1), num_minibatches=checks.integer(1),
         debates_per_question=checks.integer(1),
@@ -138,6 +150,14 @@ class StepConfig:
       raise checks.FieldError(type(self).__name__, "debates_per_question",
                               f"must divide batch_size={self.batch_size}, got "
                               f"{self.debates_per_question}")
+    if self.stop_cost is not None and not self.debate.learned_stop:
+      raise checks.FieldError(type(self).__name__, "stop_cost",
+                              "credits the learned stop's decisions: it needs "
+                              "debate.learned_stop=True")
+    if self.stop_cost is not None and self.overseer is not None:
+      raise checks.FieldError(type(self).__name__, "stop_cost",
+                              "is not supported with the overseer (debate.p_flaw > 0) yet: the "
+                              "review's targets follow the debaters' rows only")
     if self.advantage == "rloo" and self.debates_per_question < 2:
       raise checks.FieldError(type(self).__name__, "debates_per_question",
                               "must be >= 2 with advantage='rloo' (the leave-one-out baseline "
@@ -149,13 +169,16 @@ class StepConfig:
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a checkpoint needs (besides the config): step, M, M_target, optimiser, curriculum."""
+  """Everything a checkpoint needs (besides the config): step, M, M_target, optimiser, curriculum,
+  and with ``StepConfig.kl_anchor`` the reference policy's parameters (None otherwise: no leaves,
+  so checkpoints without the anchor are unchanged)."""
 
   step: jax.Array
   params: Any
   target_params: Any
   opt_state: Any
   curriculum: curriculum.CurriculumState
+  anchor_params: Any = None
 
 
 def init_state(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
@@ -171,7 +194,9 @@ def init_state(task: Task, model: LanguageModel, tx: optax.GradientTransformatio
   params = model.init(rng)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      target_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
-                     curriculum=curriculum.init(config.curriculum, task.max_difficulty))
+                     curriculum=curriculum.init(config.curriculum, task.max_difficulty),
+                     anchor_params=(jax.tree.map(jnp.copy, params) if config.kl_anchor > 0
+                                    else None))
   return with_hparams(state, **hparams) if hparams else state
 
 
@@ -255,7 +280,7 @@ def skips_policy_pass(config: StepConfig) -> bool:
   (``force_stop_after=1``) have no winner, so zero rewards and an exactly zero policy gradient,
   and nothing else reads the pass (no entropy bonus, no catastrophe penalty, no overseer)."""
   return (config.debate.force_stop_after == 1 and config.entropy_coef == 0
-          and not penalises(config) and config.overseer is None)
+          and config.kl_anchor == 0 and not penalises(config) and config.overseer is None)
 
 
 def penalises(config: StepConfig) -> bool:
@@ -266,7 +291,7 @@ def penalises(config: StepConfig) -> bool:
   return config.catastrophe is not losses.never_catastrophic
 
 
-def _gradient_fn(model: LanguageModel, config: StepConfig):
+def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = None):
   """``gradients(params, policy, drows) -> (grads, values, pg_metrics)``: each objective's loss
   and gradient over the given games' rows.
 
@@ -274,7 +299,8 @@ def _gradient_fn(model: LanguageModel, config: StepConfig):
   "weights": float32[b, G, L] (``credit.token_weights``), with an overseer also "flags":
   bool[b, G] (the catastrophe penalty's) and "review" (``overseer.review_targets``: the review's
   cross-entropy joins the catastrophe loss)}; ``drows``: distillation Rows
-  [b, G']. With ``config.pack_width`` each game's real rows are scored first, in chunks of that
+  [b, G']. ``anchor_params``: the KL anchor's reference (with ``config.kl_anchor``).
+  With ``config.pack_width`` each game's real rows are scored first, in chunks of that
   many slots, only the chunks holding one (``procedure.packing``); every loss is a ratio of sums
   over rows and a chunk contributes its loss times its share of the denominator, so the sum over
   chunks is the loss over all rows.
@@ -298,7 +324,8 @@ def _gradient_fn(model: LanguageModel, config: StepConfig):
       flat = rows.flatten()
       prompts = _safe_prompts(flat.prompts)
       shape = rows.tokens.shape
-      if config.entropy_coef > 0:  # static: the full logits are needed only for the entropy
+      full = config.entropy_coef > 0 or config.kl_anchor > 0
+      if full:  # static: the full logits are needed only for the entropy and the anchor
         logits = model.answer_logits(params, prompts, flat.tokens)  # [N, L, V]
         logp = token_log_probs(logits, flat.tokens, config.temperature)
         logp = jnp.where(flat.mask, logp, 0.0).reshape(shape)
@@ -318,6 +345,13 @@ def _gradient_fn(model: LanguageModel, config: StepConfig):
                                        token_weights=chunk["weights"])
         rl = rl - config.entropy_coef * entropy
         pg_metrics = {**pg_metrics, "entropy": entropy * by_weight}
+      if config.kl_anchor > 0:
+        ref_logits = model.answer_logits(anchor_params, prompts, flat.tokens)
+        kl = losses.anchor_kl(logits.reshape(shape + logits.shape[-1:]),
+                              ref_logits.reshape(shape + ref_logits.shape[-1:]), rows.mask,
+                              rows.active, config.temperature, token_weights=chunk["weights"])
+        rl = rl + config.kl_anchor * kl
+        pg_metrics = {**pg_metrics, "anchor_kl": kl * by_weight}
       values = {"rl": rl * by_weight}
       if "review" in chunk:  # the overseer's own training, from H's audits
         review = overseer_lib.review_loss(model, params, chunk["review"], audits)
@@ -484,7 +518,22 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     if oversight is not None:
       policy["flags"] = oversight.flags.reshape(batch_size, -1)
       policy["review"] = overseer_lib.review_targets(task, prows, oversight)
-    gradients = _gradient_fn(model, config)
+    stop_metrics = {}
+    if config.stop_cost is not None:
+      # The learned stop's decisions join the policy rows, one row (weight 1) per decision, with
+      # their own baseline over the batch's decisions (a per-question one has no meaning here).
+      srows = credit.stop_rows(task, transcript)  # [B, R]
+      s_rewards = credit.stop_rewards(transcript, game.num_args, config.stop_cost)
+      s_adv = losses.advantages(s_rewards, srows.active,
+                                "normalize" if config.advantage == "rloo" else config.advantage)
+      policy = {"rows": credit.concat([policy["rows"], srows], axis=1),
+                "adv": jnp.concatenate([policy["adv"], s_adv], axis=1),
+                "weights": jnp.concatenate([policy["weights"], srows.mask.astype(jnp.float32)],
+                                           axis=1)}
+      asked = jnp.maximum(srows.active.sum(), 1)
+      stop_metrics = {"stop/rl_reward": jnp.where(srows.active, s_rewards, 0.0).sum() / asked,
+                      "stop/rl_rows": srows.active.sum() / batch_size}
+    gradients = _gradient_fn(model, config, state.anchor_params)
     if config.adversary is not None:
       gradients = _with_adversary(gradients, model, config,
                                   model_player.answer_prompts(task, batch.questions),
@@ -563,9 +612,11 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         "pg/advantage_mean": (row_adv * prows.active).sum() / jnp.maximum(prows.active.sum(), 1),
         **{f"grad_norm/{k}": v for k, v in grad_norms.items()},
         **({} if oversight is None else overseer_lib.metrics(oversight)),
+        **stop_metrics,
     }
     new_state = TrainState(step=step, params=params, target_params=target_params,
-                           opt_state=opt_state, curriculum=curriculum_state)
+                           opt_state=opt_state, curriculum=curriculum_state,
+                           anchor_params=state.anchor_params)
     return new_state, metrics
 
   return train_step
@@ -614,7 +665,8 @@ def build_supervised_step(task: Task, model: LanguageModel, tx: optax.GradientTr
             -1).mean(),
     }
     new_state = TrainState(step=step, params=params, target_params=target_params,
-                           opt_state=opt_state, curriculum=curriculum_state)
+                           opt_state=opt_state, curriculum=curriculum_state,
+                           anchor_params=state.anchor_params)
     return new_state, metrics
 
   return train_step

@@ -580,12 +580,14 @@ def starting_params(config: ml_collections.ConfigDict, abstract_params: Any) -> 
 
 def _start_from(state: step_lib.TrainState, start: Mapping[str, Any],
                 shardings: Any) -> step_lib.TrainState:
-  """A fresh state with M and M_target set to ``start["params"]`` and the KL budget's anchor to
-  ``start["anchor"]`` where given (``starting_params``), each sharded like the params. Each gets
-  its own copy: the step donates the state, and one buffer cannot be donated twice."""
+  """A fresh state with M and M_target (and the KL anchor's reference, if any) set to
+  ``start["params"]`` and the KL budget's anchor to ``start["anchor"]`` where given
+  (``starting_params``), each sharded like the params. Each gets its own copy: the step donates the state, and one buffer cannot be donated twice."""
   put = lambda params: jax.tree.map(jnp.copy, jax.device_put(params, shardings.params))
   if "params" in start:
     state = state.replace(params=put(start["params"]), target_params=put(start["params"]))
+    if state.anchor_params is not None:  # the KL anchor's reference is M at step 0
+      state = state.replace(anchor_params=put(start["params"]))
   if "anchor" in start:
     state = state.replace(opt_state=kl_budget.set_anchor(state.opt_state, put(start["anchor"])))
   return state

@@ -186,6 +186,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Entropy bonus on the sampled argument tokens (0: none): keeps self-play from collapsing onto
   # one answer, where every game is a draw and the policy gradient vanishes.
   c.step.entropy_coef = 0.0
+  # KL anchor (issue 28): weight of KL(M ‖ M at step 0) at the sampled argument positions, added
+  # to the policy loss (0: none). The reference is the fresh init, or the init_from checkpoint.
+  c.step.kl_anchor = 0.0
+  # RL credit for the learned stop (issue 28; needs debate.learned_stop): each sampled decision
+  # is rewarded 0 for stopping, and for going on 1 if that changed the verdict minus this cost per
+  # argument made after it (credit.stop_rewards), so the stop learns in pure debate too.
+  # < 0: no RL credit (the stop learns only from the hindsight labels, by distillation).
+  c.step.stop_cost = -1.0
   # "rloo": leave-one-out baseline per question and seat over debates_per_question debates of
   # each question (issue 28); the others baseline over the whole batch.
   c.step.advantage = "normalize"

@@ -3,7 +3,8 @@ debate (λ_sup = 0, H never in a claim) on level 0 alone (leaf questions: H answ
 decided game's winner is the side whose claim is true), on-policy (M_target = M: no importance
 ratio, no clipping), no assigned claims, 1,000 steps, three seeds. Arms: plain self-play (the
 control), contest by construction (``debate.distinct_claims``), contest plus challenger exploration
-(``debate.explore_prob`` 0.25), and supervised training on the same questions (the reference).
+(``debate.explore_prob`` 0.25), supervised training on the same questions (the reference), and an
+entropy bonus of 0.1 (``step.entropy_coef``) alone and with contest by construction.
 
   python -m amp_debate.sweep --sweep=experiments/sweeps/selfplay_leaf.py \
       --config=experiments/configs/default.py:task=permutation,mode=debate,quickstart \
@@ -16,7 +17,10 @@ LEAF = {"curriculum.kind": "fixed", "curriculum.steps_per_level": 100_000,
         "debate.assign_prob": 0.0, "step.target_ema": 0.0, "num_steps": 1000,
         "eval.debates": False}
 DISTINCT = {"debate.distinct_claims": True}
-ARMS = ({}, DISTINCT, {**DISTINCT, "debate.explore_prob": 0.25}, {"mode": "supervised"})
+ENTROPY = {"step.entropy_coef": 0.1}
+# The entropy arms come last so that the first four keep their run indices (and workdirs).
+ARMS = ({}, DISTINCT, {**DISTINCT, "debate.explore_prob": 0.25}, {"mode": "supervised"},
+        ENTROPY, {**DISTINCT, **ENTROPY})
 
 
 def get_sweep():
