@@ -481,7 +481,7 @@ def aggregate(runs: list[Run], workdir: str, title: str) -> str:
     lines += ["Every run also sets: " + ", ".join(f"`{k}={v}`" for k, v in constant.items()), ""]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(cells(r, varying)) + " |" for r in rows]
-  plots = _plot(runs, rows, levels, workdir)
+  plots = _plot(runs, rows, levels, workdir, varying)
   lines += [""] + [f"![{name}]({name})" for name in plots]
   text = "\n".join(lines) + "\n"
   with open(os.path.join(workdir, "results.md"), "w") as f:
@@ -489,7 +489,15 @@ def aggregate(runs: list[Run], workdir: str, title: str) -> str:
   return text
 
 
-def _plot(runs, rows, levels, workdir) -> list[str]:
+def _label(overrides: dict, varying: list[str], seed) -> str:
+  """A run's label in the plots: only the overrides that vary across the sweep (the rest are the
+  same for every bar), short names, and the seed; e.g. ``distinct_claims=True,seed=1``, or
+  ``base,seed=0`` for a run that sets none of them."""
+  parts = [f"{k.rsplit('.', 1)[-1]}={overrides[k]}" for k in varying if k in overrides]
+  return ",".join((parts or ["base"]) + [f"seed={seed}"])
+
+
+def _plot(runs, rows, levels, workdir, varying=()) -> list[str]:
   try:
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -505,7 +513,8 @@ def _plot(runs, rows, levels, workdir) -> list[str]:
       ax.bar([i + j * width for i in range(len(done))], [r.get(key, 0.0) for r in done], width,
              label=key.rsplit("/", 1)[1])
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(done))],
-                  [r["name"][:40] for r in done], rotation=30, ha="right", fontsize="small")
+                  [_label(r["overrides"], varying, r.get("seed"))[:48] for r in done],
+                  rotation=30, ha="right", fontsize="small")
     ax.set_ylim(0, 1)
     ax.set_ylabel("held-out accuracy (M, greedy)")
     ax.legend(title="level")
@@ -518,7 +527,7 @@ def _plot(runs, rows, levels, workdir) -> list[str]:
       points = [(r["step"], r["eval/accuracy/model/mean"]) for r in metrics_io.read_jsonl(path)
                 if "eval/accuracy/model/mean" in r]
       if points:
-        curves.append((run.name, points))
+        curves.append((_label(run.overrides, varying, run.config.seed), points))
   if curves:
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()

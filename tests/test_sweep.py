@@ -202,3 +202,10 @@ def test_shipped_sweeps_build_on_every_task_at_runlocal(name, tmp_path):
     assert len(runs) == expected
     assert {r.config.task for r in runs} == {task}
     assert len({r.name for r in runs}) == expected
+
+
+def test_plot_labels_name_only_what_varies_across_the_sweep():
+  varying = ["debate.distinct_claims", "step.entropy_coef"]
+  overrides = {"curriculum.kind": "fixed", "debate.distinct_claims": True, "seed": 2}
+  assert sweep._label(overrides, varying, 2) == "distinct_claims=True,seed=2"  # pylint: disable=protected-access
+  assert sweep._label({"curriculum.kind": "fixed"}, varying, 0) == "base,seed=0"  # pylint: disable=protected-access

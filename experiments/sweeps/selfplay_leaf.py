@@ -4,7 +4,8 @@ decided game's winner is the side whose claim is true), on-policy (M_target = M:
 ratio, no clipping), no assigned claims, 1,000 steps, three seeds. Arms: plain self-play (the
 control), contest by construction (``debate.distinct_claims``), contest plus challenger exploration
 (``debate.explore_prob`` 0.25), supervised training on the same questions (the reference), and an
-entropy bonus of 0.1 (``step.entropy_coef``) alone and with contest by construction.
+entropy bonus of 0.1 (``step.entropy_coef``) alone and with contest by construction, and a KL anchor
+of 0.1 to M at step 0 (``step.kl_anchor``) alone.
 
   python -m amp_debate.sweep --sweep=experiments/sweeps/selfplay_leaf.py \
       --config=experiments/configs/default.py:task=permutation,mode=debate,quickstart \
@@ -18,9 +19,9 @@ LEAF = {"curriculum.kind": "fixed", "curriculum.steps_per_level": 100_000,
         "eval.debates": False}
 DISTINCT = {"debate.distinct_claims": True}
 ENTROPY = {"step.entropy_coef": 0.1}
-# The entropy arms come last so that the first four keep their run indices (and workdirs).
+# Arms added later come last, so that the earlier ones keep their run indices (and workdirs).
 ARMS = ({}, DISTINCT, {**DISTINCT, "debate.explore_prob": 0.25}, {"mode": "supervised"},
-        ENTROPY, {**DISTINCT, **ENTROPY})
+        ENTROPY, {**DISTINCT, **ENTROPY}, {"step.kl_anchor": 0.1})
 
 
 def get_sweep():
