@@ -317,3 +317,35 @@ def test_close_waits_for_the_async_save(tmp_path):
     ckpt.save(1, _state(), config=CONFIG)
   assert (tmp_path / "1" / "commit_success.txt").exists()
   ckpt.close()  # idempotent
+
+
+@flax.struct.dataclass
+class _Before:
+  step: Any
+  params: Any
+
+
+@flax.struct.dataclass
+class _After:  # _Before plus an optional part (as TrainState gained the KL anchor's parameters)
+  step: Any
+  params: Any
+  extra: Any = None
+
+
+def test_a_state_that_gained_an_optional_field_restores_checkpoints_written_before_it(tmp_path):
+  params = {"w": jnp.arange(6.0).reshape(2, 3)}
+  with Checkpointer(str(tmp_path / "old")) as ckpt:
+    ckpt.save(1, {"state": _Before(step=jnp.int32(1), params=params)}, config={"a": 1})
+  abstract = jax.eval_shape(lambda: {"state": _After(step=jnp.int32(0), params=params)})
+  with Checkpointer(str(tmp_path / "old")) as ckpt:
+    restored, _ = ckpt.restore(abstract)
+  assert isinstance(restored["state"], _After) and restored["state"].extra is None
+  np.testing.assert_array_equal(restored["state"].params["w"], params["w"])
+  # With the optional part on, it is saved and restored like any other field.
+  on = {"state": _After(step=jnp.int32(2), params=params, extra={"w": params["w"] + 1})}
+  with Checkpointer(str(tmp_path / "new")) as ckpt:
+    ckpt.save(2, on, config={"a": 1})
+  with Checkpointer(str(tmp_path / "new")) as ckpt:
+    back, _ = ckpt.restore(jax.eval_shape(lambda: on))
+  np.testing.assert_array_equal(back["state"].extra["w"], params["w"] + 1)
+  assert int(back["state"].step) == 2

@@ -45,6 +45,7 @@ ones. This module itself only reads files (metrics JSON, commit markers).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -117,6 +118,39 @@ def _to_json(value: Any, what: str) -> Any:
                           f"which JSON cannot hold; pass plain values (e.g. config.to_dict())")
 
   return walk(value, "")
+
+
+def _dataclass_with_none(x: Any) -> bool:
+  return (dataclasses.is_dataclass(x) and not isinstance(x, type)
+          and any(getattr(x, f.name) is None for f in dataclasses.fields(x)))
+
+
+def _without_none_fields(tree: Any) -> Any:
+  """``tree`` (the state, or a dict of them) with every dataclass node that has None fields (an
+  optional part switched off, e.g. ``TrainState.anchor_params`` without the KL anchor) written as a
+  dict of its other fields. Orbax records a None field as a node of the tree, so without this a
+  state gaining an optional field would no longer restore the checkpoints written before it
+  existed; with it, a state without the optional part is saved exactly as before."""
+  def one(x):
+    if _dataclass_with_none(x):
+      return {f.name: getattr(x, f.name) for f in dataclasses.fields(x)
+              if getattr(x, f.name) is not None}
+    return x
+  if isinstance(tree, dict):
+    return {k: one(v) for k, v in tree.items()}
+  return one(tree)
+
+
+def _with_none_fields(restored: Any, abstract: Any) -> Any:
+  """The inverse of ``_without_none_fields``: the dataclass nodes of ``abstract`` rebuilt around
+  the restored fields, their None fields None again."""
+  def one(r, a):
+    if _dataclass_with_none(a) and isinstance(r, dict):
+      return a.replace(**r) if hasattr(a, "replace") else dataclasses.replace(a, **r)
+    return r
+  if isinstance(abstract, dict) and isinstance(restored, dict):
+    return {k: one(restored[k], a) for k, a in abstract.items()}
+  return one(restored, abstract)
 
 
 class Checkpointer:
@@ -225,7 +259,7 @@ class Checkpointer:
     self.wait()
     if force and step in self.all_steps():
       raise CheckpointError(f"checkpoint: step {step} is already saved in {self.directory}")
-    args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(_without_none_fields(state)),
                                  CONFIG: ocp.args.JsonSave(config)})
     try:
       saved = self._manager.save(step, args=args, metrics=metrics, force=force)
@@ -268,6 +302,7 @@ class Checkpointer:
     self.wait()
     step = self._resolve(step)
     self._check_abstract(abstract_state)
+    full_abstract, abstract_state = abstract_state, _without_none_fields(abstract_state)
     try:
       saved_tree = self._manager.item_metadata(step)[STATE]
     except Exception as e:  # pylint: disable=broad-except
@@ -280,7 +315,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise self._corrupt(step, e) from e
     self._check_restored(step, state, abstract_state)
-    return state, config
+    return _with_none_fields(state, full_abstract), config
 
   # -- lifetime --------------------------------------------------------------------------------
 

@@ -325,7 +325,8 @@ def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
             "confidence_threshold": _none_if(d.confidence_threshold, lambda v: v < 0),
             "force_stop_after": _none_if(d.force_stop_after, lambda v: v == 0)}),
         "curriculum": curriculum.CurriculumConfig(**config.curriculum),
-        "stop_cost": _none_if(s.stop_cost, lambda v: v < 0),
+        # A config saved before the field existed (an older checkpoint's) lacks it: off.
+        "stop_cost": _none_if(s.get("stop_cost", -1.0), lambda v: v < 0),
         "target_period": target_period,
         "target_ema": None if target_period is not None else s.target_ema,
         # The overseer watches for the judge flaw's exploit: only where there is a flaw.
