@@ -17,6 +17,10 @@ carry sampled tokens, -1 over the loser's, 0 in a draw; within an argument every
 1 / (its argument's token count), so an argument counts once whatever its length. The shaped reward
 compares each row with the amplified target of its question (``policy_targets``, ``row_mismatch``).
 
+The learned stop's sampled decisions (``stop_rows``, [B, R]) are policy rows too when the step
+credits them (``StepConfig.stop_cost``), with their own reward (``stop_rewards``): the stop is not
+a side of the zero-sum game.
+
 Distillation targets (``distill_rows``) come from the debate's own computations, each human call
 used once: ANSWER(n) -> the computation's answer and SUPPORT(n, answer) -> its subanswers wherever
 H was called in a side's or the judge's Amp′ of n; ANSWER(leaf) -> H's answer at a leaf reached by

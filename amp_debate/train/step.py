@@ -170,8 +170,9 @@ class StepConfig:
 @flax.struct.dataclass
 class TrainState:
   """Everything a checkpoint needs (besides the config): step, M, M_target, optimiser, curriculum,
-  and with ``StepConfig.kl_anchor`` the reference policy's parameters (None otherwise: no leaves,
-  so checkpoints without the anchor are unchanged)."""
+  and with ``StepConfig.kl_anchor`` the reference policy's parameters (None otherwise; the
+  checkpointer then writes the state exactly as before the field existed, so older checkpoints
+  restore)."""
 
   step: jax.Array
   params: Any
