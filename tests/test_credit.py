@@ -344,3 +344,39 @@ def test_rl_credit_with_an_argument_cost_teaches_the_stop_to_fire_where_going_on
     rates[cost] = root_fire_rate(p)
   assert rates[0.2] > 0.9, rates
   assert abs(rates[0.0] - before) < 0.1, (before, rates)
+
+
+def test_assigned_claims_are_credited_as_their_sides_claims():
+  """``with_assigned_claims``: in every assigned game the assigned side's claim row (node 0,
+  k = 0), empty before (an assigned side computes nothing), holds exactly its claim with the given
+  log-probs; every other row is unchanged; the claim then shares its side's outcome."""
+  _, game, transcript, rows = _played()
+  assigned = np.asarray(transcript.assigned)
+  assert assigned.any(-1).all()
+  before = np.asarray(rows.mask)[:, 0, :, 0].any(-1)
+  assert not before[assigned].any()
+  log_probs = -jnp.arange(BATCH * 2 * TASK.answer_len, dtype=jnp.float32).reshape(
+      BATCH, 2, TASK.answer_len) / 10
+  out = jax.device_get(credit.with_assigned_claims(
+      TASK, jax.tree.map(jnp.asarray, rows), jax.tree.map(jnp.asarray, transcript), log_probs))
+  la = TASK.answer_len
+  claim_tokens = np.asarray(out.tokens)[:, 0, :, 0, :la]
+  claim_mask = np.asarray(out.mask)[:, 0, :, 0]
+  train_part = np.asarray(base.in_part(transcript.nodes[:, 0], "train"))
+  for b in range(BATCH):
+    for side in range(2):
+      if assigned[b, side]:
+        assert claim_mask[b, side, :la].all() == train_part[b]
+        np.testing.assert_array_equal(claim_tokens[b, side], np.asarray(transcript.claims)[b, 0, side])
+        np.testing.assert_allclose(np.asarray(out.log_probs)[b, 0, side, 0, :la],
+                                   np.asarray(log_probs)[b, side])
+  # Only the assigned claim rows changed.
+  changed = (np.asarray(out.mask) != np.asarray(rows.mask)).any(-1)
+  expect = np.zeros(changed.shape, bool)
+  expect[:, 0, :, 0] = assigned & train_part[:, None]
+  np.testing.assert_array_equal(changed, expect)
+  rewards, has_tokens = credit.argument_rewards(jnp.asarray(game.winner),
+                                                jax.tree.map(jnp.asarray, out), CONFIG.num_nodes)
+  decided = np.asarray(game.winner) != debate.DRAW
+  claim_arg = np.asarray(has_tokens)[:, :, 0] & assigned
+  assert (np.abs(np.asarray(rewards)[:, :, 0])[claim_arg & decided[:, None]] > 0).all()

@@ -395,3 +395,22 @@ def test_the_kl_anchor_keeps_m_nearer_its_start():
   assert "pg/anchor_kl" not in free_history[-1]
   assert float(history[0]["pg/anchor_kl"]) < 1e-6 < float(history[-1]["pg/anchor_kl"])
   assert anchored < 0.9 * free, (anchored, free)
+
+
+def test_crediting_assigned_claims_reaches_the_update():
+  """``credit_assigned_claims`` (every game assigned): the same games, more policy rows, another
+  update."""
+  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
+                     clip_norm=1.0, optimizer=optax.sgd(0.1))
+  results = {}
+  for on in (False, True):
+    config = tiny.step_config(dict(call_prob=0.0, assign_prob=1.0), credit_assigned_claims=on)
+    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
+    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+    results[on] = jax.device_get(train_step(state, jax.random.key(3)))
+  (off_state, off), (on_state, on_metrics) = results[False], results[True]
+  assert float(off["win/even"]) == float(on_metrics["win/even"])
+  assert float(on_metrics["rl/arguments"]) > float(off["rl/arguments"])
+  gap = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), off_state.params,
+                                     on_state.params))
+  assert max(gap) > 1e-6

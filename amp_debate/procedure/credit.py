@@ -168,6 +168,28 @@ def policy_rows(task: Task, transcript: debate.Transcript, drop_eval_part: bool 
   return training_part_policy(task, out) if drop_eval_part else out
 
 
+def with_assigned_claims(task: Task, rows: Rows, transcript: debate.Transcript,
+                         log_probs: jax.Array) -> Rows:
+  """Policy Rows [B, R, 2, K] with every assigned root claim as its side's claim row (node 0,
+  k = 0, empty otherwise: an assigned side computes nothing), scored with ``log_probs``
+  float32[B, 2, La], M_target's log-probs of the claims as its direct answers
+  (``ModelDebater.score_answers``). The claim then shares its side's game outcome like a claim M
+  sampled (``argument_rewards``), so an assigned game teaches the claim too: a false assigned claim
+  that loses is pushed down, whatever M's own claim was. Assigned claims are M_target's samples or,
+  where equal to the other side's claim, another answer: the row is an off-policy sample weighed by
+  M's own probability, like an explored claim."""
+  chex.assert_shape(log_probs, transcript.claims.shape[:1] + (2, task.answer_len))
+  assigned = transcript.assigned  # [B, 2]
+  claim = _rows(task, rows.prompts[:, 0, :, 0], rows.questions[:, 0, :, 0],
+                transcript.claims[:, 0], assigned, log_probs)  # [B, 2]
+  claim = _training_part_only(claim)
+  put = lambda field, new: field.at[:, 0, :, 0].set(
+      jnp.where(assigned.reshape(assigned.shape + (1,) * (new.ndim - 2)), new,
+                field[:, 0, :, 0]))
+  return rows.replace(tokens=put(rows.tokens, claim.tokens), mask=put(rows.mask, claim.mask),
+                      log_probs=put(rows.log_probs, claim.log_probs))
+
+
 def training_part_policy(task: Task, rows: Rows) -> Rows:
   """Policy Rows [B, R, 2, K] with no policy gradient on an answer to an evaluation-part question:
   rows whose question lies there are masked out, and in each support (kind K - 1) the subanswers

@@ -82,6 +82,10 @@ class StepConfig:
       the sampled positions (``losses.anchor_kl``), added to the policy loss; π_ref is M as it
       was at step 0 (the fresh init, or the ``init_from`` checkpoint), kept in the state
       (``TrainState.anchor_params``).
+    credit_assigned_claims: item 1 of issue 28 for assigned games: each assigned root claim is
+      credited as its side's claim (``credit.with_assigned_claims``, scored with M_target's
+      log-probs), so it shares its side's outcome; without it an assigned side's claim carries no
+      policy gradient (its supports still do).
     stop_cost: RL credit for the learned stop (issue 28; None: its decisions get no policy
       gradient, only the hindsight distillation): every decision M_target sampled is a policy row
       with reward ``credit.stop_rewards`` (0 for [YES]; for [NO], 1 if continuing changed the
@@ -119,6 +123,7 @@ class StepConfig:
   target_ema: float | None = 0.9
   entropy_coef: float = 0.0
   kl_anchor: float = 0.0
+  credit_assigned_claims: bool = False
   stop_cost: float | None = None
   distill_subquestions: bool = True
   pack_width: int = 1
@@ -136,6 +141,7 @@ class StepConfig:
         temperature=model_player.TEMPERATURE, clip_eps=losses.CLIP_EPS,
         advantage=losses.ADVANTAGE_KIND,
         entropy_coef=checks.number(0.0), kl_anchor=checks.number(0.0),
+        credit_assigned_claims=checks.boolean,
         stop_cost=checks.optional(checks.number(0.0)),
         distill_subquestions=checks.boolean, pack_width=checks.integer(0),
         update_epochs=checks.integer(1), num_minibatches=checks.integer(1),
@@ -461,6 +467,13 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     sampled_tokens = sampled.mask.sum()
     pg_eval_part_dropped = jnp.where(sampled_tokens > 0,
                                      1.0 - prows.mask.sum() / jnp.maximum(sampled_tokens, 1), 0.0)
+    if config.credit_assigned_claims and config.debate.assign_prob > 0:
+      # Each assigned root claim becomes its side's claim row (questions repeated: even, odd).
+      claims = transcript.claims[:, 0]  # [B, 2, La]
+      claim_log_probs = m_target.score_answers(
+          jnp.repeat(batch.questions, 2, axis=0), claims.reshape(-1, claims.shape[-1]))
+      prows = credit.with_assigned_claims(task, prows, transcript,
+                                          claim_log_probs.reshape(claims.shape))
     rewards, has_tokens = credit.argument_rewards(game.winner, prows, num_nodes)  # [B, 2, A]
     weights = credit.token_weights(prows, num_nodes)
 

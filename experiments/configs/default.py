@@ -189,6 +189,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # KL anchor (issue 28): weight of KL(M ‖ M at step 0) at the sampled argument positions, added
   # to the policy loss (0: none). The reference is the fresh init, or the init_from checkpoint.
   c.step.kl_anchor = 0.0
+  # Credit each assigned root claim as its side's claim (issue 28), scored with M_target's
+  # log-probs: a false assigned claim that loses is pushed down (False: only its supports are).
+  c.step.credit_assigned_claims = False
   # RL credit for the learned stop (issue 28; needs debate.learned_stop): each sampled decision
   # is rewarded 0 for stopping, and for going on 1 if that changed the verdict minus this cost per
   # argument made after it (credit.stop_rewards), so the stop learns in pure debate too.

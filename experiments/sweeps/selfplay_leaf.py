@@ -5,7 +5,8 @@ ratio, no clipping), no assigned claims, 1,000 steps, three seeds. Arms: plain s
 control), contest by construction (``debate.distinct_claims``), contest plus challenger exploration
 (``debate.explore_prob`` 0.25), supervised training on the same questions (the reference), and an
 entropy bonus of 0.1 (``step.entropy_coef``) alone and with contest by construction, and a KL anchor
-of 0.1 to M at step 0 (``step.kl_anchor``) alone.
+of 0.1 to M at step 0 (``step.kl_anchor``) alone; and, with contest by construction, assigned claims
+in half the games without and with crediting the assigned claim (``step.credit_assigned_claims``).
 
   python -m amp_debate.sweep --sweep=experiments/sweeps/selfplay_leaf.py \
       --config=experiments/configs/default.py:task=permutation,mode=debate,quickstart \
@@ -19,9 +20,11 @@ LEAF = {"curriculum.kind": "fixed", "curriculum.steps_per_level": 100_000,
         "eval.debates": False}
 DISTINCT = {"debate.distinct_claims": True}
 ENTROPY = {"step.entropy_coef": 0.1}
+ASSIGNED = {"debate.assign_prob": 0.5}  # half the games with an assigned claim (the debate mode's)
 # Arms added later come last, so that the earlier ones keep their run indices (and workdirs).
 ARMS = ({}, DISTINCT, {**DISTINCT, "debate.explore_prob": 0.25}, {"mode": "supervised"},
-        ENTROPY, {**DISTINCT, **ENTROPY}, {"step.kl_anchor": 0.1})
+        ENTROPY, {**DISTINCT, **ENTROPY}, {"step.kl_anchor": 0.1},
+        {**DISTINCT, **ASSIGNED}, {**DISTINCT, **ASSIGNED, "step.credit_assigned_claims": True})
 
 
 def get_sweep():
