@@ -380,3 +380,23 @@ def test_assigned_claims_are_credited_as_their_sides_claims():
   decided = np.asarray(game.winner) != debate.DRAW
   claim_arg = np.asarray(has_tokens)[:, :, 0] & assigned
   assert (np.abs(np.asarray(rewards)[:, :, 0])[claim_arg & decided[:, None]] > 0).all()
+
+
+def test_support_truth_counts_the_rows_that_answer_their_subquestions():
+  """An honest oracle's supports are all true; a consistent liar's (a false claim with supports
+  that recombine to it) never are: at least one row is false."""
+  config = debate.DebateConfig(t_max=6, learned_stop=False)
+  questions = TASK.sample(jax.random.key(8), BATCH, difficulty=2).questions
+  oracle, liar = players.OracleDebater(TASK), players.LiarDebater(TASK, consistent=True)
+  _, transcript = debate.rollout(TASK, oracle, liar, questions, jax.random.key(9), config,
+                                 assigned=jnp.ones((BATCH,), jnp.int32), force_contest=False)
+  made = transcript.support_made
+  assert np.asarray(made)[:, 0, 1].any()
+  # Count each side alone (as if M had answered its supports directly).
+  side = lambda s: credit.support_truth(TASK, transcript.replace(
+      support_sampled=made.at[:, :, 1 - s].set(False)))
+  honest, lying = side(0), side(1)
+  assert float(honest["debate/support_true"]) == 1.0
+  assert float(honest["debate/support_rows_true"]) == 1.0
+  assert float(lying["debate/support_true"]) == 0.0
+  assert 0.0 <= float(lying["debate/support_rows_true"]) < 1.0

@@ -256,6 +256,29 @@ def stop_rewards(transcript: debate.Transcript, num_args: jax.Array,
   return jnp.where(transcript.stop_labelled, go_on, 0.0).astype(jnp.float32)
 
 
+def support_truth(task: Task, transcript: debate.Transcript) -> dict[str, jax.Array]:
+  """Evaluation only (ground truth): how true the root supports M answered directly are. Each
+  support row is checked against ``task.solve`` of the subquestion H poses from the support's own
+  earlier rows. Returns {"debate/support_rows_true": float32[], the share of valid rows that are
+  true, "debate/support_true": float32[], the share of supports whose valid rows all are}, over
+  the root supports M sampled (0 when there are none). In pure debate a level-1 game is decided by
+  the supports' rows, so this is what the root claims' credit rests on."""
+  sampled = transcript.support_sampled[:, 0] & transcript.support_made[:, 0]  # [B, 2]
+  nodes = jnp.broadcast_to(transcript.nodes[:, 0, None], sampled.shape + (task.question_len,))
+  supports = transcript.support_tokens[:, 0]  # [B, 2, S*La]
+  flat = jax.vmap(lambda n, sup: protocol.subquestions_of(task, n, sup))(
+      nodes.reshape(-1, task.question_len), supports.reshape(-1, supports.shape[-1]))
+  subs, valid, rows = jax.tree.map(lambda x: x.reshape(sampled.shape + x.shape[1:]), flat)
+  truth = _prompts(lambda t, q: t.solve(q), task, subs)  # [B, 2, S, La]
+  right = (truth == rows).all(-1) | ~valid  # [B, 2, S]
+  counted = valid & sampled[..., None]
+  rows_true = (right & counted).sum() / jnp.maximum(counted.sum(), 1)
+  has_rows = sampled & valid.any(-1)
+  all_true = (right.all(-1) & has_rows).sum() / jnp.maximum(has_rows.sum(), 1)
+  return {"debate/support_rows_true": rows_true.astype(jnp.float32),
+          "debate/support_true": all_true.astype(jnp.float32)}
+
+
 def side_outcomes(winner: jax.Array) -> jax.Array:
   """float32[B, 2]: each side's game outcome, +1 won, -1 lost, 0 draw, from winner int32[B]."""
   side = jnp.arange(2)[None, :]

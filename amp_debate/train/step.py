@@ -610,6 +610,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         "accuracy/h_alone": exact(task.batch_leaf_answer(batch.questions)),
         "debate/winner_true": ((winner_claim == batch.answers).all(-1) & decided).sum() / (
             jnp.maximum(decided.sum(), 1)),
+        **credit.support_truth(task, transcript),
         "human_calls/targets": target_calls / batch_size,
         "human_calls/per_question": (game.human_calls + target_calls + audit_calls) / batch_size,
         "distill/targets": drows.active.sum(),
