@@ -400,3 +400,32 @@ def test_support_truth_counts_the_rows_that_answer_their_subquestions():
   assert float(honest["debate/support_rows_true"]) == 1.0
   assert float(lying["debate/support_true"]) == 0.0
   assert 0.0 <= float(lying["debate/support_rows_true"]) < 1.0
+
+
+def test_claims_are_credited_only_where_the_outcome_tested_them():
+  """``claim_tested_games``: decided at a leaf or by the judge, not by a failed consistency check
+  (nor a concession). ``without_untested_claims`` masks exactly the claim rows (argument 0) of the
+  other games; their outcome then goes to the side's other arguments."""
+  _, game, transcript, rows = _played()
+  game, rows = jax.tree.map(jnp.asarray, game), jax.tree.map(jnp.asarray, rows)
+  # An untrained M's supports rarely recombine to its claims: most games end at a support check.
+  # Every fourth game is marked as decided at a leaf so that both kinds are present.
+  game = game.replace(reason=game.reason.at[::4].set(debate.LEAF))
+  reason = np.asarray(game.reason)
+  tested = np.asarray(credit.claim_tested_games(game))
+  np.testing.assert_array_equal(tested, np.isin(reason, [debate.LEAF, debate.T_MAX,
+                                                         debate.LEARNED_STOP, debate.FORCED]))
+  assert tested.any() and (~tested).any()
+  out = credit.without_untested_claims(rows, CONFIG.num_nodes, jnp.asarray(tested))
+  claim = np.asarray(credit.row_arguments(CONFIG.num_nodes, TASK.num_subquestions)) == 0
+  changed = (np.asarray(out.mask) != np.asarray(rows.mask)).any(-1)  # [B, R, 2, K]
+  had = np.asarray(rows.active)
+  expect = had & claim[None, :, None, :] & ~tested[:, None, None, None]
+  np.testing.assert_array_equal(changed, expect)
+  rewards, has_tokens = credit.argument_rewards(game.winner, out, CONFIG.num_nodes)
+  assert not np.asarray(has_tokens)[~tested, :, 0].any()
+  decided = np.asarray(game.winner) != debate.DRAW
+  # Each side's whole outcome (±1) goes to its remaining arguments.
+  side_total = np.abs(np.asarray(rewards).sum(-1))
+  has_any = np.asarray(has_tokens).any(-1)
+  np.testing.assert_allclose(side_total[decided[:, None] & has_any], 1.0, rtol=1e-6)

@@ -414,3 +414,24 @@ def test_crediting_assigned_claims_reaches_the_update():
   gap = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), off_state.params,
                                      on_state.params))
   assert max(gap) > 1e-6
+
+
+def test_crediting_only_tested_claims_changes_the_update():
+  """``claim_credit='tested'``: the same games; where a consistency check decided a game its
+  claims get no credit, so the update differs from crediting every claim."""
+  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
+                     clip_norm=1.0, optimizer=optax.sgd(0.1))
+  results = {}
+  for kind in ("always", "tested"):
+    config = tiny.step_config(dict(call_prob=0.0, assign_prob=0.5), claim_credit=kind)
+    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
+    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+    results[kind] = jax.device_get(train_step(state, jax.random.key(3)))
+  (a_state, a), (t_state, t) = results["always"], results["tested"]
+  assert float(a["win/even"]) == float(t["win/even"]) and float(a["stop/inconsistent"]) > 0
+  assert float(t["rl/arguments"]) < float(a["rl/arguments"])
+  gap = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a_state.params,
+                                     t_state.params))
+  assert max(gap) > 1e-6
+  with pytest.raises(ValueError, match="StepConfig.claim_credit must be one of"):
+    step_lib.StepConfig(claim_credit="sometimes")

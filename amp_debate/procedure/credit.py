@@ -256,13 +256,16 @@ def stop_rewards(transcript: debate.Transcript, num_args: jax.Array,
   return jnp.where(transcript.stop_labelled, go_on, 0.0).astype(jnp.float32)
 
 
-def support_truth(task: Task, transcript: debate.Transcript) -> dict[str, jax.Array]:
+def support_truth(task: Task, transcript: debate.Transcript,
+                  per_row: bool = False) -> dict[str, jax.Array]:
   """Evaluation only (ground truth): how true the root supports M answered directly are. Each
   support row is checked against ``task.solve`` of the subquestion H poses from the support's own
   earlier rows. Returns {"debate/support_rows_true": float32[], the share of valid rows that are
   true, "debate/support_true": float32[], the share of supports whose valid rows all are}, over
   the root supports M sampled (0 when there are none). In pure debate a level-1 game is decided by
-  the supports' rows, so this is what the root claims' credit rests on."""
+  the supports' rows, so this is what the root claims' credit rests on. ``per_row`` adds
+  "debate/support_row<i>_true" for each row i < S (the share of valid row-i answers that are
+  true)."""
   sampled = transcript.support_sampled[:, 0] & transcript.support_made[:, 0]  # [B, 2]
   nodes = jnp.broadcast_to(transcript.nodes[:, 0, None], sampled.shape + (task.question_len,))
   supports = transcript.support_tokens[:, 0]  # [B, 2, S*La]
@@ -275,8 +278,38 @@ def support_truth(task: Task, transcript: debate.Transcript) -> dict[str, jax.Ar
   rows_true = (right & counted).sum() / jnp.maximum(counted.sum(), 1)
   has_rows = sampled & valid.any(-1)
   all_true = (right.all(-1) & has_rows).sum() / jnp.maximum(has_rows.sum(), 1)
-  return {"debate/support_rows_true": rows_true.astype(jnp.float32),
-          "debate/support_true": all_true.astype(jnp.float32)}
+  out = {"debate/support_rows_true": rows_true.astype(jnp.float32),
+         "debate/support_true": all_true.astype(jnp.float32)}
+  if per_row:
+    for i in range(task.num_subquestions):
+      count = counted[..., i].sum()
+      out[f"debate/support_row{i}_true"] = ((right[..., i] & counted[..., i]).sum() / jnp.maximum(
+          count, 1)).astype(jnp.float32)
+  return out
+
+
+def claim_tested_games(game: debate.GameState) -> jax.Array:
+  """bool[B]: games whose outcome tested the claims' truth rather than only a support's form:
+  those decided at a leaf by H or by the amplified judge (a learned, T_MAX or forced stop), i.e.
+  every decided game except the ones a failed consistency check ended (a support that does not
+  recombine to its claim, or a side's own computation on a node disagreeing with what it
+  committed to). Measured (issue 28): in pure debate at level 1, 98% of games ended by a support
+  check, won by the side whose claim agreed with M's own support, whatever the truth (the true
+  claim won 55% of the games where exactly one claim was true): crediting the claims there
+  teaches M to agree with itself."""
+  return (game.reason == debate.LEAF) | (game.reason == debate.T_MAX) | (
+      game.reason == debate.LEARNED_STOP) | (game.reason == debate.FORCED)
+
+
+def without_untested_claims(rows: Rows, num_nodes: int, tested: jax.Array) -> Rows:
+  """Policy Rows [B, R, 2, K] with the claim rows (argument 0: the root's direct answer and its
+  trace) masked out in the games where ``tested`` bool[B] is False, so the claims get no credit
+  there and the outcome is spread over the side's other arguments (``argument_rewards``)."""
+  chex.assert_shape(tested, rows.mask.shape[:1])
+  claim = row_arguments(num_nodes, rows.mask.shape[3] - 2) == 0  # [R, K]
+  drop = claim[None, :, None, :] & ~tested[:, None, None, None]  # [B, R, 1, K]
+  keep = ~drop[..., None]
+  return rows.replace(mask=rows.mask & keep, log_probs=jnp.where(keep, rows.log_probs, 0.0))
 
 
 def side_outcomes(winner: jax.Array) -> jax.Array:

@@ -86,6 +86,9 @@ class StepConfig:
       credited as its side's claim (``credit.with_assigned_claims``, scored with M_target's
       log-probs), so it shares its side's outcome; without it an assigned side's claim carries no
       policy gradient (its supports still do).
+    claim_credit: "always" (every decided game credits the claims) or "tested" (only games whose
+      outcome tested the claims' truth, ``credit.claim_tested_games``: not the ones a failed
+      consistency check decided; their outcome goes to the other arguments).
     stop_cost: RL credit for the learned stop (issue 28; None: its decisions get no policy
       gradient, only the hindsight distillation): every decision M_target sampled is a policy row
       with reward ``credit.stop_rewards`` (0 for [YES]; for [NO], 1 if continuing changed the
@@ -124,6 +127,7 @@ class StepConfig:
   entropy_coef: float = 0.0
   kl_anchor: float = 0.0
   credit_assigned_claims: bool = False
+  claim_credit: str = "always"
   stop_cost: float | None = None
   distill_subquestions: bool = True
   pack_width: int = 1
@@ -142,6 +146,7 @@ class StepConfig:
         advantage=losses.ADVANTAGE_KIND,
         entropy_coef=checks.number(0.0), kl_anchor=checks.number(0.0),
         credit_assigned_claims=checks.boolean,
+        claim_credit=checks.choice("always", "tested"),
         stop_cost=checks.optional(checks.number(0.0)),
         distill_subquestions=checks.boolean, pack_width=checks.integer(0),
         update_epochs=checks.integer(1), num_minibatches=checks.integer(1),
@@ -474,6 +479,8 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
           jnp.repeat(batch.questions, 2, axis=0), claims.reshape(-1, claims.shape[-1]))
       prows = credit.with_assigned_claims(task, prows, transcript,
                                           claim_log_probs.reshape(claims.shape))
+    if config.claim_credit == "tested":  # no credit for claims where no check tested them
+      prows = credit.without_untested_claims(prows, num_nodes, credit.claim_tested_games(game))
     rewards, has_tokens = credit.argument_rewards(game.winner, prows, num_nodes)  # [B, 2, A]
     weights = credit.token_weights(prows, num_nodes)
 

@@ -192,6 +192,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Credit each assigned root claim as its side's claim (issue 28), scored with M_target's
   # log-probs: a false assigned claim that loses is pushed down (False: only its supports are).
   c.step.credit_assigned_claims = False
+  # Which games credit the claims (issue 28): "always", or "tested": only games decided at a leaf or
+  # by the judge (not by a failed consistency check, which tests a support's form, not the claim).
+  c.step.claim_credit = "always"
   # RL credit for the learned stop (issue 28; needs debate.learned_stop): each sampled decision
   # is rewarded 0 for stopping, and for going on 1 if that changed the verdict minus this cost per
   # argument made after it (credit.stop_rewards), so the stop learns in pure debate too.

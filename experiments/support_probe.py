@@ -1,0 +1,91 @@
+r"""Issue 28 diagnostic: what decides a pure-debate game at level 1? Loads a run's checkpoint and
+plays one batch of its own training games per level with M_target = M (one training step's
+rollout, the update discarded), then reports, per level, from the step's metrics and a re-played
+rollout: how often the decided games were won by a true claim, how true M's directly answered
+root supports are (``credit.support_truth``, ground truth: evaluation only), and M's greedy
+accuracy on those training questions.
+
+  python -m experiments.support_probe --workdir=workdir/sweep_study/selfplay_from_leaf/<run> \
+      [--batches=8] [--out=experiments/results/support_probe.json]
+
+Nothing here feeds training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from amp_debate.procedure import credit, debate
+from amp_debate.procedure.model_player import ModelDebater
+from amp_debate.train import trainer
+
+
+def probe(workdir: str, batches: int = 8, seed: int = 123) -> dict:
+  """{level: {metric: mean over ``batches`` batches}} for the run at ``workdir`` (latest step)."""
+  state, config, at_step = trainer.load_state(workdir)
+  task, model, _, step_config, _ = trainer._build(config)  # pylint: disable=protected-access
+  m = ModelDebater(model=model, params=state.params, task=task,
+                   temperature=step_config.temperature)
+
+  @jax.jit
+  def play(rng, level):
+    sample_rng, debate_rng = jax.random.split(rng)
+    batch = task.sample(sample_rng, step_config.batch_size, difficulty=level)
+    game, transcript = debate.rollout(task, m, m, batch.questions, debate_rng, step_config.debate)
+    decided = game.winner != debate.DRAW
+    winner_claim = jnp.take_along_axis(transcript.claims[:, 0], jnp.minimum(game.winner, 1)[
+        :, None, None], axis=1)[:, 0]
+    # Accuracy of M's greedy direct answers on the same questions.
+    greedy = ModelDebater(model=model, params=state.params, task=task, greedy=True)
+    accuracy = (greedy.answer(batch.questions, rng).tokens == batch.answers).all(-1).mean()
+    true_claim = (transcript.claims[:, 0] == batch.answers[:, None]).all(-1)  # [B, 2]
+    one_true = true_claim.sum(-1) == 1
+    won_true = (winner_claim == batch.answers).all(-1) & decided
+    true_claim = (transcript.claims[:, 0] == batch.answers[:, None]).all(-1)  # [B, 2]
+    one_true = true_claim.sum(-1) == 1
+    reasons = {f"ended_by_{name}": (game.reason == i).mean()
+               for i, name in enumerate(debate.REASONS) if name != "running"}
+    # Among the games with exactly one true claim: how each ended.
+    reasons_one_true = {f"one_true_ended_by_{name}": ((game.reason == i) & one_true).sum()
+                        / jnp.maximum(one_true.sum(), 1)
+                        for i, name in enumerate(debate.REASONS) if name != "running"}
+    return {**reasons, **reasons_one_true,
+            "decided": decided.mean(), "accuracy_greedy": accuracy,
+            "winner_true": won_true.sum() / jnp.maximum(decided.sum(), 1),
+            "games_with_one_true_claim": one_true.mean(),
+            "true_claim_wins_when_one_is_true": (won_true & one_true).sum() / jnp.maximum(
+                one_true.sum(), 1),
+            **{k.split("/", 1)[1]: v for k, v in credit.support_truth(task, transcript, per_row=True).items()}}
+
+  out = {"workdir": workdir, "step": int(at_step), "batch_size": step_config.batch_size,
+         "batches": batches, "levels": {}}
+  for level in range(task.max_difficulty + 1):
+    rows = [jax.device_get(play(jax.random.fold_in(jax.random.key(seed), i), level))
+            for i in range(batches)]
+    out["levels"][str(level)] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", action="append", required=True)
+  parser.add_argument("--batches", type=int, default=8)
+  parser.add_argument("--out", default="")
+  args = parser.parse_args()
+  results = [probe(w, args.batches) for w in args.workdir]
+  text = json.dumps(results, indent=1)
+  print(text)
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  main()
