@@ -6,7 +6,9 @@ chance at level 1, trained on ground truth at level 0 only), then trains by pure
 (λ_sup = 0, H never in a claim) on both levels mixed from the first step, on-policy, no assigned
 claims, contest by construction, 1,000 steps. Arms: without and with a KL anchor (0.1) to that
 checkpoint (``step.kl_anchor``: the reference is M at step 0, here the loaded checkpoint), which
-should keep level 0 while level 1 is learned. Two seeds (the seed moves the debates, not the
+should keep level 0 while level 1 is learned; and claims credited only in games whose outcome
+tested them (``step.claim_credit=tested``: not in games a failed consistency check decided). Two
+seeds (the seed moves the debates, not the
 start). Not a pure-debate result: level 0 came from supervised learning. Run ``selfplay_leaf``
 first (``python -m experiments.sweep_study --sweeps=selfplay_leaf``).
 
@@ -25,5 +27,10 @@ BASE = {"init_from": START, "curriculum.kind": "off", "debate.assign_prob": 0.0,
 
 
 def get_sweep():
-  return sweep.product({**{k: [v] for k, v in BASE.items()}},
-                       {"step.kl_anchor": [0.0, 0.1]}, {"seed": [0, 1]})
+  anchors = sweep.product({**{k: [v] for k, v in BASE.items()}},
+                          {"step.kl_anchor": [0.0, 0.1]}, {"seed": [0, 1]})
+  # Added after the first two arms ran (so their overrides, and names, stay as they were): claims
+  # credited only where the outcome tested them (``step.claim_credit``).
+  tested = sweep.product({**{k: [v] for k, v in BASE.items()}},
+                         {"step.claim_credit": ["tested"]}, {"seed": [0, 1]})
+  return anchors + tested
