@@ -513,7 +513,7 @@ def _plot(runs, rows, levels, workdir, varying=()) -> list[str]:
       ax.bar([i + j * width for i in range(len(done))], [r.get(key, 0.0) for r in done], width,
              label=key.rsplit("/", 1)[1])
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(done))],
-                  [_label(r["overrides"], varying, r.get("seed"))[:48] for r in done],
+                  [_label(r["overrides"], varying, r.get("seed"))[:72] for r in done],
                   rotation=30, ha="right", fontsize="small")
     ax.set_ylim(0, 1)
     ax.set_ylabel("held-out accuracy (M, greedy)")
