@@ -617,7 +617,8 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         "accuracy/h_alone": exact(task.batch_leaf_answer(batch.questions)),
         "debate/winner_true": ((winner_claim == batch.answers).all(-1) & decided).sum() / (
             jnp.maximum(decided.sum(), 1)),
-        **credit.support_truth(task, transcript),
+        # Where M answers supports itself (p < 1): how true they are (task.solve per row).
+        **(credit.support_truth(task, transcript) if config.debate.call_prob < 1 else {}),
         "human_calls/targets": target_calls / batch_size,
         "human_calls/per_question": (game.human_calls + target_calls + audit_calls) / batch_size,
         "distill/targets": drows.active.sum(),
