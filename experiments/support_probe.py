@@ -1,9 +1,10 @@
 r"""Issue 28 diagnostic: what decides a pure-debate game at level 1? Loads a run's checkpoint and
 plays one batch of its own training games per level with M_target = M (one training step's
-rollout, the update discarded), then reports, per level, from the step's metrics and a re-played
-rollout: how often the decided games were won by a true claim, how true M's directly answered
-root supports are (``credit.support_truth``, ground truth: evaluation only), and M's greedy
-accuracy on those training questions.
+rollout, the update discarded), then reports, per level: how the games ended, how often the
+decided games were won by a true claim, how true M's directly answered root supports are
+(``credit.support_truth``, ground truth: evaluation only), whether each side's support ends on
+its own claim or on M's own greedy answer to the root, and M's greedy accuracy on those
+questions.
 
   python -m experiments.support_probe --workdir=workdir/sweep_study/selfplay_from_leaf/<run> \
       [--batches=8] [--out=experiments/results/support_probe.json]
@@ -47,15 +48,29 @@ def probe(workdir: str, batches: int = 8, seed: int = 123) -> dict:
     true_claim = (transcript.claims[:, 0] == batch.answers[:, None]).all(-1)  # [B, 2]
     one_true = true_claim.sum(-1) == 1
     won_true = (winner_claim == batch.answers).all(-1) & decided
-    true_claim = (transcript.claims[:, 0] == batch.answers[:, None]).all(-1)  # [B, 2]
-    one_true = true_claim.sum(-1) == 1
     reasons = {f"ended_by_{name}": (game.reason == i).mean()
                for i, name in enumerate(debate.REASONS) if name != "running"}
     # Among the games with exactly one true claim: how each ended.
     reasons_one_true = {f"one_true_ended_by_{name}": ((game.reason == i) & one_true).sum()
                         / jnp.maximum(one_true.sum(), 1)
                         for i, name in enumerate(debate.REASONS) if name != "running"}
-    return {**reasons, **reasons_one_true,
+    # Does each side's support end on its own claim, or on M's own (greedy) answer to the root?
+    la = task.answer_len
+    last_row = transcript.support_tokens[:, 0, :, -la:]  # [B, 2, La] the row that recombines
+    made = transcript.support_sampled[:, 0] & transcript.support_made[:, 0]  # [B, 2]
+    own = greedy.answer(batch.questions, rng).tokens[:, None]  # [B, 1, La]
+    share = lambda hit, side: (hit[:, side] & made[:, side]).sum() / jnp.maximum(
+        made[:, side].sum(), 1)
+    ends_on_claim = (last_row == transcript.claims[:, 0]).all(-1)
+    ends_on_belief = (last_row == own).all(-1)
+    support_rows = {f"{name}_support_ends_on_{what}": share(hit, side)
+                    for side, name in enumerate(("even", "odd"))
+                    for what, hit in (("its_claim", ends_on_claim), ("m_greedy_answer",
+                                                                     ends_on_belief))}
+    claim_is_belief = {f"{name}_claim_is_m_greedy_answer": (
+        (transcript.claims[:, 0, side] == own[:, 0]).all(-1)).mean()
+                       for side, name in enumerate(("even", "odd"))}
+    return {**reasons, **reasons_one_true, **support_rows, **claim_is_belief,
             "decided": decided.mean(), "accuracy_greedy": accuracy,
             "winner_true": won_true.sum() / jnp.maximum(decided.sum(), 1),
             "games_with_one_true_claim": one_true.mean(),
