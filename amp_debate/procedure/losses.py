@@ -168,6 +168,20 @@ def policy_gradient_loss(logp: jax.Array, logp_old: jax.Array, token_mask: jax.A
   return loss, metrics
 
 
+def _weighted_token_mean(values: jax.Array, logits: jax.Array, token_mask: jax.Array,
+                         turn_mask: jax.Array, token_weights: jax.Array | None) -> jax.Array:
+  """float32[]: Σ w·v / Σ w over the valid tokens of per-token ``values`` float32[..., L]
+  (computed from ``logits`` [..., L, V]); masked tokens count for nothing, whatever they hold.
+  The weights (default 1) are not differentiated."""
+  chex.assert_rank(logits, token_mask.ndim + 1)
+  _check_tokens(turn_mask, token_mask)
+  mask = token_mask & turn_mask[..., None]
+  weights = jnp.ones(mask.shape, jnp.float32) if token_weights is None else token_weights
+  weights = jnp.where(mask, jax.lax.stop_gradient(weights), 0.0)
+  values = jnp.where(mask, values, 0.0)
+  return (jnp.sum(weights * values) / jnp.maximum(jnp.sum(weights), 1e-9)).astype(jnp.float32)
+
+
 def entropy_bonus(logits: jax.Array, token_mask: jax.Array, turn_mask: jax.Array,
                   temperature: float | jax.Array = 1.0,
                   token_weights: jax.Array | None = None) -> jax.Array:
@@ -185,15 +199,9 @@ def entropy_bonus(logits: jax.Array, token_mask: jax.Array, turn_mask: jax.Array
   Returns:
     Σ w·H / Σ w over valid tokens; 0 when there are none.
   """
-  chex.assert_rank(logits, token_mask.ndim + 1)
-  _check_tokens(turn_mask, token_mask)
-  mask = token_mask & turn_mask[..., None]
-  weights = jnp.ones(mask.shape, jnp.float32) if token_weights is None else token_weights
-  weights = jnp.where(mask, jax.lax.stop_gradient(weights), 0.0)
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-  entropy = -(jnp.exp(log_p) * log_p).sum(-1)
-  entropy = jnp.where(mask, entropy, 0.0)
-  return (jnp.sum(weights * entropy) / jnp.maximum(jnp.sum(weights), 1e-9)).astype(jnp.float32)
+  return _weighted_token_mean(-(jnp.exp(log_p) * log_p).sum(-1), logits, token_mask, turn_mask,
+                              token_weights)
 
 
 def anchor_kl(logits: jax.Array, ref_logits: jax.Array, token_mask: jax.Array,
@@ -213,17 +221,11 @@ def anchor_kl(logits: jax.Array, ref_logits: jax.Array, token_mask: jax.Array,
     Σ w·KL / Σ w over valid tokens; 0 when there are none.
   """
   chex.assert_equal_shape([logits, ref_logits])
-  chex.assert_rank(logits, token_mask.ndim + 1)
-  _check_tokens(turn_mask, token_mask)
-  mask = token_mask & turn_mask[..., None]
-  weights = jnp.ones(mask.shape, jnp.float32) if token_weights is None else token_weights
-  weights = jnp.where(mask, jax.lax.stop_gradient(weights), 0.0)
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
   log_q = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits).astype(jnp.float32) / temperature,
                              axis=-1)
-  kl = (jnp.exp(log_p) * (log_p - log_q)).sum(-1)
-  kl = jnp.where(mask, kl, 0.0)
-  return (jnp.sum(weights * kl) / jnp.maximum(jnp.sum(weights), 1e-9)).astype(jnp.float32)
+  return _weighted_token_mean((jnp.exp(log_p) * (log_p - log_q)).sum(-1), logits, token_mask,
+                              turn_mask, token_weights)
 
 
 # ---- distillation toward Amp′(H, M_target) ------------------------------------------------------

@@ -146,7 +146,7 @@ def _with_none_fields(restored: Any, abstract: Any) -> Any:
   the restored fields, their None fields None again."""
   def one(r, a):
     if _dataclass_with_none(a) and isinstance(r, dict):
-      return a.replace(**r) if hasattr(a, "replace") else dataclasses.replace(a, **r)
+      return dataclasses.replace(a, **r)
     return r
   if isinstance(abstract, dict) and isinstance(restored, dict):
     return {k: one(restored[k], a) for k, a in abstract.items()}

@@ -336,8 +336,7 @@ def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = 
       flat = rows.flatten()
       prompts = _safe_prompts(flat.prompts)
       shape = rows.tokens.shape
-      full = config.entropy_coef > 0 or config.kl_anchor > 0
-      if full:  # static: the full logits are needed only for the entropy and the anchor
+      if config.entropy_coef > 0 or config.kl_anchor > 0:  # static: full logits only for these
         logits = model.answer_logits(params, prompts, flat.tokens)  # [N, L, V]
         logp = token_log_probs(logits, flat.tokens, config.temperature)
         logp = jnp.where(flat.mask, logp, 0.0).reshape(shape)
@@ -637,9 +636,9 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         **({} if oversight is None else overseer_lib.metrics(oversight)),
         **stop_metrics,
     }
-    new_state = TrainState(step=step, params=params, target_params=target_params,
-                           opt_state=opt_state, curriculum=curriculum_state,
-                           anchor_params=state.anchor_params)
+    # replace: fields the step does not change (the KL anchor's reference) carry over.
+    new_state = state.replace(step=step, params=params, target_params=target_params,
+                              opt_state=opt_state, curriculum=curriculum_state)
     return new_state, metrics
 
   return train_step
@@ -687,9 +686,9 @@ def build_supervised_step(task: Task, model: LanguageModel, tx: optax.GradientTr
         "accuracy/h_alone": (task.batch_leaf_answer(batch.questions) == batch.answers).all(
             -1).mean(),
     }
-    new_state = TrainState(step=step, params=params, target_params=target_params,
-                           opt_state=opt_state, curriculum=curriculum_state,
-                           anchor_params=state.anchor_params)
+    # replace: fields the step does not change (the KL anchor's reference) carry over.
+    new_state = state.replace(step=step, params=params, target_params=target_params,
+                              opt_state=opt_state, curriculum=curriculum_state)
     return new_state, metrics
 
   return train_step

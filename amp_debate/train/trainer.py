@@ -582,7 +582,8 @@ def _start_from(state: step_lib.TrainState, start: Mapping[str, Any],
                 shardings: Any) -> step_lib.TrainState:
   """A fresh state with M and M_target (and the KL anchor's reference, if any) set to
   ``start["params"]`` and the KL budget's anchor to ``start["anchor"]`` where given
-  (``starting_params``), each sharded like the params. Each gets its own copy: the step donates the state, and one buffer cannot be donated twice."""
+  (``starting_params``), each sharded like the params. Each gets its own copy: the step donates
+  the state, and one buffer cannot be donated twice."""
   put = lambda params: jax.tree.map(jnp.copy, jax.device_put(params, shardings.params))
   if "params" in start:
     state = state.replace(params=put(start["params"]), target_params=put(start["params"]))
