@@ -26,6 +26,7 @@ from typing import Callable
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from amp_debate import checks
 
@@ -224,8 +225,8 @@ def anchor_kl(logits: jax.Array, ref_logits: jax.Array, token_mask: jax.Array,
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
   log_q = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits).astype(jnp.float32) / temperature,
                              axis=-1)
-  return _weighted_token_mean((jnp.exp(log_p) * (log_p - log_q)).sum(-1), logits, token_mask,
-                              turn_mask, token_weights)
+  kl = optax.losses.kl_divergence_with_log_targets(log_q, log_p)  # Σ p (log p − log q): KL(p ‖ q)
+  return _weighted_token_mean(kl, logits, token_mask, turn_mask, token_weights)
 
 
 # ---- distillation toward Amp′(H, M_target) ------------------------------------------------------
