@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from amp_debate import tasks
-from amp_debate.procedure import debate, players, protocol
+from amp_debate.procedure import credit, debate, players, protocol
 from amp_debate.procedure.debate import DebateConfig
 
 BATCH = 128
@@ -320,6 +320,37 @@ def test_the_support_check_is_symmetric():
   np.testing.assert_array_equal(state.winner[claims_differ], debate.DRAW)
   np.testing.assert_array_equal(state.num_args[claims_differ], 4)
   np.testing.assert_array_equal(batch.difficulty[~inner], 0)
+
+
+def test_completed_supports_send_the_lie_to_a_leaf():
+  """``complete_supports``: the liar that supports its false claim with true rows is no longer
+  caught by the check (its last row is set from its claim), so the dispute descends to that row and
+  H's leaf check decides, for the honest side; the set tokens are recorded as fixed and get no
+  policy gradient; the honest side's supports are unchanged."""
+  task = tasks.get("permutation", n=5, max_exponent=4)
+  inner = ~_leaf_root(task)
+  oracle, liar = players.OracleDebater(task), players.LiarDebater(task, consistent=False)
+  for liar_seat in (0, 1):
+    even, odd = (oracle, liar) if liar_seat == 1 else (liar, oracle)
+    plays = {on: _play(task, even, odd, _full_config(task, call_prob=0.0, complete_supports=on),
+                       assigned=_seats(BATCH, liar_seat), force_contest=False)
+             for on in (False, True)}
+    (state, transcript), (before, before_t) = plays[True], plays[False]
+    np.testing.assert_array_equal(before.reason[inner], debate.INCONSISTENT)
+    np.testing.assert_array_equal(state.reason[inner], debate.LEAF)
+    np.testing.assert_array_equal(state.winner[inner], 1 - liar_seat)
+    fixed = transcript.support_fixed[:, 0]  # [B, 2, S*La], the root's supports
+    assert fixed[inner, liar_seat, task.answer_len:].all()  # the last row (row 1), both seats
+    assert fixed[inner, 1 - liar_seat, task.answer_len:].all()
+    assert not fixed[..., :task.answer_len].any() and not fixed[~inner].any()
+    np.testing.assert_array_equal(transcript.support_tokens[inner, 0, 1 - liar_seat],
+                                  before_t.support_tokens[inner, 0, 1 - liar_seat])
+    rows = jax.tree.map(np.asarray, credit.policy_rows(task, jax.tree.map(jnp.asarray, transcript),
+                                                       drop_eval_part=False))
+    support_mask = rows.mask[:, 0, :, -1, :task.num_subquestions * task.answer_len]
+    assert support_mask[inner][..., :task.answer_len].all()  # the chosen row is trained
+    assert not support_mask[inner][..., task.answer_len:].any()  # the fixed row is not
+    assert not rows.log_probs[:, 0, :, -1][fixed].any()
 
 
 @pytest.mark.parametrize("t_max,call_prob,liar_seat,calls,reasons,num_args,stops_asked", [

@@ -246,3 +246,43 @@ def test_leaf_verdict_picks_the_side_with_h_answer():
 def test_verdict_side_maps_tokens():
   tokens = jnp.asarray([protocol.EVEN, protocol.ODD, protocol.DRAW, protocol.YES, PAD])
   np.testing.assert_array_equal(protocol.verdict_side(tokens), [0, 1, 2, 2, 2])
+
+
+def test_complete_support_fixes_only_the_rows_the_claim_determines(task):
+  """``protocol.complete_support``: the completed support recombines to the claim wherever it
+  fixes a row, leaves every other row as it was, leaves an honest support of the truth unchanged,
+  and completes nothing at a leaf or on the task whose recombination it cannot invert."""
+  batch = _batch(task)
+
+  @jax.jit
+  def run(nodes, truth, key):
+    honest = jax.vmap(functools.partial(_oracle_support, task))(nodes)
+    rows = honest.reshape(nodes.shape[0], task.num_subquestions, task.answer_len)
+    keys = jax.random.split(key, 2)
+    noisy = jax.vmap(lambda r, k: _wrong(task, r, k))(rows, jax.random.split(keys[0], rows.shape[0]))
+    noisy = noisy.reshape(honest.shape)
+    claims = _wrong(task, truth, keys[1])
+    complete = jax.vmap(functools.partial(protocol.complete_support, task))
+    check = jax.vmap(functools.partial(protocol.check_support, task))
+    done_true, fixed_true = complete(nodes, truth, honest)
+    done_false, fixed_false = complete(nodes, claims, noisy)
+    return (honest, noisy, done_true, fixed_true, done_false, fixed_false,
+            check(nodes, claims, done_false), task.batch_is_leaf(nodes))
+
+  honest, noisy, done_true, fixed_true, done_false, fixed_false, ok, leaf = map(
+      np.asarray, run(batch.questions, batch.answers, jax.random.key(3)))
+  np.testing.assert_array_equal(done_true, honest)  # the truth's own rows already recombine
+  np.testing.assert_array_equal(done_false[~fixed_false], noisy[~fixed_false])
+  fixed_any = fixed_false.any(-1)
+  assert ok[fixed_any].all()  # completed: consistent by construction
+  assert not fixed_false[leaf].any() and not fixed_true[leaf].any()
+  if task.name == "shortest_path":  # 1 + min(rows): no one row is determined
+    assert not fixed_false.any()
+    return
+  # Elsewhere it completes most inner nodes' supports (all but values out of the task's range).
+  assert fixed_any[~leaf].mean() > 0.5, fixed_any[~leaf].mean()
+  # The fixed tokens are one whole row, the last valid one (union find: its only row).
+  per_row = fixed_false.reshape(-1, task.num_subquestions, task.answer_len)
+  assert (per_row.all(-1) == per_row.any(-1)).all()
+  last = 0 if task.name == "union_find" else 1
+  assert (per_row.any(-1).argmax(-1)[fixed_any] == last).all()

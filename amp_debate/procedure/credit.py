@@ -162,6 +162,9 @@ def policy_rows(task: Task, transcript: debate.Transcript, drop_eval_part: bool 
   support = _rows(task, _prompts(protocol.support_prompt, task, nodes2, transcript.claims), nodes2,
                   transcript.support_tokens, transcript.support_sampled,
                   transcript.support_log_probs)
+  chosen = ~_pad_to(transcript.support_fixed, support.mask.shape[-1], False)  # set from the claim
+  support = support.replace(mask=support.mask & chosen,
+                            log_probs=jnp.where(chosen, support.log_probs, 0.0))
   out = concat([jax.tree.map(lambda x: x[..., None, :], direct), sub,
               jax.tree.map(lambda x: x[..., None, :], support)], axis=3)
   chex.assert_shape(out.tokens, transcript.claims.shape[:3] + (s + 2, protocol.support_len(task)))

@@ -98,6 +98,13 @@ class DebateConfig:
       (``players.answer_vocabulary``); the policy-gradient row keeps it with M's own log-prob.
       Without it a policy sure of a wrong answer rarely meets the truth (both claims come from the
       same sharp distribution), so its gradient, weighted by π(true answer), all but vanishes.
+    complete_supports: supports completed from their claims (issue 28): in a directly answered
+      support, the rows the claim determines (``Task.complete_support``: the last row for the
+      permutation task) are set from the claim, so H's recombination check passes by construction
+      wherever the task can complete it, and a dispute is about a row the side chose. Those tokens
+      carry no policy gradient. Without it, in pure debate at level 1 nearly every game was
+      decided by the check, which tests whether M's support repeats its claim, not whether the
+      claim is true (measured: ``experiments/support_probe.py``).
   """
 
   t_max: int = 12
@@ -110,6 +117,7 @@ class DebateConfig:
   p_flaw: float = 0.0
   distinct_claims: bool = False
   explore_prob: float = 0.0
+  complete_supports: bool = False
 
   def __post_init__(self):
     checks.check_fields(
@@ -118,7 +126,7 @@ class DebateConfig:
         learned_stop=checks.boolean, force_stop_after=checks.optional(checks.integer(1)),
         early_exit=checks.boolean, assign_prob=checks.number(0.0, 1.0),
         p_flaw=checks.number(0.0, 1.0), distinct_claims=checks.boolean,
-        explore_prob=checks.number(0.0, 1.0))
+        explore_prob=checks.number(0.0, 1.0), complete_supports=checks.boolean)
 
   @property
   def num_rounds(self) -> int:
@@ -219,6 +227,8 @@ class Transcript:
     support_tokens: int32[B, R, 2, S*La] each side's support on node r.
     support_log_probs: float32[B, R, 2, S*La] their log-probs where M answered SUPPORT directly.
     support_sampled: bool[B, R, 2] M answered SUPPORT directly (not a computation's trace).
+    support_fixed: bool[B, R, 2, S*La] tokens of a direct support set from its claim
+      (``DebateConfig.complete_supports``), not sampled: no policy gradient reaches them.
     support_made: bool[B, R, 2] the support argument happened.
     judges: Computation [B, R] the judge's Amp′ of node r (computed where the stop was asked).
     stop_asked, stop_fired: bool[B, R]; stop_tokens int32[B, R]; stop_log_probs float32[B, R].
@@ -240,6 +250,7 @@ class Transcript:
   support_tokens: jax.Array
   support_log_probs: jax.Array
   support_sampled: jax.Array
+  support_fixed: jax.Array
   support_made: jax.Array
   judges: Computation
   stop_asked: jax.Array
@@ -307,7 +318,7 @@ def _empty_transcript(task: Task, batch: int, num_nodes: int) -> Transcript:
       claims=z(b, r, 2, task.answer_len), assigned=z(b, 2, dtype=bool),
       comps=_empty_computation(task, (b, r, 2)), support_tokens=z(b, r, 2, sl),
       support_log_probs=z(b, r, 2, sl, dtype=jnp.float32), support_sampled=z(b, r, 2, dtype=bool),
-      support_made=z(b, r, 2, dtype=bool), judges=_empty_computation(task, (b, r)),
+      support_fixed=z(b, r, 2, sl, dtype=bool), support_made=z(b, r, 2, dtype=bool), judges=_empty_computation(task, (b, r)),
       stop_asked=z(b, r, dtype=bool), stop_fired=z(b, r, dtype=bool), stop_tokens=z(b, r),
       stop_log_probs=z(b, r, dtype=jnp.float32), stop_verdict=z(b, r), stop_label=z(b, r, dtype=bool),
       stop_labelled=z(b, r, dtype=bool), final_node=z(b, task.question_len),
@@ -553,6 +564,12 @@ class _Rollout:
     """Node r's SUPPORT arguments (t = 2+2r even, 3+2r odd), the dispute and the descent."""
     task = self.task
     direct_tokens, direct_log_probs = self.direct_supports(state.node, state.claims, key)
+    if self.config.complete_supports:
+      complete = jax.vmap(self.vmap(protocol.complete_support), in_axes=(None, 1, 1), out_axes=1)
+      direct_tokens, fixed = complete(state.node, state.claims, direct_tokens)
+      direct_log_probs = jnp.where(fixed, 0.0, direct_log_probs)
+    else:
+      fixed = jnp.zeros(direct_tokens.shape, bool)
     comp = state.comp
     trace = comp.subanswers.reshape(direct_tokens.shape)
     direct = transcript.assigned | ~comp.called  # [B, 2]: M answers SUPPORT itself
@@ -580,6 +597,8 @@ class _Rollout:
         support_log_probs=_put(transcript.support_log_probs, r,
                                jnp.where(made[..., None], log_probs, 0.0), made[:, 0]),
         support_sampled=_put(transcript.support_sampled, r, direct & made, made[:, 0]),
+        support_fixed=_put(transcript.support_fixed, r, fixed & (direct & made)[..., None],
+                           made[:, 0]),
         support_made=_put(transcript.support_made, r, made, made[:, 0]))
 
     moving = ~state.done

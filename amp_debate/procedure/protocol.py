@@ -114,6 +114,25 @@ def check_support(task: Task, node, claim, support) -> jax.Array:
   return (recombined == claim).all() & ~task.is_leaf(node)
 
 
+def complete_support(task: Task, node, claim, support):
+  """The support with the rows its claim determines set from the claim (``Task.complete_support``),
+  where the completed support recombines to the claim; elsewhere (a leaf, a task that completes
+  nothing, a value out of range) the support as it was.
+
+  Args:
+    node: int32[Lq]; claim: int32[La]; support: int32[S*La].
+  Returns:
+    (support int32[S*La], fixed bool[S*La]: the tokens set from the claim, which no policy gradient
+    reaches: the side did not choose them).
+  """
+  _, valid, rows = subquestions_of(task, node, support)
+  completed, fixed = task.complete_support(node, claim, rows, valid)
+  completed = completed.astype(support.dtype).reshape(support.shape)
+  ok = check_support(task, node, claim, completed) & fixed.any()
+  fixed = jnp.repeat(fixed & ok, task.answer_len)
+  return jnp.where(ok, completed, support), fixed
+
+
 def first_dispute(task: Task, node, support_even, support_odd):
   """The disputed row: the first valid row where the two supports differ.
 

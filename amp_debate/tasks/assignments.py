@@ -153,6 +153,14 @@ class Assignments(Task):
     values = self.tokenizer.to_number(subanswers[:, 0])
     return self.tokenizer.number((values[0] + values[1]) % self.modulus)[None]
 
+  def complete_support(self, question, claim, subanswers, valid):
+    """(a0 + a1) mod P = claim: the second row is (claim − a0) mod P."""
+    del question
+    tok = self.tokenizer
+    rest = (tok.to_number(claim[0]) - tok.to_number(subanswers[0, 0])) % self.modulus
+    fixed = (jnp.arange(self.num_subquestions) == 1) & valid
+    return jnp.where(fixed[:, None], tok.number(rest)[None, None], subanswers), fixed
+
   # ---- ground truth --------------------------------------------------------------------------
   def solve(self, question):
     is_const, const, lhs, rhs, query = self._parse(question)

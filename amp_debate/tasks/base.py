@@ -259,6 +259,27 @@ class Task(abc.ABC):
     """int32[La]: H's answer to a non-leaf question from the answers to its subquestions."""
     ...
 
+  def complete_support(self, question: jax.Array, claim: jax.Array, subanswers: jax.Array,
+                       valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The support with the rows its claim determines filled in from the claim (issue 28).
+
+    Where the recombination can be inverted for one row (permutation: the last row is the claim;
+    union find: the one row is; sums: the last row is the claim minus the others), that row is
+    set so that ``recombine`` gives ``claim``, and the support's other rows are the side's real
+    choice: H's check then never fails on a row the claim fixes, and a dispute can only be about
+    a row the side chose. The default completes nothing.
+
+    Args:
+      question: int32[Lq]; claim: int32[La]; subanswers: int32[S, La]; valid: bool[S] (the
+        subquestions H poses from these rows).
+    Returns:
+      (subanswers int32[S, La], fixed bool[S]: the rows set from the claim). The caller keeps the
+      original support wherever the completed one does not recombine to the claim (a value out of
+      the task's range).
+    """
+    del question, claim, valid
+    return subanswers, jnp.zeros((self.num_subquestions,), bool)
+
   # ---- ground truth (evaluation only) ----------------------------------------------------------
   @abc.abstractmethod
   def solve(self, question: jax.Array) -> jax.Array:

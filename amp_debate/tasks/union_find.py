@@ -126,6 +126,12 @@ class UnionFind(Task):
     del question, valid
     return self.tokenizer.number(self.tokenizer.to_number(subanswers[0, 0]))[None]
 
+  def complete_support(self, question, claim, subanswers, valid):
+    """value(query) = value(parent): the one row is the claim."""
+    del question
+    fixed = (jnp.arange(self.num_subquestions) == 0) & valid
+    return jnp.where(fixed[:, None], claim[None, :], subanswers), fixed
+
   # ---- ground truth --------------------------------------------------------------------------
   def solve(self, question):
     """Pointer jumping: after k rounds ptr = parent^(2^k) (roots point to themselves)."""

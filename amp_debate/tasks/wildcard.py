@@ -130,6 +130,15 @@ class Wildcard(Task):
     values = self.tokenizer.to_number(subanswers[:2, 0])
     return self.tokenizer.number(jnp.sum(jnp.where(valid[:2], values, 0)))[None]
 
+  def complete_support(self, question, claim, subanswers, valid):
+    """a0 + a1 = claim: the second row is the claim minus the first (out of the number range: the
+    caller keeps the side's own row)."""
+    del question
+    tok = self.tokenizer
+    rest = tok.to_number(claim[0]) - tok.to_number(subanswers[0, 0])
+    fixed = (jnp.arange(self.num_subquestions) == 1) & valid
+    return jnp.where(fixed[:, None], tok.number(rest)[None, None], subanswers), fixed
+
   # ---- ground truth --------------------------------------------------------------------------
   def solve(self, question):
     f, wild, bit = self._parse(question)

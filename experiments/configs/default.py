@@ -179,6 +179,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # answer, unassigned games) is a uniform draw from the task's answers other than even's claim, so
   # that a policy sure of a wrong answer still meets the truth in self-play (0: never).
   c.debate.explore_prob = 0.0
+  # Supports completed from their claims (issue 28): in a support M answers directly, the rows its
+  # claim determines (the permutation task's last row) are set from the claim, so H's check passes
+  # by construction and the dispute tests the rows the side chose. Also in evaluation (a protocol
+  # rule, not a training estimator).
+  c.debate.complete_supports = False
 
   c.step = ml_collections.ConfigDict()
   c.step.temperature = 1.0
