@@ -111,6 +111,17 @@ def test_force_stop_beyond_t_max_is_refused():
     config_lib.validate(config, num_devices=8)
 
 
+def test_the_league_is_for_pure_debate_only():
+  config = default.get_config("task=permutation,mode=debate,quickstart")
+  config.step.league_size, config.step.league_games = 2, 16
+  config_lib.validate(config, num_devices=8)
+  assert config_lib.make_step_config(config).league_size == 2
+  hybrid = default.get_config("task=permutation,quickstart")
+  hybrid.step.league_size, hybrid.step.league_games = 2, 16
+  with pytest.raises(config_lib.ConfigError, match="league_size: games against the league"):
+    config_lib.validate(hybrid, num_devices=8)
+
+
 def test_annealed_weights_follow_a_schedule():
   config = default.get_config("task=permutation,quickstart")
   config.combination.weights.rl = 1.0

@@ -429,3 +429,19 @@ def test_claims_are_credited_only_where_the_outcome_tested_them():
   side_total = np.abs(np.asarray(rewards).sum(-1))
   has_any = np.asarray(has_tokens).any(-1)
   np.testing.assert_allclose(side_total[decided[:, None] & has_any], 1.0, rtol=1e-6)
+
+
+def test_only_seats_masks_the_other_side_in_league_games():
+  """``credit.only_seats``: in a game with seat 0 or 1 the other side's rows lose mask, tokens and
+  log-probs; a self-play game (seat −1) keeps both sides."""
+  shape = (3, 2, 2, 4, 5)  # [B, R, 2, K, L]
+  rows = credit.Rows(prompts=jnp.ones(shape[:4] + (6,), jnp.int32),
+                     questions=jnp.ones(shape[:4] + (7,), jnp.int32),
+                     tokens=jnp.full(shape, 9, jnp.int32), mask=jnp.ones(shape, bool),
+                     log_probs=jnp.full(shape, -1.0))
+  out = jax.device_get(credit.only_seats(rows, jnp.asarray([-1, 0, 1], jnp.int32)))
+  assert out.mask[0].all()
+  assert out.mask[1, :, 0].all() and not out.mask[1, :, 1].any()
+  assert out.mask[2, :, 1].all() and not out.mask[2, :, 0].any()
+  assert (out.log_probs[~out.mask] == 0).all() and (out.tokens[~out.mask] != 9).all()
+  assert (out.tokens[out.mask] == 9).all()

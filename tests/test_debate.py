@@ -641,3 +641,20 @@ def test_config_rounds_nodes_and_contest():
 def test_bad_config_raises(kwargs, field):
   with pytest.raises(ValueError, match=field):
     DebateConfig(**kwargs)
+
+
+def test_concat_games_joins_batches_and_sums_the_calls():
+  task = tasks.get("permutation", n=5, max_exponent=4)
+  oracle, liar = players.OracleDebater(task), players.LiarDebater(task, consistent=True)
+  config = _full_config(task, call_prob=0.5)
+  questions = _questions(task).questions
+  first = _play(task, oracle, liar, config, questions=questions[:64], assigned=_seats(64, 1))
+  second = _play(task, liar, oracle, config, questions=questions[64:], assigned=_seats(64, 0))
+  state, transcript = jax.tree.map(np.asarray, debate.concat_games([
+      jax.tree.map(jnp.asarray, first), jax.tree.map(jnp.asarray, second)]))
+  np.testing.assert_array_equal(state.winner, np.concatenate([first[0].winner, second[0].winner]))
+  np.testing.assert_array_equal(transcript.support_tokens, np.concatenate(
+      [first[1].support_tokens, second[1].support_tokens]))
+  for kind in debate.CALL_KINDS:
+    assert int(state.calls[kind]) == int(first[0].calls[kind]) + int(second[0].calls[kind])
+  assert int(state.human_calls) == int(first[0].human_calls) + int(second[0].human_calls) > 0

@@ -14,6 +14,7 @@ arguments, winners, counts) are the same in every run.
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -27,6 +28,7 @@ import multihost_worker as worker
 import numpy as np
 import optax
 import pytest
+import tiny
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -167,6 +169,23 @@ def test_state_is_created_and_kept_sharded_under_fsdp():
                *jax.tree.leaves(s.curriculum)]
     for x in scalars:
       assert x.sharding.is_fully_replicated and len(x.addressable_shards) == 8
+
+
+def test_league_snapshots_are_sharded_like_the_params_with_k_whole():
+  """The league's stacked snapshots [K, ...] (``StepConfig.league_size``): each parameter's
+  sharding with the K axis unsplit, so a snapshot is indexed without moving data between devices."""
+  mesh = sharding.make_mesh(data=2, fsdp=4)
+  tx, _, _ = worker.setup("hybrid")
+  config = dataclasses.replace(tiny.step_config(), league_size=3, league_games=tiny.BATCH)
+  init = lambda rng: step_lib.init_state(worker.TASK, worker.MODEL, tx, config, rng)
+  shardings = sharding.state_shardings(mesh, jax.eval_shape(init, jax.random.key(0)),
+                                       worker.MODEL, tx)
+  state = sharding.init_sharded_state(init, mesh, shardings, jax.random.key(0))
+  table = state.league_params["embedder"]["tokens"]["embedding"]
+  assert table.shape[0] == 3 and table.sharding.spec == P(None, None, "fsdp")
+  assert _shard_shapes(table) == {(3, worker.TASK.vocab_size, 32 // 4)}
+  np.testing.assert_array_equal(jax.device_get(table)[2],
+                                jax.device_get(state.params["embedder"]["tokens"]["embedding"]))
 
 
 def test_data_parallel_params_are_replicated():

@@ -435,3 +435,42 @@ def test_crediting_only_tested_claims_changes_the_update():
   assert max(gap) > 1e-6
   with pytest.raises(ValueError, match="StepConfig.claim_credit must be one of"):
     step_lib.StepConfig(claim_credit="sometimes")
+
+
+def test_the_league_plays_snapshots_and_credits_only_m():
+  """``league_size``: the state holds K snapshots of M (all M at step 0); every ``league_every``
+  steps the next slot becomes M; the league's games credit only M's side (about half the
+  arguments of the same number of self-play games); M's record there is reported; bad sizes are
+  refused with the field named."""
+  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
+                     clip_norm=1.0, optimizer=optax.sgd(0.1))
+  played = dict(call_prob=0.0, assign_prob=0.0)
+  plain_config = tiny.step_config(played)
+  config = tiny.step_config(played, league_size=2, league_every=2, league_games=tiny.BATCH)
+  state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+  assert step_lib.init_state(TASK, MODEL, tx, plain_config, jax.random.key(0)).league_params is None
+  for leaf, p in zip(jax.tree.leaves(state.league_params), jax.tree.leaves(state.params)):
+    assert leaf.shape == (2,) + p.shape
+    np.testing.assert_array_equal(leaf[0], p)
+    np.testing.assert_array_equal(leaf[1], p)
+  train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
+  plain_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, plain_config))
+  _, plain = plain_step(step_lib.init_state(TASK, MODEL, tx, plain_config, jax.random.key(0)),
+                        jax.random.key(1))
+  snapshots, args = [], []
+  for i in range(4):
+    state, metrics = train_step(state, jax.random.key(1 + i))
+    metrics = jax.device_get(metrics)
+    total = sum(float(metrics[f"league/{k}"]) for k in ("m_wins", "draws", "m_losses"))
+    np.testing.assert_allclose(total, 1.0, rtol=1e-6)
+    args.append(float(metrics["rl/arguments"]))
+    snapshots.append(jax.device_get(state.params))
+  league = jax.device_get(state.league_params)
+  for leaf, after2, after4 in zip(jax.tree.leaves(league), jax.tree.leaves(snapshots[1]),
+                                  jax.tree.leaves(snapshots[3])):
+    np.testing.assert_array_equal(leaf[0], after2)  # slot 0: M after step 2
+    np.testing.assert_array_equal(leaf[1], after4)  # slot 1: M after step 4
+  # Only M's side of each league game is credited: about half of self-play's arguments.
+  assert 0 < args[0] <= 0.6 * float(plain["rl/arguments"]), (args[0], plain["rl/arguments"])
+  with pytest.raises(ValueError, match="StepConfig.league_games must be in"):
+    tiny.step_config(played, league_size=2, league_games=3)

@@ -193,6 +193,17 @@ def with_assigned_claims(task: Task, rows: Rows, transcript: debate.Transcript,
                       log_probs=put(rows.log_probs, claim.log_probs))
 
 
+def only_seats(rows: Rows, seat: jax.Array) -> Rows:
+  """Policy Rows [B, R, 2, K] with the other side's rows masked out in each game where ``seat``
+  int32[B] is 0 or 1 (games against an opponent that is not M_target: only M's own samples get a
+  policy gradient); games with seat −1 unchanged."""
+  chex.assert_shape(seat, rows.mask.shape[:1])
+  keep = (seat[:, None] < 0) | (seat[:, None] == jnp.arange(2)[None, :])  # [B, 2]
+  keep = keep[:, None, :, None, None]
+  return rows.replace(mask=rows.mask & keep, tokens=jnp.where(keep, rows.tokens, PAD),
+                      log_probs=jnp.where(keep, rows.log_probs, 0.0))
+
+
 def training_part_policy(task: Task, rows: Rows) -> Rows:
   """Policy Rows [B, R, 2, K] with no policy gradient on an answer to an evaluation-part question:
   rows whose question lies there are masked out, and in each support (kind K - 1) the subanswers

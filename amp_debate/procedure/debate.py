@@ -623,6 +623,15 @@ class _Rollout:
     return state, transcript
 
 
+def concat_games(parts) -> tuple[GameState, Transcript]:
+  """Several rollouts' (GameState, Transcript) as one batch, in order: every per-game field
+  concatenated, the human-call totals (``GameState.calls``, scalars) summed. The parts must share
+  the config (and so every shape but the batch)."""
+  states, transcripts = zip(*parts)
+  state = jax.tree.map(lambda *x: sum(x) if x[0].ndim == 0 else jnp.concatenate(x), *states)
+  return state, jax.tree.map(lambda *x: jnp.concatenate(x), *transcripts)
+
+
 def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config: DebateConfig, *,
             stopper=None, judge=None, assigned: jax.Array | None = None,
             force_contest: bool = True) -> tuple[GameState, Transcript]:

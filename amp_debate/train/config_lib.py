@@ -224,6 +224,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if kl_budget_on(config) and config.mode == "supervised":
     raise ConfigError("config.safety.kl_budget.reference: the KL budget needs a mode with the "
                       "debate step (hybrid, amplification or debate), not supervised")
+  league = config.step.get("league_size", 0) > 0
+  if league and (config.mode == "supervised" or config.combination.weights.sup != 0
+                 or config.combination.weights_end.sup != 0):
+    raise ConfigError("config.step.league_size: games against the league's snapshots are for pure "
+                      "debate (mode=debate, combination.weights.sup = weights_end.sup = 0): the "
+                      "snapshots' computations would become distillation targets")
   if config.mode != "supervised" and config.debate.force_stop_after > config.debate.t_max:
     raise ConfigError(f"config.debate.force_stop_after={config.debate.force_stop_after} exceeds "
                       f"config.debate.t_max={config.debate.t_max}")

@@ -159,7 +159,8 @@ def state_shardings(mesh: Mesh, abstract_state: Any, model: LanguageModel,
   """NamedShardings shaped like ``abstract_state`` (a ``step.TrainState`` of ShapeDtypeStructs,
   from ``jax.eval_shape(init_fn, rng)``).
 
-  params, target_params (and the KL anchor's anchor_params): by the model's logical axes. opt_state: every copy of the parameter
+  params, target_params (and the KL anchor's anchor_params; the league's snapshots, stacked
+  [K, ...], the same with K unsplit): by the model's logical axes. opt_state: every copy of the parameter
   tree inside it (found by ``optax.tree_map_params``, e.g. Adam's mu and nu) sharded like the
   params where the leaf has the parameter's shape; all other leaves (counts, combination
   weights, Lagrange multiplier, factored statistics) replicated. step, curriculum: replicated.
@@ -181,7 +182,14 @@ def state_shardings(mesh: Mesh, abstract_state: Any, model: LanguageModel,
   return abstract_state.replace(
       step=rep, params=params, target_params=params, opt_state=opt_state,
       curriculum=jax.tree.map(lambda _: rep, abstract_state.curriculum),
-      anchor_params=None if abstract_state.anchor_params is None else params)
+      anchor_params=None if abstract_state.anchor_params is None else params,
+      league_params=(None if abstract_state.league_params is None
+                     else jax.tree.map(_stacked, params)))
+
+
+def _stacked(sharding: NamedSharding) -> NamedSharding:
+  """The sharding of a stack of parameters [K, ...] (the league): the parameter's, unsplit on K."""
+  return NamedSharding(sharding.mesh, P(None, *sharding.spec))
 
 
 def init_sharded_state(init_fn: Callable[[jax.Array], Any], mesh: Mesh, shardings: Any,

@@ -94,6 +94,17 @@ class StepConfig:
       with reward ``credit.stop_rewards`` (0 for [YES]; for [NO], 1 if continuing changed the
       verdict minus ``stop_cost`` per argument made after it), so that the stop learns where λ_sup
       is 0. Needs ``debate.learned_stop``; not with the overseer.
+    league_size: opponents beyond self-play (item 4 of issue 28; 0: none): K snapshots of M kept
+      in the state (``TrainState.league_params``, [K, ...]; all start as M at step 0), slot
+      (s / league_every − 1) mod K overwritten by M after every ``league_every``-th step s.
+      ``league_games`` of each step's games are played against one snapshot (drawn uniformly per
+      step), M in the even seat in the first half of them and in the odd seat in the second;
+      the snapshot's arguments get no policy gradient (its tokens are not M_target's samples), and
+      the learned stop and the judge there are M_target's. Pure debate only (λ_sup = 0: the
+      snapshot's computations would be distillation targets; ``config_lib`` refuses it).
+    league_every: steps between snapshots.
+    league_games: games per step against the snapshot (even; each half a multiple of
+      ``debates_per_question``; at most ``batch_size``).
     distill_subquestions: one more Amp′ pass gives distillation targets for every subquestion posed.
     pack_width: > 0: the gradient passes sort each game's rows real-first and score them in
       chunks of this many row slots per game, only the chunks that hold a real row
@@ -129,6 +140,9 @@ class StepConfig:
   credit_assigned_claims: bool = False
   claim_credit: str = "always"
   stop_cost: float | None = None
+  league_size: int = 0
+  league_every: int = 100
+  league_games: int = 0
   distill_subquestions: bool = True
   pack_width: int = 1
   update_epochs: int = 1
@@ -148,6 +162,8 @@ class StepConfig:
         credit_assigned_claims=checks.boolean,
         claim_credit=checks.choice("always", "tested"),
         stop_cost=checks.optional(checks.number(0.0)),
+        league_size=checks.integer(0), league_every=checks.integer(1),
+        league_games=checks.integer(0),
         distill_subquestions=checks.boolean, pack_width=checks.integer(0),
         update_epochs=checks.integer(1), num_minibatches=checks.integer(1),
         debates_per_question=checks.integer(1),
@@ -169,6 +185,16 @@ class StepConfig:
       raise checks.FieldError(type(self).__name__, "stop_cost",
                               "is not supported with the overseer (debate.p_flaw > 0) yet: the "
                               "review's targets follow the debaters' rows only")
+    if self.league_size > 0:
+      half = 2 * self.debates_per_question
+      if not 0 < self.league_games <= self.batch_size or self.league_games % half:
+        raise checks.FieldError(type(self).__name__, "league_games",
+                                f"must be in (0, batch_size={self.batch_size}] and a multiple of "
+                                f"2 * debates_per_question = {half} (M plays half of them in each "
+                                f"seat, whole question groups each), got {self.league_games}")
+      if self.overseer is not None or self.adversary is not None:
+        raise checks.FieldError(type(self).__name__, "league_size",
+                                "is not supported with the overseer or the adversary yet")
     if self.advantage == "rloo" and self.debates_per_question < 2:
       raise checks.FieldError(type(self).__name__, "debates_per_question",
                               "must be >= 2 with advantage='rloo' (the leave-one-out baseline "
@@ -181,9 +207,10 @@ class StepConfig:
 @flax.struct.dataclass
 class TrainState:
   """Everything a checkpoint needs (besides the config): step, M, M_target, optimiser, curriculum,
-  and with ``StepConfig.kl_anchor`` the reference policy's parameters (None otherwise; the
-  checkpointer then writes the state exactly as before the field existed, so older checkpoints
-  restore)."""
+  with ``StepConfig.kl_anchor`` the reference policy's parameters and with
+  ``StepConfig.league_size`` the league's snapshots, each tree stacked [K, ...] (None otherwise;
+  the checkpointer then writes the state exactly as before the field existed, so older
+  checkpoints restore)."""
 
   step: jax.Array
   params: Any
@@ -191,6 +218,7 @@ class TrainState:
   opt_state: Any
   curriculum: curriculum.CurriculumState
   anchor_params: Any = None
+  league_params: Any = None
 
 
 def init_state(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
@@ -208,8 +236,26 @@ def init_state(task: Task, model: LanguageModel, tx: optax.GradientTransformatio
                      target_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
                      curriculum=curriculum.init(config.curriculum, task.max_difficulty),
                      anchor_params=(jax.tree.map(jnp.copy, params) if config.kl_anchor > 0
-                                    else None))
+                                    else None),
+                     league_params=league_of(params, config.league_size))
   return with_hparams(state, **hparams) if hparams else state
+
+
+def league_of(params: Any, size: int) -> Any:
+  """The league's start: ``size`` copies of ``params`` stacked on a new leading axis (None at 0)."""
+  if size == 0:
+    return None
+  return jax.tree.map(lambda p: jnp.repeat(p[None], size, axis=0), params)
+
+
+def update_league(league: Any, params: Any, step: jax.Array, every: int) -> Any:
+  """After step ``step`` (the count of steps done): where ``step`` is a multiple of ``every``,
+  slot (step / every − 1) mod K of ``league`` [K, ...] becomes ``params``; otherwise unchanged."""
+  size = jax.tree.leaves(league)[0].shape[0]
+  slot = (step // every - 1) % size
+  take = (step % every == 0) & (jnp.arange(size) == slot)  # bool[K]
+  return jax.tree.map(lambda l, p: jnp.where(take.reshape((size,) + (1,) * p.ndim), p[None], l),
+                      league, params)
 
 
 def with_hparams(state: TrainState, *, learning_rate: Any = None, **combination) -> TrainState:
@@ -429,6 +475,52 @@ def _with_adversary(gradients, model: LanguageModel, config: StepConfig, prompts
   return penalised
 
 
+def _rollout(task: Task, model: LanguageModel, config: StepConfig, state: TrainState,
+             m_target: ModelDebater, questions: jax.Array, rng: jax.Array,
+             assigned: jax.Array | None):
+  """The step's debates on ``questions`` int32[B, Lq]: (GameState, Transcript, m_seat int32[B]).
+
+  Without the league, B self-play games of M_target (m_seat −1 everywhere). With it
+  (``StepConfig.league_size``), the last ``league_games`` games are against one snapshot drawn
+  uniformly from ``state.league_params``: M_target in the even seat in the first half of them
+  (m_seat 0), in the odd seat in the second (m_seat 1); no assignments there, and the learned stop
+  and the judge are M_target's."""
+  if config.league_size == 0:
+    game, transcript = debate.rollout(task, m_target, m_target, questions, rng, config.debate,
+                                      assigned=assigned)
+    return game, transcript, jnp.full(questions.shape[:1], -1, jnp.int32)
+  b, league = config.batch_size, config.league_games
+  half = league // 2
+  pick_rng, self_rng, even_rng, odd_rng = jax.random.split(rng, 4)
+  k = jax.random.randint(pick_rng, (), 0, config.league_size)
+  snapshot = ModelDebater(model=model, params=jax.tree.map(lambda x: x[k], state.league_params),
+                          task=task, temperature=config.temperature)
+  parts, seats = [], []
+  if b > league:
+    parts.append(debate.rollout(task, m_target, m_target, questions[:b - league], self_rng,
+                                config.debate,
+                                assigned=None if assigned is None else assigned[:b - league]))
+    seats.append(jnp.full((b - league,), -1, jnp.int32))
+  referees = dict(stopper=m_target, judge=m_target)
+  parts.append(debate.rollout(task, m_target, snapshot, questions[b - league:b - half], even_rng,
+                              config.debate, **referees))
+  parts.append(debate.rollout(task, snapshot, m_target, questions[b - half:], odd_rng,
+                              config.debate, **referees))
+  seats += [jnp.zeros((half,), jnp.int32), jnp.ones((half,), jnp.int32)]
+  game, transcript = debate.concat_games(parts)
+  return game, transcript, jnp.concatenate(seats)
+
+
+def _league_metrics(winner: jax.Array, m_seat: jax.Array) -> dict[str, jax.Array]:
+  """M's record against the league's snapshots (games with m_seat >= 0): win, loss, draw rates."""
+  league = m_seat >= 0
+  n = jnp.maximum(league.sum(), 1)
+  won = league & (winner == m_seat)
+  drawn = league & (winner == debate.DRAW)
+  return {"league/m_wins": won.sum() / n, "league/draws": drawn.sum() / n,
+          "league/m_losses": (league & ~won & ~drawn).sum() / n}
+
+
 def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransformation,
                      config: StepConfig, combination: str = "weighted",
                      constrain_batch: Callable[[Batch], Batch] | None = None):
@@ -460,13 +552,15 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     assigned = None
     if config.debate.assign_prob > 0:
       assigned = debate.sample_assignments(assign_rng, batch_size, config.debate.assign_prob)
-    game, transcript = debate.rollout(task, m_target, m_target, batch.questions, debate_rng,
-                                      config.debate, assigned=assigned)
+    game, transcript, m_seat = _rollout(task, model, config, state, m_target, batch.questions,
+                                        debate_rng, assigned)
 
     # What M_target sampled, and who gets credit for it (zero-sum per game, per argument).
     # Answers to evaluation-part questions (H's subquestions, descended-to nodes) get no policy
     # gradient; the share of sampled tokens dropped that way is logged.
     sampled = credit.policy_rows(task, transcript, drop_eval_part=False)
+    if config.league_size > 0:  # the snapshots' arguments are not M_target's samples
+      sampled = credit.only_seats(sampled, m_seat)
     prows = credit.training_part_policy(task, sampled)  # [B, R, 2, K]
     sampled_tokens = sampled.mask.sum()
     pg_eval_part_dropped = jnp.where(sampled_tokens > 0,
@@ -591,6 +685,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
     # of the root, where H was called.
     root_answers = _greedy_answers(task, model, state.params, batch.questions, eval_rng)
     side = transcript.assigned[:, 0].astype(jnp.int32)  # the even side computes unless assigned
+    side = jnp.where(m_seat >= 0, m_seat, side)  # against a snapshot: M's side
     root = jax.tree.map(lambda x: jnp.take_along_axis(
         x[:, 0], side.reshape((-1, 1) + (1,) * (x.ndim - 3)), axis=1)[:, 0], transcript.comps)
     agreement = curriculum.amplified_agreement(root_answers, root.answer,
@@ -635,10 +730,14 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         **{f"grad_norm/{k}": v for k, v in grad_norms.items()},
         **({} if oversight is None else overseer_lib.metrics(oversight)),
         **stop_metrics,
+        **(_league_metrics(game.winner, m_seat) if config.league_size > 0 else {}),
     }
     # replace: fields the step does not change (the KL anchor's reference) carry over.
     new_state = state.replace(step=step, params=params, target_params=target_params,
                               opt_state=opt_state, curriculum=curriculum_state)
+    if config.league_size > 0:
+      new_state = new_state.replace(league_params=update_league(
+          state.league_params, params, step, config.league_every))
     return new_state, metrics
 
   return train_step

@@ -589,6 +589,10 @@ def _start_from(state: step_lib.TrainState, start: Mapping[str, Any],
     state = state.replace(params=put(start["params"]), target_params=put(start["params"]))
     if state.anchor_params is not None:  # the KL anchor's reference is M at step 0
       state = state.replace(anchor_params=put(start["params"]))
+    if state.league_params is not None:  # every snapshot starts as M at step 0
+      size = jax.tree.leaves(state.league_params)[0].shape[0]
+      state = state.replace(league_params=jax.device_put(
+          step_lib.league_of(start["params"], size), shardings.league_params))
   if "anchor" in start:
     state = state.replace(opt_state=kl_budget.set_anchor(state.opt_state, put(start["anchor"])))
   return state

@@ -205,6 +205,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # argument made after it (credit.stop_rewards), so the stop learns in pure debate too.
   # < 0: no RL credit (the stop learns only from the hindsight labels, by distillation).
   c.step.stop_cost = -1.0
+  # Opponents beyond self-play (issue 28, pure debate only): league_size snapshots of M (0: none),
+  # one taken every league_every steps (the oldest replaced); league_games of each step's games are
+  # against a snapshot drawn per step, M in each seat in half of them, its own arguments credited.
+  c.step.league_size = 0
+  c.step.league_every = 100
+  c.step.league_games = 0
   # "rloo": leave-one-out baseline per question and seat over debates_per_question debates of
   # each question (issue 28); the others baseline over the whole batch.
   c.step.advantage = "normalize"

@@ -7,7 +7,8 @@ chance at level 1, trained on ground truth at level 0 only), then trains by pure
 claims, contest by construction, 1,000 steps. Arms: without and with a KL anchor (0.1) to that
 checkpoint (``step.kl_anchor``: the reference is M at step 0, here the loaded checkpoint), which
 should keep level 0 while level 1 is learned; and claims credited only in games whose outcome
-tested them (``step.claim_credit=tested``: not in games a failed consistency check decided). Two
+tested them (``step.claim_credit=tested``: not in games a failed consistency check decided); and
+supports completed from their claims (``debate.complete_supports``). Two
 seeds (the seed moves the debates, not the
 start). Not a pure-debate result: level 0 came from supervised learning. Run ``selfplay_leaf``
 first (``python -m experiments.sweep_study --sweeps=selfplay_leaf``).
@@ -33,4 +34,9 @@ def get_sweep():
   # credited only where the outcome tested them (``step.claim_credit``).
   tested = sweep.product({**{k: [v] for k, v in BASE.items()}},
                          {"step.claim_credit": ["tested"]}, {"seed": [0, 1]})
-  return anchors + tested
+  # Added after those (2026-12-07, second session): supports completed from their claims
+  # (``debate.complete_supports``), so that the support check no longer decides the game and the
+  # dispute tests the rows each side chose.
+  complete = sweep.product({**{k: [v] for k, v in BASE.items()}},
+                           {"debate.complete_supports": [True]}, {"seed": [0, 1]})
+  return anchors + tested + complete
