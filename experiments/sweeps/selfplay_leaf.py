@@ -6,7 +6,9 @@ control), contest by construction (``debate.distinct_claims``), contest plus cha
 (``debate.explore_prob`` 0.25), supervised training on the same questions (the reference), and an
 entropy bonus of 0.1 (``step.entropy_coef``) alone and with contest by construction, and a KL anchor
 of 0.1 to M at step 0 (``step.kl_anchor``) alone; and, with contest by construction, assigned claims
-in half the games without and with crediting the assigned claim (``step.credit_assigned_claims``).
+in half the games without and with crediting the assigned claim (``step.credit_assigned_claims``);
+and plain self-play with half of each step's games against a league of four snapshots of M, one
+taken every 50 steps (``step.league_size``, item 4 of issue 28).
 
   python -m amp_debate.sweep --sweep=experiments/sweeps/selfplay_leaf.py \
       --config=experiments/configs/default.py:task=permutation,mode=debate,quickstart \
@@ -24,7 +26,8 @@ ASSIGNED = {"debate.assign_prob": 0.5}  # half the games with an assigned claim 
 # Arms added later come last, so that the earlier ones keep their run indices (and workdirs).
 ARMS = ({}, DISTINCT, {**DISTINCT, "debate.explore_prob": 0.25}, {"mode": "supervised"},
         ENTROPY, {**DISTINCT, **ENTROPY}, {"step.kl_anchor": 0.1},
-        {**DISTINCT, **ASSIGNED}, {**DISTINCT, **ASSIGNED, "step.credit_assigned_claims": True})
+        {**DISTINCT, **ASSIGNED}, {**DISTINCT, **ASSIGNED, "step.credit_assigned_claims": True},
+        {"step.league_size": 4, "step.league_every": 50, "step.league_games": 32})
 
 
 def get_sweep():
