@@ -29,7 +29,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/configs/default.py:task=permutation,quickstart"
 SWEEPS = ("anneal", "call_prob", "learned_stop", "target", "modes", "selfplay_leaf", "stop_rl",
-          "selfplay_from_leaf", "complete_supports")
+          "selfplay_from_leaf", "complete_supports", "shaped")
 # Sweeps whose runs start from another mode's defaults (the sweep file sets the rest).
 CONFIGS = {name: "experiments/configs/default.py:task=permutation,mode=debate,quickstart"
            for name in ("selfplay_leaf", "stop_rl", "selfplay_from_leaf", "complete_supports")}
