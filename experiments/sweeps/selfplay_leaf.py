@@ -27,7 +27,9 @@ ASSIGNED = {"debate.assign_prob": 0.5}  # half the games with an assigned claim 
 ARMS = ({}, DISTINCT, {**DISTINCT, "debate.explore_prob": 0.25}, {"mode": "supervised"},
         ENTROPY, {**DISTINCT, **ENTROPY}, {"step.kl_anchor": 0.1},
         {**DISTINCT, **ASSIGNED}, {**DISTINCT, **ASSIGNED, "step.credit_assigned_claims": True},
-        {"step.league_size": 4, "step.league_every": 50, "step.league_games": 32})
+        # The league is for pure debate: the mode is named so the arm builds on any base config.
+        {"mode": "debate", "step.league_size": 4, "step.league_every": 50,
+         "step.league_games": 32})
 
 
 def get_sweep():
