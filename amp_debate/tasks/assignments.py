@@ -158,8 +158,7 @@ class Assignments(Task):
     del question
     tok = self.tokenizer
     rest = (tok.to_number(claim[0]) - tok.to_number(subanswers[0, 0])) % self.modulus
-    fixed = (jnp.arange(self.num_subquestions) == 1) & valid
-    return jnp.where(fixed[:, None], tok.number(rest)[None, None], subanswers), fixed
+    return self._with_row(subanswers, valid, 1, tok.number(rest)[None])
 
   # ---- ground truth --------------------------------------------------------------------------
   def solve(self, question):

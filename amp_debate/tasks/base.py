@@ -280,6 +280,13 @@ class Task(abc.ABC):
     del question, claim, valid
     return subanswers, jnp.zeros((self.num_subquestions,), bool)
 
+  def _with_row(self, subanswers: jax.Array, valid: jax.Array, row: int,
+                value: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``complete_support``'s usual answer: row ``row`` of ``subanswers`` int32[S, La] set to
+    ``value`` int32[La] where that row is valid; (subanswers, fixed bool[S])."""
+    fixed = (jnp.arange(self.num_subquestions) == row) & valid
+    return jnp.where(fixed[:, None], value[None, :], subanswers), fixed
+
   # ---- ground truth (evaluation only) ----------------------------------------------------------
   @abc.abstractmethod
   def solve(self, question: jax.Array) -> jax.Array:

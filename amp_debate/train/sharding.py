@@ -160,8 +160,8 @@ def state_shardings(mesh: Mesh, abstract_state: Any, model: LanguageModel,
   from ``jax.eval_shape(init_fn, rng)``).
 
   params, target_params (and the KL anchor's anchor_params; the league's snapshots, stacked
-  [K, ...], the same with K unsplit): by the model's logical axes. opt_state: every copy of the parameter
-  tree inside it (found by ``optax.tree_map_params``, e.g. Adam's mu and nu) sharded like the
+  [K, ...], the same with K unsplit): by the model's logical axes. opt_state: every copy of the
+  parameter tree inside it (found by ``optax.tree_map_params``, e.g. Adam's mu and nu) sharded like the
   params where the leaf has the parameter's shape; all other leaves (counts, combination
   weights, Lagrange multiplier, factored statistics) replicated. step, curriculum: replicated.
 

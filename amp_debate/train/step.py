@@ -253,9 +253,9 @@ def update_league(league: Any, params: Any, step: jax.Array, every: int) -> Any:
   slot (step / every − 1) mod K of ``league`` [K, ...] becomes ``params``; otherwise unchanged."""
   size = jax.tree.leaves(league)[0].shape[0]
   slot = (step // every - 1) % size
-  take = (step % every == 0) & (jnp.arange(size) == slot)  # bool[K]
-  return jax.tree.map(lambda l, p: jnp.where(take.reshape((size,) + (1,) * p.ndim), p[None], l),
-                      league, params)
+  due = step % every == 0
+  # One slot written (in place when the state is donated), not a select over all K.
+  return jax.tree.map(lambda l, p: l.at[slot].set(jnp.where(due, p, l[slot])), league, params)
 
 
 def with_hparams(state: TrainState, *, learning_rate: Any = None, **combination) -> TrainState:
