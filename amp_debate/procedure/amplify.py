@@ -42,8 +42,10 @@ class AmpOutput:
   Attributes:
     answers: int32[B, La] Amp′ answers: ``amplified`` where H was called, else ``direct``.
     amplified: int32[B, La] Amp(H, M) answers (computed for every question; static shapes).
-    direct: int32[B, La] M's own answers to the questions.
-    direct_log_probs: float32[B, La] M's log-probs of its direct answers (0 for plain answer_fns).
+    direct: int32[B, La] M's own answers to the questions (PAD where not computed: H always
+      called, see ``amplify``).
+    direct_log_probs: float32[B, La] M's log-probs of its direct answers (0 for plain answer_fns,
+      and where not computed).
     called: bool[B] whether H was called on each question.
     human_calls: int32[] number of H calls in this batch (= called.sum()).
     is_leaf: bool[B] whether H answered alone (no subquestions).
@@ -68,7 +70,8 @@ class AmpOutput:
 
 def amplify(task: Task, answer_fn: AnswerFn, questions: jax.Array, rng: jax.Array, *,
             call_prob: float | jax.Array | None = None,
-            confidence_threshold: float | jax.Array | None = None) -> AmpOutput:
+            confidence_threshold: float | jax.Array | None = None,
+            direct: bool | None = None) -> AmpOutput:
   """Amp′(H, M) on a batch.
 
   H is called on question q iff ``uniform(q) < call_prob`` or ``confidence(q) <
@@ -84,6 +87,11 @@ def amplify(task: Task, answer_fn: AnswerFn, questions: jax.Array, rng: jax.Arra
       Default: 1.0 (plain Amp(H, M)) without a threshold, 0.0 with one.
     confidence_threshold: None (no confidence rule) or a value in [0, 1]: H is also called where
       M's confidence in its direct answer is below it. Needs an answer_fn that returns log-probs.
+    direct: whether to compute M's direct answers. None (default): unless H is called on every
+      question by construction (call_prob the Python number 1, no threshold), where no answer
+      uses them and they would cost one more pass of M over the batch; then ``direct`` is PAD
+      and its log-probs 0. The other outputs, and the random draws behind them, do not depend
+      on it. False is refused unless H is always called.
   Returns:
     AmpOutput (shapes in its docstring).
   Raises:
@@ -100,11 +108,23 @@ def amplify(task: Task, answer_fn: AnswerFn, questions: jax.Array, rng: jax.Arra
   call_rng, direct_rng, sub_rng = jax.random.split(rng, 3)
   amplified, is_leaf, subquestions, subanswers, sub_log_probs, sub_valid = _amp(
       task, answer_fn, questions, sub_rng, with_log_probs=True)
-  raw = answer_fn(questions, direct_rng)
-  if confidence_threshold is not None and not isinstance(raw, tuple):
-    raise ValueError("amplify: confidence_threshold needs an answer_fn that returns "
-                     "(answers, log_probs); this one returns answers only")
-  direct, direct_log_probs = _answers_and_log_probs(raw, (batch, task.answer_len))
+  always = (confidence_threshold is None and isinstance(call_prob, (int, float))
+            and call_prob == 1)
+  if direct is None:
+    direct = not always
+  elif not direct and not always:
+    raise ValueError("amplify: direct=False needs H called on every question (call_prob=1, no "
+                     "confidence_threshold): elsewhere Amp′ answers with M's direct answer")
+  if direct:
+    raw = answer_fn(questions, direct_rng)
+    if confidence_threshold is not None and not isinstance(raw, tuple):
+      raise ValueError("amplify: confidence_threshold needs an answer_fn that returns "
+                       "(answers, log_probs); this one returns answers only")
+    direct_answers, direct_log_probs = _answers_and_log_probs(raw, (batch, task.answer_len))
+  else:
+    direct_answers = jnp.full((batch, task.answer_len), PAD, jnp.int32)
+    direct_log_probs = jnp.zeros((batch, task.answer_len), jnp.float32)
+  direct = direct_answers
   chex.assert_equal_shape([direct, amplified])
   called = jax.random.uniform(call_rng, (batch,)) < call_prob
   if confidence_threshold is not None:

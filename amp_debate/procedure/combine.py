@@ -501,6 +501,17 @@ def weights(opt_state: Any) -> dict[str, jax.Array]:
   return dict(find_state(opt_state).weights)
 
 
+def next_weight(opt_state: Any, name: str) -> jax.Array | None:
+  """float32[] the weight the NEXT update will apply to objective ``name`` where it is data in
+  the state (a constant or ``Linear``, at the state's count); None for a callable schedule (in
+  the closure, not the state) or an objective the combination does not weigh ("sup" in
+  constrained is μ: None). Jittable; used to skip a pass whose objective has weight 0."""
+  state = find_state(opt_state)
+  if name not in state.schedules:
+    return None
+  return _linear_at(state.schedules[name], state.count)
+
+
 def beta(opt_state: Any) -> jax.Array:
   """float32[] β of the shaped reward (shaped only)."""
   state = find_state(opt_state)

@@ -127,6 +127,12 @@ class DebateConfig:
         early_exit=checks.boolean, assign_prob=checks.number(0.0, 1.0),
         p_flaw=checks.number(0.0, 1.0), distinct_claims=checks.boolean,
         explore_prob=checks.number(0.0, 1.0), complete_supports=checks.boolean)
+    if self.assign_prob > 0 and not self.contested:
+      raise checks.FieldError(type(self).__name__, "assign_prob",
+                              f"must be 0 when the debate ends after the first claim (t_max="
+                              f"{self.t_max}, force_stop_after={self.force_stop_after}): an "
+                              f"assigned claim is never contested, and an assigned even seat "
+                              f"computes nothing (got {self.assign_prob})")
 
   @property
   def num_rounds(self) -> int:
@@ -309,6 +315,16 @@ def _empty_computation(task: Task, shape) -> Computation:
                      sub_valid=z(s, dtype=bool), active=z(dtype=bool))
 
 
+def _empty_amp(task: Task, batch: int) -> AmpOutput:
+  """An AmpOutput of zeros for ``batch`` questions (a branch that computes nothing)."""
+  c = _empty_computation(task, (batch,))
+  return AmpOutput(answers=c.answer, amplified=c.answer, direct=c.direct,
+                   direct_log_probs=c.direct_log_probs, called=c.called,
+                   human_calls=jnp.zeros((), jnp.int32), is_leaf=c.is_leaf,
+                   subquestions=c.subquestions, subanswers=c.subanswers,
+                   sub_log_probs=c.sub_log_probs, sub_valid=c.sub_valid)
+
+
 def _empty_transcript(task: Task, batch: int, num_nodes: int) -> Transcript:
   b, r = batch, num_nodes
   z = lambda *shape, dtype=jnp.int32: jnp.zeros(shape, dtype)
@@ -374,11 +390,25 @@ class _Rollout:
     amp = self.both_sides(lambda p, k, n: self.amplify(p, n, k), key, nodes)
     return Computation.of(amp, computing)
 
-  def direct_supports(self, nodes, claims, key):
-    """Both sides' direct SUPPORT answers: (tokens int32[B, 2, S*La], log_probs float32[...])."""
-    move = self.both_sides(lambda p, k, n, c: p.support(n, c, k), key, nodes,
-                           (claims[:, 0], claims[:, 1]))
-    return move.tokens, move.log_probs
+  def direct_supports(self, nodes, claims, key, assigned):
+    """Both sides' direct SUPPORT answers: (tokens int32[B, 2, S*La], log_probs float32[...]).
+
+    In self-play with H called in every computation (call_prob 1, no confidence rule), only an
+    assigned side answers SUPPORT directly (a computing side's support is its trace): then one
+    support per game is sampled, the assigned seat's (``assigned`` bool[B, 2]; even's where
+    none is), and the other seat's is zeros (never used)."""
+    even, odd = self.players
+    if not (even is odd and self.config.call_prob == 1
+            and self.config.confidence_threshold is None):
+      move = self.both_sides(lambda p, k, n, c: p.support(n, c, k), key, nodes,
+                             (claims[:, 0], claims[:, 1]))
+      return move.tokens, move.log_probs
+    seat = assigned[:, 1]  # bool[B]: odd is the assigned seat
+    claim = jnp.where(seat[:, None], claims[:, 1], claims[:, 0])
+    move = even.support(nodes, claim, key)
+    place = lambda x: jnp.stack([jnp.where(seat[:, None], 0, x), jnp.where(seat[:, None], x, 0)],
+                                1).astype(x.dtype)
+    return place(move.tokens), place(move.log_probs)
 
   def assigned_claims(self, questions, own, key, force_contest):
     """Each side's claim were it assigned one: its player's ``answer`` (a sample of M's answer
@@ -501,11 +531,12 @@ class _Rollout:
       assigned = jnp.zeros((batch, 2), bool)
     else:
       assigned = jnp.stack([assigned_seat == 0, assigned_seat == 1], 1)  # bool[B, 2]
-    comp = self.compute_sides(questions, comp_rng, ~assigned)
-    if not config.contested:  # odd never claims: its computation is not part of the debate
-      comp = comp.replace(active=comp.active.at[:, 1].set(False),
-                          called=comp.called.at[:, 1].set(False),
-                          sub_valid=comp.sub_valid.at[:, 1].set(False))
+    if config.contested:
+      comp = self.compute_sides(questions, comp_rng, ~assigned)
+    else:  # odd never claims: only even's computation is part of the debate (odd's is empty)
+      even = Computation.of(self.amplify(self.players[0], questions, comp_rng), ~assigned[:, 0])
+      comp = jax.tree.map(lambda e, o: jnp.stack([e, o], 1), even,
+                          _empty_computation(task, (batch,)))
     if config.distinct_claims and config.contested:
       comp = self.distinct_odd_claim(questions, comp, assigned, jax.random.fold_in(key, 11))
     if config.explore_prob > 0 and config.contested:
@@ -564,7 +595,8 @@ class _Rollout:
   def supports(self, state, transcript, r, key):
     """Node r's SUPPORT arguments (t = 2+2r even, 3+2r odd), the dispute and the descent."""
     task = self.task
-    direct_tokens, direct_log_probs = self.direct_supports(state.node, state.claims, key)
+    direct_tokens, direct_log_probs = self.direct_supports(state.node, state.claims, key,
+                                                           transcript.assigned)
     if self.config.complete_supports:
       complete = jax.vmap(self.vmap(protocol.complete_support), in_axes=(None, 1, 1), out_axes=1)
       direct_tokens, fixed = complete(state.node, state.claims, direct_tokens)
@@ -712,7 +744,12 @@ def rollout_finish(task: Task, even, odd, carry: tuple[GameState, Transcript], r
   final_judge = _empty_computation(task, (batch,))
   if config.contested:
     pending = ((state.reason == T_MAX) | (state.reason == FORCED)) & (state.num_args >= 2)
-    amp = game.amplify(judge, state.node, jax.random.fold_in(rng, 2_000_000))
+    # Only where some game stopped by force or T_MAX with no verdict yet (often none: every game
+    # conceded, was caught or reached a leaf); under vmap both branches run.
+    judge_rng = jax.random.fold_in(rng, 2_000_000)
+    empty = _empty_amp(task, batch)
+    amp = jax.lax.cond((pending & ~state.judged).any(),
+                       lambda: game.amplify(judge, state.node, judge_rng), lambda: empty)
     # A node the judge already decided for the learned stop keeps that verdict (H counted once).
     final_judge = Computation.of(amp, pending & ~state.judged)
     state = _count(state, "verdicts", final_judge.human_calls())

@@ -35,6 +35,7 @@ the ground-truth answers of the same question distribution (all levels; no H, no
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -106,10 +107,13 @@ class StepConfig:
     league_games: games per step against the snapshot (even; each half a multiple of
       ``debates_per_question``; at most ``batch_size``).
     distill_subquestions: one more Amp′ pass gives distillation targets for every subquestion posed.
-    pack_width: > 0: the gradient passes sort each game's rows real-first and score them in
-      chunks of this many row slots per game, only the chunks that hold a real row
-      (``procedure.packing``; the same losses up to float rounding); 0: every slot in one pass.
-      1 was fastest on CPU (benchmarks/step.py --pack-widths).
+    pack_width: > 0: the gradient passes pool the rows of ``B / pack_groups`` consecutive games,
+      sort each pool real-first and score them in chunks of ``pack_width · B`` rows (this many row
+      slots per game on average), only the chunks that hold a real row (``procedure.packing``;
+      the same losses up to float rounding); 0: every slot in one pass.
+    pack_groups: pools of games the packing keeps apart (the trainer sets it to the batch's data
+      shards, so that no row leaves its device; one that does not divide a (mini)batch is
+      reduced to their greatest common divisor).
     update_epochs, num_minibatches: optimiser updates per rollout: ``update_epochs`` passes over
       the rollout's games split into ``num_minibatches`` minibatches (which must divide
       ``batch_size``), each update on the current M (PPO-style reuse: the clipped importance
@@ -145,6 +149,7 @@ class StepConfig:
   league_games: int = 0
   distill_subquestions: bool = True
   pack_width: int = 1
+  pack_groups: int = 1
   update_epochs: int = 1
   num_minibatches: int = 1
   debates_per_question: int = 1
@@ -165,6 +170,7 @@ class StepConfig:
         league_size=checks.integer(0), league_every=checks.integer(1),
         league_games=checks.integer(0),
         distill_subquestions=checks.boolean, pack_width=checks.integer(0),
+        pack_groups=checks.integer(1),
         update_epochs=checks.integer(1), num_minibatches=checks.integer(1),
         debates_per_question=checks.integer(1),
         overseer=checks.optional(checks.of_type(overseer_lib.OverseerConfig)),
@@ -341,6 +347,13 @@ def skips_policy_pass(config: StepConfig) -> bool:
           and config.kl_anchor == 0 and not penalises(config) and config.overseer is None)
 
 
+def policy_pass_optional(config: StepConfig) -> bool:
+  """Whether the policy pass feeds only the RL objective (no catastrophe penalty, no overseer),
+  so that a step can skip it when that objective's weight is 0 (``_gradient_fn``'s ``rl_live``;
+  the entropy bonus and the KL anchor are part of the RL loss)."""
+  return not penalises(config) and config.overseer is None
+
+
 def penalises(config: StepConfig) -> bool:
   """Whether the catastrophe loss can be nonzero: a predicate other than the constant, or an
   overseer whose flags feed the penalty."""
@@ -350,32 +363,40 @@ def penalises(config: StepConfig) -> bool:
 
 
 def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = None):
-  """``gradients(params, policy, drows) -> (grads, values, pg_metrics)``: each objective's loss
-  and gradient over the given games' rows.
+  """``gradients(params, policy, drows, rl_live=None) -> (grads, values, pg_metrics)``: each
+  objective's loss and gradient over the given games' rows.
+
+  ``rl_live``: bool[] or None; where False (the RL objective's weight in the update is 0, and the
+  policy pass feeds nothing else: ``policy_pass_optional``) the policy pass is skipped at run time
+  (``lax.cond``; under ``vmap`` both branches run): "rl" gets a zero gradient and value 0, and
+  the pg/ metrics are 0.
 
   ``policy``: {"rows": policy Rows [b, G], "adv": float32[b, G] (the rows' advantages),
   "weights": float32[b, G, L] (``credit.token_weights``), with an overseer also "flags":
   bool[b, G] (the catastrophe penalty's) and "review" (``overseer.review_targets``: the review's
   cross-entropy joins the catastrophe loss)}; ``drows``: distillation Rows
   [b, G']. ``anchor_params``: the KL anchor's reference (with ``config.kl_anchor``).
-  With ``config.pack_width`` each game's real rows are scored first, in chunks of that
-  many slots, only the chunks holding one (``procedure.packing``); every loss is a ratio of sums
-  over rows and a chunk contributes its loss times its share of the denominator, so the sum over
-  chunks is the loss over all rows.
+  With ``config.pack_width`` the rows of each pool of games (``config.pack_groups`` pools) are
+  scored real rows first, in chunks of ``pack_width`` slots per game, only the chunks holding
+  one (``procedure.packing``); every loss is a ratio of sums over rows and a chunk contributes
+  its loss times its share of the denominator, so the sum over chunks is the loss over all rows.
   """
   # static: skip a constant-zero loss (no penalty and no overseer to train)
   never = not penalises(config) and config.overseer is None
 
-  def gradients(params, policy, drows):
+  def gradients(params, policy, drows, rl_live=None):
     p_active, d_active = policy["rows"].active, drows.active
+    games = p_active.shape[0]
+    groups = math.gcd(games, config.pack_groups)
     p_tokens = policy["rows"].mask  # the losses' valid tokens (a row is active iff it has one)
     p_weight = jnp.where(p_tokens, policy["weights"], 0.0).sum()
     p_count, p_rows, d_count = p_tokens.sum(), p_active.sum(), drows.mask.sum()
     audits = policy["review"]["audited"].sum() if "review" in policy else None
     if config.pack_width:
-      policy, p_active = packing.active_first(policy, p_active)
-      drows, d_active = packing.active_first(drows, d_active)
-    width = lambda active: config.pack_width or active.shape[1]
+      policy, p_active = packing.active_first(*packing.pooled(policy, p_active, groups))
+      drows, d_active = packing.active_first(*packing.pooled(drows, d_active, groups))
+    width = lambda active: (config.pack_width * (games // groups) if config.pack_width
+                            else active.shape[1])
 
     def policy_losses(params, chunk):  # RL and catastrophe share the forward pass
       rows = chunk["rows"]
@@ -433,13 +454,20 @@ def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = 
       return losses.distillation_loss(logp_targets, flat.mask) * packing.weight_of(
           flat.mask.sum(), d_count)
 
+    def policy_pass():
+      return packing.chunked_sum(
+          lambda chunk: jax.jacrev(policy_losses, has_aux=True)(params, chunk),
+          policy, p_active, width(p_active))
+
     if skips_policy_pass(config):  # its gradient is exactly zero; the pg/ metrics are absent
       grads = {"rl": jax.tree.map(jnp.zeros_like, params)}
       pg_metrics, values = {}, {"rl": jnp.zeros((), jnp.float32)}
+    elif rl_live is not None and policy_pass_optional(config):
+      zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   jax.eval_shape(policy_pass))
+      grads, (pg_metrics, values) = jax.lax.cond(rl_live, policy_pass, zeros)
     else:
-      grads, (pg_metrics, values) = packing.chunked_sum(
-          lambda chunk: jax.jacrev(policy_losses, has_aux=True)(params, chunk),
-          policy, p_active, width(p_active))
+      grads, (pg_metrics, values) = policy_pass()
     values["sup"], grads["sup"] = packing.chunked_sum(
         lambda chunk: jax.value_and_grad(distill_loss)(params, chunk), drows, d_active,
         width(d_active))
@@ -509,6 +537,17 @@ def _rollout(task: Task, model: LanguageModel, config: StepConfig, state: TrainS
   seats += [jnp.zeros((half,), jnp.int32), jnp.ones((half,), jnp.int32)]
   game, transcript = debate.concat_games(parts)
   return game, transcript, jnp.concatenate(seats)
+
+
+def _rl_live(opt_state: Any, combination: str) -> jax.Array | None:
+  """bool[]: whether the next update's weight on the RL objective is nonzero (its weight is data
+  in the combination's state, ``combine.next_weight``); None where that is not known (a callable
+  schedule) or the objective is always used (the shaped combination, whose policy pass carries
+  the supervised term too)."""
+  if combination == "shaped":
+    return None
+  weight = combine.next_weight(opt_state, "rl")
+  return None if weight is None else weight != 0
 
 
 def _league_metrics(winner: jax.Array, m_seat: jax.Array) -> dict[str, jax.Array]:
@@ -652,8 +691,9 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
       gradients = _with_adversary(gradients, model, config,
                                   model_player.answer_prompts(task, batch.questions),
                                   jax.random.fold_in(rng, _ADVERSARY_STREAM))
+    rl_live = lambda opt_state: _rl_live(opt_state, combination)
     if num_updates == 1:
-      grads, values, pg_metrics = gradients(state.params, policy, drows)
+      grads, values, pg_metrics = gradients(state.params, policy, drows, rl_live(state.opt_state))
       params, opt_state = _apply(tx, state.params, state.opt_state, grads, values)
       grad_norms = {k: optax.tree.norm(g) for k, g in grads.items()}
     else:
@@ -669,7 +709,7 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         params, opt_state = carry
         part = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(
             x, u % minibatches, axis=1, keepdims=False), split)
-        grads, values, pg_metrics = gradients(params, *part)
+        grads, values, pg_metrics = gradients(params, *part, rl_live(opt_state))
         params, opt_state = _apply(tx, params, opt_state, grads, values)
         norms = {k: optax.tree.norm(g) for k, g in grads.items()}
         return (params, opt_state), (values, pg_metrics, norms)
@@ -754,11 +794,13 @@ def build_supervised_step(task: Task, model: LanguageModel, tx: optax.GradientTr
                           constrain_batch: Callable[[Batch], Batch] | None = None):
   """The pure supervised ``train_step(state, rng) -> (state, metrics)``: cross-entropy toward
   ``task.solve`` on a batch at the curriculum's level (the ground-truth upper bound; the
-  gradient is passed to the combination as the "sup" objective)."""
+  gradient is passed to the combination as the "sup" objective). "accuracy/model" (and the
+  curriculum's signal) is the share of questions whose every teacher-forced argmax is the true
+  token, which is the greedy answer's accuracy, from the loss's own forward pass: no decode."""
   batch_size = config.batch_size
 
   def train_step(state: TrainState, rng: jax.Array):
-    sample_rng, eval_rng = jax.random.split(rng)
+    sample_rng, _ = jax.random.split(rng)
     level = curriculum.max_difficulty(state.curriculum)
     batch = sample_batch(task, sample_rng, batch_size, level)
     if constrain_batch is not None:
@@ -767,14 +809,17 @@ def build_supervised_step(task: Task, model: LanguageModel, tx: optax.GradientTr
     mask = jnp.ones(batch.answers.shape, bool)
 
     def loss_fn(params):
-      logp = model.log_prob(params, prompts, batch.answers, answer_mask=mask)
-      return losses.distillation_loss(logp, mask)
+      logits = model.answer_logits(params, prompts, batch.answers)  # [B, La, V]
+      logp = token_log_probs(logits, batch.answers, 1.0)
+      # M's greedy answer is the true one iff every teacher-forced argmax is the true token (by
+      # induction over the positions), so this pass also gives the accuracy of greedy decoding
+      # without decoding (ties aside).
+      correct = (jnp.argmax(logits, axis=-1) == batch.answers).all(-1)
+      return losses.distillation_loss(logp, mask), jax.lax.stop_gradient(correct)
 
-    sup, grad = jax.value_and_grad(loss_fn)(state.params)
+    (sup, correct), grad = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = {"sup": grad}
     params, opt_state, step, target_params = _update(tx, config, state, grads, {"sup": sup})
-    root_answers = _greedy_answers(task, model, state.params, batch.questions, eval_rng)
-    correct = (root_answers == batch.answers).all(-1)
     curriculum_state = curriculum.update(state.curriculum, step, correct.mean(),
                                          config.curriculum, task.max_difficulty)
     metrics = {

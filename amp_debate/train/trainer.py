@@ -478,6 +478,8 @@ def _programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> _Pr
     return _PROGRAMS[key]
   task, model, tx, step_config, init_fn = _build(config)
   constrain = sharding.batch_constraint(mesh)
+  # The packed gradient passes pool rows within each data shard's games (no row leaves its device).
+  step_config = dataclasses.replace(step_config, pack_groups=sharding.num_batch_shards(mesh))
   if config.mode == "supervised":
     step_fn = step_lib.build_supervised_step(task, model, tx, step_config,
                                              constrain_batch=constrain)
