@@ -141,9 +141,11 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
                             answer_mask=flat.mask, temperature=temperature).sum()
     if not packed:
       return jax.jit(lambda p: jax.grad(log_prob_sum)(p, rows))
-    ordered, active = packing.active_first(rows, rows.active)
+    # As the step packs on one device: every game's rows in one pool.
+    ordered, active = packing.active_first(*packing.pooled(rows, rows.active, 1))
+    games = rows.active.shape[0]
     return jax.jit(lambda p: packing.chunked_sum(lambda c: jax.grad(log_prob_sum)(p, c),
-                                                 ordered, active, width))
+                                                 ordered, active, width * games))
 
   greedy = jax.jit(lambda p, q, rng: step_lib._greedy_answers(task, model, p, q, rng))
   skipped = ("; the step skips it: one-argument debates"
@@ -157,9 +159,10 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
     calls[f"{label} gradient, every slot ({size}){note}"] = (
         grad_of(rows, temperature, False), (params,))
     if width:
-      most = int(rows.active.sum(1).max())
-      calls[f"{label} gradient, packed (pack_width {width}: {-(-most // width)} chunks of "
-            f"{rows.active.shape[0] * width} rows){note}"] = (
+      games = rows.active.shape[0]
+      real = int(rows.active.sum())
+      calls[f"{label} gradient, packed (pack_width {width}: {-(-real // (width * games))} "
+            f"chunks of {games * width} rows){note}"] = (
           grad_of(rows, temperature, True), (params,))
   out = {}
   for name, (fn, args) in calls.items():

@@ -177,3 +177,19 @@ def test_threshold_needs_log_probs(task):
   q = jnp.zeros((4, task.question_len), jnp.int32)
   with pytest.raises(ValueError, match="log_probs"):
     amplify(task, oracle_fn(task), q, jax.random.key(0), confidence_threshold=0.5)
+
+
+def test_direct_answers_are_skipped_only_where_h_is_always_called(task):
+  """call_prob 1 without a threshold: no direct answers are computed (PAD, log-prob 0), and
+  every other output equals the run that computes them; direct=False elsewhere is refused."""
+  batch = _sample(task, 21, 64)
+  skipped = amplify(task, oracle_fn(task), batch.questions, jax.random.key(22), call_prob=1.0)
+  computed = amplify(task, oracle_fn(task), batch.questions, jax.random.key(22), call_prob=1.0,
+                     direct=True)
+  assert (np.asarray(skipped.direct) == 0).all()
+  np.testing.assert_array_equal(computed.direct, batch.answers)
+  for field in ("answers", "amplified", "called", "subquestions", "subanswers", "sub_valid"):
+    np.testing.assert_array_equal(getattr(skipped, field), getattr(computed, field), err_msg=field)
+  with pytest.raises(ValueError, match="direct=False needs H called on every question"):
+    amplify(task, oracle_fn(task), batch.questions, jax.random.key(22), call_prob=0.5,
+            direct=False)

@@ -121,3 +121,25 @@ def test_bad_max_level():
     curriculum.init(config, -1)
   with pytest.raises(ValueError, match="max_level"):
     curriculum.update(curriculum.init(config, MAX), 0, jnp.float32(1.0), config, max_level=-1)
+
+
+def test_debiased_agreement_opens_a_level_after_min_steps():
+  """Full agreement from a raise: the plain EMA (from 0) needs 22 updates to reach 0.9; the
+  bias-corrected one is 1 from the first update, so ``min_steps`` (5) alone sets the dwell."""
+  def steps_to_raise(debias):
+    config = curriculum.CurriculumConfig(kind="adaptive", threshold=0.9, ema=0.9, min_steps=5,
+                                         debias=debias)
+    state = curriculum.init(config, 2)
+    for n in range(1, 100):
+      state = curriculum.update(state, n, jnp.float32(1.0), config, 2)
+      if int(state.level) == 1:
+        return n
+  assert steps_to_raise(False) == 22
+  assert steps_to_raise(True) == 5
+  # Half agreement never passes either way (the correction does not inflate a steady signal).
+  config = curriculum.CurriculumConfig(kind="adaptive", threshold=0.9, ema=0.9, min_steps=1,
+                                       debias=True)
+  state = curriculum.init(config, 2)
+  for n in range(50):
+    state = curriculum.update(state, n, jnp.float32(0.5), config, 2)
+  assert int(state.level) == 0

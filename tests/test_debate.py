@@ -658,3 +658,65 @@ def test_concat_games_joins_batches_and_sums_the_calls():
   for kind in debate.CALL_KINDS:
     assert int(state.calls[kind]) == int(first[0].calls[kind]) + int(second[0].calls[kind])
   assert int(state.human_calls) == int(first[0].human_calls) + int(second[0].human_calls) > 0
+
+
+SUPPORT_BATCHES = []  # batch sizes ClaimEcho.support was traced with
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimEcho(players.OracleDebater):
+  """The oracle, but its direct SUPPORT repeats its claim in every subanswer slot (a support that
+  depends on which claim it defends); records the batch it was asked for."""
+
+  def support(self, nodes, claims, rng):
+    SUPPORT_BATCHES.append(nodes.shape[0])
+    s = self.task.num_subquestions
+    return players.scripted(jnp.tile(claims, (1, s)))
+
+
+def test_self_play_with_h_always_called_samples_only_the_assigned_seats_support():
+  """call_prob 1, self-play: a computing side's support is its trace, so only the assigned seat
+  answers SUPPORT directly; the rollout asks the player for one support per game (not two), and
+  each assigned seat's recorded support is its own answer for its own claim."""
+  task = tasks.get("permutation", max_exponent=4)
+  config = DebateConfig(t_max=6, learned_stop=False, assign_prob=1.0)
+  echo = ClaimEcho(task)
+  seats = jnp.asarray(np.arange(BATCH) % 2, jnp.int32)
+  SUPPORT_BATCHES.clear()
+  state, transcript = _play(task, echo, echo, config, assigned=seats)
+  assert SUPPORT_BATCHES and set(SUPPORT_BATCHES) == {BATCH}
+  made = transcript.support_made[:, 0]  # [B, 2] at the root
+  sampled = transcript.support_sampled[:, 0]
+  rows = np.arange(BATCH)
+  np.testing.assert_array_equal(sampled[rows, np.asarray(seats)], made[rows, np.asarray(seats)])
+  assert not sampled[rows, 1 - np.asarray(seats)].any()  # the computing side's is its trace
+  tokens = transcript.support_tokens[:, 0]
+  for b in np.flatnonzero(sampled[rows, np.asarray(seats)]):
+    seat = int(seats[b])
+    claim = transcript.claims[b, 0, seat]
+    np.testing.assert_array_equal(tokens[b, seat], np.tile(claim, task.num_subquestions))
+  # Without H in every computation both seats may answer directly: one batch of 2B (self-play).
+  SUPPORT_BATCHES.clear()
+  _play(task, echo, echo, dataclasses.replace(config, call_prob=0.5), assigned=seats)
+  assert set(SUPPORT_BATCHES) == {2 * BATCH}
+
+
+def test_amplification_computes_only_the_first_claim_and_refuses_assignments():
+  """force_stop_after=1: only even's Amp′ is computed (one pass of the player over B questions
+  per subquestion, not 2B), and assigned claims, never contested, are refused."""
+  task = tasks.get("permutation", max_exponent=4)
+  batches = []
+
+  @dataclasses.dataclass(frozen=True)
+  class Counting(players.OracleDebater):
+    def answer_fn(self):
+      def answer(questions, rng):
+        batches.append(questions.shape[0])
+        return self.task.batch_solve(questions)
+      return answer
+
+  player = Counting(task)
+  _play(task, player, player, DebateConfig(t_max=1, learned_stop=False))
+  assert batches and set(batches) == {BATCH}
+  with pytest.raises(ValueError, match="DebateConfig.assign_prob must be 0 when the debate ends"):
+    DebateConfig(t_max=8, force_stop_after=1, assign_prob=0.5)

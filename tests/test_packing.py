@@ -71,3 +71,27 @@ def test_weight_of_an_empty_total_is_zero():
   assert float(packing.weight_of(jnp.asarray(3.0), jnp.asarray(4.0))) == 0.75
   with pytest.raises(ValueError, match="width must be >= 1"):
     packing.chunked_sum(lambda c: 0, {"x": jnp.zeros((2, 3))}, jnp.zeros((2, 3), bool), 0)
+
+
+def test_pooled_rows_pack_across_games_within_each_pool():
+  """``pooled`` lays consecutive games' rows side by side: after ``active_first`` the trip count
+  follows the fullest pool's total of real rows, not the fullest game's, and the chunked ratio of
+  sums still equals the whole."""
+  tree, active = _rows(seed=2, games=6, slots=5)
+  pooled_tree, pooled_active = packing.pooled(tree, active, 2)
+  assert pooled_active.shape == (2, 15)
+  np.testing.assert_array_equal(np.asarray(pooled_tree["id"][1]), np.arange(15, 30))
+  sorted_tree, sorted_active = packing.active_first(pooled_tree, pooled_active)
+  width = 3  # one slot per game of a pool of 3
+  per_pool = np.asarray(active).reshape(2, -1).sum(1)
+  visits = packing.chunked_sum(lambda c: jnp.ones((), jnp.int32), sorted_tree, sorted_active,
+                               width)
+  assert int(visits) == -(-int(per_pool.max()) // width)
+  total = tree["mask"].sum()
+  loss = lambda rows: losses.distillation_loss(
+      -jnp.square(rows["x"]).reshape(-1, 3), rows["mask"].reshape(-1, 3)) * packing.weight_of(
+          rows["mask"].sum(), total)
+  np.testing.assert_allclose(packing.chunked_sum(loss, sorted_tree, sorted_active, width),
+                             loss(tree), rtol=1e-6)
+  with pytest.raises(ValueError, match="groups must be >= 1 and divide the 6 games"):
+    packing.pooled(tree, active, 4)

@@ -1,6 +1,7 @@
 """The jitted train step: one update from debates, amplified targets and the three losses."""
 
 import collections
+import dataclasses
 import functools
 
 import jax
@@ -407,8 +408,9 @@ def test_crediting_assigned_claims_reaches_the_update():
     config = tiny.step_config(dict(call_prob=0.0, assign_prob=1.0), credit_assigned_claims=on)
     train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
     state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
-    results[on] = jax.device_get(train_step(state, jax.random.key(3)))
+    results[on] = jax.device_get(train_step(state, jax.random.key(4)))
   (off_state, off), (on_state, on_metrics) = results[False], results[True]
+  assert float(off["win/draw"]) < 1  # some game decided (all draws: zero rewards everywhere)
   assert float(off["win/even"]) == float(on_metrics["win/even"])
   assert float(on_metrics["rl/arguments"]) > float(off["rl/arguments"])
   gap = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), off_state.params,
@@ -474,3 +476,69 @@ def test_the_league_plays_snapshots_and_credits_only_m():
   assert 0 < args[0] <= 0.6 * float(plain["rl/arguments"]), (args[0], plain["rl/arguments"])
   with pytest.raises(ValueError, match="StepConfig.league_games must be in"):
     tiny.step_config(played, league_size=2, league_games=3)
+
+
+def test_a_zero_rl_weight_skips_the_policy_pass_and_vmaps():
+  """λ_rl = 0 (data in the state): the policy pass is skipped at run time (loss/rl and the pg/
+  metrics are exactly 0; with λ_rl = 1 the importance ratios average near 1), the update is the one λ_rl = 0 gives by
+  weighting (the rl term contributes exactly 0 either way), and under vmap, where both branches
+  of the skip run, runs with λ_rl 0 and 1 reach what each reaches alone."""
+  off, off_history = _run((("rl", 0.0), ("sup", 1.0), ("cat", 1.0)))
+  on, on_history = _run(ALL)
+  assert all(float(m["loss/rl"]) == 0.0 and float(m["grad_norm/rl"]) == 0.0 for m in off_history)
+  assert all(float(m["pg/ratio_mean"]) == 0.0 for m in off_history)
+  assert all(float(m["pg/ratio_mean"]) > 0.5 for m in on_history)  # ratios near 1: computed
+  assert max(float(m["grad_norm/rl"]) for m in on_history) > 0
+  # The supervised objective is untouched by the skip (same rollout, same targets).
+  np.testing.assert_allclose(off_history[0]["loss/sup"], on_history[0]["loss/sup"], rtol=1e-6)
+  tx, config, _ = _program("weighted")
+  pure = step_lib.build_train_step(TASK, MODEL, tx, config)
+  rls = (0.0, 1.0)
+  init = lambda rl: step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0), hparams={
+      "weights": {"rl": rl, "sup": 1.0, "cat": 1.0}})
+  states = jax.jit(jax.vmap(init))(jnp.asarray(rls))
+  both = jax.jit(jax.vmap(pure, in_axes=(0, None)))
+  for i in range(2):
+    states, _ = both(states, jax.random.key(i + 1))
+  for j, alone in enumerate((off, on)):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x[j], y, rtol=1e-4, atol=1e-5),
+                 jax.device_get(states.params), alone.params)
+
+
+def test_pooled_packing_matches_any_pool_count():
+  """The packed passes pool rows across games (``pack_groups`` pools; the trainer uses the data
+  shards): one pool, two pools and every slot in one pass give the same update."""
+  tx, config, _ = _program("weighted", catastrophe=_starts_with_a_number)
+  results = []
+  for groups, width in ((1, 1), (2, 1), (8, 1), (1, 0)):
+    c = dataclasses.replace(config, pack_groups=groups, pack_width=width)
+    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, c))
+    state = step_lib.init_state(TASK, MODEL, tx, c, jax.random.key(0))
+    results.append(jax.device_get(train_step(state, jax.random.key(1))))
+  (first, first_metrics), *rest = results
+  for state, metrics in rest:
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
+                 first.params, state.params)
+    for name in ("loss/rl", "loss/sup", "loss/cat"):
+      np.testing.assert_allclose(first_metrics[name], metrics[name], rtol=1e-4, atol=1e-6)
+
+
+def test_supervised_accuracy_is_the_greedy_answers_accuracy():
+  """The supervised step reads M's accuracy off its loss's teacher-forced pass; it equals the
+  accuracy of M's greedy decoding on the same questions (the decode it replaced)."""
+  tx = combine.chain(combine.make("weighted", weights={"sup": 1.0}), clip_norm=1.0,
+                     optimizer=optax.adam(1e-2))
+  config = tiny.step_config()
+  train_step = jax.jit(step_lib.build_supervised_step(TASK, MODEL, tx, config))
+  state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+  seen = []
+  for i in range(30):
+    rng = jax.random.key(100 + i)
+    batch = step_lib.sample_batch(TASK, jax.random.split(rng)[0], config.batch_size,
+                                  state.curriculum.level)
+    greedy = step_lib._greedy_answers(TASK, MODEL, state.params, batch.questions, rng)
+    expected = float((np.asarray(greedy) == np.asarray(batch.answers)).all(-1).mean())
+    state, metrics = train_step(state, rng)
+    assert float(metrics["accuracy/model"]) == expected
+    seen.append(expected)
+  assert min(seen) < max(seen)  # the comparison covered more than one value

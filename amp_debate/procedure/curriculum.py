@@ -15,7 +15,10 @@ Options travel as one frozen ``CurriculumConfig`` (checked on construction). Kin
   "adaptive": raise the level by one when the EMA of agreement is >= threshold and at least
     min_steps updates were made at this level; the EMA and the step counter restart at 0 on a raise.
     Starting from 0, the EMA needs about log(1 - threshold) / log(ema) steps of perfect agreement
-    to pass the threshold (22 for threshold = ema = 0.9), a built-in dwell at each level.
+    to pass the threshold (22 for threshold = ema = 0.9), a built-in dwell at each level; with
+    ``debias`` the EMA is divided by the weight it has accumulated, 1 - ema^n after n updates
+    at the level (as Adam corrects its moments), so it is the weighted mean of the agreement
+    seen so far and ``min_steps`` alone sets the dwell.
 The state lives in the train state (it checkpoints with it); ``update`` is pure and jittable.
 """
 
@@ -43,6 +46,7 @@ class CurriculumConfig:
     ema: "adaptive": EMA decay in [0, 1) (0: this step's agreement alone).
     min_steps: "adaptive": least number of updates at a level before raising it (>= 1).
     steps_per_level: "fixed": steps per level (>= 1).
+    debias: "adaptive": compare the bias-corrected EMA with the threshold (module docstring).
   """
 
   kind: str = "adaptive"
@@ -50,12 +54,13 @@ class CurriculumConfig:
   ema: float = 0.9
   min_steps: int = 10
   steps_per_level: int = 100
+  debias: bool = False
 
   def __post_init__(self):
     checks.check_fields(
         self, kind=checks.choice(*KINDS), threshold=checks.number(0.0, 1.0, lo_open=True),
         ema=checks.number(0.0, 1.0, hi_open=True), min_steps=checks.integer(1),
-        steps_per_level=checks.integer(1))
+        steps_per_level=checks.integer(1), debias=checks.boolean)
 
 
 @flax.struct.dataclass
@@ -107,7 +112,12 @@ def update(state: CurriculumState, step: int | jax.Array, agreement: jax.Array,
   elif config.kind == "fixed":
     level = jnp.minimum(jnp.asarray(step, jnp.int32) // config.steps_per_level, max_level)
   else:
-    ready = (average >= config.threshold) & (state.steps_at_level + 1 >= config.min_steps)
+    seen = average
+    if config.debias:  # the EMA's weight after n = steps_at_level + 1 updates from 0
+      weight = 1.0 - jnp.power(jnp.float32(config.ema), (state.steps_at_level + 1).astype(
+          jnp.float32))
+      seen = average / jnp.maximum(weight, 1e-6)
+    ready = (seen >= config.threshold) & (state.steps_at_level + 1 >= config.min_steps)
     level = jnp.where(ready & (state.level < max_level), state.level + 1, state.level)
   level = level.astype(jnp.int32)
   raised = level != state.level

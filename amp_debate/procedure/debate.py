@@ -413,9 +413,15 @@ class _Rollout:
   def assigned_claims(self, questions, own, key, force_contest):
     """Each side's claim were it assigned one: its player's ``answer`` (a sample of M's answer
     distribution for the model), int32[B, 2, La]; with ``force_contest``, one equal to the other
-    side's own claim is replaced by another answer."""
+    side's own claim is replaced by another answer. In self-play at most one seat per game is
+    assigned, so one answer per game is sampled and offered to both seats."""
     answer_rng, wrong_rng = jax.random.split(key)
-    given = self.both_sides(lambda p, k, q: p.answer(q, k).tokens, answer_rng, questions)
+    even, odd = self.players
+    if even is odd:  # self-play: one sample per game serves whichever seat is assigned
+      one = even.answer(questions, answer_rng).tokens
+      given = jnp.stack([one, one], 1)
+    else:
+      given = self.both_sides(lambda p, k, q: p.answer(q, k).tokens, answer_rng, questions)
     if force_contest:
       other = own[:, ::-1]
       same = (given == other).all(-1, keepdims=True)

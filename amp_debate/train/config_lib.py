@@ -61,7 +61,7 @@ OWNED: dict[str, str] = {
     "batch_size": "StepConfig.batch_size",
     **{f"step.{f}": f"StepConfig.{f}" for f in _fields(
         step_lib.StepConfig, "batch_size", "debate", "curriculum", "catastrophe", "overseer",
-        "adversary")},
+        "adversary", "pack_groups")},  # pack_groups: the trainer's, from the mesh
     **{f"debate.{f}": f"DebateConfig.{f}" for f in _fields(debate.DebateConfig)},
     **{f"curriculum.{f}": f"CurriculumConfig.{f}" for f in _fields(curriculum.CurriculumConfig)},
     **{f"safety.overseer.{f}": f"OverseerConfig.{f}" for f in _fields(overseer.OverseerConfig)},
@@ -77,6 +77,7 @@ _SENTINELS = {"debate.confidence_threshold": "< 0: no confidence rule",
               "debate.force_stop_after": "0: never", "step.target_period": "0: Polyak averaging",
               "step.stop_cost": "< 0: no RL credit for the stop",
               "safety.adversary.weight": "0: no adversary",
+              "model.dtype": "\"\": float32 on CPU, the preset's elsewhere",
               **{f"model.{k}": "0: the preset's" for k in _MODEL_SIZES}}
 
 
@@ -305,14 +306,27 @@ def make_task(config: ml_collections.ConfigDict) -> tasks.Task:
   return tasks.get(config.task, **dict(config.task_options))
 
 
+def compute_dtype(dtype: str, backend: str | None = None) -> str:
+  """The model's compute dtype for ``config.model.dtype``: a dtype name as given; "" (the
+  default): float32 on CPU (bfloat16 matmuls are emulated there, slower than float32) and the
+  preset's own elsewhere ("" returned: bfloat16 for ``large``, float32 for the smaller presets).
+  ``backend``: jax's default backend unless given."""
+  if dtype:
+    return dtype
+  return "float32" if (backend or jax.default_backend()) == "cpu" else ""
+
+
 def make_model(config: ml_collections.ConfigDict, task: tasks.Task) -> models.LanguageModel:
   """M: the config's preset with its nonzero size overrides, sized for ``task``'s protocol."""
   m = config.model
   overrides = {k: m[k] for k in _MODEL_SIZES if m[k]}
+  dtype = compute_dtype(m.dtype)
+  if dtype:
+    overrides["dtype"] = dtype
   with _named_as_config_fields():
     model_config = models.preset(
         m.preset, task.vocab_size, required_max_len(task), mask=m.mask, positions=m.positions,
-        dtype=m.dtype, pad_id=tasks.PAD, **overrides)
+        pad_id=tasks.PAD, **overrides)
   return models.LanguageModel(model_config)
 
 

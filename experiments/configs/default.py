@@ -128,13 +128,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.d_ff = 4 * recipe.d_model if runlocal else 0
   c.model.mask = "prefix"
   c.model.positions = "learned"
-  c.model.dtype = "float32"
+  # "": float32 on CPU, the preset's compute dtype on accelerators (bfloat16 for ``large``);
+  # a dtype name forces it (config_lib.compute_dtype).
+  c.model.dtype = ""
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 0 if runlocal else 500
   # Cosine decay of the learning rate to final_fraction of it over decay_steps updates (0: none).
-  c.optimizer.decay_steps = recipe.num_steps if runlocal and recipe.decay else 0
+  # Where a recipe decays, decay_steps is a reference to num_steps: a run given more steps (a
+  # slower mode) decays over its own length instead of running out of learning rate at the
+  # recipe's (issue 29); setting decay_steps itself cuts the link.
+  c.optimizer.decay_steps = c.get_ref("num_steps") if runlocal and recipe.decay else 0
   c.optimizer.final_fraction = 0.0
   c.optimizer.clip_norm = 1.0
   c.optimizer.b2 = 0.99
@@ -250,6 +255,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.curriculum.ema = 0.9
   c.curriculum.min_steps = 5 if runlocal else 20
   c.curriculum.steps_per_level = 200
+  # Bias-corrected agreement EMA (issue 29): without it the EMA, restarted at 0 on each raise,
+  # needs 22 steps of full agreement to reach 0.9 whatever min_steps says.
+  c.curriculum.debias = False
 
   # Relaxed adversarial training (amp_debate.safety.adversary): with weight > 0 every update runs
   # an adversary from the embeddings of the step's ANSWER prompts, num_steps projected gradient
@@ -306,6 +314,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if mode == "amplification":
     c.debate.force_stop_after = 1
     c.debate.t_max = 1
+    # One claim, never contested: an assigned claim would be a game with no computation and no
+    # target (DebateConfig refuses it).
+    c.debate.assign_prob = 0.0
     c.combination.weights.rl = 0.0
     c.combination.weights_end.rl = 0.0
   elif mode == "debate":
