@@ -1,7 +1,8 @@
 """Debate rollout cost against t_max and batch: the scan over every round, the early-exit while
 loop, and a host loop over rounds.
 
-    python benchmarks/rollout.py [--task permutation] [--t_max 4,8,12,32] [--batch 64]
+    python benchmarks/rollout.py [--task permutation] [--task-options max_exponent=16]
+        [--t_max 4,8,12,32] [--batch 64]
         [--host-batches 64,256,1024] [--host-t-max 12] [--repeats 5]
         [--out FILE]
 
@@ -12,6 +13,8 @@ claims), jitted once per (t_max, variant). Both variants give identical
 games (tests/test_debate.py); the scan runs all t_max rounds with finished games masked, the while
 loop stops when every game in the batch is done. Median of ``--repeats`` calls after one untimed
 call; the ratio to the smallest t_max shows whether cost follows t_max or the actual debate length.
+``--task-options`` overrides the task's options (e.g. ``max_exponent=16``: four levels below the
+root, so debates run past 4 arguments, which the quick-start task's never do).
 
 The second table compares, at ``--host-t-max`` and each of ``--host-batches``, the two on-device
 loops with the way research code typically plays multi-turn games: a Python loop calling a
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -89,6 +93,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--task", default="permutation")
   parser.add_argument("--t_max", default="4,8,12,32", help="comma-separated debate lengths")
+  parser.add_argument("--task-options", default="",
+                      help="comma-separated key=value task options (JSON values)")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--host-batches", default="64,256,1024",
                       help="comma-separated batches of the host-loop comparison ('' for none)")
@@ -104,6 +110,11 @@ def main(argv=None):
     parser.error("--t_max values, --batch and --repeats must be >= 1")
 
   config = default.get_config(default.cpu_arg(args.task, "hybrid"))
+  for item in filter(None, args.task_options.split(",")):
+    key, eq, value = item.partition("=")
+    if not eq or key not in config.task_options:
+      parser.error(f"--task-options: {item!r} is not key=value of {sorted(config.task_options)}")
+    config.task_options[key] = json.loads(value)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   played = config_lib.make_step_config(config).debate
@@ -142,7 +153,9 @@ def main(argv=None):
       print(row, file=sys.stderr, flush=True)
 
   device = jax.devices()[0]
-  report = (f"Debate rollout by t_max: {args.task} (top level), untrained runlocal M, batch "
+  options = f" ({args.task_options})" if args.task_options else ""
+  report = (f"Debate rollout by t_max: {args.task}{options} (top level, {task.max_difficulty + 1} "
+            f"levels), untrained runlocal M, batch "
             f"{args.batch}, {device.platform} ({os.cpu_count()} host cores), jax {jax.__version__}; "
             f"median of {args.repeats}; in brackets the ratio to t_max = {lengths[0]}.\n\n"
             "| t_max | scan (all rounds) | early-exit while loop | arguments per debate |\n"
@@ -151,7 +164,8 @@ def main(argv=None):
              "brackets the ratio to the host loop):\n\n| batch | scan (all rounds) | early-exit "
              "while loop | host loop over rounds | arguments per debate |\n|---|---|---|---|---|\n"
              + "\n".join(host_rows) if host_rows else "") +
-            f"\n\nCommand: python benchmarks/rollout.py --task {args.task} --t_max {args.t_max} "
+            f"\n\nCommand: python benchmarks/rollout.py --task {args.task}"
+            f"{' --task-options ' + args.task_options if args.task_options else ''} --t_max {args.t_max} "
             f"--batch {args.batch} --host-batches '{args.host_batches}' --host-t-max "
             f"{args.host_t_max} --repeats {args.repeats}\n")
   common.emit(report, args.out)

@@ -1,4 +1,4 @@
-"""Every performance figure of issue 11 in one run: a table of goals and measured ratios.
+"""Every performance figure of issues 11 and 29 in one run: a table of goals and measured ratios.
 
     python benchmarks/run.py [--quick] [--skip time_to_accuracy,memory] [--out DIR]
 
@@ -51,27 +51,37 @@ def goals(results: dict) -> list[tuple[str, str, str, str]]:
   out = []
   if "step" in results:
     rows, base = results["step"]["rows"], results["step"]["base_s"]
-    for mode, limit in (("amplification", 3.0), ("hybrid", 5.0)):
-      mine = [r for r in rows if r["mode"] == mode]
+    sup_batch = next((r["batch"] for r in rows if r["mode"] == "supervised"), None)
+    for mode, limit in (("amplification", None), ("hybrid", 4.0)):
+      mine = [r for r in rows if r["mode"] == mode and r["updates"] == 1]
       if not mine or not base:
         continue
-      per_update = {r["name"]: r["median_s"] / r["updates"] / base for r in mine}
-      best = min(per_update, key=per_update.get)
-      measured = "; ".join(f"{name}: {ratio:.1f}x" for name, ratio in per_update.items())
-      out.append((f"1. {mode} cost per optimiser update vs a supervised update", f"<= {limit:g}x",
-                  measured, _verdict(per_update[best], limit)))
+      # Per question processed (issue 29): a step's time over its batch, against supervised's.
+      ratio = mine[0]["median_s"] / mine[0]["batch"] / (base / sup_batch)
+      out.append((f"1. {mode} step vs a supervised step, per question processed (every level "
+                  f"open)", f"<= {limit:g}x" if limit else "(reported)", f"{ratio:.1f}x",
+                  _verdict(ratio, limit) if limit else "–"))
   if "time_to_accuracy" in results:
-    rows, base = results["time_to_accuracy"]["rows"], results["time_to_accuracy"]["base_s"]
+    tta = results["time_to_accuracy"]
+    rows, base, base_step = tta["rows"], tta["base_s"], tta["base_step"]
     for r in rows:
       if r["mode"] == "supervised":
         continue
-      ratio = r["seconds"] / base if (r["seconds"] and base) else None
-      measured = f"{ratio:.1f}x ({r['seconds']:.0f} s vs {base:.0f} s)" if ratio else (
-          f"not reached in the run (best min-over-levels {r['best_min']:.0%})")
-      target = "<= 3x" if r["mode"] == "hybrid" else "(reported)"
-      verdict = _verdict(ratio, 3.0) if r["mode"] == "hybrid" else "–"
-      out.append((f"2-3. time to >= 95% at every level: {r['name']} vs supervised", target,
-                  measured, verdict))
+      seeds = f"{r['reached']}/{len(r['seeds'])} seeds"
+      if r["mode"] == "amplification":
+        ratio = r["step"] / base_step if (r["step"] and base_step) else None
+        measured = (f"{ratio:.1f}x (median {r['step']:.0f} vs {base_step:.0f} steps; {seeds})"
+                    if ratio else f"not reached ({seeds})")
+        out.append((f"2. steps to >= 95% at every level: {r['name']} vs supervised", "<= 2x",
+                    measured, _verdict(ratio, 2.0) if r["reached"] == len(r["seeds"])
+                    else "missed"))
+      else:
+        ratio = r["seconds"] / base if (r["seconds"] and base) else None
+        measured = (f"{ratio:.1f}x (median {r['seconds']:.0f} s vs {base:.0f} s; {seeds})"
+                    if ratio else f"not reached ({seeds})")
+        out.append((f"3. training time to >= 95% at every level: {r['name']} vs supervised",
+                    "<= 3x", measured, _verdict(ratio, 3.0) if r["reached"] == len(r["seeds"])
+                    else "missed"))
   if "seeds" in results:
     times = results["seeds"]["times"]
     if 1 in times and 4 in times:
@@ -116,12 +126,18 @@ def main(argv=None):
   argvs = {
       "step": ["--steps", "2" if quick else "10", "--repeats", "2" if quick else "5",
                "--phases", "hybrid"],
-      "rollout": (["--t_max", "4,8", "--host-batches", "16", "--host-t-max", "4", "--repeats",
-                   "1"] if quick else []),
+      # Four levels below the root: debates run past 4 arguments (issue 29).
+      "rollout": ["--task-options", "max_exponent=16"] + (
+          ["--t_max", "4,8", "--host-batches", "16", "--host-t-max", "4", "--repeats", "1"]
+          if quick else []),
       "seeds": ["--seeds", "1,4", "--steps", "1", "--repeats", "1"] if quick else [],
       "memory": (["--presets", "tiny", "--batches", "8,16", "--t-max", "4,8"] if quick else []),
-      "time_to_accuracy": (["--steps", "20", "--eval-every", "10", "--runs",
-                            "supervised;hybrid:step.num_minibatches=2"] if quick else []),
+      # The three modes, then each with the curriculum's bias-corrected EMA (issue 29's
+      # intervention on the level's dwell), 3 seeds each.
+      "time_to_accuracy": (["--steps", "20", "--eval-every", "10", "--seeds", "1", "--runs",
+                            "supervised;hybrid:step.num_minibatches=2"] if quick else
+                           ["--runs", "supervised;amplification;hybrid;"
+                            "amplification:curriculum.debias=true;hybrid:curriculum.debias=true"]),
   }
   modules = {"step": step, "rollout": rollout, "seeds": seeds, "memory": memory,
              "time_to_accuracy": time_to_accuracy}

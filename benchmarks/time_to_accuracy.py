@@ -1,7 +1,7 @@
 """Training time to >= 95% held-out accuracy at every level, by mode and reuse setting.
 
     python benchmarks/time_to_accuracy.py [--task permutation] [--steps 600] [--eval-every 25]
-        [--runs 'supervised;hybrid;hybrid:step.num_minibatches=4'] [--threshold 0.95]
+        [--runs 'supervised;amplification;hybrid'] [--seeds 3] [--threshold 0.95]
         [--workdir /tmp/tta] [--out FILE]
 
 Each run is ``python -m amp_debate.main``'s training (``amp_debate.train.run``) of
@@ -13,8 +13,10 @@ level). Reported per run: the first evaluated step at which every level is >= th
 training seconds to it (``perf/train_seconds``: wall time after the first step's compile,
 excluding evaluations and checkpoints) and their ratio to the supervised run's (issue 11, goal 3:
 hybrid <= 3x), the optimiser updates it took, and the last evaluation. Runs that never get there
-show their best min-over-levels accuracy. Timings share the machine with nothing else the
-script runs (one run at a time).
+show their best min-over-levels accuracy. With ``--seeds N`` every run is repeated with seeds
+0 .. N-1 (``config.seed``: the init and every question drawn) and the table gives each figure's
+median with its range over seeds; the ratios compare medians. Timings share the machine with
+nothing else the script runs (one run at a time, all in this process).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 
 import jax
@@ -35,8 +38,7 @@ from amp_debate import train  # noqa: E402
 from amp_debate.train import config_lib  # noqa: E402
 from experiments.configs import default  # noqa: E402
 
-DEFAULT_RUNS = ("supervised;amplification;hybrid;hybrid:step.num_minibatches=4;"
-                "hybrid:step.update_epochs=2,step.num_minibatches=4")
+DEFAULT_RUNS = "supervised;amplification;hybrid"
 
 
 def parse_run(spec: str) -> tuple[str, dict[str, str]]:
@@ -65,9 +67,10 @@ def _set(config, key: str, text: str) -> None:
 
 
 def run_one(task: str, mode: str, overrides: dict[str, str], steps: int, eval_every: int,
-            workdir: str) -> list[dict]:
+            workdir: str, seed: int = 0) -> list[dict]:
   """Trains one run from scratch in ``workdir``; returns its metrics.jsonl records."""
   config = default.get_config(default.cpu_arg(task, mode))
+  config.seed = seed
   config.num_steps = steps
   config.log_every = eval_every
   config.eval.every = eval_every
@@ -100,6 +103,26 @@ def summarise(records: list[dict], threshold: float) -> dict:
           "total_seconds": seconds.get(evals[-1]["step"])}
 
 
+def aggregate(per_seed: list[dict]) -> dict:
+  """Medians over the seeds that reached the threshold ("step", "seconds": None if none did),
+  and every seed's figures for the spread."""
+  reached = [r for r in per_seed if r["step"]]
+  med = lambda xs: statistics.median(xs) if xs else None
+  return {"reached": len(reached), "steps": [r["step"] for r in reached],
+          "all_seconds": [r["seconds"] for r in reached],
+          "step": med([r["step"] for r in reached]), "seconds": med([r["seconds"] for r in reached]),
+          "best_mins": [r["best_min"] for r in per_seed],
+          "totals": [r["total_seconds"] for r in per_seed]}
+
+
+def _spread(values: list[float], fmt: str) -> str:
+  """'median (min–max)' of ``values`` (just the value for one)."""
+  if len(values) == 1:
+    return fmt.format(values[0])
+  return (f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–"
+          f"{fmt.format(max(values))})")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--task", default="permutation")
@@ -108,6 +131,7 @@ def main(argv=None):
   parser.add_argument("--runs", default=DEFAULT_RUNS,
                       help="';'-separated mode[:field=value,...] (the first supervised run is "
                            "the ratios' base)")
+  parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every run")
   parser.add_argument("--threshold", type=float, default=0.95)
   parser.add_argument("--workdir", default="/tmp/amp_debate_tta")
   parser.add_argument("--out", default="")
@@ -124,35 +148,46 @@ def main(argv=None):
   rows = []
   for i, (mode, overrides) in enumerate(runs):
     name = mode + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items())
-    print(f"[{i + 1}/{len(runs)}] {name}", file=sys.stderr, flush=True)
-    records, config = run_one(args.task, mode, overrides, args.steps, args.eval_every,
-                              os.path.join(args.workdir, str(i)))
+    per_seed = []
+    for seed in range(args.seeds):
+      print(f"[{i + 1}/{len(runs)}] {name}, seed {seed}", file=sys.stderr, flush=True)
+      records, config = run_one(args.task, mode, overrides, args.steps, args.eval_every,
+                                os.path.join(args.workdir, f"{i}_{seed}"), seed)
+      per_seed.append(summarise(records, args.threshold))
     updates = config.step.update_epochs * config.step.num_minibatches if mode != "supervised" \
         else 1
-    rows.append({"name": name, "mode": mode, "updates": updates, **summarise(
-        records, args.threshold)})
-  base = next((r["seconds"] for r in rows if r["mode"] == "supervised" and r["seconds"]), None)
-  lines = [f"| run | steps to ≥{args.threshold:.0%} at every level | optimiser updates | "
-           f"training seconds | vs supervised | best min-over-levels | final by level "
-           f"| seconds for {args.steps} steps |", "|---|---|---|---|---|---|---|---|"]
+    rows.append({"name": name, "mode": mode, "updates": updates, "seeds": per_seed,
+                 **aggregate(per_seed)})
+  base = next((r for r in rows if r["mode"] == "supervised" and r["seconds"]), None)
+  base_s = base and base["seconds"]
+  lines = [f"| run | seeds reaching ≥{args.threshold:.0%} at every level | steps to it | "
+           f"optimiser updates | training seconds to it | steps vs supervised | seconds vs "
+           f"supervised | best min-over-levels | final by level (seed 0) | seconds for "
+           f"{args.steps} steps |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if r["step"]:
-      ratio = f"{r['seconds'] / base:.1f}x" if base else "–"
-      cells = (f"{r['step']}", f"{r['step'] * r['updates']}", f"{r['seconds']:.1f}", ratio)
+      step_ratio = f"{r['step'] / base['step']:.1f}x" if base else "–"
+      ratio = f"{r['seconds'] / base_s:.1f}x" if base_s else "–"
+      cells = (_spread(r["steps"], "{:.0f}"), f"{r['step'] * r['updates']:.0f}",
+               _spread(r["all_seconds"], "{:.1f}"), step_ratio, ratio)
     else:
-      cells = ("not reached", "–", "–", "–")
-    final = " / ".join(f"{a:.0%}" for a in r["final"])
-    lines.append(f"| {r['name']} | {' | '.join(cells)} | {r['best_min']:.1%} | {final} | "
-                 f"{r['total_seconds']:.1f} |")
+      cells = ("not reached", "–", "–", "–", "–")
+    final = " / ".join(f"{a:.0%}" for a in r["seeds"][0]["final"])
+    lines.append(f"| {r['name']} | {r['reached']}/{len(r['seeds'])} | {' | '.join(cells)} | "
+                 f"{_spread(r['best_mins'], '{:.1%}')} | {final} | "
+                 f"{_spread(r['totals'], '{:.1f}')} |")
   device = jax.devices()[0]
   report = (f"Time to held-out accuracy: {args.task} runlocal config, {device.platform} "
             f"({os.cpu_count()} host cores), jax {jax.__version__}; levels "
-            f"{rows[0]['levels']} of the task's eval split (200 questions each), evaluated every "
-            f"{args.eval_every} steps; one seed (0) per run.\n\n" + "\n".join(lines) +
+            f"{rows[0]['seeds'][0]['levels']} of the task's eval split (200 questions each), "
+            f"evaluated every {args.eval_every} steps; seeds 0..{args.seeds - 1} per run, each "
+            f"figure the median (min–max) over the seeds that reached the threshold; ratios of "
+            f"medians.\n\n" + "\n".join(lines) +
             f"\n\nCommand: python benchmarks/time_to_accuracy.py --task {args.task} --steps "
-            f"{args.steps} --eval-every {args.eval_every} --runs '{args.runs}'\n")
+            f"{args.steps} --eval-every {args.eval_every} --runs '{args.runs}' --seeds "
+            f"{args.seeds}\n")
   common.emit(report, args.out)
-  return {"rows": rows, "base_s": base, "report": report}
+  return {"rows": rows, "base_s": base_s, "base_step": base and base["step"], "report": report}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from amp_debate import checks
@@ -48,7 +49,10 @@ class ModelConfig:
     mask: "causal" (every token sees only earlier ones) or "prefix" (prefix-LM: bidirectional over
       the prompt, causal over the answer).
     norm: "layernorm" or "rmsnorm" (pre-norm blocks either way).
-    dtype: compute dtype ("bfloat16" on accelerators); logits are returned in float32.
+    dtype: compute dtype ("bfloat16" on accelerators); logits are returned in float32. "auto":
+      bfloat16 on an accelerator, float32 on CPU (where bfloat16 matmuls are emulated, slower
+      than float32), decided when the model is traced (``compute_dtype``), so that building a
+      config never initialises a JAX backend (multi-host runs initialise it later).
     param_dtype: parameter dtype (keep "float32").
     dropout: dropout rate on the residual branches and embeddings (applied only when a dropout
       key is given).
@@ -80,7 +84,7 @@ class ModelConfig:
         d_model=checks.integer(1), num_heads=checks.integer(1), d_ff=checks.integer(1),
         max_len=checks.integer(1), positions=checks.choice(*POSITIONS),
         tie_embeddings=checks.boolean, mask=checks.choice(*MASKS), norm=checks.choice(*NORMS),
-        dtype=checks.choice(*DTYPES), param_dtype=checks.choice(*DTYPES),
+        dtype=checks.choice(*DTYPES, "auto"), param_dtype=checks.choice(*DTYPES),
         dropout=checks.number(0.0, 1.0, hi_open=True),
         attention_impl=checks.choice(*ATTENTION_IMPLS), pad_id=checks.integer(0))
     if self.pad_id >= self.vocab_size:
@@ -100,6 +104,8 @@ class ModelConfig:
 
   @property
   def compute_dtype(self) -> jnp.dtype:
+    if self.dtype == "auto":
+      return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
     return jnp.dtype(self.dtype)
 
   @property

@@ -77,7 +77,7 @@ _SENTINELS = {"debate.confidence_threshold": "< 0: no confidence rule",
               "debate.force_stop_after": "0: never", "step.target_period": "0: Polyak averaging",
               "step.stop_cost": "< 0: no RL credit for the stop",
               "safety.adversary.weight": "0: no adversary",
-              "model.dtype": "\"\": float32 on CPU, the preset's elsewhere",
+              "model.dtype": "\"\": the preset's, float32 on CPU",
               **{f"model.{k}": "0: the preset's" for k in _MODEL_SIZES}}
 
 
@@ -306,23 +306,23 @@ def make_task(config: ml_collections.ConfigDict) -> tasks.Task:
   return tasks.get(config.task, **dict(config.task_options))
 
 
-def compute_dtype(dtype: str, backend: str | None = None) -> str:
-  """The model's compute dtype for ``config.model.dtype``: a dtype name as given; "" (the
-  default): float32 on CPU (bfloat16 matmuls are emulated there, slower than float32) and the
-  preset's own elsewhere ("" returned: bfloat16 for ``large``, float32 for the smaller presets).
-  ``backend``: jax's default backend unless given."""
+def model_dtype(dtype: str, preset: str) -> str:
+  """``ModelConfig.dtype`` for ``config.model.dtype``: a dtype name as given; "" (the default):
+  the preset's, where a preset asking for half precision (``large``: bfloat16) gets "auto",
+  which keeps float32 on CPU (bfloat16 matmuls are emulated there) and is resolved when the
+  model is traced, not here (no JAX backend is initialised by building a config)."""
   if dtype:
     return dtype
-  return "float32" if (backend or jax.default_backend()) == "cpu" else ""
+  wanted = models.PRESETS[preset].get("dtype", "float32")
+  return "float32" if wanted == "float32" else "auto"
 
 
 def make_model(config: ml_collections.ConfigDict, task: tasks.Task) -> models.LanguageModel:
   """M: the config's preset with its nonzero size overrides, sized for ``task``'s protocol."""
   m = config.model
   overrides = {k: m[k] for k in _MODEL_SIZES if m[k]}
-  dtype = compute_dtype(m.dtype)
-  if dtype:
-    overrides["dtype"] = dtype
+  if m.preset in models.PRESETS:  # an unknown preset: models.preset names it
+    overrides["dtype"] = model_dtype(m.dtype, m.preset)
   with _named_as_config_fields():
     model_config = models.preset(
         m.preset, task.vocab_size, required_max_len(task), mask=m.mask, positions=m.positions,

@@ -128,8 +128,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.d_ff = 4 * recipe.d_model if runlocal else 0
   c.model.mask = "prefix"
   c.model.positions = "learned"
-  # "": float32 on CPU, the preset's compute dtype on accelerators (bfloat16 for ``large``);
-  # a dtype name forces it (config_lib.compute_dtype).
+  # "": the preset's compute dtype, where half precision ("large") becomes "auto": bfloat16 on
+  # accelerators, float32 on CPU; a dtype name forces it (config_lib.model_dtype).
   c.model.dtype = ""
 
   c.optimizer = ml_collections.ConfigDict()
