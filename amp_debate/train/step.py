@@ -490,8 +490,8 @@ def _with_adversary(gradients, model: LanguageModel, config: StepConfig, prompts
   constant) to grads["cat"], and "adversary/p_cat", "adversary/p_cat_clean" to the metrics.
   ``prompts`` int32[B, Lp]: the starting points of the search; ``rng``: its key."""
 
-  def penalised(params, policy, drows):
-    grads, values, pg_metrics = gradients(params, policy, drows)
+  def penalised(params, policy, drows, rl_live=None):
+    grads, values, pg_metrics = gradients(params, policy, drows, rl_live)
     (penalty, seen), grad = jax.value_and_grad(
         lambda p: adversary_lib.adversarial_catastrophe_loss(
             model, p, prompts, rng, config.adversary, temperature=config.temperature),
