@@ -124,15 +124,15 @@ def amplify(task: Task, answer_fn: AnswerFn, questions: jax.Array, rng: jax.Arra
   else:
     direct_answers = jnp.full((batch, task.answer_len), PAD, jnp.int32)
     direct_log_probs = jnp.zeros((batch, task.answer_len), jnp.float32)
-  direct = direct_answers
-  chex.assert_equal_shape([direct, amplified])
+  chex.assert_equal_shape([direct_answers, amplified])
   called = jax.random.uniform(call_rng, (batch,)) < call_prob
   if confidence_threshold is not None:
     confidence = jnp.exp(direct_log_probs.sum(axis=-1))
     called = called | (confidence < confidence_threshold)
-  answers = jnp.where(called[:, None], amplified, direct)
+  answers = jnp.where(called[:, None], amplified, direct_answers)
   return AmpOutput(
-      answers=answers, amplified=amplified, direct=direct, direct_log_probs=direct_log_probs,
+      answers=answers, amplified=amplified, direct=direct_answers,
+      direct_log_probs=direct_log_probs,
       called=called, human_calls=called.sum().astype(jnp.int32), is_leaf=is_leaf,
       subquestions=subquestions, subanswers=subanswers, sub_log_probs=sub_log_probs,
       sub_valid=sub_valid)

@@ -315,16 +315,6 @@ def _empty_computation(task: Task, shape) -> Computation:
                      sub_valid=z(s, dtype=bool), active=z(dtype=bool))
 
 
-def _empty_amp(task: Task, batch: int) -> AmpOutput:
-  """An AmpOutput of zeros for ``batch`` questions (a branch that computes nothing)."""
-  c = _empty_computation(task, (batch,))
-  return AmpOutput(answers=c.answer, amplified=c.answer, direct=c.direct,
-                   direct_log_probs=c.direct_log_probs, called=c.called,
-                   human_calls=jnp.zeros((), jnp.int32), is_leaf=c.is_leaf,
-                   subquestions=c.subquestions, subanswers=c.subanswers,
-                   sub_log_probs=c.sub_log_probs, sub_valid=c.sub_valid)
-
-
 def _empty_transcript(task: Task, batch: int, num_nodes: int) -> Transcript:
   b, r = batch, num_nodes
   z = lambda *shape, dtype=jnp.int32: jnp.zeros(shape, dtype)
@@ -753,9 +743,9 @@ def rollout_finish(task: Task, even, odd, carry: tuple[GameState, Transcript], r
     # Only where some game stopped by force or T_MAX with no verdict yet (often none: every game
     # conceded, was caught or reached a leaf); under vmap both branches run.
     judge_rng = jax.random.fold_in(rng, 2_000_000)
-    empty = _empty_amp(task, batch)
-    amp = jax.lax.cond((pending & ~state.judged).any(),
-                       lambda: game.amplify(judge, state.node, judge_rng), lambda: empty)
+    judged = lambda: game.amplify(judge, state.node, judge_rng)
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(judged))
+    amp = jax.lax.cond((pending & ~state.judged).any(), judged, zeros)
     # A node the judge already decided for the learned stop keeps that verdict (H counted once).
     final_judge = Computation.of(amp, pending & ~state.judged)
     state = _count(state, "verdicts", final_judge.human_calls())

@@ -344,7 +344,7 @@ def skips_policy_pass(config: StepConfig) -> bool:
   (``force_stop_after=1``) have no winner, so zero rewards and an exactly zero policy gradient,
   and nothing else reads the pass (no entropy bonus, no catastrophe penalty, no overseer)."""
   return (config.debate.force_stop_after == 1 and config.entropy_coef == 0
-          and config.kl_anchor == 0 and not penalises(config) and config.overseer is None)
+          and config.kl_anchor == 0 and policy_pass_optional(config))
 
 
 def policy_pass_optional(config: StepConfig) -> bool:
@@ -382,7 +382,7 @@ def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = 
   its loss times its share of the denominator, so the sum over chunks is the loss over all rows.
   """
   # static: skip a constant-zero loss (no penalty and no overseer to train)
-  never = not penalises(config) and config.overseer is None
+  never = policy_pass_optional(config)
 
   def gradients(params, policy, drows, rl_live=None):
     p_active, d_active = policy["rows"].active, drows.active
