@@ -21,22 +21,6 @@ BASE = "experiments/configs/default.py:task=permutation,quickstart"
 SWEEPS = os.path.join(REPO, "experiments", "sweeps")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_persistent_cache():
-  """This module compiles without the persistent XLA cache. Twice (CI, and the full suite here, both
-  with -n 2 and a fresh cache) serialising the vmapped group's evaluation program for the cache
-  segfaulted inside jaxlib (``executable.serialize()`` in ``put_executable_and_time``), killing the
-  xdist worker; the module alone passed. The group's programs are its own (vmapped), so the cache
-  saves this module little."""
-  from jax.experimental.compilation_cache import compilation_cache
-  before = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  compilation_cache.reset_cache()
-  yield
-  jax.config.update("jax_enable_compilation_cache", before)
-  compilation_cache.reset_cache()
-
-
 def _config(steps=4, **overrides):
   """tests/test_trainer.py's tiny run (eval and checkpoint every 2 steps)."""
   return tiny.config("hybrid", steps, **{

@@ -19,18 +19,6 @@ from amp_debate.train import step as step_lib
 from experiments.configs import self_review
 from tests import tiny
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_persistent_compilation_cache():
-  """This module's programs are not written to (or read from) the persistent compilation cache:
-  writing one of them crashed the xdist worker inside JAX's cache (a segfault in
-  ``put_executable_and_time``, three times on the 2-core machine, once in a fresh CI clone; the
-  tests pass alone). They compile in this process as usual."""
-  enabled = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  yield
-  jax.config.update("jax_enable_compilation_cache", enabled)
-
 EXPLOIT = protocol.EXPLOIT
 TASK = tasks.get("permutation", n=5, max_exponent=2)
 

@@ -6,7 +6,7 @@ claims. ``config`` is it as a trainer config (``experiments/configs/default.py``
 ``TASK``, ``MODEL`` and ``step_config`` are the objects the trainer builds from it, which
 ``test_step``, ``test_sharding`` (through ``multihost_worker``) and ``test_trainer`` share, so
 the step programs they compile differ only where a test needs them to (the optimiser, one option)
-and the persistent compilation cache (tests/conftest.py) serves the rest.
+and a process's in-memory compilation cache serves repeats.
 """
 
 from __future__ import annotations
