@@ -134,15 +134,22 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
   drows = credit.distill_rows(task, transcript, played, by_game=True)
   width = step_config.pack_width
 
-  def grad_of(rows, temperature, packed):
+  def pooled_rows(rows, merge):
+    """As the step packs on one device: every game's rows in one pool, real rows first; with
+    ``merge`` identical rows are scored once (the step does this for distillation targets)."""
+    pool, active = packing.pooled(rows, rows.active, 1)
+    if merge:
+      active = packing.merge_duplicates([pool.prompts, pool.tokens, pool.mask], active) > 0
+    return packing.active_first(pool, active)
+
+  def grad_of(rows, temperature, packed, merge=False):
     def log_prob_sum(p, chunk):
       flat = chunk.flatten()
       return model.log_prob(p, step_lib._safe_prompts(flat.prompts), flat.tokens,
                             answer_mask=flat.mask, temperature=temperature).sum()
     if not packed:
       return jax.jit(lambda p: jax.grad(log_prob_sum)(p, rows))
-    # As the step packs on one device: every game's rows in one pool.
-    ordered, active = packing.active_first(*packing.pooled(rows, rows.active, 1))
+    ordered, active = pooled_rows(rows, merge)
     games = rows.active.shape[0]
     return jax.jit(lambda p: packing.chunked_sum(lambda c: jax.grad(log_prob_sum)(p, c),
                                                  ordered, active, width * games))
@@ -160,10 +167,12 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
         grad_of(rows, temperature, False), (params,))
     if width:
       games = rows.active.shape[0]
-      real = int(rows.active.sum())
+      merge = label == "distillation"
+      real = int(pooled_rows(rows, merge)[1].sum())
+      merged = f", {real} distinct" if merge else ""
       calls[f"{label} gradient, packed (pack_width {width}: {-(-real // (width * games))} "
-            f"chunks of {games * width} rows){note}"] = (
-          grad_of(rows, temperature, True), (params,))
+            f"chunks of {games * width} rows{merged}){note}"] = (
+          grad_of(rows, temperature, True, merge), (params,))
   out = {}
   for name, (fn, args) in calls.items():
     out[name] = (statistics.median(common.call_times(fn, *args, repeats=repeats)),

@@ -95,3 +95,55 @@ def test_pooled_rows_pack_across_games_within_each_pool():
                              loss(tree), rtol=1e-6)
   with pytest.raises(ValueError, match="groups must be >= 1 and divide the 6 games"):
     packing.pooled(tree, active, 4)
+
+
+def test_merge_duplicates_counts_each_set_of_identical_active_rows_once():
+  """Against a dictionary over each pool's rows: the first active row of each set of identical
+  rows carries the set's size, its repeats and inactive rows 0; a row differing in one column
+  is its own set."""
+  rng = np.random.default_rng(3)
+  pools, n = 3, 40
+  prompts = rng.integers(0, 2, size=(pools, n, 3))  # few distinct values: many duplicates
+  tokens = rng.integers(0, 2, size=(pools, n, 2))
+  mask = rng.random((pools, n, 2)) < 0.8
+  active = mask.any(-1) & (rng.random((pools, n)) < 0.9)
+  counts = np.asarray(jax.jit(packing.merge_duplicates)(
+      [jnp.asarray(prompts), jnp.asarray(tokens), jnp.asarray(mask)], jnp.asarray(active)))
+  for p in range(pools):
+    seen = {}
+    for i in range(n):
+      if active[p, i]:
+        key = (tuple(prompts[p, i]), tuple(tokens[p, i]), tuple(mask[p, i]))
+        seen.setdefault(key, []).append(i)
+    expected = np.zeros(n, np.int64)
+    for slots in seen.values():
+      expected[slots[0]] = len(slots)
+    np.testing.assert_array_equal(counts[p], expected)
+    assert counts[p].sum() == active[p].sum()
+  assert (counts > 1).any() and (counts == 1).any()  # the draw had both kinds of set
+
+
+def test_merged_rows_with_their_counts_give_the_same_distillation_loss_and_gradient():
+  """Scoring each distinct row once, weighted by its multiplicity, equals scoring every row."""
+  rng = np.random.default_rng(4)
+  n, length = 30, 4
+  base = rng.integers(0, 3, size=(n, 1))  # row identity
+  tokens = jnp.asarray(np.repeat(base, length, axis=1))
+  mask = jnp.asarray(np.broadcast_to(rng.random((3, length)) < 0.7, (3, length))[base[:, 0]]
+                     | (np.arange(length) == 0))
+  active = jnp.ones((1, n), bool)
+  counts = packing.merge_duplicates([tokens[None], mask[None]], active)[0]
+  assert int((counts > 0).sum()) == 3
+
+  def logp(scale, toks):
+    return -jnp.square(scale * (toks.astype(jnp.float32) + 1.0))
+
+  def every_row(scale):
+    return losses.distillation_loss(logp(scale, tokens), mask)
+
+  def merged(scale):
+    return losses.distillation_loss(logp(scale, tokens), mask & (counts > 0)[:, None],
+                                    counts.astype(jnp.float32))
+
+  np.testing.assert_allclose(merged(0.7), every_row(0.7), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(merged)(0.7), jax.grad(every_row)(0.7), rtol=1e-6)

@@ -230,20 +230,29 @@ def anchor_kl(logits: jax.Array, ref_logits: jax.Array, token_mask: jax.Array,
 
 
 # ---- distillation toward Amp′(H, M_target) ------------------------------------------------------
-def distillation_loss(logp_targets: jax.Array, mask: jax.Array) -> jax.Array:
+def distillation_loss(logp_targets: jax.Array, mask: jax.Array,
+                      row_weights: jax.Array | None = None) -> jax.Array:
   """float32[]: cross-entropy of M on the Amp′(H, M_target) answer tokens.
 
   Args:
     logp_targets: float32[N, L] M's log-probs of the target tokens, for the N protocol questions
       with a target (``credit.distill_rows``).
     mask: bool[N, L] target tokens that count.
+    row_weights: optional float32[N]: each row counted this many times (identical rows merged into
+      one, ``packing.merge_duplicates``); None is 1 for every row.
   Returns:
-    mean of -logp over masked-in tokens; exactly 0 (zero gradient) when nothing is masked in.
+    mean of -logp over masked-in tokens (each row's tokens counted row_weights times); exactly 0
+    (zero gradient) when nothing is masked in.
   """
   chex.assert_rank(logp_targets, 2)
   chex.assert_equal_shape([logp_targets, mask])
   chex.assert_type([logp_targets, mask], [jnp.float32, jnp.bool_])
-  return _masked_mean(-jnp.where(mask, logp_targets, 0.0), mask)
+  if row_weights is None:
+    return _masked_mean(-jnp.where(mask, logp_targets, 0.0), mask)
+  chex.assert_shape(row_weights, mask.shape[:1])
+  w = jnp.where(mask, row_weights.astype(jnp.float32)[:, None], 0.0)
+  total = jnp.sum(w * -jnp.where(mask, logp_targets, 0.0))
+  return (total / jnp.maximum(jnp.sum(w), 1.0)).astype(jnp.float32)
 
 
 # ---- catastrophe penalty ------------------------------------------------------------------------

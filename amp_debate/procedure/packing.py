@@ -72,6 +72,46 @@ def pooled(tree: Tree, active: jax.Array, groups: int) -> tuple[Tree, jax.Array]
   return jax.tree.map(pool, tree), pool(active)
 
 
+def merge_duplicates(keys: list[jax.Array], active: jax.Array) -> jax.Array:
+  """Multiplicities of exact duplicate rows within each pool: a row whose keys equal an earlier
+  active row's is folded into it.
+
+  A loss that is a ratio of sums over rows is unchanged when each set of identical rows is
+  scored once with its multiplicity as a row weight (``losses.distillation_loss``'s
+  ``row_weights``), and the packed pass then visits only the distinct rows. Exact: rows are
+  compared on every key column (a lexicographic sort, then neighbours), no hashing.
+
+  Args:
+    keys: arrays [P, N, ...] (int or bool; e.g. a row's prompt, tokens and mask): two rows are
+      duplicates iff every key is equal.
+    active: bool[P, N].
+  Returns:
+    int32[P, N]: for the first row (in slot order) of each set of identical active rows, the
+    set's size; 0 for its repeats and for inactive rows. Its sum over a pool equals the pool's
+    active rows.
+  """
+  chex.assert_rank(active, 2)
+  chex.assert_tree_shape_prefix(keys, active.shape)
+  p, n = active.shape
+  columns = jnp.concatenate([k.reshape(p, n, -1).astype(jnp.int32) for k in keys], axis=-1)
+
+  def one_pool(cols, act):  # [N, C], [N]
+    slot = jnp.arange(n, dtype=jnp.int32)
+    # Sort by (inactive last, every column, slot): identical active rows become neighbours,
+    # the earliest slot first. lexsort's last key is the primary one.
+    order = jnp.lexsort((slot,) + tuple(cols[:, c] for c in range(cols.shape[1]))[::-1]
+                        + ((~act).astype(jnp.int32),))
+    cols_s, act_s = cols[order], act[order]
+    same = jnp.concatenate([jnp.zeros((1,), bool),
+                            (cols_s[1:] == cols_s[:-1]).all(-1) & act_s[1:] & act_s[:-1]])
+    group = jnp.cumsum(~same) - 1  # [N] id of each sorted row's set
+    size = jax.ops.segment_sum(act_s.astype(jnp.int32), group, num_segments=n)
+    counts_s = jnp.where(act_s & ~same, size[group], 0)
+    return jnp.zeros((n,), jnp.int32).at[order].set(counts_s)
+
+  return jax.vmap(one_pool)(columns, active)
+
+
 def num_chunks(active: jax.Array, width: int) -> jax.Array:
   """int32[]: chunks of ``width`` slot columns that hold every active row once sorted
   (``active_first``): ceil(max over games of active rows / width)."""

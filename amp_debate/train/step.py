@@ -394,7 +394,14 @@ def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = 
     audits = policy["review"]["audited"].sum() if "review" in policy else None
     if config.pack_width:
       policy, p_active = packing.active_first(*packing.pooled(policy, p_active, groups))
-      drows, d_active = packing.active_first(*packing.pooled(drows, d_active, groups))
+      # Identical targets in a pool (the same prompt and answer: a node's target repeated, a
+      # subquestion posed twice) are scored once, weighted by their number: the loss is unchanged.
+      drows, d_active = packing.pooled(drows, d_active, groups)
+      counts = packing.merge_duplicates([drows.prompts, drows.tokens, drows.mask], d_active)
+      dtree, d_active = packing.active_first({"rows": drows, "w": counts.astype(jnp.float32)},
+                                             counts > 0)
+    else:
+      dtree = {"rows": drows, "w": jnp.ones(d_active.shape, jnp.float32)}
     width = lambda active: (config.pack_width * (games // groups) if config.pack_width
                             else active.shape[1])
 
@@ -448,11 +455,11 @@ def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = 
       return values, (pg_metrics, values)  # the values again as aux: no second forward pass
 
     def distill_loss(params, chunk):
-      flat = chunk.flatten()
+      flat, w = chunk["rows"].flatten(), chunk["w"].reshape(-1)
       logp_targets = model.log_prob(params, _safe_prompts(flat.prompts), flat.tokens,
                                     answer_mask=flat.mask)
-      return losses.distillation_loss(logp_targets, flat.mask) * packing.weight_of(
-          flat.mask.sum(), d_count)
+      return losses.distillation_loss(logp_targets, flat.mask, w) * packing.weight_of(
+          (w[:, None] * flat.mask).sum(), d_count)
 
     def policy_pass():
       return packing.chunked_sum(
@@ -469,7 +476,7 @@ def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = 
     else:
       grads, (pg_metrics, values) = policy_pass()
     values["sup"], grads["sup"] = packing.chunked_sum(
-        lambda chunk: jax.value_and_grad(distill_loss)(params, chunk), drows, d_active,
+        lambda chunk: jax.value_and_grad(distill_loss)(params, chunk), dtree, d_active,
         width(d_active))
     if never:
       values["cat"] = jnp.zeros((), jnp.float32)
@@ -548,6 +555,15 @@ def _rl_live(opt_state: Any, combination: str) -> jax.Array | None:
     return None
   weight = combine.next_weight(opt_state, "rl")
   return None if weight is None else weight != 0
+
+
+def _distinct_rows(rows: credit.Rows, config: StepConfig) -> jax.Array:
+  """int32[]: distinct active rows [B, G] within each of ``config.pack_groups`` pools of games
+  (``packing.merge_duplicates``): what the packed distillation pass scores (without packing,
+  every slot is scored)."""
+  groups = math.gcd(rows.active.shape[0], config.pack_groups)
+  pool, active = packing.pooled(rows, rows.active, groups)
+  return (packing.merge_duplicates([pool.prompts, pool.tokens, pool.mask], active) > 0).sum()
 
 
 def _league_metrics(winner: jax.Array, m_seat: jax.Array) -> dict[str, jax.Array]:
@@ -756,6 +772,9 @@ def build_train_step(task: Task, model: LanguageModel, tx: optax.GradientTransfo
         "human_calls/targets": target_calls / batch_size,
         "human_calls/per_question": (game.human_calls + target_calls + audit_calls) / batch_size,
         "distill/targets": drows.active.sum(),
+        # Of them, distinct (prompt, answer) pairs within a packing pool: what the packed pass
+        # scores (identical targets once, weighted by their number).
+        "distill/distinct_targets": _distinct_rows(drows, config),
         # Per question: the debate's targets on evaluation-part questions, dropped (held out).
         "distill/eval_part_dropped": eval_part_dropped,
         # Share of M_target's sampled tokens with no policy gradient: evaluation-part answers.
