@@ -15,6 +15,12 @@ loop stops when every game in the batch is done. Median of ``--repeats`` calls a
 call; the ratio to the smallest t_max shows whether cost follows t_max or the actual debate length.
 ``--task-options`` overrides the task's options (e.g. ``max_exponent=16``: four levels below the
 root, so debates run past 4 arguments, which the quick-start task's never do).
+``--players oracle-liar`` plays scripted games instead: the consistent liar
+(``players.LiarDebater``, style "consistent") in the assigned even seat against the honest oracle
+(``players.OracleDebater``), H called in every claim, no learned stop. The liar moves its lie down
+the tree, so games run to a leaf (2 + 2 arguments per level below the question). No model pass is
+made: the cost is the protocol's (H's checks and recombinations, the liar's search), and the
+table shows whether it follows the games' length or t_max. The host-loop comparison is skipped.
 
 The second table compares, at ``--host-t-max`` and each of ``--host-batches``, the two on-device
 loops with the way research code typically plays multi-turn games: a Python loop calling a
@@ -33,10 +39,11 @@ import sys
 
 import common
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from amp_debate.procedure import debate  # noqa: E402
+from amp_debate.procedure import debate, players  # noqa: E402
 from amp_debate.procedure.model_player import ModelDebater  # noqa: E402
 from amp_debate.train import config_lib  # noqa: E402
 from experiments.configs import default  # noqa: E402
@@ -44,7 +51,6 @@ from experiments.configs import default  # noqa: E402
 
 def host_comparison(task, model, params, played, batch: int, t_max: int, repeats: int) -> str:
   """One markdown row: the scan, the while loop and the host loop at ``batch`` and ``t_max``."""
-  import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
   questions = task.sample(jax.random.key(1), batch, difficulty=task.max_difficulty).questions
@@ -100,8 +106,11 @@ def main(argv=None):
                       help="comma-separated batches of the host-loop comparison ('' for none)")
   parser.add_argument("--host-t-max", type=int, default=12)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--players", default="m", choices=("m", "oracle-liar"),
+                      help="m: self-play of an untrained M; oracle-liar: scripted games to a leaf")
   parser.add_argument("--out", default="", help="also write the report (markdown) here")
   args = parser.parse_args(argv)
+  scripted = args.players == "oracle-liar"
   try:
     lengths = sorted({int(t) for t in args.t_max.split(",") if t})
   except ValueError:
@@ -126,8 +135,16 @@ def main(argv=None):
     cells = [str(t_max)]
     for early_exit in (False, True):
       options = dataclasses.replace(played, t_max=t_max, early_exit=early_exit)
+      if scripted:
+        options = debate.DebateConfig(t_max=t_max, call_prob=1.0, learned_stop=False,
+                                      early_exit=early_exit)
 
       def play(params, questions, rng, options=options):
+        if scripted:  # the liar in the even seat, assigned; the oracle computes honestly
+          assigned = jnp.zeros((questions.shape[0],), jnp.int32)
+          return debate.rollout(task, players.LiarDebater(task, style="consistent"),
+                                players.OracleDebater(task), questions, rng, options,
+                                assigned=assigned, force_contest=False)[0]
         m = ModelDebater(model=model, params=params, task=task, temperature=1.0)
         assigned = (debate.sample_assignments(rng, questions.shape[0], options.assign_prob)
                     if options.assign_prob > 0 else None)
@@ -145,7 +162,7 @@ def main(argv=None):
     print(rows[-1], file=sys.stderr, flush=True)
 
   host_rows, host_times = [], {}
-  if args.host_batches:
+  if args.host_batches and not scripted:
     for batch in sorted({int(b) for b in args.host_batches.split(",") if b}):
       row, host_times[batch] = host_comparison(task, model, params, played, batch,
                                                args.host_t_max, args.repeats)
@@ -155,7 +172,9 @@ def main(argv=None):
   device = jax.devices()[0]
   options = f" ({args.task_options})" if args.task_options else ""
   report = (f"Debate rollout by t_max: {args.task}{options} (top level, {task.max_difficulty + 1} "
-            f"levels), untrained runlocal M, batch "
+            f"levels), "
+            f"{'scripted: the consistent liar against the oracle' if scripted else 'untrained runlocal M'}"
+            f", batch "
             f"{args.batch}, {device.platform} ({os.cpu_count()} host cores), jax {jax.__version__}; "
             f"median of {args.repeats}; in brackets the ratio to t_max = {lengths[0]}.\n\n"
             "| t_max | scan (all rounds) | early-exit while loop | arguments per debate |\n"
@@ -167,7 +186,8 @@ def main(argv=None):
             f"\n\nCommand: python benchmarks/rollout.py --task {args.task}"
             f"{' --task-options ' + args.task_options if args.task_options else ''} --t_max {args.t_max} "
             f"--batch {args.batch} --host-batches '{args.host_batches}' --host-t-max "
-            f"{args.host_t_max} --repeats {args.repeats}\n")
+            f"{args.host_t_max} --repeats {args.repeats}"
+            f"{' --players ' + args.players if scripted else ''}\n")
   common.emit(report, args.out)
   return {"medians": medians, "lengths": lengths, "host": host_times, "report": report}
 

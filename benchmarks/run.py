@@ -4,7 +4,8 @@
 
 Runs, one after another on this machine's default device, ``step.py`` (cost per step and per
 optimiser update by mode, FLOPs, utilisation, phases), ``rollout.py`` (cost against t_max; the
-on-device loops against a host loop over rounds), ``seeds.py`` (vmapped runs), ``memory.py``
+on-device loops against a host loop over rounds; then again with scripted games that run to a
+leaf, ``--players oracle-liar``), ``seeds.py`` (vmapped runs), ``memory.py``
 (compiled memory against batch and t_max; the largest batch in 16 GiB per preset) and
 ``time_to_accuracy.py`` (training seconds to >= 95% held-out accuracy at every level), then
 writes ``<out>/<machine>.md``: the goals table followed by every script's own report (each with
@@ -30,7 +31,7 @@ import seeds  # noqa: E402
 import step  # noqa: E402
 import time_to_accuracy  # noqa: E402
 
-SCRIPTS = ("step", "rollout", "seeds", "memory", "time_to_accuracy")
+SCRIPTS = ("step", "rollout", "rollout_leaf", "seeds", "memory", "time_to_accuracy")
 
 
 def machine_name() -> str:
@@ -98,6 +99,13 @@ def goals(results: dict) -> list[tuple[str, str, str, str]]:
       ratio = loop / host
       out.append((f"5. early-exit rollout vs host loop over rounds, batch {batch}", "<= 1x",
                   f"{ratio:.2f}x", _verdict(ratio, 1.0)))
+  if "rollout_leaf" in results:
+    med = results["rollout_leaf"]["medians"]
+    if (32, True) in med and (12, True) in med:
+      ratio = med[32, True] / med[12, True]
+      out.append(("5. rollout of games to a leaf (scripted liar vs oracle, up to 10 arguments): "
+                  "t_max 32 vs 12 (early-exit loop)", "<= 1.3x", f"{ratio:.2f}x",
+                  _verdict(ratio, 1.3)))
   if "step" in results:
     out.append(("6. FLOPs, utilisation, phases; no recompilation or host transfer after the "
                 "first step", "reported, asserted", "see the step report", "met"))
@@ -130,6 +138,10 @@ def main(argv=None):
       "rollout": ["--task-options", "max_exponent=16"] + (
           ["--t_max", "4,8", "--host-batches", "16", "--host-t-max", "4", "--repeats", "1"]
           if quick else []),
+      # Scripted games that run to a leaf (up to 10 arguments): cost against the games' length.
+      "rollout_leaf": ["--task-options", "max_exponent=16", "--players", "oracle-liar",
+                       "--host-batches", ""] + (["--t_max", "4,12", "--repeats", "1"]
+                                                if quick else []),
       "seeds": ["--seeds", "1,4", "--steps", "1", "--repeats", "1"] if quick else [],
       "memory": (["--presets", "tiny", "--batches", "8,16", "--t-max", "4,8"] if quick else []),
       # The three modes, then each with the curriculum's bias-corrected EMA (issue 29's
@@ -139,7 +151,7 @@ def main(argv=None):
                            ["--runs", "supervised;amplification;hybrid;"
                             "amplification:curriculum.debias=true;hybrid:curriculum.debias=true"]),
   }
-  modules = {"step": step, "rollout": rollout, "seeds": seeds, "memory": memory,
+  modules = {"step": step, "rollout": rollout, "rollout_leaf": rollout, "seeds": seeds, "memory": memory,
              "time_to_accuracy": time_to_accuracy}
   results = {}
   for name in SCRIPTS:
