@@ -5,6 +5,7 @@ All are environment variables set before JAX initialises, so subprocesses starte
 resume and multi-process tests) inherit them.
 """
 
+import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -21,6 +22,9 @@ if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
 # serve repeats. Subprocesses inherit this variable.
 os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
+import jax  # noqa: E402  (after the environment above)
+import pytest  # noqa: E402
+
 # The slowest modules first. With ``--dist loadfile`` (setup.cfg) each module runs whole on one
 # xdist worker; a long module scheduled last leaves the other worker idle for minutes (seen: the
 # trainer tests, which xdist's default reordering by number of tests put last). Longest first,
@@ -33,3 +37,37 @@ _SLOW_FIRST = ("test_trainer.py", "test_sharding.py", "test_step.py", "test_deba
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(_SLOW_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(_SLOW_FIRST)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """After each test module, drop JAX's compiled programs (``jax.clear_caches``).
+
+  Every XLA:CPU executable keeps several memory mappings for its code, and JAX's caches keep
+  every executable a process compiled. An xdist worker runs hundreds of modules: one was measured
+  at 56,960 mappings late in a CI run, against Linux's default limit of 65,530
+  (``vm.max_map_count``). Past it, a mapping fails inside LLVM and the worker segfaults in
+  ``backend_compile`` (the crashes of 2026-12-06 and -07, in whichever test came next; every test
+  passed alone). A module's programs are not reused by the next module (``--dist loadfile``), so
+  nothing is recompiled that would not be anyway."""
+  yield
+  if _MAPS_LOG:
+    with open(_MAPS_LOG, "a") as f:
+      f.write(f"{os.getpid()} before {_num_mappings()}\n")
+  jax.clear_caches()
+  gc.collect()
+  if _MAPS_LOG:
+    with open(_MAPS_LOG, "a") as f:
+      f.write(f"{os.getpid()} after {_num_mappings()}\n")
+
+
+_MAPS_LOG = os.environ.get("AMP_DEBATE_TEST_MAPS_LOG", "")  # a file: mappings before/after each
+
+
+def _num_mappings() -> int:
+  """This process's memory mappings (Linux; -1 elsewhere)."""
+  try:
+    with open("/proc/self/maps") as f:
+      return sum(1 for _ in f)
+  except OSError:
+    return -1
