@@ -14,12 +14,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                              " --xla_force_host_platform_device_count=8").strip()
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
-# No persistent XLA compilation cache. Serialising an executable for it (``put_executable_and_time``)
-# or reading one back segfaulted xdist workers inside jaxlib 0.10.2 on the 2-core machine, five
-# times in the sessions of 2026-12-06 and -07 (test_group, test_overseer, test_drift, and CI
-# stop 39, which then hung until its 90-minute limit); per-module and per-worker workarounds did not
-# stop it. Each process compiles its own programs; within a process JAX's in-memory caches still
-# serve repeats. Subprocesses inherit this variable.
+# No persistent XLA compilation cache. Reading or writing an executable for it segfaulted xdist
+# workers four times in the sessions of 2026-12-06 and -07. The cause found later
+# (``_release_compiled_programs`` below) was the workers' memory-mapping count, which those
+# crashes fit too. The cache stays off: without it the suite was no slower (its repeats are
+# in-process). Subprocesses inherit this variable.
 os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
 import jax  # noqa: E402  (after the environment above)
