@@ -139,7 +139,7 @@ def phases(task_name: str, mode: str, batch: int, repeats: int) -> dict[str, tup
     ``merge`` identical rows are scored once (the step does this for distillation targets)."""
     pool, active = packing.pooled(rows, rows.active, 1)
     if merge:
-      active = packing.merge_duplicates([pool.prompts, pool.tokens, pool.mask], active) > 0
+      active = step_lib.duplicate_counts(pool, active) > 0
     return packing.active_first(pool, active)
 
   def grad_of(rows, temperature, packed, merge=False):

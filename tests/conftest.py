@@ -50,23 +50,17 @@ def _release_compiled_programs():
   passed alone). A module's programs are not reused by the next module (``--dist loadfile``), so
   nothing is recompiled that would not be anyway."""
   yield
-  if _MAPS_LOG:
-    with open(_MAPS_LOG, "a") as f:
-      f.write(f"{os.getpid()} before {_num_mappings()}\n")
+  _log_mappings("before")
   jax.clear_caches()
   gc.collect()
-  if _MAPS_LOG:
-    with open(_MAPS_LOG, "a") as f:
-      f.write(f"{os.getpid()} after {_num_mappings()}\n")
+  _log_mappings("after")
 
 
-_MAPS_LOG = os.environ.get("AMP_DEBATE_TEST_MAPS_LOG", "")  # a file: mappings before/after each
-
-
-def _num_mappings() -> int:
-  """This process's memory mappings (Linux; -1 elsewhere)."""
-  try:
-    with open("/proc/self/maps") as f:
-      return sum(1 for _ in f)
-  except OSError:
-    return -1
+def _log_mappings(when: str) -> None:
+  """With ``AMP_DEBATE_TEST_MAPS_LOG=<file>``, appends this process's memory mappings (Linux)."""
+  path = os.environ.get("AMP_DEBATE_TEST_MAPS_LOG", "")
+  if path and os.path.exists("/proc/self/maps"):
+    with open("/proc/self/maps") as maps:
+      count = sum(1 for _ in maps)
+    with open(path, "a") as f:
+      f.write(f"{os.getpid()} {when} {count}\n")

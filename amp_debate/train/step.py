@@ -397,7 +397,7 @@ def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = 
       # Identical targets in a pool (the same prompt and answer: a node's target repeated, a
       # subquestion posed twice) are scored once, weighted by their number: the loss is unchanged.
       drows, d_active = packing.pooled(drows, d_active, groups)
-      counts = packing.merge_duplicates([drows.prompts, drows.tokens, drows.mask], d_active)
+      counts = duplicate_counts(drows, d_active)
       dtree, d_active = packing.active_first({"rows": drows, "w": counts.astype(jnp.float32)},
                                              counts > 0)
     else:
@@ -557,13 +557,17 @@ def _rl_live(opt_state: Any, combination: str) -> jax.Array | None:
   return None if weight is None else weight != 0
 
 
+def duplicate_counts(rows: credit.Rows, active: jax.Array) -> jax.Array:
+  """int32[P, N]: ``packing.merge_duplicates`` of pooled rows [P, N] keyed on what a row's loss
+  reads (prompt, tokens, mask): each distinct row's multiplicity on its first copy, else 0."""
+  return packing.merge_duplicates([rows.prompts, rows.tokens, rows.mask], active)
+
+
 def _distinct_rows(rows: credit.Rows, config: StepConfig) -> jax.Array:
-  """int32[]: distinct active rows [B, G] within each of ``config.pack_groups`` pools of games
-  (``packing.merge_duplicates``): what the packed distillation pass scores (without packing,
-  every slot is scored)."""
+  """int32[]: distinct active rows [B, G] within each of ``config.pack_groups`` pools of games:
+  what the packed distillation pass scores (without packing, every slot is scored)."""
   groups = math.gcd(rows.active.shape[0], config.pack_groups)
-  pool, active = packing.pooled(rows, rows.active, groups)
-  return (packing.merge_duplicates([pool.prompts, pool.tokens, pool.mask], active) > 0).sum()
+  return (duplicate_counts(*packing.pooled(rows, rows.active, groups)) > 0).sum()
 
 
 def _league_metrics(winner: jax.Array, m_seat: jax.Array) -> dict[str, jax.Array]:
