@@ -206,3 +206,48 @@ def test_full_name_is_the_name_load_cites(eval_set):
   """``full_name`` (what the study scripts cite without building the set) equals ``load``'s."""
   assert eval_sets.full_name(eval_set.task, N) == eval_set.name
   assert eval_sets.full_name(eval_set.task) != eval_set.name  # the size is part of the name
+
+
+def test_processes_preparing_one_set_at_once_share_it(tmp_path):
+  """A sweep's --parallel runs prepare the same eval set together: each gets the same arrays
+  (before the lock, the second to finish failed on TFDS's rename, FileExistsError)."""
+  import threading
+  results, errors = [None, None], []
+
+  def load(i):
+    try:
+      results[i] = eval_sets.load("wildcard", examples_per_difficulty=N, data_dir=tmp_path)
+    except Exception as e:  # noqa: BLE001 -- reported below
+      errors.append(e)
+
+  threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors
+  assert_same_splits(results[0], results[1])
+  assert len(results[0].splits[0]["question"]) == N
+
+
+def test_losing_the_final_rename_uses_the_winners_copy(tmp_path):
+  """Where no lock reaches (a shared filesystem), the loser of the rename reuses the set."""
+  first = eval_sets.builder("wildcard", examples_per_difficulty=N, data_dir=tmp_path)
+  second = eval_sets.builder("wildcard", examples_per_difficulty=N, data_dir=tmp_path)
+
+  def lose_the_race(**kwargs):
+    first.download_and_prepare(**kwargs)  # the other process finishes first
+    raise FileExistsError("Destination already exists.")
+
+  second.download_and_prepare = lose_the_race
+  eval_sets.prepare(second)
+  loaded = eval_sets.load("wildcard", examples_per_difficulty=N, data_dir=tmp_path)
+  assert len(loaded.splits[0]["question"]) == N
+  broken = eval_sets.builder("wildcard", examples_per_difficulty=N, data_dir=tmp_path / "x")
+
+  def fail(**kwargs):
+    raise FileExistsError("something else exists")
+
+  broken.download_and_prepare = fail
+  with pytest.raises(FileExistsError):  # a FileExistsError with no dataset written is not hidden
+    eval_sets.prepare(broken)

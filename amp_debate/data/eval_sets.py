@@ -331,9 +331,29 @@ def builder(task: Task | str, *, options: Mapping | None = None,
 
 
 def prepare(eval_builder: AmpDebateEval) -> None:
-  """Generates the dataset if it is missing (offline; never asks GCS)."""
-  eval_builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  """Generates the dataset if it is missing (offline; never asks GCS).
+
+  Safe when several processes prepare the same set at once (a sweep's ``--parallel`` runs, an
+  array job's tasks on one data directory): on one host an exclusive lock file beside the
+  dataset's directory makes the others wait and then reuse it; where locks do not reach (a shared
+  filesystem without them), a process that loses TFDS's final rename to another's identical,
+  deterministic copy uses that copy instead of failing.
+  """
+  final_dir = os.fspath(eval_builder.data_path)
+  parent = os.path.dirname(final_dir)
+  os.makedirs(parent, exist_ok=True)
+  with open(os.path.join(parent, f".{os.path.basename(final_dir)}.lock"), "a") as lock:
+    try:
+      import fcntl  # POSIX only; elsewhere the rename fallback below still applies.
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+      pass
+    try:
+      eval_builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except FileExistsError:
+      if not os.path.isdir(final_dir):
+        raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,6 +422,12 @@ def load(task: Task | str, *, difficulty: int | Iterable[int] | None = None,
   task = eval_builder.task
   levels = _difficulties(task, difficulty)
   prepare(eval_builder)
+  # Built again after preparing: a builder made before the files existed (another process may
+  # have written them meanwhile) does not read their metadata.
+  eval_builder = AmpDebateEval(config=eval_builder.builder_config.name,
+                               version=str(eval_builder.version),
+                               data_dir=os.fspath(eval_builder.data_dir_root),
+                               file_format="array_record")
   splits = {d: _read_split(eval_builder, d) for d in levels}
   version = str(eval_builder.version)
   return EvalSet(task=task, name=f"{DATASET_NAME}/{eval_builder.builder_config.name}:{version}",
