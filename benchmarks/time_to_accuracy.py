@@ -1,12 +1,13 @@
 """Training time to >= 95% held-out accuracy at every level, by mode and reuse setting.
 
-    python benchmarks/time_to_accuracy.py [--task permutation] [--steps 600] [--eval-every 25]
-        [--runs 'supervised;amplification;hybrid'] [--seeds 3] [--threshold 0.95]
-        [--workdir /tmp/tta] [--out FILE]
+    python benchmarks/time_to_accuracy.py [--task permutation] [--runlocal] [--steps 600]
+        [--eval-every 25] [--runs 'supervised;amplification;hybrid'] [--seeds 3]
+        [--threshold 0.95] [--workdir /tmp/tta] [--out FILE]
 
 Each run is ``python -m amp_debate.main``'s training (``amp_debate.train.run``) of
 ``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (``quickstart`` for
-permutation: ``default.cpu_arg``) with the given overrides
+permutation: ``default.cpu_arg``; ``--runlocal`` takes permutation's runlocal recipe instead, three
+levels) with the given overrides
 (``field.sub=value``, comma-separated after the colon), evaluated every ``--eval-every`` steps on
 the task's held-out eval split (M's greedy answers; the debate statistics off, 200 questions per
 level). Reported per run: the first evaluated step at which every level is >= the threshold, the
@@ -66,10 +67,15 @@ def _set(config, key: str, text: str) -> None:
                          else text)
 
 
+def config_arg(task: str, mode: str, runlocal: bool = False) -> str:
+  """The config file's argument of a run: ``default.cpu_arg``, or every task's runlocal recipe."""
+  return f"task={task},mode={mode},runlocal" if runlocal else default.cpu_arg(task, mode)
+
+
 def run_one(task: str, mode: str, overrides: dict[str, str], steps: int, eval_every: int,
-            workdir: str, seed: int = 0) -> list[dict]:
+            workdir: str, seed: int = 0, runlocal: bool = False) -> list[dict]:
   """Trains one run from scratch in ``workdir``; returns its metrics.jsonl records."""
-  config = default.get_config(default.cpu_arg(task, mode))
+  config = default.get_config(config_arg(task, mode, runlocal))
   config.seed = seed
   config.num_steps = steps
   config.log_every = eval_every
@@ -126,6 +132,9 @@ def _spread(values: list[float], fmt: str) -> str:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--task", default="permutation")
+  parser.add_argument("--runlocal", action="store_true",
+                      help="the task's runlocal recipe even for permutation (default: the quick "
+                           "start for permutation)")
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--eval-every", type=int, default=25)
   parser.add_argument("--runs", default=DEFAULT_RUNS,
@@ -139,7 +148,7 @@ def main(argv=None):
   try:
     runs = [parse_run(s) for s in args.runs.split(";") if s.strip()]
     for mode, overrides in runs:  # every run's config is checked before any trains
-      config = default.get_config(default.cpu_arg(args.task, mode))
+      config = default.get_config(config_arg(args.task, mode, args.runlocal))
       for key, value in overrides.items():
         _set(config, key, value)
       config_lib.validate(config)
@@ -152,7 +161,7 @@ def main(argv=None):
     for seed in range(args.seeds):
       print(f"[{i + 1}/{len(runs)}] {name}, seed {seed}", file=sys.stderr, flush=True)
       records, config = run_one(args.task, mode, overrides, args.steps, args.eval_every,
-                                os.path.join(args.workdir, f"{i}_{seed}"), seed)
+                                os.path.join(args.workdir, f"{i}_{seed}"), seed, args.runlocal)
       per_seed.append(summarise(records, args.threshold))
     updates = config.step.update_epochs * config.step.num_minibatches if mode != "supervised" \
         else 1
@@ -177,13 +186,15 @@ def main(argv=None):
                  f"{_spread(r['best_mins'], '{:.1%}')} | {final} | "
                  f"{_spread(r['totals'], '{:.1f}')} |")
   device = jax.devices()[0]
-  report = (f"Time to held-out accuracy: {args.task} runlocal config, {device.platform} "
+  recipe = ("runlocal" if args.runlocal or args.task != "permutation" else "quickstart")
+  report = (f"Time to held-out accuracy: {args.task} {recipe} config, {device.platform} "
             f"({os.cpu_count()} host cores), jax {jax.__version__}; levels "
             f"{rows[0]['seeds'][0]['levels']} of the task's eval split (200 questions each), "
             f"evaluated every {args.eval_every} steps; seeds 0..{args.seeds - 1} per run, each "
             f"figure the median (min–max) over the seeds that reached the threshold; ratios of "
             f"medians.\n\n" + "\n".join(lines) +
-            f"\n\nCommand: python benchmarks/time_to_accuracy.py --task {args.task} --steps "
+            f"\n\nCommand: python benchmarks/time_to_accuracy.py --task {args.task}"
+            f"{' --runlocal' if args.runlocal else ''} --steps "
             f"{args.steps} --eval-every {args.eval_every} --runs '{args.runs}' --seeds "
             f"{args.seeds}\n")
   common.emit(report, args.out)
