@@ -1,0 +1,73 @@
+r"""M's held-out accuracy by level and by true answer, from a run's latest checkpoint.
+
+  python -m experiments.answer_breakdown --workdir=workdir/run [--out=FILE.md]
+
+Where a level's accuracy sits on a plateau, this says which answers M gets and which it never does
+(e.g. shortest path's level 0 at 0.766 = its a = b and "inf" questions, 75% of the level, right and
+its adjacent ones wrong: the neighbour masks not read). M answers greedily, as in the trainer's
+evaluation, on the run's own eval set (``eval.examples_per_difficulty`` questions per level).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from amp_debate.data import eval_sets
+from amp_debate.procedure.model_player import ModelDebater
+from amp_debate.train import config_lib, trainer
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run's directory (with checkpoints/).")
+_OUT = flags.DEFINE_string("out", "", "Also write the table to this file.")
+_BATCH = flags.DEFINE_integer("batch_size", 250, "Questions per greedy pass.")
+
+
+def breakdown(task, model, params, eval_set, batch_size: int) -> dict[int, dict[str, tuple]]:
+  """level -> {answer text: (questions, right)} for M's greedy answers on every split."""
+  m = ModelDebater(model=model, params=params, task=task, temperature=1.0, greedy=True)
+  answer = jax.jit(lambda q: m.answer(q, jax.random.key(0)).tokens)
+  out = {}
+  for level, split in sorted(eval_set.splits.items()):
+    questions, answers = split["question"], split["answer"]
+    predicted = np.concatenate([np.asarray(answer(questions[i:i + batch_size]))
+                                for i in range(0, len(questions), batch_size)])
+    right = (predicted == answers).all(-1)
+    counts = collections.defaultdict(lambda: [0, 0])
+    for a, ok in zip(answers, right):
+      key = task.tokenizer.decode(a)
+      counts[key][0] += 1
+      counts[key][1] += int(ok)
+    out[level] = {k: tuple(v) for k, v in sorted(counts.items())}
+  return out
+
+
+def table(result: dict[int, dict[str, tuple]]) -> str:
+  lines = ["| level | true answer | questions | M right |", "|---|---|---|---|"]
+  for level, rows in result.items():
+    for answer, (n, right) in rows.items():
+      lines.append(f"| {level} | {answer} | {n} | {right / n:.3f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required")
+  state, config, step = trainer.load_state(_WORKDIR.value)
+  task = config_lib.make_task(config)
+  model = config_lib.make_model(config, task)
+  eval_set = eval_sets.load(task, examples_per_difficulty=config.eval.examples_per_difficulty,
+                            data_dir=config.eval.data_dir or None)
+  text = (f"{_WORKDIR.value}, step {step}, eval set {eval_set.name}\n\n"
+          + table(breakdown(task, model, state.params, eval_set, _BATCH.value)) + "\n")
+  print(text)
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
