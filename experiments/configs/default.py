@@ -68,7 +68,7 @@ _DEEP = dict(num_layers=4, d_model=64, decay=True)
 # assignments and shortest path (experiments/results/task_suite_supervised.md, seed 0). Issue 29
 # re-tuned the steps (experiments/sweeps/retune.py, one seed; BUILD_NOTES, "Recipe re-tune").
 RUNLOCAL = {
-    # 5000 steps (issue 29 re-tune, seed 0): level 2 sat at 0.3-0.5 until step ~2200, then rose
+    # 5000 steps (issue 29 re-tune, seed 0): level 2 sat at 0.25-0.49 until step 2000, then rose
     # to >= 95% at step 2700 and 100% at the end; with 1500 it ended at 0.364.
     "permutation": Recipe(dict(n=8, max_exponent=4), num_steps=5000, **_DEEP),
     "union_find": Recipe(dict(num_vars=8, max_depth=2), num_steps=2000, **_DEEP),
