@@ -1,7 +1,7 @@
 """Training time to >= 95% held-out accuracy at every level, by mode and reuse setting.
 
     python benchmarks/time_to_accuracy.py [--task permutation] [--runlocal] [--steps 600]
-        [--eval-every 25] [--runs 'supervised;amplification;hybrid'] [--seeds 3]
+        [--eval-every 25] [--runs 'supervised;amplification;hybrid'] [--seeds 3] [--first-seed 0]
         [--threshold 0.95] [--workdir /tmp/tta] [--out FILE]
 
 Each run is ``python -m amp_debate.main``'s training (``amp_debate.train.run``) of
@@ -15,7 +15,7 @@ training seconds to it (``perf/train_seconds``: wall time after the first step's
 excluding evaluations and checkpoints) and their ratio to the supervised run's (issue 11, goal 3:
 hybrid <= 3x), the optimiser updates it took, and the last evaluation. Runs that never get there
 show their best min-over-levels accuracy. With ``--seeds N`` every run is repeated with seeds
-0 .. N-1 (``config.seed``: the init and every question drawn) and the table gives each figure's
+F .. F+N-1 (``--first-seed F``, default 0: a study cut into sessions runs seed by seed) (``config.seed``: the init and every question drawn) and the table gives each figure's
 median with its range over seeds; the ratios compare medians. Timings share the machine with
 nothing else the script runs (one run at a time, all in this process).
 """
@@ -141,6 +141,7 @@ def main(argv=None):
                       help="';'-separated mode[:field=value,...] (the first supervised run is "
                            "the ratios' base)")
   parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every run")
+  parser.add_argument("--first-seed", type=int, default=0)
   parser.add_argument("--threshold", type=float, default=0.95)
   parser.add_argument("--workdir", default="/tmp/amp_debate_tta")
   parser.add_argument("--out", default="")
@@ -158,7 +159,7 @@ def main(argv=None):
   for i, (mode, overrides) in enumerate(runs):
     name = mode + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items())
     per_seed = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
       print(f"[{i + 1}/{len(runs)}] {name}, seed {seed}", file=sys.stderr, flush=True)
       records, config = run_one(args.task, mode, overrides, args.steps, args.eval_every,
                                 os.path.join(args.workdir, f"{i}_{seed}"), seed, args.runlocal)
@@ -171,8 +172,8 @@ def main(argv=None):
   base_s = base and base["seconds"]
   lines = [f"| run | seeds reaching ≥{args.threshold:.0%} at every level | steps to it | "
            f"optimiser updates | training seconds to it | steps vs supervised | seconds vs "
-           f"supervised | best min-over-levels | final by level (seed 0) | seconds for "
-           f"{args.steps} steps |", "|---|---|---|---|---|---|---|---|---|---|"]
+           f"supervised | best min-over-levels | final by level (seed {args.first_seed}) | "
+           f"seconds for {args.steps} steps |", "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     if r["step"]:
       step_ratio = f"{r['step'] / base['step']:.1f}x" if base else "–"
@@ -190,13 +191,14 @@ def main(argv=None):
   report = (f"Time to held-out accuracy: {args.task} {recipe} config, {device.platform} "
             f"({os.cpu_count()} host cores), jax {jax.__version__}; levels "
             f"{rows[0]['seeds'][0]['levels']} of the task's eval split (200 questions each), "
-            f"evaluated every {args.eval_every} steps; seeds 0..{args.seeds - 1} per run, each "
+            f"evaluated every {args.eval_every} steps; seeds {args.first_seed}.."
+            f"{args.first_seed + args.seeds - 1} per run, each "
             f"figure the median (min–max) over the seeds that reached the threshold; ratios of "
             f"medians.\n\n" + "\n".join(lines) +
             f"\n\nCommand: python benchmarks/time_to_accuracy.py --task {args.task}"
             f"{' --runlocal' if args.runlocal else ''} --steps "
             f"{args.steps} --eval-every {args.eval_every} --runs '{args.runs}' --seeds "
-            f"{args.seeds}\n")
+            f"{args.seeds}{f' --first-seed {args.first_seed}' if args.first_seed else ''}\n")
   common.emit(report, args.out)
   return {"rows": rows, "base_s": base_s, "base_step": base and base["step"], "report": report}
 
