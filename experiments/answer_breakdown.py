@@ -20,9 +20,15 @@ from amp_debate.data import eval_sets
 from amp_debate.procedure.model_player import ModelDebater
 from amp_debate.train import config_lib, trainer
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run's directory (with checkpoints/).")
-_OUT = flags.DEFINE_string("out", "", "Also write the table to this file.")
-_BATCH = flags.DEFINE_integer("batch_size", 250, "Questions per greedy pass.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags, defined only when it runs (importing this module for
+  ``breakdown`` must not clash with another module's ``--workdir``)."""
+  flags.DEFINE_string("workdir", None, "A run's directory (with checkpoints/).")
+  flags.DEFINE_string("out", "", "Also write the table to this file.")
+  flags.DEFINE_integer("batch_size", 250, "Questions per greedy pass.")
 
 
 def breakdown(task, model, params, eval_set, batch_size: int) -> dict[int, dict[str, tuple]]:
@@ -54,20 +60,21 @@ def table(result: dict[int, dict[str, tuple]]) -> str:
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  state, config, step = trainer.load_state(_WORKDIR.value)
+  state, config, step = trainer.load_state(FLAGS.workdir)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   eval_set = eval_sets.load(task, examples_per_difficulty=config.eval.examples_per_difficulty,
                             data_dir=config.eval.data_dir or None)
-  text = (f"{_WORKDIR.value}, step {step}, eval set {eval_set.name}\n\n"
-          + table(breakdown(task, model, state.params, eval_set, _BATCH.value)) + "\n")
+  text = (f"{FLAGS.workdir}, step {step}, eval set {eval_set.name}\n\n"
+          + table(breakdown(task, model, state.params, eval_set, FLAGS.batch_size)) + "\n")
   print(text)
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
       f.write(text)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
