@@ -2,9 +2,9 @@ r"""M's held-out accuracy by level and by true answer, from a run's latest check
 
   python -m experiments.answer_breakdown --workdir=workdir/run [--out=FILE.md]
 
-Where a level's accuracy sits on a plateau, this says which answers M gets and which it never does
-(e.g. shortest path's level 0 at 0.766 = its a = b and "inf" questions, 75% of the level, right and
-its adjacent ones wrong: the neighbour masks not read). M answers greedily, as in the trainer's
+Where a level's accuracy sits on a plateau, this says which answers M gets and which it does not
+(e.g. experiments/results/retune/shortest_path_breakdown.md: at level 0, every a = b question
+right, 51% of those where b neighbours a). M answers greedily, as in the trainer's
 evaluation, on the run's own eval set (``eval.examples_per_difficulty`` questions per level).
 """
 
@@ -33,12 +33,12 @@ def define_flags() -> None:
 
 def breakdown(task, model, params, eval_set, batch_size: int) -> dict[int, dict[str, tuple]]:
   """level -> {answer text: (questions, right)} for M's greedy answers on every split."""
-  m = ModelDebater(model=model, params=params, task=task, temperature=1.0, greedy=True)
-  answer = jax.jit(lambda q: m.answer(q, jax.random.key(0)).tokens)
+  answer = jax.jit(lambda p, q: ModelDebater(model=model, params=p, task=task, temperature=1.0,
+                                             greedy=True).answer(q, jax.random.key(0)).tokens)
   out = {}
   for level, split in sorted(eval_set.splits.items()):
     questions, answers = split["question"], split["answer"]
-    predicted = np.concatenate([np.asarray(answer(questions[i:i + batch_size]))
+    predicted = np.concatenate([np.asarray(answer(params, questions[i:i + batch_size]))
                                 for i in range(0, len(questions), batch_size)])
     right = (predicted == answers).all(-1)
     counts = collections.defaultdict(lambda: [0, 0])
