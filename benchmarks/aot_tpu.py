@@ -9,7 +9,7 @@ r"""Ahead-of-time compile of the sharded train step for TPU pod slices, on a mac
 For each model preset, TPU topology (libtpu's topology descriptions: ``jax.experimental.topologies``
 makes compile-only devices for a slice such as ``v5e:16x16``, no TPU attached) and mesh
 data × fsdp (``--fsdp`` values; data = chips / fsdp), the trainer's own jitted, sharded train step
-(``trainer._programs``: the config validated by ``config_lib``, the mesh by
+(``programs.get``: the config validated by ``config_lib``, the mesh by
 ``sharding.make_mesh`` over the topology's devices, the state's shardings by
 ``sharding.state_shardings``, the step by ``sharding.shard_step``) is lowered against abstract
 inputs (the TrainState's ShapeDtypeStructs carrying their NamedShardings, a replicated key) and
@@ -124,7 +124,7 @@ def compile_step(config, devices):
   abstract sharded inputs and compiled (never run). Returns the ``jax.stages.Compiled``."""
   import jax  # noqa: PLC0415
 
-  from amp_debate.train import config_lib, sharding, trainer  # noqa: PLC0415
+  from amp_debate.train import config_lib, programs as programs_lib, sharding  # noqa: PLC0415
 
   try:
     config_lib.validate(config, num_devices=len(devices))
@@ -133,17 +133,20 @@ def compile_step(config, devices):
   data, fsdp = config_lib.mesh_shape(config, len(devices))
   # The trainer caches programs by config, mesh shape and device ids; compile-only devices of two
   # topologies share ids, so start from an empty cache.
-  trainer._PROGRAMS.clear()  # noqa: SLF001
+  programs_lib.clear()
   try:
     mesh = sharding.make_mesh(data=data, fsdp=fsdp, devices=devices)
-    programs = trainer._programs(config, mesh)  # noqa: SLF001  (the trainer's step, not a copy)
+    programs = programs_lib.get(config, mesh)  # the trainer's programs, not a copy
   except ValueError as e:  # e.g. fsdp does not divide d_model (sharding.state_shardings)
     raise AotError(_first_line(e)) from None
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       programs.abstract, programs.shardings)
-  key = jax.eval_shape(lambda: jax.random.key(0))
+  # The loop's step for one run: the state with its leading run axis of 1, keys [1].
+  state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct((1, *a.shape), a.dtype,
+                                        sharding=programs_lib.stacked_sharding(s)),
+      programs.abstract, programs.shardings)
+  key = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 1))
   key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(mesh))
-  return programs.train_step.lower(state, key).compile()
+  return programs.train_step(1).lower(state, key).compile()
 
 
 def analyse(compiled, hbm_bytes: float) -> dict:
@@ -283,7 +286,7 @@ def report(results: list[dict], meta: dict) -> str:
           f"(jax {meta['jax']}, jaxlib {meta['jaxlib']}); **nothing ran on a TPU**. Config: "
           f"`experiments/configs/default.py:{meta['config_arg']}` with "
           f"`model.dtype={meta['dtype'] or 'as configured'}`; the trainer's own sharded step "
-          f"(`trainer._programs`), state donated. Memory per device from XLA's memory analysis; "
+          f"(`programs.get`, one run), state donated. Memory per device from XLA's memory analysis; "
           f"total = arguments + outputs − aliased (donated state) + temporaries + code. FLOPs "
           f"and "
           f"bytes from XLA's cost analysis of the per-device program, loop bodies counted once "

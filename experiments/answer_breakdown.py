@@ -18,7 +18,7 @@ from absl import app, flags
 
 from amp_debate.data import eval_sets
 from amp_debate.procedure.model_player import ModelDebater
-from amp_debate.train import config_lib, trainer
+from amp_debate.train import config_lib, restore
 
 FLAGS = flags.FLAGS
 
@@ -62,7 +62,7 @@ def main(argv):
   del argv
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  state, config, step = trainer.load_state(FLAGS.workdir)
+  state, config, step = restore.load_state(FLAGS.workdir)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   eval_set = eval_sets.load(task, examples_per_difficulty=config.eval.examples_per_difficulty,

@@ -4,7 +4,7 @@ r"""A run's evaluations over training, as the README's "During the run" table.
 
 Reads ``<workdir>/metrics.jsonl``: per evaluated step, M's held-out accuracy at every level and, at
 ``--level``, M's worst win rate and highest concession rate over the liars and seats (own claims,
-judged by H) and the share of self-play games decided (``amp_debate.train.trainer.make_eval_fn``).
+judged by H) and the share of self-play games decided (``amp_debate.train.evaluation.make_eval_fn``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 
-from amp_debate.train import trainer
+from amp_debate.train import evaluation
 
 
 def history(workdir: str, level: int) -> str:
@@ -28,7 +28,7 @@ def history(workdir: str, level: int) -> str:
   levels = sorted(int(k.rsplit("/d", 1)[1]) for k in rows[-1]
                   if k.startswith("eval/accuracy/model/d"))
   keys = lambda what: [f"eval/honesty/own/{liar}/{seat}/{what}/d{level}"
-                       for liar in trainer.LIARS for seat in trainer.SEATS]
+                       for liar in evaluation.LIARS for seat in evaluation.SEATS]
   header = (["step"] + [f"level {d}" for d in levels]
             + ["wins vs liars", "concedes to a false claim", "self-play decided"])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -24,13 +24,13 @@ import numpy as np
 
 from amp_debate.procedure import credit, debate
 from amp_debate.procedure.model_player import ModelDebater
-from amp_debate.train import trainer
+from amp_debate.train import programs, restore
 
 
 def probe(workdir: str, batches: int = 8, seed: int = 123) -> dict:
   """{level: {metric: mean over ``batches`` batches}} for the run at ``workdir`` (latest step)."""
-  state, config, at_step = trainer.load_state(workdir)
-  task, model, _, step_config, _ = trainer._build(config)  # pylint: disable=protected-access
+  state, config, at_step = restore.load_state(workdir)
+  task, model, _, step_config, _ = programs.build(config)
   m = ModelDebater(model=model, params=state.params, task=task,
                    temperature=step_config.temperature)
 

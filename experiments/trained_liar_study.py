@@ -4,7 +4,7 @@ r"""The trained liar against M that can and cannot be beaten (issue 27, item 2d)
 
 For each M below: trains it if its run is not finished (``amp_debate.train.run``; a finished run
 only re-evaluates), then fine-tunes a copy of M to win the false side against frozen M
-(``amp_debate.train.trained_liar.study``: REINFORCE on the liar's supports, H at the leaves; a
+(``amp_debate.tools.trained_liar.study``: REINFORCE on the liar's supports, H at the leaves; a
 control arm plays the same games at learning rate 0) and evaluates M against the greedy liar before
 and after on the run's eval split (questions the run never drew). A run whose
 ``trained_liar.json`` exists with the same liar options is not redone. Writes
@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from amp_debate import train
-from amp_debate.train import trained_liar
+from amp_debate.tools import trained_liar
 from experiments.configs import default
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "trained_liar")
@@ -65,7 +65,7 @@ def liar_record(run_dir: str, options: trained_liar.LiarTraining, seed: int) -> 
 
 def scripted_losses(run_dir: str) -> dict[str, float]:
   """Per level, M's worst-seat loss rate to the scripted consistent liar in the run's last
-  evaluation (``trainer.make_eval_fn``, own claims, same eval split)."""
+  evaluation (``evaluation.make_eval_fn``, own claims, same eval split)."""
   last = None
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     for line in f:

@@ -6,7 +6,7 @@ import numpy as np
 
 import tiny
 from amp_debate.data import eval_sets
-from amp_debate.train import trainer
+from amp_debate.train import evaluation
 from experiments import answer_breakdown
 
 
@@ -15,7 +15,7 @@ def test_breakdown_counts_every_question_and_matches_the_trainers_accuracy(tmp_p
   params = model.init(jax.random.key(3))
   eval_set = eval_sets.load(task, examples_per_difficulty=16, data_dir=tmp_path)
   result = answer_breakdown.breakdown(task, model, params, eval_set, batch_size=16)
-  eval_fn = jax.jit(trainer.make_eval_fn(task, model, tiny.step_config(), with_debates=False))
+  eval_fn = jax.jit(evaluation.make_eval_fn(task, model, tiny.step_config(), with_debates=False))
   assert sorted(result) == sorted(eval_set.splits)
   for level, split in eval_set.splits.items():
     rows = result[level]

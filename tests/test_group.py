@@ -1,7 +1,7 @@
-"""Runs vmapped in one process (amp_debate.train.group) and the sweep's --vmap mode: a group's runs
+"""Runs vmapped in one process (``train.run_group``) and the sweep's --vmap mode: a group's runs
 match the same runs trained alone, grouping is exact (a run's own optimiser state equals the
-group's with its hyperparameters set), a crashed vmapped sweep resumes its group from the group's
-checkpoint, and configs that cannot share a step are refused in one line."""
+group's with its hyperparameters set), a crashed vmapped sweep resumes its group from its runs'
+checkpoints, and configs that cannot share a step are refused in one line."""
 
 import json
 import os
@@ -12,7 +12,8 @@ import pytest
 
 import tiny
 from amp_debate import sweep, train
-from amp_debate.train import config_lib, group, metrics_io
+from amp_debate.train import config_lib, metrics_io
+from amp_debate.train import programs as group
 from amp_debate.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,7 @@ def test_a_group_matches_its_runs_trained_alone(tmp_path):
   configs = [_config(seed=0),
              _config(seed=1, optimizer__learning_rate=3e-3, combination__weights__sup=0.5)]
   workdirs = [str(tmp_path / "a"), str(tmp_path / "b")]
-  results = group.run_group(configs, workdirs, str(tmp_path / "group"))
+  results = train.run_group(configs, workdirs)
   assert [r.status for r in results] == ["done", "done"] and results[0].step == 4
   assert results[0].eval != results[1].eval  # different runs ...
   for config, workdir, result in zip(configs, workdirs, results):
@@ -101,8 +102,8 @@ def test_hparams_of_a_config_rebuild_its_own_optimiser_state():
 def test_configs_that_cannot_share_a_step_are_refused_in_one_line(tmp_path):
   with pytest.raises(ValueError, match=r"runs 0 and 1 cannot share a compiled step: they differ "
                                        r"in debate\.call_prob"):
-    group.run_group([_config(), _config(debate__call_prob=0.5)],
-                    [str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "g"))
+    train.run_group([_config(), _config(debate__call_prob=0.5)],
+                    [str(tmp_path / "a"), str(tmp_path / "b")])
   assert not os.path.exists(tmp_path / "a")
   with pytest.raises(ValueError, match="num_steps"):
     group.check_group([_config(steps=4), _config(steps=6)])

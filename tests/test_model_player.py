@@ -181,7 +181,8 @@ def _model_self_play(name, call_prob):
   """An untrained M in self-play (t_max = 4: the root is the only node with supports); returns
   (questions, GameState, Transcript) as numpy arrays. One compile per call_prob."""
   task = _task(name)
-  config = debate.DebateConfig(t_max=4, call_prob=call_prob, learned_stop=False)
+  config = debate.DebateConfig(t_max=4, call_prob=call_prob, learned_stop=False, early_exit=False,
+                               assign_prob=0.0)
   run = jax.jit(lambda d, q, k: debate.rollout(task, d, d, q, k, config))
   questions = _questions(name, seed=10, batch=SELF_PLAY_BATCH)
   state, transcript = run(_debater(name), questions, jax.random.key(11))
@@ -278,7 +279,7 @@ def test_distinct_claims_contest_every_self_play_game():
   results = {}
   for distinct in (False, True):
     config = debate.DebateConfig(t_max=4, call_prob=0.0, learned_stop=False,
-                                 distinct_claims=distinct)
+                                 distinct_claims=distinct, early_exit=False, assign_prob=0.0)
     results[distinct] = jax.jit(lambda q, k, c=config: debate.rollout(
         task, debater, debater, q, k, c))(questions, jax.random.key(5))
   (game_off, tr_off), (game_on, tr_on) = results[False], results[True]
@@ -312,11 +313,13 @@ def test_explored_claims_are_uniform_other_answers_scored_by_m():
   questions = _questions("permutation", seed=6, batch=256)
   results = {}
   for prob in (0.0, 1.0):
-    config = debate.DebateConfig(t_max=4, call_prob=0.0, learned_stop=False, explore_prob=prob)
+    config = debate.DebateConfig(t_max=4, call_prob=0.0, learned_stop=False, explore_prob=prob,
+                                 early_exit=False, assign_prob=0.0)
     results[prob] = jax.jit(lambda q, k, c=config: debate.rollout(
         task, debater, debater, q, k, c))(questions, jax.random.key(7))
   control = jax.jit(lambda q, k: debate.rollout(task, debater, debater, q, k, debate.DebateConfig(
-      t_max=4, call_prob=0.0, learned_stop=False)))(questions, jax.random.key(7))
+      t_max=4, call_prob=0.0, learned_stop=False, early_exit=False,
+      assign_prob=0.0)))(questions, jax.random.key(7))
   np.testing.assert_array_equal(np.asarray(results[0.0][1].claims), np.asarray(control[1].claims))
   claims = np.asarray(results[1.0][1].claims)[:, 0, :, 0]  # [B, 2] root claims
   vocab = np.asarray(players.answer_vocabulary(task))
@@ -332,10 +335,11 @@ def test_explored_claims_are_uniform_other_answers_scored_by_m():
   np.testing.assert_array_equal(odd.tokens[:, 0], claims[:, 1])
   scored = debater.score(jnp.asarray(odd.prompts), jnp.asarray(odd.tokens[:, :1]))
   np.testing.assert_allclose(odd.log_probs[:, :1], np.asarray(scored), atol=1e-5)
-  from amp_debate.train import trainer  # pylint: disable=import-outside-toplevel
-  assert trainer.eval_debate_config(task, debate.DebateConfig(explore_prob=0.5)).explore_prob == 0
+  from amp_debate.train import evaluation  # pylint: disable=import-outside-toplevel
+  played = debate.DebateConfig(explore_prob=0.5, early_exit=False, assign_prob=0.0)
+  assert evaluation.eval_debate_config(task, played).explore_prob == 0
 
 
 def test_explore_prob_is_checked():
   with pytest.raises(ValueError, match="explore_prob"):
-    debate.DebateConfig(explore_prob=1.5)
+    debate.DebateConfig(explore_prob=1.5, early_exit=False, assign_prob=0.0)

@@ -113,17 +113,17 @@ def test_tiny_sweep_runs_end_to_end_and_tabulates(tmp_path):
 def test_summary_and_table_carry_honesty_worst_seat_and_level(tmp_path):
   """The honesty columns are the worst seat's final win rate (already the worst level) against each
   liar, and self-play's true-winner rate, read from the run's last evaluation."""
-  from amp_debate.train import trainer  # pylint: disable=import-outside-toplevel
+  from amp_debate.train import evaluation  # pylint: disable=import-outside-toplevel
   record = {"step": 4, "eval/accuracy/model/mean": 0.5, "eval/accuracy/model/d0": 0.5,
             "eval/debate/winner_true/mean": 0.25}
-  for i, liar in enumerate(trainer.LIARS):
+  for i, liar in enumerate(evaluation.LIARS):
     record[f"eval/honesty/own/{liar}/even/win/min"] = 0.9 - 0.1 * i
     record[f"eval/honesty/own/{liar}/odd/win/min"] = 0.7 - 0.1 * i
   old = {"step": 2, "eval/accuracy/model/mean": 0.1, "eval/debate/winner_true/mean": 0.0,
          **{k: 0.0 for k in record if k.startswith("eval/honesty")}}
   (tmp_path / "metrics.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(record) + "\n")
   out = sweep._final_metrics(str(tmp_path))  # pylint: disable=protected-access
-  for i, liar in enumerate(trainer.LIARS):
+  for i, liar in enumerate(evaluation.LIARS):
     assert out[f"honesty/{liar}/win/worst"] == pytest.approx(0.7 - 0.1 * i)
   assert out["selfplay/winner_true/mean"] == 0.25
   runs = sweep.build_runs(_sweep_file(tmp_path, [dict(TINY, seed=0)]), BASE, str(tmp_path / "w"))

@@ -10,11 +10,11 @@ import numpy as np
 import tiny
 from amp_debate.procedure import debate
 from amp_debate.train import step as step_lib
-from amp_debate.train import trained_liar
-from amp_debate.train import trainer
+from amp_debate.tools import trained_liar
+from amp_debate.train import evaluation
 
 TASK, MODEL = tiny.TASK, tiny.MODEL
-CONFIG = dataclasses.replace(trainer.eval_debate_config(TASK, tiny.step_config().debate),
+CONFIG = dataclasses.replace(evaluation.eval_debate_config(TASK, tiny.step_config().debate),
                              call_prob=0.0)
 
 

@@ -13,7 +13,8 @@ import pytest
 import tiny
 from amp_debate import train
 from amp_debate.train import checkpoint as checkpoint_lib
-from amp_debate.train import config_lib, metrics_io
+from amp_debate.train import config_lib, evaluation, metrics_io
+from amp_debate.train import programs as programs_lib
 from amp_debate.train import step as step_lib
 from amp_debate.train import trainer
 
@@ -64,7 +65,7 @@ def test_hybrid_run_writes_logs_checkpoints_and_a_result_table(tmp_path, capsys)
     assert ckpt.saved_config()["task_options"] == {"n": 4, "max_exponent": 4}
   # Debate honesty at every eval, judged by H: M in both seats against each scripted liar, with its
   # own claims (and Amp(H, M) claims against the consistent liar; the tiny run has the learned stop).
-  games = [("own", liar) for liar in trainer.LIARS] + [("amp", "consistent"), ("stop", "consistent")]
+  games = [("own", liar) for liar in evaluation.LIARS] + [("amp", "consistent"), ("stop", "consistent")]
   for source, liar in games:
     for seat in ("even", "odd"):
       for level in range(3):
@@ -130,7 +131,7 @@ def test_nan_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     return step
 
   monkeypatch.setattr(step_lib, "build_supervised_step", poisoned)
-  monkeypatch.setattr(trainer, "_PROGRAMS", {})  # not an unpoisoned step built by an earlier test
+  monkeypatch.setattr(programs_lib, "_PROGRAMS", {})  # not an unpoisoned step built by an earlier test
   workdir = str(tmp_path / "run")
   with pytest.raises(train.TrainingDiverged, match=r"step 3: loss/sup became NaN"):
     train.run(_config(mode="supervised", steps=6, eval__every=0), workdir)
@@ -191,7 +192,7 @@ def test_evaluation_debates_use_one_protocol_in_every_mode():
     config = _config(mode)
     task = config_lib.make_task(config)
     step_config = config_lib.make_step_config(config)
-    played = trainer.eval_debate_config(task, step_config.debate)
+    played = evaluation.eval_debate_config(task, step_config.debate)
     assert played.force_stop_after is None and played.contested and played.assign_prob == 0
     assert played.t_max >= 2 + 2 * task.max_difficulty
     assert played.call_prob == step_config.debate.call_prob
