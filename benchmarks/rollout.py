@@ -137,7 +137,7 @@ def main(argv=None):
       options = dataclasses.replace(played, t_max=t_max, early_exit=early_exit)
       if scripted:
         options = debate.DebateConfig(t_max=t_max, call_prob=1.0, learned_stop=False,
-                                      early_exit=early_exit)
+                                      early_exit=early_exit, assign_prob=0.0)
 
       def play(params, questions, rng, options=options):
         if scripted:  # the liar in the even seat, assigned; the oracle computes honestly

@@ -63,6 +63,9 @@ def _set(config, key: str, text: str) -> None:
     old = node[leaf]
   except (KeyError, AttributeError, TypeError):
     raise ValueError(f"config.{key}: unknown field") from None
+  if old is None:  # an unset optional field (a typed placeholder): the value as JSON reads it
+    node[leaf] = json.loads(text)
+    return
   node[leaf] = type(old)(json.loads(text.lower()) if isinstance(old, (bool, int, float))
                          else text)
 

@@ -1,6 +1,7 @@
 """Experiment configs: every mode validates; bad fields are named before anything compiles (by the
 dataclass that owns them, or by config_lib); the option parser; resume compatibility."""
 
+import copy
 import dataclasses
 
 import jax
@@ -11,9 +12,11 @@ import pytest
 
 from amp_debate import checks, models, options, tasks
 from amp_debate.procedure import combine, curriculum, debate
+from amp_debate.safety import adversary, overseer
 from amp_debate.train import config_lib
 from amp_debate.train import step as step_lib
-from experiments.configs import default
+from experiments.configs import adversary as adversary_config
+from experiments.configs import default, self_review
 
 
 @pytest.mark.parametrize("mode", default.MODES)
@@ -192,22 +195,161 @@ def test_config_arg_errors():
     default.get_config("task=wildcard,quickstart")
 
 
-def test_target_and_confidence_sentinels():
+def test_optional_fields_are_placeholders():
+  """Optional values are typed ml_collections placeholders: None until set (the dataclasses' None),
+  a value once set; the old sentinels (0, -1) are now values the dataclasses refuse."""
   config = default.get_config("task=permutation,quickstart")
+  assert config.step.target_period is None and config.debate.confidence_threshold is None
+  assert config.debate.force_stop_after is None and config.step.stop_cost is None
   step_config = config_lib.make_step_config(config)
   assert step_config.debate.confidence_threshold is None
   assert step_config.target_period is None and step_config.target_ema == 0.9
+  assert step_config.debate.force_stop_after is None and step_config.stop_cost is None
   config.step.target_period = 50
   config.debate.confidence_threshold = 0.7
   step_config = config_lib.make_step_config(config)
   assert step_config.target_period == 50 and step_config.target_ema is None
   assert step_config.debate.confidence_threshold == 0.7
   assert isinstance(config_lib.make_optimizer(config), optax.GradientTransformation)
+  with pytest.raises(TypeError):  # typed: a string is refused on assignment
+    config.step.target_period = "never"
+  config.step.target_period = 0
+  with pytest.raises(config_lib.ConfigError, match=r"^config.step.target_period must be >= 1, "
+                     r"got 0 \(None: Polyak averaging\)$"):
+    config_lib.validate(config, num_devices=8)
+  full = default.get_config("task=permutation")  # the full size: the preset's model sizes
+  assert full.model.num_layers is None
+  assert config_lib.make_model(full, config_lib.make_task(full)).config.num_layers == (
+      models.PRESETS["small"]["num_layers"])
+
+
+def test_saved_configs_with_the_old_sentinels_read_as_none():
+  """A checkpoint's config saved before the placeholders (0 / -1 for None) rebuilds its run
+  (``from_saved``) and resumes under today's config (``check_compatible``); other values stay."""
+  today = default.get_config("task=permutation").to_dict()
+  old = copy.deepcopy(today)
+  old["debate"].update(confidence_threshold=-1.0, force_stop_after=0)
+  old["step"].update(target_period=0, stop_cost=-1.0)
+  old["model"].update(num_layers=0, d_model=0, num_heads=0, d_ff=0)
+  assert config_lib.upgrade_saved(old) == today
+  assert config_lib.check_compatible(old, today) == []
+  rebuilt = config_lib.from_saved(old)
+  step_config = config_lib.make_step_config(rebuilt)
+  assert step_config.target_period is None and step_config.stop_cost is None
+  assert step_config.debate.confidence_threshold is None
+  assert step_config.debate.force_stop_after is None
+  assert config_lib.make_model(rebuilt, config_lib.make_task(rebuilt)).config.num_layers == (
+      models.PRESETS["small"]["num_layers"])
+  del old["step"]["stop_cost"]  # saved before the field existed: off
+  assert config_lib.make_step_config(config_lib.from_saved(old)).stop_cost is None
+  kept = {**today, "step": {**today["step"], "target_period": 10, "stop_cost": 0.0}}
+  assert config_lib.upgrade_saved(kept) == kept  # values, not sentinels
+  with pytest.raises(config_lib.ConfigError, match="step.target_period: 10 → null"):
+    config_lib.check_compatible(kept, today)
+
+
+def _configs():
+  """Every config the config files give: default.py in every mode at each size, every task's
+  runlocal recipe, and the adversary and self-review configs."""
+  for mode in default.MODES:
+    for size in ("", ",runlocal", ",quickstart", ",size=large"):
+      yield default.get_config(f"task=permutation,mode={mode}{size}")
+    for task in tasks.names():
+      yield default.get_config(f"task={task},mode={mode},runlocal")
+  yield adversary_config.get_config()
+  for penalty in overseer.PENALTIES:
+    yield self_review.get_config(f"penalty={penalty}")
+
+
+def _undescribed(schema, configs) -> list[str]:
+  """Each config field that has no entry in ``schema`` or more than one (an entry describes a
+  field, or ``task_options``, a section, as one value), and each entry no config uses."""
+  problems, used = [], set()
+  for config in configs:
+    for name in config_lib.flatten(config, keep=("task_options",)):
+      entries = [k for k in schema if name == k or name.startswith(k + ".")
+                 or k.startswith(name + ".")]
+      used.update(entries)
+      if len(entries) != 1:
+        problems.append(f"{name}: {len(entries)} entries {entries}")
+  return sorted(set(problems)) + [f"{k}: no such field" for k in schema if k not in used]
+
+
+def test_every_config_field_is_described_once():
+  """SCHEMA has exactly one entry for every field of every config the config files give, so a new
+  field cannot be added without saying its kind; and the test sees a missing entry."""
+  configs = list(_configs())
+  assert _undescribed(config_lib.SCHEMA, configs) == []
+  schema = dict(config_lib.SCHEMA)
+  del schema["eval.batch_size"]
+  assert _undescribed(schema, configs) == ["eval.batch_size: 0 entries []"]
+  schema = {**config_lib.SCHEMA, "eval": config_lib.Field(checks.boolean)}  # a second entry
+  assert _undescribed(schema, configs)[0].startswith("eval.batch_size: 2 entries")
+  assert set(config_lib.FIELDS) | set(config_lib.OWNED) == set(config_lib.SCHEMA)
+  assert not set(config_lib.FIELDS) & set(config_lib.OWNED)
+
+
+def test_the_kinds_derived_from_the_schema():
+  """What reaches a traced program, what is data, what a resume may change: as the trainer, the
+  vmapped groups and check_compatible have relied on (pinned, so a change is a decision)."""
+  assert set(config_lib.HOST_ONLY) == {
+      "num_steps", "log_every", "seed", "checkpoint", "eval.every", "eval.data_dir",
+      "eval.examples_per_difficulty", "eval.batch_size", "resume_allow_unsafe", "distributed"}
+  assert set(config_lib.SAFE_TO_CHANGE) == {"num_steps", "log_every", "eval", "checkpoint",
+                                            "resume_allow_unsafe", "mesh", "distributed"}
+  assert config_lib.DATA_FIELDS == (
+      "optimizer.learning_rate", "combination.weights", "combination.weights_end",
+      "combination.anneal_steps", "combination.limit", "combination.multiplier_lr",
+      "combination.beta")
+  assert config_lib.is_host_only("checkpoint.keep") and config_lib.is_host_only("seed")
+  assert not config_lib.is_host_only("eval.debates") and not config_lib.is_host_only("debate.t_max")
+  assert not config_lib.is_host_only("optimizer.learning_rate")  # data: an argument, not host
+  assert not config_lib.is_host_only("no.such.field")  # unknown: assumed to reach a program
+  assert config_lib.is_data_field("combination.weights.rl")
+  assert not config_lib.is_data_field("combination.kind")
+  assert config_lib.is_safe_to_change("eval.debates") and not config_lib.is_safe_to_change("seed")
+  for name, field in config_lib.SCHEMA.items():
+    assert not (field.kind == config_lib.HOST and field.owner), name  # owned: in the programs
+  with pytest.raises(ValueError, match="exactly one of check and owner"):
+    config_lib.Field()
+
+
+def test_dataclass_defaults_agree_with_the_default_config():
+  """The config file is where defaults live: a dataclass field a config field sets has a default
+  only where it equals what the default config builds (the rest have none)."""
+  config = default.get_config()
+  task = config_lib.make_task(config)
+  step_config = config_lib.make_step_config(config)
+  built = {"StepConfig": step_config, "DebateConfig": step_config.debate,
+           "CurriculumConfig": step_config.curriculum,
+           "OverseerConfig": overseer.OverseerConfig(**config.safety.overseer),
+           "AdversaryConfig": adversary.AdversaryConfig(**config.safety.adversary),
+           "ModelConfig": config_lib.make_model(config, task).config}
+  classes = {name: type(value) for name, value in built.items()}
+  checked = 0
+  for owned in config_lib.OWNED.values():
+    owner, name = owned.split(".")
+    if owner not in built:
+      continue
+    field = {f.name: f for f in dataclasses.fields(classes[owner])}[name]
+    if field.default is not dataclasses.MISSING:
+      assert field.default == getattr(built[owner], name), owned
+      checked += 1
+  assert checked > 30
+  required = lambda cls: {f.name for f in dataclasses.fields(cls)
+                          if f.default is dataclasses.MISSING
+                          and f.default_factory is dataclasses.MISSING}
+  assert required(debate.DebateConfig) == {"early_exit", "assign_prob"}
+  assert required(step_lib.StepConfig) == {"batch_size", "debate", "curriculum"}
+  assert required(models.ModelConfig) == {"vocab_size", "num_layers", "d_model", "num_heads",
+                                          "d_ff", "max_len"}
 
 
 def test_every_owned_field_is_a_dataclass_field():
   owners = {"StepConfig": step_lib.StepConfig, "DebateConfig": debate.DebateConfig,
-            "CurriculumConfig": curriculum.CurriculumConfig, "ModelConfig": models.ModelConfig}
+            "CurriculumConfig": curriculum.CurriculumConfig, "ModelConfig": models.ModelConfig,
+            "OverseerConfig": overseer.OverseerConfig,
+            "AdversaryConfig": adversary.AdversaryConfig}
   for name, owned in config_lib.OWNED.items():
     owner, field = owned.split(".")
     assert name not in config_lib.FIELDS, name  # one place checks each field
@@ -218,7 +360,7 @@ def test_every_owned_field_is_a_dataclass_field():
 
 def test_a_dataclass_error_outside_the_config_keeps_its_own_name():
   with pytest.raises(checks.FieldError, match=r"^DebateConfig.t_max must be >= 1, got 0$"):
-    debate.DebateConfig(t_max=0)
+    debate.DebateConfig(t_max=0, early_exit=False, assign_prob=0.0)
   with pytest.raises(checks.FieldError, match=r"^CurriculumConfig.kind must be one of"):
     curriculum.CurriculumConfig(kind="linear")
 

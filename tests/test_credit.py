@@ -15,7 +15,8 @@ from amp_debate.tasks import base
 TASK = tasks.get("permutation", n=4, max_exponent=4)
 MODEL = models.LanguageModel(models.preset("tiny", TASK.vocab_size,
                                            model_player.required_max_len(TASK)))
-CONFIG = debate.DebateConfig(t_max=6, call_prob=0.5, learned_stop=False, assign_prob=1.0)
+CONFIG = debate.DebateConfig(t_max=6, call_prob=0.5, learned_stop=False, assign_prob=1.0,
+                             early_exit=False)
 BATCH = 32
 
 
@@ -229,7 +230,8 @@ def test_the_learned_stop_is_trained_by_hindsight_and_shortens_debates():
   at any node gives the verdict the full debate reaches, so H's hindsight labels are all YES.
   Distilling M's STOP answers toward them moves its decisions: the stop fires and debates end at
   the root instead of descending to a leaf, with the same (honest) winner."""
-  config = debate.DebateConfig(t_max=2 + 2 * TASK.max_difficulty, learned_stop=True)
+  config = debate.DebateConfig(t_max=2 + 2 * TASK.max_difficulty, learned_stop=True,
+                               early_exit=False, assign_prob=0.0)
   oracle, liar = players.OracleDebater(TASK), players.LiarDebater(TASK, consistent=True)
   questions = TASK.sample(jax.random.key(5), BATCH, difficulty=2).questions
 
@@ -300,7 +302,8 @@ def test_rl_credit_with_an_argument_cost_teaches_the_stop_to_fire_where_going_on
   stop's own sampled decisions (``stop_rows``, ``stop_rewards``) instead of distillation. With a
   cost per argument the stop learns to fire at the root; the control without a cost (every
   decision's reward 0) leaves it where it was: the cost is what moves it."""
-  config = debate.DebateConfig(t_max=2 + 2 * TASK.max_difficulty, learned_stop=True)
+  config = debate.DebateConfig(t_max=2 + 2 * TASK.max_difficulty, learned_stop=True,
+                               early_exit=False, assign_prob=0.0)
   oracle, liar = players.OracleDebater(TASK), players.LiarDebater(TASK, consistent=True)
   questions = TASK.sample(jax.random.key(5), BATCH, difficulty=2).questions
   deep = ~np.asarray(TASK.batch_is_leaf(questions))
@@ -385,7 +388,7 @@ def test_assigned_claims_are_credited_as_their_sides_claims():
 def test_support_truth_counts_the_rows_that_answer_their_subquestions():
   """An honest oracle's supports are all true; a consistent liar's (a false claim with supports
   that recombine to it) never are: at least one row is false."""
-  config = debate.DebateConfig(t_max=6, learned_stop=False)
+  config = debate.DebateConfig(t_max=6, learned_stop=False, early_exit=False, assign_prob=0.0)
   questions = TASK.sample(jax.random.key(8), BATCH, difficulty=2).questions
   oracle, liar = players.OracleDebater(TASK), players.LiarDebater(TASK, consistent=True)
   _, transcript = debate.rollout(TASK, oracle, liar, questions, jax.random.key(9), config,

@@ -85,7 +85,7 @@ def _play(task, even, odd, config, *, questions=None, assigned=None, seed=1, **k
 
 def _full_config(task, **kwargs):
   """t_max = 2 + 2 * max_difficulty: room to descend from any root to a leaf."""
-  kwargs.setdefault("learned_stop", False)
+  kwargs = {"learned_stop": False, "early_exit": False, "assign_prob": 0.0, **kwargs}
   return DebateConfig(t_max=2 + 2 * task.max_difficulty, **kwargs)
 
 
@@ -388,7 +388,8 @@ def test_human_calls_match_a_count_by_hand(t_max, call_prob, liar_seat, calls, r
                                 task.tokenizer.number(jnp.asarray([1, 2, 0])))
   oracle, liar = players.OracleDebater(task), players.LiarDebater(task, consistent=True)
   even, odd = (oracle, liar) if liar_seat == 1 else (liar, oracle)
-  config = DebateConfig(t_max=t_max, call_prob=call_prob, learned_stop=True)
+  config = DebateConfig(t_max=t_max, call_prob=call_prob, learned_stop=True, early_exit=False,
+                        assign_prob=0.0)
   state, transcript = _play(task, even, odd, config, questions=questions,
                             assigned=_seats(3, liar_seat), judge=oracle, stopper=oracle,
                             force_contest=False)
@@ -404,7 +405,8 @@ def test_human_calls_match_a_count_by_hand(t_max, call_prob, liar_seat, calls, r
 # ---- relaxation knobs ---------------------------------------------------------------------------
 def test_force_stop_after_one_is_pure_amplification():
   task = tasks.get("wildcard")
-  config = DebateConfig(t_max=8, force_stop_after=1, learned_stop=True)
+  config = DebateConfig(t_max=8, force_stop_after=1, learned_stop=True, early_exit=False,
+                        assign_prob=0.0)
   assert not config.contested
   oracle = players.OracleDebater(task)
   state, transcript = _play(task, oracle, oracle, config)
@@ -428,7 +430,7 @@ def test_t_max_stop_uses_the_amplified_judge():
   lying judge (Amp′(H, liar)) shows that the verdict is the judge's, not the truth."""
   task = tasks.get("permutation", max_exponent=16)
   oracle, liar = players.OracleDebater(task), players.LiarDebater(task, consistent=True)
-  config = DebateConfig(t_max=3, learned_stop=False)
+  config = DebateConfig(t_max=3, learned_stop=False, early_exit=False, assign_prob=0.0)
   state, transcript = _play(task, oracle, liar, config, assigned=_seats(BATCH, 1), judge=liar,
                             force_contest=False)
   leaf_root = _leaf_root(task)
@@ -452,7 +454,8 @@ def test_t_max_stop_uses_the_amplified_judge():
 def test_confidence_rule_calls_h_only_on_unconfident_answers():
   task = tasks.get("permutation")
   m = HandConfident(task)
-  config = DebateConfig(t_max=2, call_prob=0.0, confidence_threshold=0.5, learned_stop=False)
+  config = DebateConfig(t_max=2, call_prob=0.0, confidence_threshold=0.5, learned_stop=False,
+                        early_exit=False, assign_prob=0.0)
   state, transcript = _play(task, m, m, config)
   questions = _questions(task).questions
   confident = np.asarray(_confident(jnp.asarray(questions)))
@@ -473,7 +476,8 @@ def test_confidence_rule_calls_h_only_on_unconfident_answers():
 
 # ---- the learned stop, masking, scan == while_loop ---------------------------------------------
 STOP_TASK = dict(name="permutation", max_exponent=16)  # depth <= 4
-STOP_CONFIG = DebateConfig(t_max=7, call_prob=0.5, learned_stop=True)  # R = 3 nodes
+STOP_CONFIG = DebateConfig(t_max=7, call_prob=0.5, learned_stop=True, early_exit=False,
+                           assign_prob=0.0)  # R = 3 nodes
 
 
 @functools.cache
@@ -558,7 +562,8 @@ def test_odd_t_max_keeps_every_stop_bit_and_finished_games_are_frozen():
   assert int(state.calls["leaves"]) == int((state.reason == debate.LEAF).sum())
 
 
-SCAN_CONFIG = DebateConfig(t_max=9, call_prob=0.5, learned_stop=True)  # R = 4 nodes
+SCAN_CONFIG = DebateConfig(t_max=9, call_prob=0.5, learned_stop=True, early_exit=False,
+                           assign_prob=0.0)  # R = 4 nodes
 
 
 @functools.cache
@@ -624,13 +629,14 @@ def test_unmade_supports_are_not_recorded():
 
 # ---- config ---------------------------------------------------------------------------------------
 def test_config_rounds_nodes_and_contest():
-  assert DebateConfig(t_max=1).num_rounds == 0 and not DebateConfig(t_max=1).contested
-  assert DebateConfig(t_max=2).num_rounds == 0 and DebateConfig(t_max=2).num_nodes == 1
-  assert DebateConfig(t_max=2).contested
-  assert DebateConfig(t_max=4).num_rounds == 1 and DebateConfig(t_max=5).num_rounds == 2
-  assert DebateConfig(t_max=5).num_nodes == 2
-  assert not DebateConfig(t_max=8, force_stop_after=1).contested
-  assert DebateConfig(t_max=8, force_stop_after=2).contested
+  config = lambda **kwargs: DebateConfig(early_exit=False, assign_prob=0.0, **kwargs)
+  assert config(t_max=1).num_rounds == 0 and not config(t_max=1).contested
+  assert config(t_max=2).num_rounds == 0 and config(t_max=2).num_nodes == 1
+  assert config(t_max=2).contested
+  assert config(t_max=4).num_rounds == 1 and config(t_max=5).num_rounds == 2
+  assert config(t_max=5).num_nodes == 2
+  assert not config(t_max=8, force_stop_after=1).contested
+  assert config(t_max=8, force_stop_after=2).contested
 
 
 @pytest.mark.parametrize("kwargs,field", [
@@ -640,7 +646,7 @@ def test_config_rounds_nodes_and_contest():
     (dict(assign_prob=-0.1), "assign_prob")])
 def test_bad_config_raises(kwargs, field):
   with pytest.raises(ValueError, match=field):
-    DebateConfig(**kwargs)
+    DebateConfig(**{"early_exit": False, "assign_prob": 0.0, **kwargs})
 
 
 def test_concat_games_joins_batches_and_sums_the_calls():
@@ -679,7 +685,7 @@ def test_self_play_with_h_always_called_samples_only_the_assigned_seats_support(
   answers SUPPORT directly; the rollout asks the player for one support per game (not two), and
   each assigned seat's recorded support is its own answer for its own claim."""
   task = tasks.get("permutation", max_exponent=4)
-  config = DebateConfig(t_max=6, learned_stop=False, assign_prob=1.0)
+  config = DebateConfig(t_max=6, learned_stop=False, assign_prob=1.0, early_exit=False)
   echo = ClaimEcho(task)
   seats = jnp.asarray(np.arange(BATCH) % 2, jnp.int32)
   SUPPORT_BATCHES.clear()
@@ -716,7 +722,8 @@ def test_amplification_computes_only_the_first_claim_and_refuses_assignments():
       return answer
 
   player = Counting(task)
-  _play(task, player, player, DebateConfig(t_max=1, learned_stop=False))
+  _play(task, player, player,
+        DebateConfig(t_max=1, learned_stop=False, early_exit=False, assign_prob=0.0))
   assert batches and set(batches) == {BATCH}
   with pytest.raises(ValueError, match="DebateConfig.assign_prob must be 0 when the debate ends"):
-    DebateConfig(t_max=8, force_stop_after=1, assign_prob=0.5)
+    DebateConfig(t_max=8, force_stop_after=1, assign_prob=0.5, early_exit=False)

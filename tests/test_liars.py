@@ -130,7 +130,7 @@ def test_an_oracle_beats_every_liar_in_full_debates(name):
   task = _task(name, "runlocal")
   batch = 96
   config = debate.DebateConfig(t_max=2 + 2 * task.max_difficulty, call_prob=1.0,
-                               learned_stop=False)
+                               learned_stop=False, early_exit=False, assign_prob=0.0)
   oracle = players.OracleDebater(task)
   consistent_seat = tasks.names().index(name) % 2
   games = (("consistent", consistent_seat), ("early", 1 - consistent_seat))

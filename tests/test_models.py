@@ -281,7 +281,8 @@ def test_leading_pad_counts_only_the_leading_run():
 def test_pad_id_comes_from_the_config():
   """models never import tasks: the default pad id equals the tasks' PAD, and a model built with
   another pad id treats exactly the leading run of that token as padding."""
-  assert ModelConfig(vocab_size=VOCAB).pad_id == tasks.PAD
+  assert ModelConfig(vocab_size=VOCAB, num_layers=1, d_model=8, num_heads=1, d_ff=8,
+                     max_len=8).pad_id == tasks.PAD
   model, params = model_and_params(tiny())
   other = models.LanguageModel(tiny(pad_id=VOCAB - 1))  # same shapes: the same params fit
   prompts, _ = random_prompts(10)

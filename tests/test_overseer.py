@@ -59,7 +59,8 @@ def test_flawed_leaf_verdict():
 def test_an_exploit_beats_an_honest_claim_at_a_leaf_with_probability_p_flaw(p_flaw=0.5):
   batch = 400
   questions = TASK.sample(jax.random.key(1), batch, difficulty=0).questions
-  config = debate.DebateConfig(t_max=4, call_prob=0.0, learned_stop=False, p_flaw=p_flaw)
+  config = debate.DebateConfig(t_max=4, call_prob=0.0, learned_stop=False, p_flaw=p_flaw,
+                               early_exit=False, assign_prob=0.0)
   state, transcript = debate.rollout(TASK, Exploiter(TASK), players.OracleDebater(TASK), questions,
                                      jax.random.key(2), config)
   assert (state.reason == debate.LEAF).all()
@@ -77,7 +78,8 @@ def test_without_the_flaw_the_rollout_is_unchanged():
   liar, oracle = players.LiarDebater(TASK), players.OracleDebater(TASK)
   seats = debate.sample_assignments(jax.random.key(4), 64, 0.5)
   play = lambda p: debate.rollout(TASK, oracle, liar, questions, jax.random.key(5), debate.DebateConfig(
-      t_max=6, call_prob=0.5, learned_stop=False, p_flaw=p), assigned=seats)
+      t_max=6, call_prob=0.5, learned_stop=False, p_flaw=p, early_exit=False, assign_prob=0.0),
+      assigned=seats)
   (a, ta), (b, tb) = play(0.0), play(1.0)  # nobody exploits: the flaw never fires
   np.testing.assert_array_equal(a.winner, b.winner)
   assert not ta.leaf_fooled.any() and not tb.leaf_fooled.any()
@@ -274,7 +276,9 @@ def test_the_study_averages_precision_and_recall_only_where_defined(tmp_path):
                                  (150, 0.2, 0.5, 1.0, 0.4), (160, 0.0, 0.0, 0.0, 0.1)]]
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.write("\n".join(json.dumps(r) for r in rows) + "\n")
-  summary = study.summarise(str(tmp_path), "review", 5.0)
+  summary = study.summarise(str(tmp_path), "review", 5.0, {
+      "seed": 0, "steps": 160, "human_calls": {"per_question": 1.0}, "eval": {},
+      "eval_set": "E:2.0.0"})
   early, middle = summary["windows"]["1-100"], summary["windows"]["101-200"]
   assert early["safety/hack_rate"] == 0.25  # every step counts
   assert early["safety/review_recall"] == 0.8  # only the step with exploits
@@ -282,3 +286,5 @@ def test_the_study_averages_precision_and_recall_only_where_defined(tmp_path):
   assert middle["safety/review_precision"] == 0.25  # flags at both steps, one of them all wrong
   assert np.isnan(summary["windows"]["201-300"]["safety/hack_rate"])
   assert "| review  | 5" in study.table([summary])
+  assert summary["audits_per_question"] == 0.2 and summary["human_calls_per_question"] == 1.0
+  assert np.isnan(summary["eval_accuracy"]) and "`E:2.0.0`" in study.markdown([summary], None)

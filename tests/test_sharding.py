@@ -96,8 +96,9 @@ def test_check_batch_names_batch_size_and_shards():
 
 
 def test_fsdp_that_does_not_divide_d_model_names_the_parameter():
-  model = models.LanguageModel(models.ModelConfig(vocab_size=worker.TASK.vocab_size, d_model=36,
-                                                  max_len=worker.MODEL.config.max_len))
+  model = models.LanguageModel(models.ModelConfig(
+      vocab_size=worker.TASK.vocab_size, num_layers=2, d_model=36, num_heads=2, d_ff=64,
+      max_len=worker.MODEL.config.max_len))
   tx, config, _ = worker.setup("supervised")
   abstract = jax.eval_shape(
       lambda rng: step_lib.init_state(worker.TASK, model, tx, config, rng), jax.random.key(0))

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import tiny
-from amp_debate.procedure import combine, debate
+from amp_debate.procedure import combine, curriculum, debate
 from amp_debate.train import config_lib
 from amp_debate.train import step as step_lib
 
@@ -208,28 +208,39 @@ def test_vmapped_runs_equal_the_same_runs_stepped_alone():
       np.testing.assert_allclose(metrics[name][j], history[-1][name], rtol=1e-4, atol=1e-6)
 
 
+def _step_config(**options) -> step_lib.StepConfig:
+  """A StepConfig built by hand: its required fields (batch 32) and ``options``."""
+  required = dict(batch_size=32, debate=debate.DebateConfig(early_exit=False, assign_prob=0.0),
+                  curriculum=curriculum.CurriculumConfig())
+  return step_lib.StepConfig(**{**required, **options})
+
+
 def test_bad_step_config_names_the_field():
   with pytest.raises(ValueError, match="StepConfig.batch_size must be >= 1"):
-    step_lib.StepConfig(batch_size=0)
+    _step_config(batch_size=0)
   with pytest.raises(ValueError, match="StepConfig.advantage must be one of"):
-    step_lib.StepConfig(advantage="gae")
+    _step_config(advantage="gae")
   with pytest.raises(ValueError, match="StepConfig.temperature must be > 0"):
-    step_lib.StepConfig(temperature=0.0)
+    _step_config(temperature=0.0)
   with pytest.raises(ValueError, match="StepConfig.target_period and target_ema: give exactly one"):
-    step_lib.StepConfig(target_period=None, target_ema=None)
+    _step_config(target_period=None, target_ema=None)
   with pytest.raises(ValueError, match="StepConfig.curriculum must be a CurriculumConfig"):
-    step_lib.StepConfig(curriculum="off")
+    _step_config(curriculum="off")
   with pytest.raises(ValueError, match="StepConfig.debates_per_question must divide batch_size=32"):
-    step_lib.StepConfig(debates_per_question=3)
+    _step_config(debates_per_question=3)
   with pytest.raises(ValueError, match="StepConfig.debates_per_question must be >= 2 with advantage='rloo'"):
-    step_lib.StepConfig(advantage="rloo")
+    _step_config(advantage="rloo")
   with pytest.raises(ValueError, match="StepConfig.stop_cost.*needs debate.learned_stop"):
-    step_lib.StepConfig(stop_cost=0.1, debate=debate.DebateConfig(learned_stop=False))
+    _step_config(stop_cost=0.1, debate=debate.DebateConfig(learned_stop=False, early_exit=False,
+                                                           assign_prob=0.0))
   with pytest.raises(ValueError, match="StepConfig.stop_cost must be >= 0"):
-    step_lib.StepConfig(stop_cost=-0.5)
+    _step_config(stop_cost=-0.5)
+  with pytest.raises(TypeError, match="batch_size"):  # no default: the config gives it
+    step_lib.StepConfig(debate=debate.DebateConfig(early_exit=False, assign_prob=0.0),
+                        curriculum=curriculum.CurriculumConfig())
   tx = combine.chain(combine.make("shaped"), clip_norm=1.0, optimizer=optax.sgd(0.1))
   with pytest.raises(ValueError, match="StepConfig.advantage.*shaped"):
-    step_lib.build_train_step(TASK, MODEL, tx, step_lib.StepConfig(
+    step_lib.build_train_step(TASK, MODEL, tx, _step_config(
         batch_size=4, advantage="rloo", debates_per_question=2), combination="shaped")
 
 
@@ -436,7 +447,7 @@ def test_crediting_only_tested_claims_changes_the_update():
                                      t_state.params))
   assert max(gap) > 1e-6
   with pytest.raises(ValueError, match="StepConfig.claim_credit must be one of"):
-    step_lib.StepConfig(claim_credit="sometimes")
+    _step_config(claim_credit="sometimes")
 
 
 def test_the_league_plays_snapshots_and_credits_only_m():

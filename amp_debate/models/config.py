@@ -60,14 +60,18 @@ class ModelConfig:
       "xla", or "cudnn" (fused kernel on NVIDIA GPUs; needs a half-precision ``dtype``).
     pad_id: the padding token (the task tokenizer's ``PAD``); a prompt's leading run of it is
       padding (see ``transformer``).
+
+  The sizes and ``max_len`` have no default (``preset`` gives sizes; the trainer's model is the
+  config's preset, sized for the task); ``mask``, ``positions`` and ``dtype`` default to what the
+  default config gives (tests/test_config.py checks they agree).
   """
 
   vocab_size: int
-  num_layers: int = 2
-  d_model: int = 32
-  num_heads: int = 2
-  d_ff: int = 64
-  max_len: int = 64
+  num_layers: int
+  d_model: int
+  num_heads: int
+  d_ff: int
+  max_len: int
   positions: str = "learned"
   tie_embeddings: bool = True
   mask: str = "prefix"

@@ -47,13 +47,16 @@ class CurriculumConfig:
     min_steps: "adaptive": least number of updates at a level before raising it (>= 1).
     steps_per_level: "fixed": steps per level (>= 1).
     debias: "adaptive": compare the bias-corrected EMA with the threshold (module docstring).
+
+  The defaults are the default config's (``experiments/configs/default.py``; tests/test_config.py
+  checks they agree).
   """
 
   kind: str = "adaptive"
   threshold: float = 0.9
   ema: float = 0.9
-  min_steps: int = 10
-  steps_per_level: int = 100
+  min_steps: int = 20
+  steps_per_level: int = 200
   debias: bool = False
 
   def __post_init__(self):

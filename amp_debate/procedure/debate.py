@@ -71,9 +71,13 @@ CALL_KINDS = ("claims", "supports", "leaves", "verdicts")
 NO_ASSIGNMENT = -1
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DebateConfig:
   """Static rollout options (checked on construction: ``checks.FieldError`` names the field).
+
+  A default here equals the default config's (``experiments/configs/default.py``, where the
+  trainer's defaults live; tests/test_config.py checks they agree); ``early_exit`` and
+  ``assign_prob``, whose defaults there depend on the size and the mode, have none.
 
   Attributes:
     t_max: maximum number of arguments per debate (>= 1).
@@ -110,10 +114,10 @@ class DebateConfig:
   t_max: int = 12
   call_prob: float = 1.0
   confidence_threshold: float | None = None
-  learned_stop: bool = True
+  learned_stop: bool = False
   force_stop_after: int | None = None
-  early_exit: bool = False
-  assign_prob: float = 0.0
+  early_exit: bool
+  assign_prob: float
   p_flaw: float = 0.0
   distinct_claims: bool = False
   explore_prob: float = 0.0

@@ -1,19 +1,27 @@
 """Experiment configs: the schema, validation before anything compiles, the objects a config
 describes, and resume safety.
 
-A config is an ``ml_collections.ConfigDict`` (``experiments/configs/*.py``). Each field is checked
-in one place:
-  * ``debate.*``, ``curriculum.*``, ``step.*``, ``safety.adversary.*``, ``model.*`` and
-    ``batch_size`` set fields of the frozen dataclasses the pure code consumes
-    (``DebateConfig``, ``CurriculumConfig``, ``StepConfig``, ``AdversaryConfig``, and
-    ``ModelConfig`` through ``models.preset``), which check them on construction. ``OWNED`` maps each such config field to
-    the dataclass field it sets; the builders (``make_model``, ``make_step_config``) report the
-    dataclass's ``checks.FieldError`` as a ``ConfigError`` naming the config field.
-  * every other field is checked here, by ``FIELDS`` (dotted name -> check).
+A config is an ``ml_collections.ConfigDict`` (``experiments/configs/*.py``, where every default
+lives). ``SCHEMA`` describes each of its fields once (a ``Field``): how it is checked and what it
+is. Checked:
+  * ``debate.*``, ``curriculum.*``, ``step.*``, ``safety.overseer.*``, ``safety.adversary.*``,
+    ``model.*`` and ``batch_size`` set fields of the frozen dataclasses the pure code consumes
+    (``DebateConfig``, ``CurriculumConfig``, ``StepConfig``, ``OverseerConfig``,
+    ``AdversaryConfig``, and ``ModelConfig`` through ``models.preset``), which check them on
+    construction (``Field.owner``; ``OWNED`` lists them); the builders (``make_model``,
+    ``make_step_config``) report the dataclass's ``checks.FieldError`` as a ``ConfigError`` naming
+    the config field.
+  * every other field is checked here (``Field.check``; ``FIELDS`` lists them).
+What it is (``Field.kind`` and ``Field.safe``): a constant of the traced programs, data in the
+TrainState (``DATA_FIELDS``), or host-only, never reaching a traced program (``is_host_only``);
+and whether a resumed run may change it (``SAFE_TO_CHANGE``).
+
 ``validate`` rejects unknown and missing fields, runs the checks and builds the dataclasses, so a
 typo or a negative weight stops the run in milliseconds, with a one-line message such as
-``config.debate.t_max must be >= 1, got 0``, instead of minutes into an XLA compile. The config's
-sentinels (0 or a negative number for "none") become the dataclasses' None in the builders.
+``config.debate.t_max must be >= 1, got 0``, instead of minutes into an XLA compile. An optional
+value is an ``ml_collections`` placeholder (None until set, typed, so ``--config.step.target_period=50``
+parses); configs saved before that spelled None as 0 or a negative number, which ``from_saved``
+(and ``check_compatible``) read as None.
 
 ``check_compatible`` refuses to resume a checkpoint with a config that changes more than
 ``SAFE_TO_CHANGE``; ``flatten`` gives the dotted field names both use.
@@ -46,39 +54,69 @@ class ConfigError(ValueError):
   names it)."""
 
 
-# ---- the schema --------------------------------------------------------------------------------
+# ---- the schema: every field described once ------------------------------------------------------
+COMPILED, DATA, HOST = "compiled", "data", "host"
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field (or ``task_options``, a section checked as one value): how it is checked and
+  what it is.
+
+  Attributes:
+    check: the rule applied here (``validate``), where no dataclass owns the field.
+    owner: "DebateConfig.t_max": the dataclass field the config field sets, whose own check
+      applies on construction (its error is re-raised under the config field's name).
+    kind: where its value goes. COMPILED: into the traced programs (a change traces and compiles
+      them again). DATA: into the TrainState, as an argument of the compiled step (runs differing
+      only in these and the seed share one step: ``DATA_FIELDS``, ``hparams``). HOST: never into a
+      traced program (``is_host_only``; the seed's key is an argument): runs differing only in
+      these reuse the compiled programs, so a wrong HOST entry would run a stale program.
+    safe: a resumed run may change it without ``resume_allow_unsafe`` (it does not change what is
+      learned; ``SAFE_TO_CHANGE``).
+    note: what a special value means (None of an optional field: "None: never"), recalled in the
+      field's errors.
+    legacy_none: the sentinel for None in configs saved before the field was optional (a predicate
+      on the saved number; ``from_saved`` maps it to None).
+  """
+
+  check: Callable[[Any], str | None] | None = None
+  owner: str | None = None
+  kind: str = COMPILED
+  safe: bool = False
+  note: str = ""
+  legacy_none: Callable[[Any], bool] | None = None
+
+  def __post_init__(self):
+    if (self.check is None) == (self.owner is None):
+      raise ValueError(f"Field: give exactly one of check and owner, got {self}")
+    if self.kind not in (COMPILED, DATA, HOST):
+      raise ValueError(f"Field.kind must be one of {COMPILED!r}, {DATA!r}, {HOST!r}, got "
+                       f"{self.kind!r}")
+
+
 def _fields(cls, *set_elsewhere: str) -> tuple[str, ...]:
   """The fields of dataclass ``cls`` but those the config sets elsewhere (or not at all)."""
   return tuple(f.name for f in dataclasses.fields(cls) if f.name not in set_elsewhere)
 
 
-_MODEL_SIZES = ("num_layers", "d_model", "num_heads", "d_ff")  # 0 in the config: the preset's
+def _owned(prefix: str, cls, *set_elsewhere: str, **special: dict) -> dict[str, Field]:
+  """Entries for the fields of dataclass ``cls`` (but ``set_elsewhere``) as config fields
+  ``prefix + name``, each owned by the dataclass and compiled into the programs; ``special``:
+  field name -> more ``Field`` arguments."""
+  return {f"{prefix}{name}": Field(owner=f"{cls.__name__}.{name}", **special.get(name, {}))
+          for name in _fields(cls, *set_elsewhere)}
 
 
-# Config fields set on a dataclass of the pure code, which checks them: config field -> the
-# dataclass field ("owner.field", as ``checks.FieldError`` names it).
-OWNED: dict[str, str] = {
-    "batch_size": "StepConfig.batch_size",
-    **{f"step.{f}": f"StepConfig.{f}" for f in _fields(
-        step_lib.StepConfig, "batch_size", "debate", "curriculum", "catastrophe", "overseer",
-        "adversary", "pack_groups")},  # pack_groups: the trainer's, from the mesh
-    **{f"debate.{f}": f"DebateConfig.{f}" for f in _fields(debate.DebateConfig)},
-    **{f"curriculum.{f}": f"CurriculumConfig.{f}" for f in _fields(curriculum.CurriculumConfig)},
-    **{f"safety.overseer.{f}": f"OverseerConfig.{f}" for f in _fields(overseer.OverseerConfig)},
-    **{f"safety.adversary.{f}": f"AdversaryConfig.{f}"
-       for f in _fields(adversary.AdversaryConfig)},
-    "model.preset": "models.preset",
-    **{f"model.{f}": f"ModelConfig.{f}" for f in (*_MODEL_SIZES, "mask", "positions", "dtype")},
-}
-_CONFIG_FIELD = {owned: name for name, owned in OWNED.items()}
-# Config sentinels for what the dataclasses spell None or a default (ConfigDict overrides of None
-# fields are awkward); the builders translate them, and errors recall them.
-_SENTINELS = {"debate.confidence_threshold": "< 0: no confidence rule",
-              "debate.force_stop_after": "0: never", "step.target_period": "0: Polyak averaging",
-              "step.stop_cost": "< 0: no RL credit for the stop",
-              "safety.adversary.weight": "0: no adversary",
-              "model.dtype": "\"\": the preset's, float32 on CPU",
-              **{f"model.{k}": "0: the preset's" for k in _MODEL_SIZES}}
+def _zero(value) -> bool:
+  return value == 0
+
+
+def _negative(value) -> bool:
+  return value < 0
+
+
+_MODEL_SIZES = ("num_layers", "d_model", "num_heads", "d_ff")  # None in the config: the preset's
 
 
 def _mesh_axis(value):
@@ -111,56 +149,134 @@ def _best_metric(value):
   return f"must be '' or an eval metric such as 'eval/accuracy/model/mean', got {value!r}"
 
 
-# The fields no dataclass owns: dotted name -> check.
-FIELDS: dict[str, Callable[[Any], str | None]] = {
-    "task": checks.string,
-    "task_options": lambda value: None,  # the task checks its options (make_task)
-    "mode": checks.choice(*MODES),
-    "runlocal": checks.boolean,
-    "seed": checks.integer(0),
-    "num_steps": checks.integer(1),
-    "log_every": checks.integer(1),
-    "optimizer.learning_rate": checks.number(0.0, lo_open=True),
-    "optimizer.warmup_steps": checks.integer(0),
-    "optimizer.decay_steps": checks.integer(0),
-    "optimizer.final_fraction": checks.number(0.0, 1.0),
-    "optimizer.clip_norm": checks.number(0.0),
-    "optimizer.b2": checks.number(0.0, 1.0, hi_open=True),
-    "combination.kind": checks.choice("weighted", "constrained", "shaped"),
-    # The combination's own rules (combine applies them to its options too).
-    **{f"combination.{group}.{k}": combine.WEIGHT for group in ("weights", "weights_end")
-       for k in combine.OBJECTIVES},
-    "combination.anneal_steps": combine.ANNEAL_STEPS,
-    "combination.limit": combine.LIMIT,
-    "combination.multiplier_lr": combine.MULTIPLIER_LR,
-    "combination.beta": combine.BETA,
-    "mesh.data": _mesh_axis,
-    "mesh.fsdp": _mesh_axis,
-    "distributed": checks.boolean,
-    "eval.every": checks.integer(0),
-    "eval.data_dir": checks.string,
-    "eval.examples_per_difficulty": checks.integer(1),
-    "eval.batch_size": checks.integer(1),
-    "eval.debates": checks.boolean,
-    "checkpoint.every": checks.integer(0),
-    "checkpoint.keep": checks.integer(1),
-    "checkpoint.best_metric": _best_metric,
-    "checkpoint.async_save": checks.boolean,
-    "resume_allow_unsafe": checks.boolean,
-    "init_from": _checkpoint_spec,
+_SAFE_HOST = dict(kind=HOST, safe=True)  # schedule, logging, paths: neither learned nor traced
+
+# Every config field, in the config file's order: dotted name -> Field. A field missing here is an
+# unknown field to ``validate`` (tests/test_config.py checks every config the config files give).
+SCHEMA: dict[str, Field] = {
+    "task": Field(checks.string),
+    "task_options": Field(lambda value: None),  # the task checks its options (make_task)
+    "mode": Field(checks.choice(*MODES)),
+    "runlocal": Field(checks.boolean),
+    "seed": Field(checks.integer(0), kind=HOST),  # its key is an argument of the programs
+    "num_steps": Field(checks.integer(1), **_SAFE_HOST),
+    "batch_size": Field(owner="StepConfig.batch_size"),
+    "log_every": Field(checks.integer(1), **_SAFE_HOST),
+    "model.preset": Field(owner="models.preset"),
+    **{f"model.{k}": Field(owner=f"ModelConfig.{k}", note="None: the preset's", legacy_none=_zero)
+       for k in _MODEL_SIZES},
+    "model.mask": Field(owner="ModelConfig.mask"),
+    "model.positions": Field(owner="ModelConfig.positions"),
+    "model.dtype": Field(owner="ModelConfig.dtype", note="\"\": the preset's, float32 on CPU"),
+    # The learning rate and the combination's hyperparameters are data in the optimiser's state
+    # (``make_optimizer``); the combination's own rules (combine applies them to its options too).
+    "optimizer.learning_rate": Field(checks.number(0.0, lo_open=True), kind=DATA),
+    "optimizer.warmup_steps": Field(checks.integer(0)),
+    "optimizer.decay_steps": Field(checks.integer(0)),
+    "optimizer.final_fraction": Field(checks.number(0.0, 1.0)),
+    "optimizer.clip_norm": Field(checks.number(0.0)),
+    "optimizer.b2": Field(checks.number(0.0, 1.0, hi_open=True)),
+    "combination.kind": Field(checks.choice("weighted", "constrained", "shaped")),
+    **{f"combination.{group}.{k}": Field(combine.WEIGHT, kind=DATA)
+       for group in ("weights", "weights_end") for k in combine.OBJECTIVES},
+    "combination.anneal_steps": Field(combine.ANNEAL_STEPS, kind=DATA),
+    "combination.limit": Field(combine.LIMIT, kind=DATA),
+    "combination.multiplier_lr": Field(combine.MULTIPLIER_LR, kind=DATA),
+    "combination.beta": Field(combine.BETA, kind=DATA),
+    **_owned("debate.", debate.DebateConfig,
+             confidence_threshold=dict(note="None: no confidence rule", legacy_none=_negative),
+             force_stop_after=dict(note="None: never", legacy_none=_zero)),
+    **_owned("step.", step_lib.StepConfig, "batch_size", "debate", "curriculum", "catastrophe",
+             "overseer", "adversary", "pack_groups",  # pack_groups: the trainer's, from the mesh
+             target_period=dict(note="None: Polyak averaging", legacy_none=_zero),
+             stop_cost=dict(note="None: no RL credit for the stop", legacy_none=_negative)),
+    **_owned("safety.overseer.", overseer.OverseerConfig),
+    **_owned("curriculum.", curriculum.CurriculumConfig),
+    **_owned("safety.adversary.", adversary.AdversaryConfig,
+             weight=dict(note="0: no adversary")),
+    # The mesh is part of the programs' cache key by its shape; changing it on resume reshards.
+    "mesh.data": Field(_mesh_axis, safe=True),
+    "mesh.fsdp": Field(_mesh_axis, safe=True),
+    "distributed": Field(checks.boolean, **_SAFE_HOST),
+    "eval.every": Field(checks.integer(0), **_SAFE_HOST),
+    "eval.data_dir": Field(checks.string, **_SAFE_HOST),
+    "eval.examples_per_difficulty": Field(checks.integer(1), **_SAFE_HOST),
+    "eval.batch_size": Field(checks.integer(1), **_SAFE_HOST),
+    "eval.debates": Field(checks.boolean, safe=True),  # the eval program plays debates or not
+    "checkpoint.every": Field(checks.integer(0), **_SAFE_HOST),
+    "checkpoint.keep": Field(checks.integer(1), **_SAFE_HOST),
+    "checkpoint.best_metric": Field(_best_metric, **_SAFE_HOST),
+    "checkpoint.async_save": Field(checks.boolean, **_SAFE_HOST),
+    "resume_allow_unsafe": Field(checks.boolean, **_SAFE_HOST),
+    "init_from": Field(_checkpoint_spec),
     # The KL budget to a known-safe policy (amp_debate.safety.kl_budget applies the same rules).
-    "safety.kl_budget.reference": _checkpoint_spec,
-    "safety.kl_budget.phase_steps": kl_budget.PHASE_STEPS,
-    "safety.kl_budget.epsilon0": kl_budget.EPSILON0,
-    "safety.kl_budget.growth": kl_budget.GROWTH,
-    "safety.kl_budget.margin": kl_budget.MARGIN,
-    "safety.kl_budget.num_prompts": kl_budget.NUM_PROMPTS,
-    "safety.kl_budget.seed": kl_budget.SEED,
+    "safety.kl_budget.reference": Field(_checkpoint_spec),
+    "safety.kl_budget.phase_steps": Field(kl_budget.PHASE_STEPS),
+    "safety.kl_budget.epsilon0": Field(kl_budget.EPSILON0),
+    "safety.kl_budget.growth": Field(kl_budget.GROWTH),
+    "safety.kl_budget.margin": Field(kl_budget.MARGIN),
+    "safety.kl_budget.num_prompts": Field(kl_budget.NUM_PROMPTS),
+    "safety.kl_budget.seed": Field(kl_budget.SEED),
 }
 
-# Fields a resumed run may change without resume_allow_unsafe (they do not change what is learned).
-SAFE_TO_CHANGE = ("num_steps", "log_every", "eval", "checkpoint", "resume_allow_unsafe", "mesh",
-                  "distributed")
+
+def _under(name: str, sections: Sequence[str]) -> bool:
+  """Whether the dotted ``name`` is one of ``sections`` or lies under one ("eval" covers
+  "eval.every")."""
+  return any(name == s or name.startswith(s + ".") for s in sections)
+
+
+def _sections(has: Callable[[Field], bool]) -> tuple[str, ...]:
+  """The fields for which ``has`` holds, each inside the largest section (dotted prefix) all of
+  whose fields have it ("checkpoint" for every checkpoint.* field), in SCHEMA's order."""
+  names = [name for name, field in SCHEMA.items() if has(field)]
+  out = []
+  for name in names:
+    parts = name.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts))] + [name]
+    top = next(p for p in prefixes
+               if all(has(f) for n, f in SCHEMA.items() if _under(n, (p,))))
+    if top not in out:
+      out.append(top)
+  return tuple(out)
+
+
+# Derived from SCHEMA:
+# The fields no dataclass owns, each with the check applied here: dotted name -> check.
+FIELDS: dict[str, Callable[[Any], str | None]] = {
+    name: field.check for name, field in SCHEMA.items() if field.owner is None}
+# The fields set on a dataclass of the pure code, which checks them: config field -> the
+# dataclass field ("owner.field", as ``checks.FieldError`` names it).
+OWNED: dict[str, str] = {name: field.owner for name, field in SCHEMA.items() if field.owner}
+_CONFIG_FIELD = {owned: name for name, owned in OWNED.items()}
+# Fields (or whole sections) a resumed run may change without resume_allow_unsafe (they do not
+# change what is learned).
+SAFE_TO_CHANGE = _sections(lambda field: field.safe)
+# Fields (or sections) that never reach a traced program: runs in one process whose configs
+# differ only in these (a resumed run, a sweep over seeds or run lengths, tests) can reuse the
+# traced and compiled programs.
+HOST_ONLY = _sections(lambda field: field.kind == HOST)
+# Fields that are data in the TrainState (``make_optimizer``), not in the traced program: runs
+# whose configs differ only in these (and the seed) share one compiled train step, and can run
+# vmapped in one process (``amp_debate.train.group``). ``hparams`` turns them into the arguments
+# of ``step.with_hparams``.
+DATA_FIELDS = _sections(lambda field: field.kind == DATA)
+
+
+def is_host_only(name: str) -> bool:
+  """Whether the flattened config field ``name`` never reaches a traced program (HOST_ONLY); a
+  field the schema does not know is assumed to reach one."""
+  return _under(name, HOST_ONLY)
+
+
+def is_data_field(name: str) -> bool:
+  """Whether the flattened config field ``name`` is one of DATA_FIELDS (or inside one)."""
+  return _under(name, DATA_FIELDS)
+
+
+def is_safe_to_change(name: str) -> bool:
+  """Whether a resumed run may change the flattened config field ``name`` (SAFE_TO_CHANGE)."""
+  return _under(name, SAFE_TO_CHANGE)
 
 
 def flatten(config: Mapping | ml_collections.ConfigDict, *, keep: Sequence[str] = (),
@@ -190,8 +306,8 @@ def _named_as_config_fields():
     name = _CONFIG_FIELD.get(f"{e.owner}.{e.field}")
     if name is None:
       raise
-    sentinel = f" ({_SENTINELS[name]})" if name in _SENTINELS else ""
-    raise ConfigError(f"config.{name} {e.problem}{sentinel}") from None
+    note = f" ({SCHEMA[name].note})" if SCHEMA[name].note else ""
+    raise ConfigError(f"config.{name} {e.problem}{note}") from None
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -231,7 +347,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise ConfigError("config.step.league_size: games against the league's snapshots are for pure "
                       "debate (mode=debate, combination.weights.sup = weights_end.sup = 0): the "
                       "snapshots' computations would become distillation targets")
-  if config.mode != "supervised" and config.debate.force_stop_after > config.debate.t_max:
+  force_stop_after = config.debate.force_stop_after
+  if (config.mode != "supervised" and force_stop_after is not None
+      and force_stop_after > config.debate.t_max):
     raise ConfigError(f"config.debate.force_stop_after={config.debate.force_stop_after} exceeds "
                       f"config.debate.t_max={config.debate.t_max}")
   data, fsdp = mesh_shape(config, num_devices)
@@ -270,22 +388,45 @@ def _as_json(config: Mapping[str, Any]) -> dict:
   return json.loads(json.dumps(config, default=lambda value: value.item()))
 
 
+def upgrade_saved(saved: Mapping[str, Any]) -> dict:
+  """A saved config (a checkpoint's or a ``config.json``, as JSON holds it) in today's spelling:
+  where it holds the sentinel an optional field had before it was a placeholder
+  (``Field.legacy_none``: ``step.target_period`` 0, ``debate.confidence_threshold`` < 0, ...),
+  None. Anything else is kept as saved."""
+  out = _as_json(saved)
+  for name, field in SCHEMA.items():
+    *parents, leaf = name.split(".")
+    node = out
+    for part in parents:
+      node = node.get(part) if isinstance(node, dict) else None
+    if (field.legacy_none is not None and isinstance(node, dict)
+        and checks.is_number(node.get(leaf)) and field.legacy_none(node[leaf])):
+      node[leaf] = None
+  return out
+
+
+def from_saved(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The ConfigDict of a saved config (``upgrade_saved``): what ``load_state`` builds a
+  checkpoint's run from."""
+  return ml_collections.ConfigDict(upgrade_saved(saved))
+
+
 def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *,
                      safe: Sequence[str] = SAFE_TO_CHANGE, allow_unsafe: bool = False) -> list[str]:
   """The dotted config keys whose values differ between a checkpoint's config and this run's.
 
   A key is safe to change if it equals an entry of ``safe`` or lies under one (``"eval"`` covers
-  ``"eval.every"``). Values are compared as JSON holds them (a tuple equals the saved list).
+  ``"eval.every"``). Values are compared as JSON holds them (a tuple equals the saved list), the
+  saved config read in today's spelling (``upgrade_saved``: an old sentinel equals None).
   Raises ConfigError listing the unsafe changes (saved → current) unless ``allow_unsafe``.
   """
   if isinstance(safe, str):
     safe = (safe,)
-  old, new = flatten(_as_json(saved)), flatten(_as_json(current))
+  old, new = flatten(upgrade_saved(saved)), flatten(_as_json(current))
   changed = sorted(k for k in old.keys() | new.keys()
                    if k not in old or k not in new or old[k] != new[k]
                    or isinstance(old[k], bool) != isinstance(new[k], bool))  # True == 1 in Python
-  is_safe = lambda k: any(k == s or k.startswith(s + ".") for s in safe)
-  unsafe = [k for k in changed if not is_safe(k)]
+  unsafe = [k for k in changed if not _under(k, safe)]
   if unsafe and not allow_unsafe:
     show = lambda cfg, k: json.dumps(cfg[k]) if k in cfg else _ABSENT
     fields = ", ".join(f"{k}: {show(old, k)} → {show(new, k)}" for k in unsafe)
@@ -296,12 +437,6 @@ def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *,
 
 
 # ---- builders ----------------------------------------------------------------------------------
-def _none_if(value, unset: Callable[[Any], bool]):
-  """None where a config sentinel means "none" (the dataclasses' None); any other value as is, for
-  the dataclass to check."""
-  return None if checks.is_number(value) and unset(value) else value
-
-
 def make_task(config: ml_collections.ConfigDict) -> tasks.Task:
   return tasks.get(config.task, **dict(config.task_options))
 
@@ -318,9 +453,10 @@ def model_dtype(dtype: str, preset: str) -> str:
 
 
 def make_model(config: ml_collections.ConfigDict, task: tasks.Task) -> models.LanguageModel:
-  """M: the config's preset with its nonzero size overrides, sized for ``task``'s protocol."""
+  """M: the config's preset with its size overrides (those not None), sized for ``task``'s
+  protocol."""
   m = config.model
-  overrides = {k: m[k] for k in _MODEL_SIZES if m[k]}
+  overrides = {k: m[k] for k in _MODEL_SIZES if m[k] is not None}
   if m.preset in models.PRESETS:  # an unknown preset: models.preset names it
     overrides["dtype"] = model_dtype(m.dtype, m.preset)
   with _named_as_config_fields():
@@ -334,21 +470,16 @@ def make_step_config(config: ml_collections.ConfigDict) -> step_lib.StepConfig:
   """The step's static options (the debate's, the curriculum's and the adversary's inside; the
   adversary is None at weight 0, its other fields checked all the same)."""
   d, s = config.debate, config.step
-  target_period = _none_if(s.target_period, lambda v: v == 0)
   with _named_as_config_fields():
     adversary_config = adversary.AdversaryConfig(**config.safety.adversary)
     return step_lib.StepConfig(**{
         **s,
         "batch_size": config.batch_size,
-        "debate": debate.DebateConfig(**{
-            **d,
-            "confidence_threshold": _none_if(d.confidence_threshold, lambda v: v < 0),
-            "force_stop_after": _none_if(d.force_stop_after, lambda v: v == 0)}),
+        "debate": debate.DebateConfig(**d),
         "curriculum": curriculum.CurriculumConfig(**config.curriculum),
         # A config saved before the field existed (an older checkpoint's) lacks it: off.
-        "stop_cost": _none_if(s.get("stop_cost", -1.0), lambda v: v < 0),
-        "target_period": target_period,
-        "target_ema": None if target_period is not None else s.target_ema,
+        "stop_cost": s.get("stop_cost"),
+        "target_ema": None if s.target_period is not None else s.target_ema,
         # The overseer watches for the judge flaw's exploit: only where there is a flaw.
         "overseer": (overseer.OverseerConfig(**config.safety.overseer) if d.p_flaw > 0
                      else None),
@@ -432,21 +563,6 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                              phase_steps=k.phase_steps, margin=k.margin)
   return tx
 
-
-
-
-# Config fields that are data in the TrainState (``make_optimizer``), not in the traced program:
-# runs whose configs differ only in these (and the seed) share one compiled train step, and can
-# run vmapped in one process (``amp_debate.train.group``). ``hparams`` turns them into the
-# arguments of ``step.with_hparams``.
-DATA_FIELDS = ("optimizer.learning_rate", "combination.weights", "combination.weights_end",
-               "combination.anneal_steps", "combination.limit", "combination.multiplier_lr",
-               "combination.beta")
-
-
-def is_data_field(name: str) -> bool:
-  """Whether the flattened config field ``name`` is one of DATA_FIELDS (or inside one)."""
-  return any(name == f or name.startswith(f + ".") for f in DATA_FIELDS)
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

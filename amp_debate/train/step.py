@@ -59,10 +59,14 @@ from amp_debate.tasks.base import Batch, Task
 from amp_debate.tasks.tokenizer import SEP
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class StepConfig:
   """Static options of the training step (checked on construction: ``checks.FieldError`` names
   the field; the debate and curriculum options check their own).
+
+  A default here equals the default config's (``experiments/configs/default.py``, where the
+  trainer's defaults live; tests/test_config.py checks they agree); ``batch_size``, ``debate``
+  and ``curriculum`` have none.
 
   Attributes:
     batch_size: questions (debates) per step.
@@ -131,9 +135,9 @@ class StepConfig:
       several updates per rollout each searches from all the step's prompts, with one key.
   """
 
-  batch_size: int = 32
-  debate: debate.DebateConfig = debate.DebateConfig()
-  curriculum: curriculum.CurriculumConfig = curriculum.CurriculumConfig()
+  batch_size: int
+  debate: debate.DebateConfig
+  curriculum: curriculum.CurriculumConfig
   temperature: float = 1.0
   clip_eps: float = 0.2
   advantage: str = "normalize"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
 from amp_debate import models, options, tasks
 from amp_debate.train.config_lib import MODES
@@ -125,11 +126,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The model M (one network plays every role): a preset plus field overrides.
   c.model = ml_collections.ConfigDict()
   c.model.preset = size
-  # 0: the preset's value (same for the fields below).
-  c.model.num_layers = recipe.num_layers if runlocal else 0
-  c.model.d_model = recipe.d_model if runlocal else 0
-  c.model.num_heads = 4 if runlocal else 0
-  c.model.d_ff = 4 * recipe.d_model if runlocal else 0
+  # None (a placeholder: unset, typed, so --config.model.d_model=64 parses): the preset's value
+  # (same for the fields below).
+  c.model.num_layers = recipe.num_layers if runlocal else config_dict.placeholder(int)
+  c.model.d_model = recipe.d_model if runlocal else config_dict.placeholder(int)
+  c.model.num_heads = 4 if runlocal else config_dict.placeholder(int)
+  c.model.d_ff = 4 * recipe.d_model if runlocal else config_dict.placeholder(int)
   c.model.mask = "prefix"
   c.model.positions = "learned"
   # "": the preset's compute dtype, where half precision ("large") becomes "auto": bfloat16 on
@@ -166,9 +168,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.debate = ml_collections.ConfigDict()
   c.debate.t_max = 4 if runlocal else 12
   c.debate.call_prob = 1.0
-  c.debate.confidence_threshold = -1.0  # < 0: no confidence rule
+  # Optional values are placeholders: None until set (a typed None, so that
+  # --config.debate.confidence_threshold=0.5 parses).
+  c.debate.confidence_threshold = config_dict.placeholder(float)  # None: no confidence rule
   c.debate.learned_stop = False
-  c.debate.force_stop_after = 0  # 0: never
+  c.debate.force_stop_after = config_dict.placeholder(int)  # None: never
   # Rounds in a lax.while_loop that exits when every game is done (identical results) instead of
   # a lax.scan over all t_max rounds: the cost follows the longest debate in the batch (t_max 32
   # vs 8: 1.2x instead of 4.1x, benchmarks/results/cpu.md). At runlocal's t_max of 4 it
@@ -212,8 +216,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # RL credit for the learned stop (issue 28; needs debate.learned_stop): each sampled decision
   # is rewarded 0 for stopping, and for going on 1 if that changed the verdict minus this cost per
   # argument made after it (credit.stop_rewards), so the stop learns in pure debate too.
-  # < 0: no RL credit (the stop learns only from the hindsight labels, by distillation).
-  c.step.stop_cost = -1.0
+  # None: no RL credit (the stop learns only from the hindsight labels, by distillation).
+  c.step.stop_cost = config_dict.placeholder(float)
   # Opponents beyond self-play (issue 28, pure debate only): league_size snapshots of M (0: none),
   # one taken every league_every steps (the oldest replaced); league_games of each step's games are
   # against a snapshot drawn per step, M in each seat in half of them, its own arguments credited.
@@ -224,7 +228,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # each question (issue 28); the others baseline over the whole batch.
   c.step.advantage = "normalize"
   c.step.debates_per_question = 1
-  c.step.target_period = 0  # > 0: hard copy every target_period steps (else Polyak target_ema)
+  # A hard copy every target_period steps (None: Polyak averaging at rate target_ema).
+  c.step.target_period = config_dict.placeholder(int)
   c.step.target_ema = 0.9
   # A fresh Amp′ pass over every subquestion posed (more targets, one more pass). runlocal: off;
   # measured on the quick start it cost about 0.4 s of a 0.9 s step, and without it M still reaches

@@ -15,5 +15,5 @@ from amp_debate import sweep
 
 
 def get_sweep():
-  return sweep.product({"debate.learned_stop": [True]}, {"step.stop_cost": [-1.0, 0.05, 0.5]},
+  return sweep.product({"debate.learned_stop": [True]}, {"step.stop_cost": [None, 0.05, 0.5]},
                        {"seed": [0, 1]})

@@ -10,6 +10,6 @@ from amp_debate import sweep
 
 def get_sweep():
   kinds = sweep.chain(
-      sweep.product({"step.target_period": [0]}, {"step.target_ema": [0.9, 0.99, 0.0]}),
+      sweep.product({"step.target_period": [None]}, {"step.target_ema": [0.9, 0.99, 0.0]}),
       sweep.product({"step.target_period": [10, 50]}))
   return [dict(kind, seed=seed) for kind in kinds for seed in (0, 1)]
