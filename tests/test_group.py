@@ -5,6 +5,7 @@ checkpoints, and configs that cannot share a step are refused in one line."""
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -35,7 +36,7 @@ def _max_diff(a, b) -> float:
       a, b)))
 
 
-def test_a_group_matches_its_runs_trained_alone(tmp_path):
+def test_a_group_matches_its_runs_trained_alone(tmp_path, capsys):
   """Two runs differing in seed, learning rate and λ_sup trained as one vmapped group end where
   each ends alone (parameters to float rounding, the evaluation exactly), and each run directory
   holds what a run alone writes, including a checkpoint the trainer resumes from."""
@@ -63,6 +64,17 @@ def test_a_group_matches_its_runs_trained_alone(tmp_path):
   rates = [float(optax.tree_utils.tree_get(train.load_state(w)[0].opt_state, "learning_rate"))
            for w in workdirs]
   assert rates == pytest.approx([1e-3, 3e-3])
+  # A group cut off while saving its runs one by one (run b's step-4 checkpoint lost) resumes from
+  # the last step both runs hold, replays to step 4 and ends exactly where it ended before.
+  before = train.load_state(workdirs[1])[0].params
+  shutil.rmtree(os.path.join(workdirs[1], "checkpoints", "4"))
+  assert train.load_state(workdirs[1])[2] == 2
+  capsys.readouterr()
+  again = train.run_group(configs, workdirs)
+  assert "Resumed the group of 2 runs from step 2" in capsys.readouterr().out
+  assert [r.eval for r in again] == [r.eval for r in results]
+  state, _, step = train.load_state(workdirs[1])
+  assert step == 4 and _max_diff(state.params, before) == 0.0
   # A run of the group continues alone, from its own checkpoint.
   longer = _config(steps=6, seed=0)
   resumed = train.run(longer, workdirs[0])

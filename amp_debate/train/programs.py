@@ -47,7 +47,8 @@ class Programs:
     abstract: the TrainState's shapes and dtypes.
     shardings: the TrainState's shardings on the mesh (one run).
     step_fn: the pure step ``(state, rng) -> (state, metrics)``.
-    eval_fn: the jitted evaluation (``evaluation.make_eval_fn``), outputs replicated.
+    make_eval: ``with_debates -> (params, questions, answers, rng) -> {metric: values}``, the pure
+      evaluation (``evaluation.make_eval_fn``); ``eval_fn`` jits it.
     mesh: the mesh it was built for.
   """
 
@@ -56,9 +57,21 @@ class Programs:
   abstract: Any
   shardings: Any
   step_fn: Any
-  eval_fn: Any
+  make_eval: Any
   mesh: Any
   _steps: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+  _evals: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def eval_fn(self, with_debates: bool):
+    """The jitted evaluation, with or without the debates (``evaluation.make_eval_fn``); outputs
+    replicated: every process reads the per-question values whole (device_get cannot fetch an
+    array split over other processes' devices). Built on first use: runs that differ only in
+    ``eval.debates`` share the step."""
+    if with_debates not in self._evals:
+      self._evals[with_debates] = jax.jit(
+          self.make_eval(with_debates),
+          out_shardings=jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+    return self._evals[with_debates]
 
   def train_step(self, runs: int):
     """``(states, keys) -> (states, metrics)`` over a leading axis of ``runs`` runs, jitted for the
@@ -94,6 +107,9 @@ def clear() -> None:
 _HOST_ONLY = ("num_steps", "log_every", "seed", "checkpoint", "eval.every", "eval.data_dir",
               "eval.examples_per_difficulty", "eval.batch_size", "resume_allow_unsafe",
               "distributed")
+# Fields that pick among a run's programs rather than change one: ``Programs.eval_fn`` builds the
+# evaluation with or without debates on demand.
+_CHOOSES = ("eval.debates",)
 
 
 def _host_only(name: str) -> bool:
@@ -103,7 +119,7 @@ def _host_only(name: str) -> bool:
 def get(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Programs:
   """The run's programs, from this process's cache when an earlier run built the same ones."""
   fields = {name: value for name, value in config_lib.flatten(config).items()
-            if not _host_only(name)}
+            if not _host_only(name) and name not in _CHOOSES}
   key = json.dumps([sorted(fields.items()), dict(mesh.shape),
                     [d.id for d in mesh.devices.flat]], default=repr)
   if key in _PROGRAMS:
@@ -122,12 +138,8 @@ def get(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Programs:
                                         constrain_batch=constrain)
   abstract = jax.eval_shape(init_fn, jax.random.key(0))
   shardings = sharding.state_shardings(mesh, abstract, model, tx)
-  # Outputs replicated: every process reads the per-question values whole (device_get cannot
-  # fetch an array split over other processes' devices).
-  eval_fn = jax.jit(make_eval_fn(task, model, step_config,
-                                 config.eval.debates and config.mode != "supervised"),
-                    out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  programs = Programs(task, init_fn, abstract, shardings, step_fn, eval_fn, mesh)
+  make_eval = lambda with_debates: make_eval_fn(task, model, step_config, with_debates)
+  programs = Programs(task, init_fn, abstract, shardings, step_fn, make_eval, mesh)
   _PROGRAMS[key] = programs
   while len(_PROGRAMS) > _KEEP:
     _PROGRAMS.pop(next(iter(_PROGRAMS)))

@@ -271,8 +271,8 @@ def run_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[s
   data, fsdp = config_lib.mesh_shape(base)
   mesh = sharding.make_mesh(data=data, fsdp=fsdp)
   programs = programs_lib.get(base, mesh)
-  task, abstract, shardings, eval_fn = (programs.task, programs.abstract, programs.shardings,
-                                        programs.eval_fn)
+  task, abstract, shardings = programs.task, programs.abstract, programs.shardings
+  eval_fn = programs.eval_fn(bool(base.eval.debates) and base.mode != "supervised")
   train_step = programs.train_step(n)
   stacked = jax.tree.map(programs_lib.stacked_sharding, shardings)
   replicated = sharding.replicated(mesh)
