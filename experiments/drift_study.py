@@ -33,7 +33,7 @@ import shutil
 import time
 
 from amp_debate import train
-from amp_debate.safety import drift
+from amp_debate.tools import drift
 from amp_debate.train import checkpoint as checkpoint_lib
 from experiments.configs import default
 

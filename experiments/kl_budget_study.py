@@ -5,7 +5,7 @@ the budget, KL(π_M ‖ π_safe) at the end of every phase.
 
 Runs (``experiments/configs/default.py:task=permutation,mode=M,quickstart``, in ``--workdir``):
   safe    mode=amplification, ``--safe_steps`` steps: π_safe (the end of an amplification-only
-          phase; also the reference of ``python -m amp_debate.safety.kl_attack``).
+          phase; also the reference of ``python -m amp_debate.tools.kl_attack``).
   free    mode=``--mode`` (default debate: pure self-play RL, which moves M most) from π_safe
           (``init_from``), ``--phases`` x ``--phase_steps`` steps, no budget.
   budget  the same with ``safety.kl_budget.reference`` = π_safe and the schedule

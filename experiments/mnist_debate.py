@@ -3,9 +3,9 @@ r"""Sparse-pixel MNIST debate: the no-debate baseline vs debate, for each debate
   python -m experiments.mnist_debate --workdir=workdir/mnist_debate   # trained judge (default)
   python -m experiments.mnist_debate --judge=template --results=experiments/results/mnist_debate_template
 
-Trained judge (the default): for each k in ``--ks`` the ImageJudge of ``train.pixel_judge`` (trained
+Trained judge (the default): for each k in ``--ks`` the ImageJudge of ``tools.mnist_judge`` (trained
 on ``judge_train``, k random nonzero pixels; its eval accuracy from k random pixels is the no-debate
-baseline) and the learned debater of ``train.pixel_debater`` (self-play on ``debater_train`` against
+baseline) and the learned debater of ``tools.mnist_debater`` (self-play on ``debater_train`` against
 that judge) are read from ``--workdir``/judge_k{k} and debater_k{k}, and trained there first when
 missing (with ``--judge_steps`` and ``--debater_steps``). The debates are played on the first
 ``--num_images`` images of the ``eval`` split, for precommit off/on and the honest side moving first
@@ -37,7 +37,7 @@ import numpy as np
 
 from amp_debate.data import mnist
 from amp_debate.procedure import pixel_debate as pd
-from amp_debate.train import pixel_debater, pixel_judge
+from amp_debate.tools import mnist_debater, mnist_judge
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mnist_debate")
 PAIRS = (("random", "random"), ("greedy", "random"), ("mcts", "random"), ("learned", "random"),
@@ -50,10 +50,10 @@ def _players(game, names, simulations, max_candidates, learned):
   make = dict(random=lambda: pd.random_player(game),
               greedy=lambda: pd.greedy_player(game, max_candidates),
               mcts=lambda: pd.mcts_player(game, simulations),
-              learned=lambda: pd.policy_player(game, pixel_debater.apply_fn(learned[0]),
+              learned=lambda: pd.policy_player(game, mnist_debater.apply_fn(learned[0]),
                                                learned[1], sample=False),
               **{"mcts+prior": lambda: pd.mcts_player(game, simulations, prior_fn=pd.policy_prior(
-                  game, pixel_debater.apply_fn(learned[0]), learned[1]))})
+                  game, mnist_debater.apply_fn(learned[0]), learned[1]))})
   return {name: make[name]() for name in set(names)}
 
 
@@ -79,17 +79,17 @@ def _simulations_per_second(config, judge, images, labels, simulations):
 def _trained(args, k):
   """(judge_logits, judge record, (policy, params), debater record), training what is missing."""
   judge_dir = os.path.join(args.workdir, f"judge_k{k}")
-  if not os.path.exists(os.path.join(judge_dir, pixel_judge.RECORD_FILE)):
+  if not os.path.exists(os.path.join(judge_dir, mnist_judge.RECORD_FILE)):
     print(f"training the k={k} judge in {judge_dir}", flush=True)
-    pixel_judge.run(k=k, steps=args.judge_steps, workdir=judge_dir, seed=args.seed)
-  judge, judge_params, judge_record = pixel_judge.load_judge(judge_dir)
+    mnist_judge.run(k=k, steps=args.judge_steps, workdir=judge_dir, seed=args.seed)
+  judge, judge_params, judge_record = mnist_judge.load_judge(judge_dir)
   debater_dir = os.path.join(args.workdir, f"debater_k{k}")
-  if not os.path.exists(os.path.join(debater_dir, pixel_debater.RECORD_FILE)):
+  if not os.path.exists(os.path.join(debater_dir, mnist_debater.RECORD_FILE)):
     print(f"training the k={k} debater in {debater_dir}", flush=True)
-    pixel_debater.run(judge_dir=judge_dir, workdir=debater_dir, steps=args.debater_steps,
+    mnist_debater.run(judge_dir=judge_dir, workdir=debater_dir, steps=args.debater_steps,
                       seed=args.seed, learning_rate=args.debater_learning_rate)
-  policy, policy_params, debater_record = pixel_debater.load_debater(debater_dir)
-  return (pixel_debater.judge_fn(judge, judge_params), judge_record, (policy, policy_params),
+  policy, policy_params, debater_record = mnist_debater.load_debater(debater_dir)
+  return (mnist_debater.judge_fn(judge, judge_params), judge_record, (policy, policy_params),
           debater_record)
 
 

@@ -1,5 +1,6 @@
-"""Drift analysis (amp_debate.safety.drift): CKA and relative change as pure functions, on the
-checkpoints of one tiny run (steps 2 and 4), and the command line's outputs and refusals."""
+"""Drift analysis: CKA and relative change as pure functions (amp_debate.safety.drift), on the
+checkpoints of one tiny run (steps 2 and 4), and the command line's outputs and refusals
+(amp_debate.tools.drift)."""
 
 import json
 import os
@@ -15,6 +16,7 @@ import tiny
 from amp_debate import train
 from amp_debate.procedure import protocol
 from amp_debate.safety import drift
+from amp_debate.tools import drift as drift_tool
 from amp_debate.train import config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,14 +48,14 @@ def wide_run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(run_dir):
-  params, config, step, _ = drift.load_checkpoint(run_dir)
+  params, config, step, _ = drift_tool.load_checkpoint(run_dir)
   assert step == 4
   task = config_lib.make_task(config)
   return task, config_lib.make_model(config, task), params
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "amp_debate.safety.drift", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "amp_debate.tools.drift", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
 
 
@@ -193,6 +195,6 @@ def test_cli_refuses_a_missing_checkpoint_or_other_shapes_in_one_line(run_dir, w
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("drift: the checkpoints' models differ in shape")
   with pytest.raises(drift.DriftError, match=r"no checkpoint at step 3 .*saved steps: 2, 4\)"):
-    drift.load_checkpoint(f"{run_dir}:3")
+    drift_tool.load_checkpoint(f"{run_dir}:3")
   with pytest.raises(drift.DriftError, match="no checkpoints in"):
-    drift.load_checkpoint(str(tmp_path))
+    drift_tool.load_checkpoint(str(tmp_path))

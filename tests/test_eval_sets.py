@@ -178,7 +178,10 @@ def test_cli_builds_prints_and_never_imports_tensorflow(tmp_path):
       sys.argv = ["eval_sets", "--task", "permutation", "--option", "max_exponent=4", "--option", "n=5",
                   "--examples_per_difficulty", "8", "--num_show", "1",
                   "--data_dir", {os.fspath(tmp_path)!r}]
-      runpy.run_module("amp_debate.data.eval_sets", run_name="__main__", alter_sys=True)
+      try:
+        runpy.run_module("amp_debate.data.eval_sets", run_name="__main__", alter_sys=True)
+      except SystemExit as e:  # absl's app.run ends with sys.exit
+        assert not e.code, e.code
       import amp_debate.data.eval_sets  # a normal import after the CLI must still register
       print("tensorflow imported:", "tensorflow" in sys.modules)
   """)
@@ -197,9 +200,19 @@ def test_cli_builds_prints_and_never_imports_tensorflow(tmp_path):
 
 def test_cli_reports_bad_arguments_as_usage_errors(capsys, tmp_path):
   with pytest.raises(SystemExit) as exit_info:
-    eval_sets.main(["--task", "permutation", "--option", "n=99", "--data_dir", os.fspath(tmp_path)])
+    eval_sets.command_line(["--task", "permutation", "--option", "n=99", "--data_dir",
+                            os.fspath(tmp_path)])
   assert exit_info.value.code == 2
-  assert "permutation.n must be in [2, 64], got 99" in capsys.readouterr().err
+  assert capsys.readouterr().err == "eval_sets: error: permutation.n must be in [2, 64], got 99\n"
+  for argv, message in ((["--option", "n=4"], "flag --task=None: Flag --task must have a value "
+                         "other than None."),
+                        (["--task=permutation", "--num_shows=1"], "Unknown command line flag "
+                         "'num_shows'. Did you mean: num_show ?"),
+                        (["--task=permutation", "stray"], "unexpected arguments: stray")):
+    with pytest.raises(SystemExit) as exit_info:
+      eval_sets.command_line(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"eval_sets: error: {message}\n"
 
 
 def test_full_name_is_the_name_load_cites(eval_set):

@@ -1,10 +1,13 @@
 """The KL budget to a known-safe policy (amp_debate.safety.kl_budget) and the attack study
-(amp_debate.safety.kl_attack): the KL, the schedule, the constraint on a toy policy and in the
-trainer (resume included), the attackers on a planted weakness, and one-line refusals."""
+(amp_debate.safety.kl_attack, its command line amp_debate.tools.kl_attack): the KL, the schedule,
+the constraint on a toy policy and in the trainer (resume included), the attackers on a planted
+weakness, and one-line refusals."""
 
 import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ import tiny
 from amp_debate import train
 from amp_debate.procedure import combine, protocol
 from amp_debate.safety import catastrophe, kl_attack, kl_budget
+from amp_debate.tools import kl_attack as kl_attack_tool
 from amp_debate.train import config_lib, metrics_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -269,15 +273,16 @@ def test_the_budget_is_refused_in_supervised_mode_and_absent_when_off():
 # ---- the attack study's command line ----------------------------------------------------------
 def test_the_attack_cli_writes_a_table_and_a_plot(safe_run, tmp_path):
   out = str(tmp_path / "attack")
-  result = kl_attack.main([f"--reference={safe_run}:2", "--epsilons=0.01,0.1", "--samples=2",
-                           "--steps=3", "--num_prompts=8", "--heldout_prompts=8", f"--out={out}"])
+  result = kl_attack_tool.command_line([
+      f"--reference={safe_run}:2", "--epsilons=0.01,0.1", "--samples=2", "--steps=3",
+      "--num_prompts=8", "--heldout_prompts=8", f"--out={out}"])
   assert [r["epsilon"] for r in result["rows"]] == [0.01, 0.1]
   for row in result["rows"]:
     assert row["optimising"]["kl"] <= row["epsilon"] * (1 + 1e-4)
     assert row["stochastic"]["kl"] <= row["epsilon"] * (1 + 1e-4)
     assert row["optimising"]["rate"] <= row["bound"] * (1 + 1e-3)
   table = open(os.path.join(out, "kl_attack.md")).read()
-  assert "python -m amp_debate.safety.kl_attack --reference=" in table and "| 0.1 |" in table
+  assert "python -m amp_debate.tools.kl_attack --reference=" in table and "| 0.1 |" in table
   assert json.load(open(os.path.join(out, "kl_attack.json")))["settings"]["step"] == 2
   assert os.path.getsize(os.path.join(out, "kl_attack.png")) > 0
 
@@ -288,10 +293,26 @@ def test_the_attack_cli_writes_a_table_and_a_plot(safe_run, tmp_path):
     (["--reference={safe}", "--epsilons=0.1,x"], "error: --epsilons must be comma-separated"),
     (["--reference={safe}", "--epsilons=0.1,0.01"], "error: --epsilons must be increasing"),
     (["--reference={safe}", "--samples=0"], "error: --samples must be >= 1"),
+    # absl's own refusals, in one line too.
+    ([], "error: flag --reference=None: Flag --reference must have a value other than None"),
+    (["--reference={safe}", "--samples=x"], "error: flag --samples=x: invalid literal for int"),
+    (["--reference={safe}", "--sample=2"], "error: Unknown command line flag 'sample'"),
+    (["--reference={safe}", "stray"], "error: unexpected arguments: stray"),
 ])
 def test_the_attack_cli_refuses_bad_inputs_in_one_line(safe_run, tmp_path, args, message):
   args = [a.format(missing=str(tmp_path / "nowhere"), safe=safe_run) for a in args]
   with pytest.raises(SystemExit) as exit_info:
-    kl_attack.main(args + [f"--out={tmp_path / 'out'}"])
+    kl_attack_tool.command_line(args + [f"--out={tmp_path / 'out'}"])
   text = str(exit_info.value.code)
   assert "\n" not in text and re.match(message, text), text
+
+
+def test_the_attack_cli_runs_as_a_program_with_absl_flags(tmp_path):
+  """``python -m amp_debate.tools.kl_attack``: absl's app.run, a refusal in one line, exit code 1."""
+  result = subprocess.run([sys.executable, "-m", "amp_debate.tools.kl_attack",
+                           f"--reference={tmp_path / 'nowhere'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f"error: --reference={tmp_path / 'nowhere'}: no run there "
+      f"({tmp_path / 'nowhere' / 'checkpoints'} does not exist)"], result.stderr

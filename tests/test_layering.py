@@ -1,9 +1,10 @@
-"""The I/O line (DESIGN.md section 5): tasks, models and procedure are pure code.
+"""The I/O line (DESIGN.md section 5): tasks, models, procedure and safety are pure code.
 
-Every module under ``amp_debate/{tasks,models,procedure}`` is parsed (not imported) and scanned: it
-may not import from ``train``, ``data``, ``main`` or ``experiments``, open files, read environment
-variables or parse arguments. ``models`` also never imports ``tasks`` or ``procedure``, and ``tasks``
-imports neither ``models`` nor ``procedure``.
+Every module under ``amp_debate/{tasks,models,procedure,safety}`` is parsed (not imported) and
+scanned: it may not import from ``train``, ``data``, ``main``, ``tools`` or ``experiments``, open
+files, read environment variables or parse arguments. ``models`` also never imports ``tasks`` or
+``procedure``, and ``tasks`` imports neither ``models`` nor ``procedure``. The command-line tools
+(``amp_debate/tools``) sit above ``train``: nothing under ``train`` or ``data`` imports them.
 """
 
 import ast
@@ -13,9 +14,10 @@ import textwrap
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "amp_debate"
-PURE = ("tasks", "models", "procedure")
+PURE = ("tasks", "models", "procedure", "safety")
 # Modules no pure module may import (the module itself or anything under it).
-ABOVE = ("amp_debate.train", "amp_debate.data", "amp_debate.main", "experiments")
+ABOVE = ("amp_debate.train", "amp_debate.data", "amp_debate.main", "amp_debate.tools",
+         "experiments")
 # Argument parsers and the other ways to reach the outside world.
 FORBIDDEN_MODULES = ("argparse", "absl.flags", "absl.app", "ml_collections.config_flags")
 FORBIDDEN_ATTRIBUTES = {("os", "environ"), ("os", "getenv"), ("os", "putenv"), ("sys", "argv")}
@@ -62,8 +64,8 @@ def violations(source: str, module_name: str) -> list[str]:
   return found
 
 
-def _modules():
-  for layer in PURE:
+def _modules(layers=PURE):
+  for layer in layers:
     for path in sorted((PACKAGE / layer).rglob("*.py")):
       parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
       yield path, ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -72,8 +74,9 @@ def _modules():
 def test_every_pure_module_is_scanned():
   names = {name for _, name in _modules()}
   assert {"amp_debate.tasks", "amp_debate.tasks.base", "amp_debate.models.transformer",
-          "amp_debate.procedure.debate"} <= names
-  assert not any(name.startswith("amp_debate.data") for name in names)
+          "amp_debate.procedure.debate", "amp_debate.safety", "amp_debate.safety.drift",
+          "amp_debate.safety.kl_attack"} <= names
+  assert not any(name.startswith(("amp_debate.data", "amp_debate.tools")) for name in names)
 
 
 @pytest.mark.parametrize("path, module_name", list(_modules()),
@@ -92,6 +95,7 @@ def test_the_scan_finds_each_kind_of_breach():
       from .. import train
       from experiments.configs import default
       from amp_debate.tasks import tokenizer
+      from amp_debate.tools import drift
 
       def f(path):
         with open(path) as fh:
@@ -103,8 +107,44 @@ def test_the_scan_finds_each_kind_of_breach():
       "imports amp_debate.train.step", "imports amp_debate.data", "imports amp_debate.train",
       "imports experiments.configs", "imports experiments.configs.default",
       "imports amp_debate.tasks", "imports amp_debate.tasks.tokenizer",
+      "imports amp_debate.tools", "imports amp_debate.tools.drift",
       "calls open(", "uses os.environ", "uses os.getenv", "calls open(",
   ]), found
   # The same import is fine one layer up, and plain os use is not a breach.
   assert violations("from amp_debate.tasks import tokenizer\nimport os\nos.path.join('a')\n",
                     "amp_debate.procedure.debate") == []
+
+
+# ---- the tools sit above train ----------------------------------------------------------------
+BELOW_TOOLS = ("train", "data")
+
+
+def tools_imports(source: str, module_name: str) -> list[str]:
+  """Every import of ``amp_debate.tools`` (or anything under it) in one module's source."""
+  return [f"line {node.lineno}: imports {name}" for node in ast.walk(ast.parse(source))
+          for name in _imported(node, module_name) if _under(name, ("amp_debate.tools",))]
+
+
+@pytest.mark.parametrize("path, module_name", list(_modules(BELOW_TOOLS)),
+                         ids=[name for _, name in _modules(BELOW_TOOLS)])
+def test_train_and_data_do_not_import_the_tools(path, module_name):
+  assert tools_imports(path.read_text(), module_name) == [], f"{path} imports a tool"
+
+
+def test_the_tools_scan_finds_an_import_of_a_tool():
+  assert {"amp_debate.train.trainer", "amp_debate.data.eval_sets"} <= {
+      name for _, name in _modules(BELOW_TOOLS)}
+  source = textwrap.dedent("""
+      from amp_debate.tools import drift
+      import amp_debate.tools.kl_attack
+
+      def f():
+        from ..tools import mnist_judge
+        return mnist_judge
+  """)
+  assert [line.split(": ", 1)[1] for line in tools_imports(source, "amp_debate.train.trainer")] == [
+      "imports amp_debate.tools", "imports amp_debate.tools.drift",
+      "imports amp_debate.tools.kl_attack", "imports amp_debate.tools",
+      "imports amp_debate.tools.mnist_judge"]
+  assert tools_imports("from amp_debate.train import step\nimport amp_debate.toolsy\n",
+                       "amp_debate.train.trainer") == []

@@ -17,7 +17,7 @@ import pytest
 from amp_debate.models.pixel_policy import PixelDebater
 from amp_debate.procedure import game as game_lib
 from amp_debate.procedure import pixel_debate as pd
-from amp_debate.train import pixel_debater
+from amp_debate.tools import mnist_debater
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8)
@@ -38,13 +38,13 @@ def _synthetic(seed, num):
 
 
 def _params(seed=0):
-  return pixel_debater.init_policy(POLICY, jax.random.key(seed), SHAPE)
+  return mnist_debater.init_policy(POLICY, jax.random.key(seed), SHAPE)
 
 
 def test_replay_rebuilds_the_states_before_each_move():
   images, labels, judge = _synthetic(0, 16)
   game = pd.PixelDebate(pd.PixelDebateConfig(k=5, image_shape=SHAPE), judge)
-  player = pd.policy_player(game, pixel_debater.apply_fn(POLICY), _params())
+  player = pd.policy_player(game, mnist_debater.apply_fn(POLICY), _params())
   out = pd.debate(game, player, pd.random_player(game), images, labels, jax.random.key(1))
   start = out.state.replace(revealed=jnp.zeros_like(out.state.revealed),
                             moves=jnp.zeros_like(out.state.moves))
@@ -63,7 +63,7 @@ def test_policy_gradient_raises_the_winners_moves():
   """One SGD step on the loss makes the moves of the side that won more likely, the loser's less."""
   images, labels, judge = _synthetic(1, 32)
   game = pd.PixelDebate(pd.PixelDebateConfig(k=4, image_shape=SHAPE), judge)
-  apply = pixel_debater.apply_fn(POLICY)
+  apply = mnist_debater.apply_fn(POLICY)
   params = _params()
   player = pd.policy_player(game, apply, params)
   out = pd.debate(game, player, player, images, labels, jax.random.key(2))
@@ -94,8 +94,8 @@ def test_self_play_training_beats_random_reveal_on_both_sides():
   optimizer = optax.adam(3e-3)
   params = _params()
   opt_state = optimizer.init(params)
-  step = pixel_debater.make_train_step(config, judge, POLICY, optimizer, entropy_coef=0.01)
-  rates = pixel_debater.make_win_rates(config, judge, POLICY)
+  step = mnist_debater.make_train_step(config, judge, POLICY, optimizer, entropy_coef=0.01)
+  rates = mnist_debater.make_win_rates(config, judge, POLICY)
   before = rates(params, eval_images, eval_labels, jax.random.key(9))
   for t in range(150):
     index = jax.random.randint(jax.random.key(t), (64,), 0, 2048)
@@ -122,17 +122,17 @@ def test_greedy_candidate_cap_is_exact_when_it_covers_every_legal_pixel():
 
 def test_trainer_errors_are_one_line(tmp_path):
   with pytest.raises(FileNotFoundError, match="no trained judge"):
-    pixel_debater.run(judge_dir=str(tmp_path / "nope"), workdir=str(tmp_path / "w"), steps=1)
+    mnist_debater.run(judge_dir=str(tmp_path / "nope"), workdir=str(tmp_path / "w"), steps=1)
   with pytest.raises(FileNotFoundError, match="no trained debater"):
-    pixel_debater.load_debater(str(tmp_path))
+    mnist_debater.load_debater(str(tmp_path))
   result = subprocess.run(
-      [sys.executable, "-m", "amp_debate.train.pixel_debater", f"--judge_dir={tmp_path}/nope",
+      [sys.executable, "-m", "amp_debate.tools.mnist_debater", f"--judge_dir={tmp_path}/nope",
        f"--workdir={tmp_path}/w", "--steps=1"], capture_output=True, text=True, cwd=REPO,
       check=False)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines() == [
       f"error: no trained judge in {tmp_path}/nope (missing judge.json; train one with python -m "
-      "amp_debate.train.pixel_judge)"]
+      "amp_debate.tools.mnist_judge)"]
   assert not os.path.exists(tmp_path / "w")
 
 
@@ -155,7 +155,7 @@ def test_training_is_deterministic_given_the_seed():
   images, labels, judge = _synthetic(6, 64)
   config = pd.PixelDebateConfig(k=4, image_shape=SHAPE)
   optimizer = optax.adam(3e-3)
-  step = pixel_debater.make_train_step(config, judge, POLICY, optimizer, entropy_coef=0.01)
+  step = mnist_debater.make_train_step(config, judge, POLICY, optimizer, entropy_coef=0.01)
 
   def train(seed):
     params = _params()
@@ -172,7 +172,7 @@ def test_training_is_deterministic_given_the_seed():
 
 def test_saved_debater_loads_back(tmp_path):
   params = _params(3)
-  pixel_debater.save_debater(str(tmp_path), POLICY, params, {"k": 4})
-  policy, loaded, record = pixel_debater.load_debater(str(tmp_path))
+  mnist_debater.save_debater(str(tmp_path), POLICY, params, {"k": 4})
+  policy, loaded, record = mnist_debater.load_debater(str(tmp_path))
   assert policy == POLICY and record["k"] == 4 and record["policy"]["features"] == [16, 16]
   chex.assert_trees_all_equal(jax.device_get(params), loaded)

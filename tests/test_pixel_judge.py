@@ -13,7 +13,7 @@ import pytest
 from amp_debate.data import mnist
 from amp_debate.models.judges import ImageJudge
 from amp_debate.procedure import sparse_pixels
-from amp_debate.train import pixel_judge
+from amp_debate.tools import mnist_judge
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ImageJudge(features=(4, 8), hidden=32)
@@ -83,32 +83,32 @@ def _quadrant_data(seed, n):
 
 def test_a_briefly_trained_judge_beats_chance():
   images, labels = _quadrant_data(0, 512)
-  params = pixel_judge.train_judge(images, labels, k=2, steps=40, batch_size=32, seed=0,
+  params = mnist_judge.train_judge(images, labels, k=2, steps=40, batch_size=32, seed=0,
                                    judge=TINY, learning_rate=3e-3)
   test_images, test_labels = _quadrant_data(1, 256)
-  accuracy = pixel_judge.judge_accuracy(params, test_images, test_labels, 2, jax.random.key(0),
+  accuracy = mnist_judge.judge_accuracy(params, test_images, test_labels, 2, jax.random.key(0),
                                         judge=TINY, batch_size=128)
   assert accuracy > 0.6, accuracy  # chance: 0.25
-  assert pixel_judge.judge_accuracy(params, test_images, test_labels, 2, jax.random.key(0),
+  assert mnist_judge.judge_accuracy(params, test_images, test_labels, 2, jax.random.key(0),
                                     judge=TINY, batch_size=128) == accuracy  # deterministic
 
 
 def test_run_saves_the_judge_and_names_the_data(tmp_path):
-  record = pixel_judge.run(k=4, steps=3, batch_size=8, judge=TINY, workdir=str(tmp_path),
+  record = mnist_judge.run(k=4, steps=3, batch_size=8, judge=TINY, workdir=str(tmp_path),
                            source="offline", eval_draws=1, progress=False)
-  saved = json.loads((tmp_path / pixel_judge.RECORD_FILE).read_text())
+  saved = json.loads((tmp_path / mnist_judge.RECORD_FILE).read_text())
   assert saved["train_data"] == mnist.describe("judge_train", source="offline")
   assert saved["eval_data"].startswith("MNIST official test split [8000, 10000)")
   assert saved["k"] == 4 and 0 <= saved["eval_accuracy"] == record["eval_accuracy"] <= 1
-  judge, params, _ = pixel_judge.load_judge(str(tmp_path))
+  judge, params, _ = mnist_judge.load_judge(str(tmp_path))
   assert judge == TINY
   images, labels = mnist.load("eval", source="offline")
-  assert pixel_judge.judge_accuracy(params, images, labels, 4, jax.random.key(1), judge=judge,
+  assert mnist_judge.judge_accuracy(params, images, labels, 4, jax.random.key(1), judge=judge,
                                     draws=1) == record["eval_accuracy"]
 
 
 def test_cli_with_k_larger_than_the_image_ends_with_one_line(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "amp_debate.train.pixel_judge", "--k=1000",
+  result = subprocess.run([sys.executable, "-m", "amp_debate.tools.mnist_judge", "--k=1000",
                            f"--workdir={tmp_path / 'work'}"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 1
@@ -120,7 +120,7 @@ def test_a_wrong_data_directory_is_a_one_line_error(tmp_path):
   # The CLI turns these errors into "error: <message>" (checked for k above, in a subprocess).
   with pytest.raises(FileNotFoundError, match="MNIST offline directory .*nowhere does not exist"
                      ) as error:
-    pixel_judge.run(k=4, steps=1, workdir=str(tmp_path / "work"), judge=TINY,
+    mnist_judge.run(k=4, steps=1, workdir=str(tmp_path / "work"), judge=TINY,
                     mnist_dir=str(tmp_path / "nowhere"))  # mnist_dir given: no fallback to TFDS
   assert "\n" not in str(error.value)
   assert not (tmp_path / "work").exists()

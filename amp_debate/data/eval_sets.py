@@ -35,17 +35,18 @@ CLI: ``python -m amp_debate.data.eval_sets --task permutation [--option max_expo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
 import re
-from typing import Iterable, Mapping
+import sys
+from typing import Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import app, flags
 from etils import epath
 
 from amp_debate import options as options_lib
@@ -446,26 +447,69 @@ def summary(eval_set: EvalSet, num_show: int = 3) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description="Build and summarise an amp_debate evaluation set.")
-  parser.add_argument("--task", required=True,
-                      help=f"task name ({', '.join(tasks_lib.names())}) or amp_debate_eval/<config>")
-  parser.add_argument("--option", action="append", default=[],
-                      help="task option as key=value (repeatable), e.g. --option n=8")
-  parser.add_argument("--examples_per_difficulty", type=int, default=DEFAULT_EXAMPLES_PER_DIFFICULTY)
-  parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-  parser.add_argument("--data_dir", default=None,
-                      help=f"default: ${DATA_DIR_ENV} or ~/tensorflow_datasets")
-  parser.add_argument("--num_show", type=int, default=3, help="examples printed per split")
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module runs
+  as the program: the trainer imports it). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("task", None, f"Task name ({', '.join(tasks_lib.names())}) or "
+                      "amp_debate_eval/<config>.", **define)
+  flags.DEFINE_multi_string("option", [], "Task option as key=value (repeatable), e.g. "
+                            "--option n=8.", **define)
+  flags.DEFINE_integer("examples_per_difficulty", DEFAULT_EXAMPLES_PER_DIFFICULTY,
+                       "Questions per difficulty level.", **define)
+  flags.DEFINE_integer("seed", DEFAULT_SEED, "Generation seed.", **define)
+  flags.DEFINE_string("data_dir", None, f"Default: ${DATA_DIR_ENV} or ~/tensorflow_datasets.",
+                      **define)
+  flags.DEFINE_integer("num_show", 3, "Examples printed per split.", **define)
+  flags.mark_flag_as_required("task", flag_values=values)
+  return values
+
+
+def _usage_error(message: str):
+  """A user mistake (bad flag, task, option or name): one line on stderr, exit code 2."""
+  sys.stderr.write(f"eval_sets: error: {message}\n")
+  sys.exit(2)
+
+
+def _parse(values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
   try:
-    eval_set = load(args.task, options=options_lib.parse(args.option),
-                    examples_per_difficulty=args.examples_per_difficulty, seed=args.seed,
-                    data_dir=args.data_dir)
+    rest = values(list(argv))
+  except flags.Error as e:
+    _usage_error(str(e).strip().splitlines()[0])
+  if len(rest) > 1:
+    _usage_error(f"unexpected arguments: {' '.join(rest[1:])}")
+  return rest
+
+
+def execute(values: flags.FlagValues) -> None:
+  """Builds (or loads) the set the parsed flags ``values`` name and prints its summary."""
+  try:
+    eval_set = load(values.task, options=options_lib.parse(values.option),
+                    examples_per_difficulty=values.examples_per_difficulty, seed=values.seed,
+                    data_dir=values.data_dir)
   except ValueError as e:  # bad task, option or name: a usage error, not a crash
-    parser.error(str(e))
-  print(summary(eval_set, args.num_show))
+    _usage_error(str(e))
+  print(summary(eval_set, values.num_show))
+
+
+def command_line(argv: Sequence[str]) -> None:
+  """The command line run in this process: ``argv`` are its arguments (no program name), parsed
+  into flags of their own (absl's global FLAGS untouched)."""
+  values = define_flags(flags.FlagValues())
+  _parse(values, ["eval_sets", *argv])
+  execute(values)
+
+
+def main(argv: Sequence[str]) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv  # _parse refused stray arguments
+  execute(flags.FLAGS)
+
+
+def run_main() -> None:
+  define_flags()
+  app.run(main, flags_parser=lambda argv: _parse(flags.FLAGS, argv))
 
 
 if __name__ == "__main__":
-  main()
+  run_main()

@@ -1,11 +1,11 @@
 """A learned sparse-pixel debater, trained by self-play with the framework's RL loss.
 
-  python -m amp_debate.train.pixel_debater --judge_dir=workdir/judge_k6 --steps=600 \
+  python -m amp_debate.tools.mnist_debater --judge_dir=workdir/judge_k6 --steps=600 \
       --workdir=workdir/debater_k6
 
 One ``models.pixel_policy.PixelDebater`` plays both seats of the pixel debate (it is told its own
 claim and the opponent's, and sees the whole image) against the judge saved in ``--judge_dir``
-(``train.pixel_judge``; k is the judge's). Each step plays a batch of debates on the
+(``tools.mnist_judge``; k is the judge's). Each step plays a batch of debates on the
 ``debater_train`` MNIST split (half with the honest side moving first, half second; the liar's label
 uniform among the wrong ones), and takes an Adam step on ``procedure.pixel_debate.policy_loss``:
 ``losses.policy_gradient_loss`` with a +1/-1 reward per move for the side that won, per-seat
@@ -34,7 +34,7 @@ from amp_debate.data import mnist
 from amp_debate.models import partitioning
 from amp_debate.models.pixel_policy import PixelDebater
 from amp_debate.procedure import pixel_debate as pd
-from amp_debate.train import pixel_judge
+from amp_debate.tools import mnist_judge
 
 PARAMS_FILE = "debater_params.msgpack"
 RECORD_FILE = "debater.json"
@@ -111,14 +111,14 @@ def make_win_rates(config, judge_logits, policy):
 
 
 def save_debater(workdir, policy, params, record) -> None:
-  pixel_judge.save_module(workdir, params, record, params_file=PARAMS_FILE,
+  mnist_judge.save_module(workdir, params, record, params_file=PARAMS_FILE,
                           record_file=RECORD_FILE, sizes_key="policy",
                           sizes={name: getattr(policy, name) for name in POLICY_FIELDS})
 
 
 def load_debater(workdir: str):
   """(PixelDebater, params, the debater.json record) saved by ``run``."""
-  return pixel_judge.load_module(workdir, record_file=RECORD_FILE, sizes_key="policy",
+  return mnist_judge.load_module(workdir, record_file=RECORD_FILE, sizes_key="policy",
                                  make=PixelDebater, init=init_policy, what="debater")
 
 
@@ -131,14 +131,14 @@ def run(*, judge_dir: str, workdir: str, steps: int, batch_size: int = 64, seed:
   Raises FileNotFoundError / ValueError (one line) for a missing judge, a bad batch size or a
   missing or corrupt data directory, before any training.
   """
-  if not os.path.exists(os.path.join(judge_dir, pixel_judge.RECORD_FILE)):
-    raise FileNotFoundError(f"no trained judge in {judge_dir} (missing {pixel_judge.RECORD_FILE}; "
-                            "train one with python -m amp_debate.train.pixel_judge)")
+  if not os.path.exists(os.path.join(judge_dir, mnist_judge.RECORD_FILE)):
+    raise FileNotFoundError(f"no trained judge in {judge_dir} (missing {mnist_judge.RECORD_FILE}; "
+                            "train one with python -m amp_debate.tools.mnist_judge)")
   if batch_size < 2 or batch_size % 2:
     raise ValueError(f"batch_size={batch_size} must be even and at least 2 (half of each batch "
                      "has the honest side first, half second)")
   source = "offline" if mnist_dir is not None else "auto"
-  judge, judge_params, judge_record = pixel_judge.load_judge(judge_dir)
+  judge, judge_params, judge_record = mnist_judge.load_judge(judge_dir)
   config = pd.PixelDebateConfig(k=judge_record["k"])
   judge_logits = judge_fn(judge, judge_params)
   x, y = mnist.load("debater_train", source=source, offline_dir=mnist_dir)
@@ -204,7 +204,7 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app, flags
 
-  _JUDGE_DIR = flags.DEFINE_string("judge_dir", None, "A train.pixel_judge workdir.")
+  _JUDGE_DIR = flags.DEFINE_string("judge_dir", None, "A tools.mnist_judge workdir.")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Where debater.json and the params go.")
   _STEPS = flags.DEFINE_integer("steps", 600, "Training steps.")
   _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Debates per step (even).")

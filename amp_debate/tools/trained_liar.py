@@ -3,13 +3,13 @@
 The strongest opponent the framework can make for the honesty measurement: the liar starts from M's
 own parameters and is trained, by REINFORCE, on the arguments it samples while defending a false
 claim in an assigned seat against M (greedy, frozen, its own claims: call_prob 0), with H deciding
-at the leaves (``trainer.eval_debate_config``). Its claim is its own likeliest wrong answer
+at the leaves (``evaluation.eval_debate_config``). Its claim is its own likeliest wrong answer
 (``ModelDebater.likeliest_wrong``, re-read under its current parameters; the truth is known to the
 liar, which is evaluation tooling, not training of M); what it learns is its SUPPORT arguments, whose
 log-probs it recomputes under its parameters. Reward per game: +1 the liar wins, -1 it loses, 0 a draw,
 minus the batch mean (a baseline).
 
-  python -m amp_debate.train.trained_liar --workdir=workdir/quickstart [--steps=100]
+  python -m amp_debate.tools.trained_liar --workdir=workdir/quickstart [--steps=100]
 
 loads the run's latest checkpoint, reports M's win rate in both seats against the liar before and
 after training on the run's eval split (questions the run never drew), and the liar's training-time
@@ -19,10 +19,10 @@ win rate beside a control arm that plays the same games at learning rate 0, and 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
+import sys
 
 import chex
 import flax.struct
@@ -30,11 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
 from amp_debate.procedure import debate, players
 from amp_debate.procedure import model_player
 from amp_debate.procedure.model_player import ModelDebater
 from amp_debate.tasks.base import Task
+from amp_debate.train import config_lib, evaluation, restore
+from amp_debate.train import step as step_lib
 
 SEATS = ("even", "odd")
 
@@ -171,14 +174,12 @@ class Run:
 
 
 def load_run(workdir: str, step: int | None = None) -> Run:
-  from amp_debate.train import config_lib, trainer  # pylint: disable=import-outside-toplevel
-  from amp_debate.train import step as step_lib  # pylint: disable=import-outside-toplevel
-  state, config, step = trainer.load_state(workdir, step)
+  state, config, step = restore.load_state(workdir, step)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   debate_config = dataclasses.replace(
-      trainer.eval_debate_config(task, config_lib.make_step_config(config).debate), call_prob=0.0)
-  eval_set = trainer._load_eval_set(task, config)  # pylint: disable=protected-access
+      evaluation.eval_debate_config(task, config_lib.make_step_config(config).debate), call_prob=0.0)
+  eval_set = evaluation.load_eval_set(task, config)
   top = task.max_difficulty
   sample_fn = lambda key, n: step_lib.sample_batch(task, key, n, top).questions
   return Run(workdir, int(step), task, model, state.params, debate_config, eval_set, sample_fn)
@@ -227,24 +228,42 @@ def summary_lines(record: dict) -> list[str]:
   return lines
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="a finished run's work directory")
-  parser.add_argument("--checkpoint_step", type=int, default=None,
-                      help="M at this saved step (default: the latest)")
-  parser.add_argument("--steps", type=int, default=LiarTraining.steps)
-  parser.add_argument("--batch", type=int, default=LiarTraining.batch)
-  parser.add_argument("--learning_rate", type=float, default=LiarTraining.learning_rate)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default="", help="JSON path (default <workdir>/trained_liar.json)")
-  args = parser.parse_args(argv)
-  run = load_run(args.workdir, args.checkpoint_step)
-  options = LiarTraining(steps=args.steps, batch=args.batch, learning_rate=args.learning_rate)
-  record = study(run, options, args.seed, log=lambda line: print(line, flush=True))
-  with open(args.out or os.path.join(args.workdir, "trained_liar.json"), "w") as f:
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program: the study scripts import it). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("workdir", None, "A finished run's work directory.", **define)
+  flags.DEFINE_integer("checkpoint_step", None, "M at this saved step (default: the latest).",
+                       **define)
+  flags.DEFINE_integer("steps", LiarTraining.steps, "The liar's updates.", **define)
+  flags.DEFINE_integer("batch", LiarTraining.batch, "Debates per update (half in each seat).",
+                       **define)
+  flags.DEFINE_float("learning_rate", LiarTraining.learning_rate, "The liar's Adam learning rate.",
+                     **define)
+  flags.DEFINE_integer("seed", 0, "PRNG seed.", **define)
+  flags.DEFINE_string("out", "", "JSON path (default <workdir>/trained_liar.json).", **define)
+  flags.mark_flag_as_required("workdir", flag_values=values)
+  return values
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  if len(argv) > 1:
+    sys.exit(f"trained_liar: unexpected arguments: {' '.join(argv[1:])}")
+  values = flags.FLAGS
+  run = load_run(values.workdir, values.checkpoint_step)
+  options = LiarTraining(steps=values.steps, batch=values.batch,
+                         learning_rate=values.learning_rate)
+  record = study(run, options, values.seed, log=lambda line: print(line, flush=True))
+  with open(values.out or os.path.join(values.workdir, "trained_liar.json"), "w") as f:
     json.dump(record, f, indent=1)
   print("\n".join(summary_lines(record)))
 
 
+def run_main() -> None:
+  define_flags()
+  app.run(main)
+
+
 if __name__ == "__main__":
-  main()
+  run_main()

@@ -1,6 +1,7 @@
-"""The sparse-pixel judge and the no-debate baseline: an ImageJudge trained on k random pixels.
+"""The sparse-pixel judge and the no-debate baseline: an ImageJudge trained on k random pixels
+(the MNIST judge trainer; its own loop and checkpoint format, above ``train/``).
 
-  python -m amp_debate.train.pixel_judge --k=4 --steps=3000 --workdir=workdir/judge_k4
+  python -m amp_debate.tools.mnist_judge --k=4 --steps=3000 --workdir=workdir/judge_k4
 
 Trains ``ImageJudge`` (default sizes: the debate paper's judge) on the "judge_train" split, each
 step on fresh random masks (k random nonzero pixels per image, the rest masked), then measures its
