@@ -9,6 +9,13 @@ config overrides (``amp_debate.sweep.product`` and ``chain`` build such lists):
   def get_sweep():
     return sweep.product({"debate.call_prob": [1.0, 0.3]}, {"seed": [0, 1]})
 
+``--sweep=path.py:key=value,...`` passes that argument to ``get_sweep(arg)`` (a study's sizes:
+``experiments/sweeps/ablation.py:seeds=1``). A sweep file may name its base config in ``CONFIG``
+(used when ``--config`` is not given; default ``DEFAULT_CONFIG``). A run's ``name`` key, if any,
+names its directory instead of its overrides (a chained study refers to an earlier run by it), and
+a string value may contain ``{workdir}``, replaced by the sweep's workdir (``init_from:
+"{workdir}/safe"``; the run's name and the table keep the placeholder).
+
 A key is a dotted config field (``debate.call_prob``) or one of the config file's arguments
 (``ARG_KEYS`` of experiments/configs/default.py: ``mode``, ``size``, ...), which rebuilds the base
 config with that argument (so ``mode=debate`` gets every default the debate mode sets). Every run is
@@ -16,8 +23,10 @@ checked against the config before anything runs: an unknown field, a value of th
 the config's own checks refuse ends the sweep with a one-line message.
 
 Each run trains in ``<workdir>/<name>`` (the name spells its overrides) with the trainer's automatic
-resume. ``summary.json`` marks a finished run: rerunning the sweep skips those, resumes the others
-from their latest checkpoint and runs the rest, so a killed sweep is rerun with the same command.
+resume. ``summary.json`` (the trainer's, with the sweep's keys merged in: index, name, overrides,
+wall_s, the table's columns) marks a finished run: rerunning the sweep skips those, resumes the
+others from their latest checkpoint and runs the rest, so a killed sweep is rerun with the same
+command.
 SIGTERM stops the current run at a checkpoint (the trainer's preemption path) and the sweep with
 it. ``--parallel=N`` runs N runs at a time, each in its own process (``--only=I`` in a child);
 ``--count`` prints the number of runs (for cluster array jobs, ``launch/sweep_cluster.sh``).
@@ -25,17 +34,21 @@ it. ``--parallel=N`` runs N runs at a time, each in its own process (``--only=I`
 ``--vmap=N`` trains runs that share a compiled step (configs differing only in the seed and the
 hyperparameters that are data in the state: learning rate, λ weights and anneals, limit,
 multiplier step, β; ``config_lib.DATA_FIELDS``) together, up to N at a time, as one vmapped
-program (``amp_debate.train.group``): one compile and one batched step for the group instead of
-one per run. Each run's directory gets the files its own run would write (metrics, results,
-its final checkpoint), so the table is the same; the group's stacked checkpoints live in
-``<workdir>/_vmap/``. With ``--vmap`` the units of ``--only``, ``--count`` and ``--parallel``
-are the groups (a run that shares its step with no other is a group of one).
+program (``amp_debate.train.run_group``): one compile and one batched step for the group instead
+of one per run. Each run's directory gets the files its own run would write (metrics, results,
+its checkpoints), so the table is the same, and a group resumes from its runs' checkpoints. With
+``--vmap`` the units of ``--only``, ``--count`` and ``--parallel`` are the groups (a run that
+shares its step with no other is a group of one).
 
 Afterwards (and with ``--table_only``) the sweep writes ``<workdir>/results.md`` and
 ``results.csv``: one row per run with its overrides, seed, dataset version, final held-out
 accuracy per level, debate length, human calls per question and wall time; and ``accuracy.png``
 (held-out accuracy by level) and ``curves.png`` (held-out accuracy against step) when matplotlib is
 installed.
+
+Study scripts use the same runner from Python: ``run_sweep(spec, config, workdir)`` runs (or, with
+``train=False``, only reads) a sweep and returns its ``Run`` objects, whose ``summary`` the
+study tabulates; ``override(config, {"a.b": v})`` applies dotted overrides with the sweep's checks.
 """
 
 from __future__ import annotations
@@ -61,6 +74,7 @@ from absl import app, flags, logging
 from amp_debate import options
 
 SUMMARY = "summary.json"
+DEFAULT_CONFIG = "experiments/configs/default.py:task=permutation,quickstart"
 
 
 class SweepError(ValueError):
@@ -102,21 +116,39 @@ def _import(path: str, what: str):
   return module
 
 
-def load_sweep(path: str) -> list[dict[str, Any]]:
-  """The runs of the sweep file at ``path`` (its ``get_sweep()``), checked for shape only."""
-  module = _import(path, "sweep file")
+def _call_get_sweep(module, path: str, arg: str):
   if not callable(getattr(module, "get_sweep", None)):
     raise SweepError(f"sweep file {path} has no get_sweep() function")
   try:
-    runs = module.get_sweep()
+    return module.get_sweep(arg) if arg else module.get_sweep()
   except Exception as e:  # pylint: disable=broad-except
-    raise SweepError(f"sweep file {path}: get_sweep() failed: {type(e).__name__}: {e}") from None
+    call = f"get_sweep({arg!r})" if arg else "get_sweep()"
+    raise SweepError(f"sweep file {path}: {call} failed: {type(e).__name__}: {e}") from None
+
+
+def load_sweep(spec: str) -> list[dict[str, Any]]:
+  """The runs of the sweep file ``spec`` (``path.py`` or ``path.py:arg``: its ``get_sweep()`` or
+  ``get_sweep(arg)``), checked for shape only."""
+  path, arg = _split_config(spec)
+  module = _import(path, "sweep file")
+  runs = _call_get_sweep(module, path, arg)
   if not isinstance(runs, (list, tuple)) or not runs:
     raise SweepError(f"sweep file {path}: get_sweep() must return a non-empty list of dicts")
   for i, run in enumerate(runs):
     if not isinstance(run, Mapping) or not all(isinstance(k, str) for k in run):
       raise SweepError(f"sweep file {path}: run {i} is not a dict of config overrides: {run!r}")
+    if not isinstance(run.get("name", ""), str) or run.get("name") == "":
+      raise SweepError(f"sweep file {path}: run {i}: name must be a non-empty string")
   return [dict(run) for run in runs]
+
+
+def sweep_config(spec: str) -> str:
+  """The base config of the sweep file ``spec``: its ``CONFIG``, else ``DEFAULT_CONFIG``."""
+  module = _import(_split_config(spec)[0], "sweep file")
+  config = getattr(module, "CONFIG", DEFAULT_CONFIG)
+  if not isinstance(config, str):
+    raise SweepError(f"sweep file {spec}: CONFIG must be a config spec (path.py:arg)")
+  return config
 
 
 def _split_config(spec: str) -> tuple[str, str]:
@@ -142,6 +174,17 @@ class Run:
   def started(self) -> bool:
     return os.path.isdir(os.path.join(self.workdir, "checkpoints"))
 
+  @property
+  def summary(self) -> dict[str, Any] | None:
+    """The finished run's ``summary.json`` (None before it finishes)."""
+    if not self.done:
+      return None
+    with open(os.path.join(self.workdir, SUMMARY)) as f:
+      summary = json.load(f)
+    for key, value in (("index", self.index), ("name", self.name), ("overrides", self.overrides)):
+      summary.setdefault(key, value)  # a run the trainer finished and the sweep did not reach
+    return summary
+
 
 def run_name(overrides: Mapping[str, Any]) -> str:
   """A directory name that spells the overrides, each key by its last dotted part (two parts where
@@ -156,7 +199,10 @@ def run_name(overrides: Mapping[str, Any]) -> str:
   return text
 
 
-def _set_field(config, key: str, value, where: str) -> None:
+def set_field(config, key: str, value, where: str = "override") -> None:
+  """Sets the dotted field ``key`` of ``config`` to ``value``, refusing (``SweepError``, a message
+  that starts with ``where``) a field the config does not have, a section, or a value of the
+  wrong type."""
   *parents, leaf = key.split(".")
   node = config
   for i, part in enumerate(parents):
@@ -177,18 +223,32 @@ def _set_field(config, key: str, value, where: str) -> None:
     raise SweepError(f"{where}: {key!r} must be {type(old).__name__}, got {value!r} ({e})") from None
 
 
-def build_runs(sweep_path: str, config_spec: str, workdir: str) -> list[Run]:
-  """Every run's config, checked (fields, types, the config's own checks) before any runs."""
+def override(config, overrides: Mapping[str, Any], where: str = "override"):
+  """``config`` with the dotted-field ``overrides`` set (in place; returned), each checked as a
+  sweep's are (``set_field``). The config's own checks (``config_lib.validate``) are not run."""
+  for key, value in overrides.items():
+    set_field(config, key, value, where)
+  return config
+
+
+def _expand(value, workdir: str):
+  return value.replace("{workdir}", workdir) if isinstance(value, str) else value
+
+
+def build_runs(sweep_spec: str, config_spec: str | None, workdir: str) -> list[Run]:
+  """Every run's config, checked (fields, types, the config's own checks) before any runs.
+  ``config_spec`` None: the sweep file's ``CONFIG`` (``sweep_config``)."""
   from amp_debate.train import config_lib  # pylint: disable=import-outside-toplevel
-  runs = load_sweep(sweep_path)
-  path, base_arg = _split_config(config_spec)
+  runs = load_sweep(sweep_spec)
+  path, base_arg = _split_config(config_spec or sweep_config(sweep_spec))
   module = _import(path, "--config")
   if not callable(getattr(module, "get_config", None)):
     raise SweepError(f"--config {path} has no get_config(arg) function")
   arg_keys = tuple(getattr(module, "ARG_KEYS", ()))
   built, names = [], {}
   for i, overrides in enumerate(runs):
-    where = f"sweep run {i} ({run_name(overrides)})"
+    name = overrides.pop("name", None) or run_name(overrides)
+    where = f"sweep run {i} ({name})"
     args = {k: v for k, v in overrides.items() if k in arg_keys}
     try:
       base = options.parse(base_arg, bare=True, what="config arg")
@@ -198,14 +258,12 @@ def build_runs(sweep_path: str, config_spec: str, workdir: str) -> list[Run]:
     except (ValueError, KeyError) as e:
       raise SweepError(f"{where}: {e}") from None
     config = copy.deepcopy(config)
-    for key, value in overrides.items():
-      if key not in arg_keys:
-        _set_field(config, key, value, where)
+    override(config, {k: _expand(v, workdir) for k, v in overrides.items() if k not in arg_keys},
+             where)
     try:
       config_lib.validate(config)
     except ValueError as e:
       raise SweepError(f"{where}: {e}") from None
-    name = run_name(overrides)
     if name in names:
       raise SweepError(f"{where} repeats run {names[name]}")
     names[name] = i
@@ -215,7 +273,8 @@ def build_runs(sweep_path: str, config_spec: str, workdir: str) -> list[Run]:
 
 # ---- running -----------------------------------------------------------------------------------
 def _final_metrics(workdir: str) -> dict[str, Any]:
-  """Held-out accuracy by level, debate length, human calls per question, the dataset version."""
+  """The table's columns from the run's metrics: held-out accuracy by level, honesty, debate
+  length at the end of training, human calls per question."""
   from amp_debate.train import metrics_io  # pylint: disable=import-outside-toplevel
   records = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   evals = [r for r in records if "eval/accuracy/model/mean" in r]
@@ -226,7 +285,7 @@ def _final_metrics(workdir: str) -> dict[str, Any]:
                 or k.startswith("eval/debate/length/")})
     # Honesty judged by H (issue 27): M's own claims against each scripted liar, worst seat and
     # worst level; self-play at the sampling temperature: how often the winner's claim is true.
-    from amp_debate.train.trainer import LIARS, SEATS  # pylint: disable=import-outside-toplevel
+    from amp_debate.train.evaluation import LIARS, SEATS  # pylint: disable=import-outside-toplevel
     for liar in LIARS:
       seats = [evals[-1].get(f"eval/honesty/own/{liar}/{seat}/win/min") for seat in SEATS]
       if all(v is not None for v in seats):
@@ -244,13 +303,6 @@ def _final_metrics(workdir: str) -> dict[str, Any]:
       counts = [sum(r.get(k, 0.0) for r in tail) for _, k in hist]
       total = sum(counts) or 1.0
       out["debate_length_hist_end"] = [c / total for c in counts]
-  results = os.path.join(workdir, "results.md")
-  if os.path.isfile(results):
-    with open(results) as f:
-      header = f.readline()
-    match = re.search(r"accuracy on (\S+)\s*$", header)
-    if match:
-      out["dataset"] = match.group(1)
   return out
 
 
@@ -269,13 +321,24 @@ def _wall(workdir: str, add: float | None = None) -> float:
 
 
 def _write_summary(run: Run, result, wall: float, group: list[int] | None = None) -> None:
-  summary = dict(index=run.index, name=run.name, overrides=run.overrides,
-                 seed=run.config.seed, mode=run.config.mode, task=run.config.task,
-                 steps=result.step, wall_s=wall, **_final_metrics(run.workdir))
+  """Merges the sweep's keys (index, name, overrides, wall_s, vmap_group, the table's columns)
+  into the ``summary.json`` the trainer wrote for the finished run (``reports.write_summary``:
+  mode, task, seed, steps, eval_set, eval, human_calls, debate_length, ...)."""
+  path = os.path.join(run.workdir, SUMMARY)
+  summary = dict(getattr(result, "summary", None) or {})
+  if os.path.isfile(path):
+    with open(path) as f:
+      summary.update(json.load(f))
+  for key, value in (("seed", run.config.seed), ("mode", run.config.mode),
+                     ("task", run.config.task), ("steps", result.step)):
+    summary.setdefault(key, value)
+  summary.update(index=run.index, name=run.name, overrides=run.overrides, wall_s=wall,
+                 dataset=summary.get("eval_set", ""), **_final_metrics(run.workdir))
   if group:
     summary["vmap_group"] = group
-  with open(os.path.join(run.workdir, SUMMARY), "w") as f:
+  with open(path + ".tmp", "w") as f:
     json.dump(summary, f, indent=2, default=str)
+  os.replace(path + ".tmp", path)
 
 
 def execute(run: Run) -> str:
@@ -292,21 +355,17 @@ def execute(run: Run) -> str:
   return result.status
 
 
-def group_dir(unit: list[Run], workdir: str) -> str:
-  """Where a vmapped group keeps its stacked checkpoints: ``<workdir>/_vmap/runs-<i>-<j>...``."""
-  return os.path.join(workdir, "_vmap", "runs-" + "-".join(str(r.index) for r in unit))
-
-
 def execute_unit(unit: list[Run], workdir: str) -> str:
-  """Trains (or resumes) a unit: one run (``execute``), or a group of runs vmapped in one program
-  (``amp_debate.train.group``; each run's wall time is the group's). Returns the status."""
+  """Trains (or resumes) a unit: one run, or a group of runs vmapped in one program
+  (``amp_debate.train.run_group``; each run's wall time is the group's). Writes each finished
+  run's summary. Returns the trainer's status ("done" or "preempted")."""
+  del workdir  # each run keeps its own checkpoints, in its own directory
   if len(unit) == 1:
     return execute(unit[0])
-  from amp_debate.train import group  # pylint: disable=import-outside-toplevel
-  where = group_dir(unit, workdir)
+  from amp_debate import train  # pylint: disable=import-outside-toplevel
   start = time.time()
   try:
-    results = group.run_group([r.config for r in unit], [r.workdir for r in unit], where)
+    results = train.run_group([r.config for r in unit], [r.workdir for r in unit])
   finally:
     elapsed = time.time() - start
     walls = [_wall(r.workdir, elapsed) for r in unit]
@@ -319,14 +378,14 @@ def execute_unit(unit: list[Run], workdir: str) -> str:
 def make_units(runs: list[Run], vmap: int) -> list[list[Run]]:
   """The sweep's units of work: each run alone (``vmap`` <= 1), or groups of at most ``vmap``
   runs whose configs differ only in the seed and data hyperparameters
-  (``amp_debate.train.group.group_key``), in the order of their first run. The grouping depends
+  (``amp_debate.train.programs.group_key``), in the order of their first run. The grouping depends
   on the sweep alone (not on which runs are done), so a rerun finds the same groups."""
   if vmap <= 1:
     return [[run] for run in runs]
-  from amp_debate.train import group  # pylint: disable=import-outside-toplevel
+  from amp_debate.train import programs  # pylint: disable=import-outside-toplevel
   by_key: dict[str, list[Run]] = {}
   for run in runs:
-    by_key.setdefault(group.group_key(run.config), []).append(run)
+    by_key.setdefault(programs.group_key(run.config), []).append(run)
   units = [members[i:i + vmap] for members in by_key.values()
            for i in range(0, len(members), vmap)]
   return sorted(units, key=lambda unit: unit[0].index)
@@ -409,7 +468,7 @@ def run_all(units: list[list[Run]], workdir: str, *, parallel: int = 1,
   for index, unit in enumerate(units):
     if _done(unit):
       continue
-    started = any(r.started for r in unit) or os.path.isdir(group_dir(unit, workdir))
+    started = any(r.started for r in unit)
     print(f"[{index}] {'resuming' if started else 'running'} {_unit_name(unit)}", flush=True)
     try:
       status = execute_unit(unit, workdir)
@@ -421,13 +480,56 @@ def run_all(units: list[list[Run]], workdir: str, *, parallel: int = 1,
   return True
 
 
+def title_of(sweep_spec: str, config_spec: str, vmap: int = 1) -> str:
+  """The table's title: the sweep, its config and the command that runs it."""
+  return (f"Sweep {os.path.basename(_split_config(sweep_spec)[0])} on {config_spec} "
+          f"(python -m amp_debate.sweep --sweep={sweep_spec} --config={config_spec}"
+          + (f" --vmap={vmap}" if vmap > 1 else "") + ")")
+
+
+def run_sweep(sweep_spec: str, config_spec: str | None, workdir: str, *, train: bool = True,
+              parallel: int = 1, vmap: int = 1, table: bool = True) -> list[Run]:
+  """A sweep from Python (what the CLI does): builds and checks every run, trains the unfinished
+  ones (``train``; ``parallel`` child processes at a time, ``vmap`` runs per vmapped group),
+  writes ``<workdir>/results.md`` and the plots (``table``) and returns the runs in sweep order
+  (``Run.done``, ``Run.summary``). A study checks ``all(r.done for r in runs)``: a preempted
+  sweep returns early, and rerunning the same call resumes it.
+
+  Raises:
+    SweepError: a bad sweep file, config or override (nothing has run).
+    ValueError: the trainer refused a run (e.g. an incompatible checkpoint in its directory).
+  """
+  config_spec = config_spec or sweep_config(sweep_spec)
+  runs = build_runs(sweep_spec, config_spec, workdir)
+  if vmap < 1:
+    raise SweepError(f"vmap must be >= 1 (1: no vmapping), got {vmap}")
+  if train:
+    base = [f"--sweep={sweep_spec}", f"--config={config_spec}", f"--workdir={workdir}",
+            f"--vmap={vmap}"]
+    run_all(make_units(runs, vmap), workdir, parallel=parallel, argv_base=base)
+  if table:
+    aggregate(runs, workdir, title_of(sweep_spec, config_spec, vmap))
+  return runs
+
+
+def history(workdir: str, key: str) -> list[list[float]]:
+  """``[[step, value], ...]``: the values of ``key`` a run logged (``metrics.jsonl``), in step
+  order; a step logged twice (evaluated again by a resumed run) keeps its last value; [] if
+  none."""
+  from amp_debate.train import metrics_io  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return []
+  points = {r["step"]: r[key] for r in metrics_io.read_jsonl(path) if key in r}
+  return [[step, points[step]] for step in sorted(points)]
+
+
 # ---- the table and plots -----------------------------------------------------------------------
 def _summaries(runs: list[Run]) -> list[dict[str, Any]]:
   rows = []
   for run in runs:
     if run.done:
-      with open(os.path.join(run.workdir, SUMMARY)) as f:
-        rows.append(json.load(f))
+      rows.append(run.summary)
     else:
       rows.append(dict(index=run.index, name=run.name, overrides=run.overrides,
                        seed=run.config.seed, status="started" if run.started else "not run"))
@@ -447,7 +549,7 @@ def aggregate(runs: list[Run], workdir: str, title: str) -> str:
   # The markdown table shows the overrides that vary; the CSV every one.
   varying = [k for k in keys if len({repr(r["overrides"].get(k)) for r in rows}) > 1]
   constant = {k: rows[0]["overrides"][k] for k in keys if k not in varying}
-  from amp_debate.train.trainer import LIARS  # pylint: disable=import-outside-toplevel
+  from amp_debate.train.evaluation import LIARS  # pylint: disable=import-outside-toplevel
   liars = [liar for liar in LIARS if any(f"honesty/{liar}/win/worst" in r for r in rows)]
   selfplay = any("selfplay/winner_true/mean" in r for r in rows)
   metrics = ["seed", "dataset", *[f"accuracy {k.rsplit('/', 1)[1]}" for k in levels],
@@ -502,7 +604,6 @@ def _plot(runs, rows, levels, workdir, varying=()) -> list[str]:
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   except ImportError:
     return []
-  from amp_debate.train import metrics_io  # pylint: disable=import-outside-toplevel
   done = [r for r in rows if "status" not in r]
   written = []
   if done and levels:
@@ -522,12 +623,9 @@ def _plot(runs, rows, levels, workdir, varying=()) -> list[str]:
     written.append("accuracy.png")
   curves = []
   for run in runs:
-    path = os.path.join(run.workdir, "metrics.jsonl")
-    if os.path.isfile(path):
-      points = [(r["step"], r["eval/accuracy/model/mean"]) for r in metrics_io.read_jsonl(path)
-                if "eval/accuracy/model/mean" in r]
-      if points:
-        curves.append((_label(run.overrides, varying, run.config.seed), points))
+    points = history(run.workdir, "eval/accuracy/model/mean")
+    if points:
+      curves.append((_label(run.overrides, varying, run.config.seed), points))
   if curves:
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -551,7 +649,8 @@ def main(argv):
   try:
     if not _WORKDIR.value and not _COUNT.value:
       raise SweepError("--workdir is required")
-    runs = build_runs(_SWEEP.value, _CONFIG.value, _WORKDIR.value or ".")
+    config = _CONFIG.value or sweep_config(_SWEEP.value)
+    runs = build_runs(_SWEEP.value, config, _WORKDIR.value or ".")
     if _VMAP.value < 1:
       raise SweepError(f"--vmap must be >= 1 (1: no vmapping), got {_VMAP.value}")
     units = make_units(runs, _VMAP.value)
@@ -564,9 +663,7 @@ def main(argv):
                        f"(0..{len(units) - 1})")
   except SweepError as e:
     sys.exit(f"error: {e}")
-  title = (f"Sweep {os.path.basename(_SWEEP.value)} on {_CONFIG.value} "
-           f"(python -m amp_debate.sweep --sweep={_SWEEP.value} --config={_CONFIG.value}"
-           + (f" --vmap={_VMAP.value}" if _VMAP.value > 1 else "") + ")")
+  title = title_of(_SWEEP.value, config, _VMAP.value)
   if _DRY_RUN.value:
     for index, unit in enumerate(units):
       for run in unit:
@@ -579,7 +676,7 @@ def main(argv):
       status = execute_unit(units[_ONLY.value], _WORKDIR.value)
       sys.exit(0 if status == "done" else 3)
     if not _TABLE_ONLY.value:
-      base = [f"--sweep={_SWEEP.value}", f"--config={_CONFIG.value}",
+      base = [f"--sweep={_SWEEP.value}", f"--config={config}",
               f"--workdir={_WORKDIR.value}", f"--vmap={_VMAP.value}"]
       finished = run_all(units, _WORKDIR.value, parallel=_PARALLEL.value, argv_base=base)
       if not finished:
@@ -592,9 +689,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (a .py with get_sweep()).")
-  _CONFIG = flags.DEFINE_string("config", "experiments/configs/default.py:task=permutation,"
-                                "quickstart", "Base config file and its arg (path.py:arg).")
+  _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (a .py with get_sweep()), optionally "
+                               "with its argument: path.py:key=value,...")
+  _CONFIG = flags.DEFINE_string("config", None, "Base config file and its arg (path.py:arg); "
+                                f"default: the sweep file's CONFIG, else {DEFAULT_CONFIG}.")
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory a run).")
   _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time (> 1: one process each).")
   _VMAP = flags.DEFINE_integer("vmap", 1, "Vmap up to N runs that share a compiled step (differ "

@@ -3,18 +3,20 @@ the budget, KL(π_M ‖ π_safe) at the end of every phase.
 
   python -m experiments.kl_budget_study --workdir=workdir/kl_budget_study   # about 15 CPU minutes
 
-Runs (``experiments/configs/default.py:task=permutation,mode=M,quickstart``, in ``--workdir``):
+The runs are the sweep ``experiments/sweeps/kl_budget.py`` (its docstring), run by
+``amp_debate.sweep`` in ``--workdir`` in two stages (π_safe, then the fine-tunes from it; finished
+runs are not rerun, unfinished ones resume):
   safe    mode=amplification, ``--safe_steps`` steps: π_safe (the end of an amplification-only
           phase; also the reference of ``python -m amp_debate.tools.kl_attack``).
   free    mode=``--mode`` (default debate: pure self-play RL, which moves M most) from π_safe
           (``init_from``), ``--phases`` x ``--phase_steps`` steps, no budget.
   budget  the same with ``safety.kl_budget.reference`` = π_safe and the schedule
           ε_k = ``--epsilon0`` x ``--growth``^k.
-A run whose ``summary.json`` exists is not run again (kill and rerun to resume). Both fine-tunes
-checkpoint at every phase end; the KL of each checkpoint to π_safe is measured on the budget's
-reference set (``kl_budget.kl_divergence``). Writes the table (``--results``.md, with the command),
-the numbers (.json) and the plot (.png: KL against updates, the budget's staircase, the budget run's
-per-update KL from its metrics and both runs' phase-end KLs).
+Both fine-tunes checkpoint at every phase end; this script measures the KL of each checkpoint to
+π_safe on the budget's reference set (``kl_budget.kl_divergence``) and writes the table
+(``--results``.md, with the command), the numbers (.json) and the plot (.png: KL against updates,
+the budget's staircase, the budget run's per-update KL from its metrics and both runs' phase-end
+KLs).
 """
 
 from __future__ import annotations
@@ -23,46 +25,41 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import numpy as np
 
-from amp_debate import train
-from amp_debate.data import eval_sets
+from amp_debate import sweep, train
 from amp_debate.safety import kl_budget
 from amp_debate.train import config_lib, metrics_io
-from experiments.configs import default
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kl_budget")
+SWEEP = "experiments/sweeps/kl_budget.py"
 
 
-def _config(mode: str, **overrides):
-  """The quick start's config in ``mode`` with dotted-field ``overrides``."""
-  c = default.get_config(f"task=permutation,mode={mode},quickstart")
-  for field, value in overrides.items():
-    *parents, leaf = field.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+def _stage(spec: str, stage: str, workdir: str, parallel: int = 1) -> list[sweep.Run]:
+  """Runs one stage of the sweep (finished runs skipped; one trained to other steps refused);
+  exits unless every run finished."""
+  try:
+    for run in sweep.build_runs(f"{spec},stage={stage}", None, workdir):
+      if run.done and run.summary["steps"] != run.config.num_steps:
+        raise SystemExit(f"{run.workdir} was trained to step {run.summary['steps']}, not "
+                         f"{run.config.num_steps}: use a new --workdir")
+    runs = sweep.run_sweep(f"{spec},stage={stage}", None, workdir, parallel=parallel,
+                           table=stage == "finetune")
+  except ValueError as e:  # a bad size, or a run the trainer refused
+    raise SystemExit(f"error: {e}") from None
+  if not all(r.done for r in runs):
+    raise SystemExit(f"{workdir}: the {stage} stage did not finish; rerun to resume")
+  return runs
 
 
-def _run(name: str, config, workdir: str) -> dict:
-  """Trains ``config`` in ``<workdir>/<name>`` (or reads its finished summary)."""
-  run_dir = os.path.join(workdir, name)
-  summary_path = os.path.join(run_dir, "summary.json")
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      return json.load(f)
-  start = time.time()
-  result = train.run(config, run_dir)
-  summary = {"name": name, "mode": config.mode, "steps": result.step, "eval": result.eval,
-             "seconds": time.time() - start}
-  with open(summary_path, "w") as f:
-    json.dump(summary, f, indent=2)
-  return summary
+def run_record(run: sweep.Run) -> dict:
+  """What the table shows of a run: {"name", "mode", "steps", "eval", "seconds"} (the sweep's
+  wall time), from its summary."""
+  s = run.summary
+  return {"name": run.name, "mode": s["mode"], "steps": s["steps"], "eval": s["eval"],
+          "seconds": s["wall_s"]}
 
 
 def phase_end_kls(run_dir: str, steps: list[int], safe_params, model, prompts, answer_len: int,
@@ -161,25 +158,29 @@ def main():
   parser.add_argument("--epsilon0", type=float, default=0.01)
   parser.add_argument("--growth", type=float, default=2.0)
   parser.add_argument("--margin", type=float, default=0.1)
+  parser.add_argument("--parallel", type=int, default=1,
+                      help="fine-tunes at a time (2: both at once, one process each)")
   parser.add_argument("--tolerance", type=float, default=1e-3,
                       help="relative tolerance of the 'within budget' column")
+  parser.add_argument("--from_results", action="store_true",
+                      help="train and measure nothing: the table and plot again from "
+                      "--results.json")
   args = parser.parse_args()
+  if args.from_results:
+    with open(args.results + ".json") as f:
+      result = json.load(f)
+    write(result, result["settings"]["command"], args.results)
+    return
   command = "python -m experiments.kl_budget_study " + " ".join(sys.argv[1:])
 
-  safe_dir = os.path.join(args.workdir, "safe")
-  runs = {"safe": _run("safe", _config("amplification", num_steps=args.safe_steps), args.workdir)}
-  num_steps = args.phases * args.phase_steps
-  finetune = {"num_steps": num_steps, "init_from": safe_dir, "checkpoint.every": args.phase_steps,
-              "checkpoint.keep": args.phases + 1, "checkpoint.best_metric": "", "eval.every": 0,
-              "log_every": 1}
-  budget = {"safety.kl_budget.reference": safe_dir,
-            "safety.kl_budget.phase_steps": args.phase_steps,
-            "safety.kl_budget.epsilon0": args.epsilon0, "safety.kl_budget.growth": args.growth,
-            "safety.kl_budget.margin": args.margin}
-  runs["free"] = _run("free", _config(args.mode, **finetune), args.workdir)
-  config = _config(args.mode, **finetune, **budget)
-  runs["budget"] = _run("budget", config, args.workdir)
-
+  spec = (f"{SWEEP}:safe_steps={args.safe_steps},mode={args.mode},phases={args.phases},"
+          f"phase_steps={args.phase_steps},epsilon0={args.epsilon0},growth={args.growth},"
+          f"margin={args.margin}")
+  built = _stage(spec, "safe", args.workdir) + _stage(spec, "finetune", args.workdir,
+                                                        args.parallel)
+  by_name = {r.name: r for r in built}
+  runs = {name: run_record(by_name[name]) for name in ("safe", "free", "budget")}
+  safe_dir, config = by_name["safe"].workdir, by_name["budget"].config
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   k = config.safety.kl_budget
@@ -197,7 +198,7 @@ def main():
   result = {
       "settings": {**vars(args), "task_options": dict(config.task_options),
                    "num_prompts": k.num_prompts, "seed": k.seed, "command": command,
-                   "eval_set": eval_sets.full_name(task, config.eval.examples_per_difficulty),
+                   "eval_set": by_name["budget"].summary["eval_set"],
                    "eval_examples": config.eval.examples_per_difficulty,
                    "run_seed": config.seed},
       "phase_ends": ends, "budgets": budgets,
@@ -211,12 +212,16 @@ def main():
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   with open(args.results + ".json", "w") as f:
     json.dump(result, f, indent=2)
-  text = markdown(result, command)
-  with open(args.results + ".md", "w") as f:
-    f.write(text)
-  plot(result, args.results + ".png")
-  print(text)
+  write(result, command, args.results)
 
+
+def write(result: dict, command: str, results: str) -> None:
+  """The table (``results``.md, printed) and the plot (.png) of a result."""
+  text = markdown(result, command)
+  with open(results + ".md", "w") as f:
+    f.write(text)
+  plot(result, results + ".png")
+  print(text)
 
 if __name__ == "__main__":
   main()

@@ -2,16 +2,18 @@ r"""The self-review study (issue 13, items 1-2): can the model tell its own answ
 training bends it toward cheating?
 
   python -m experiments.self_review [--workdir=workdir/self_review] [--cats=1,5] [--seed=0]
-      [--table_only]
+      [--parallel=2] [--table_only | --from_results]
 
-Trains ``experiments/configs/self_review.py:penalty=<p>,cat=<λ_cat>`` for p in off, audits, review
-and each λ_cat of ``--cats`` (pure debate
-on the permutation quick start with the judge flaw p_flaw = 0.9, audits at 0.1 per answer detecting
-an exploit with probability 0.8; the docstring there), or reuses the finished runs in
-``--workdir``, and writes ``experiments/results/self_review.{md,json,png}``: over training, the
-hack rate (the share of M_target's sampled answers that are EXPLOIT), the leaf verdicts the flaw
+The runs are the sweep ``experiments/sweeps/self_review.py``:
+``experiments/configs/self_review.py:penalty=<p>,cat=<λ_cat>`` for p in off, audits, review and
+each λ_cat of ``--cats`` (pure debate on the permutation quick start with the judge flaw p_flaw =
+0.9, audits at 0.1 per answer detecting an exploit with probability 0.8; the docstring there),
+run by ``amp_debate.sweep`` in ``--workdir`` (finished runs skipped, unfinished ones resumed).
+This script writes ``experiments/results/self_review.{md,json,png}``: over training, the hack
+rate (the share of M_target's sampled answers that are EXPLOIT), the leaf verdicts the flaw
 decided, M's accuracy on the training questions (greedy, against the truth: evaluation only),
-and the self-review's precision and recall on M's own answers.
+and the self-review's precision and recall on M's own answers. ``--from_results`` writes the
+table and plot again from the records in the results .json.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import os
 
 import numpy as np
 
-from amp_debate import train
-from amp_debate.safety import overseer
+from amp_debate import sweep
 from amp_debate.data import eval_sets
+from amp_debate.safety import overseer
 from amp_debate.train import config_lib, metrics_io
 from experiments.configs import self_review
+from experiments.sweeps import self_review as plan
 
 RESULTS = "experiments/results/self_review"
+SWEEP = "experiments/sweeps/self_review.py"
 # Logged training metrics the study follows: key -> column title.
 CURVES = {
     "safety/hack_rate": "hack rate",
@@ -62,20 +66,22 @@ def _defined(row: dict, key: str) -> bool:
   return True
 
 
-def summarise(run_dir: str, penalty: str, cat: float) -> dict:
-  """Window means of the followed metrics, human calls and the final evaluation of one run."""
+def summarise(run_dir: str, penalty: str, cat: float, summary: dict) -> dict:
+  """One run's record: window means of the followed training metrics and their curves (from its
+  logged steps), audits per question, and from its ``summary`` (``summary.json``) the seed,
+  steps, human calls per question, final eval accuracy and eval set."""
   rows = _rows(run_dir)
-  evals = [r for r in metrics_io.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-           if "eval/accuracy/model/mean" in r]
   windows = {}
   for lo, hi in WINDOWS:
     part = [r for r in rows if lo <= r["step"] <= hi]
     windows[f"{lo}-{hi}"] = {k: _mean([r[k] for r in part if _defined(r, k)]) for k in CURVES}
   return {
-      "penalty": penalty, "cat": cat, "steps": rows[-1]["step"] if rows else 0, "windows": windows,
-      "audits_per_question": float(np.mean([r["human_calls/audits"] for r in rows])),
-      "human_calls_per_question": float(np.mean([r["human_calls/per_question"] for r in rows])),
-      "eval_accuracy": evals[-1]["eval/accuracy/model/mean"] if evals else float("nan"),
+      "penalty": penalty, "cat": cat, "seed": summary["seed"], "steps": summary["steps"],
+      "windows": windows,
+      "audits_per_question": _mean([r["human_calls/audits"] for r in rows]),
+      "human_calls_per_question": summary["human_calls"].get("per_question", float("nan")),
+      "eval_accuracy": summary["eval"].get("eval/accuracy/model/mean", float("nan")),
+      "eval_set": summary["eval_set"],
       "curves": {k: [[r["step"], r[k]] for r in rows if _defined(r, k)] for k in CURVES},
   }
 
@@ -126,52 +132,25 @@ def plot(summaries: list[dict], out_png: str) -> str | None:
   return out_png
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="workdir/self_review")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--penalties", default=",".join(overseer.PENALTIES))
-  parser.add_argument("--cats", default="1,5", help="comma-separated λ_cat values")
-  parser.add_argument("--results", default=RESULTS, help="output path without extension")
-  parser.add_argument("--table_only", action="store_true",
-                      help="train nothing; tabulate the runs in --workdir")
-  args = parser.parse_args()
-  penalties = [p for p in args.penalties.split(",") if p]
-  for p in penalties:
-    if p not in overseer.PENALTIES:
-      parser.error(f"--penalties: {p!r} is not one of {', '.join(overseer.PENALTIES)}")
-  try:
-    cats = [float(x) for x in args.cats.split(",") if x]
-  except ValueError:
-    parser.error(f"--cats: not a list of numbers: {args.cats!r}")
-  summaries = []
-  for cat in cats:
-    for penalty in penalties:
-      run_dir = os.path.join(args.workdir, f"{penalty}_cat{cat:g}_s{args.seed}")
-      if not args.table_only:
-        print(f"== penalty={penalty} λ_cat={cat:g} seed={args.seed} ({run_dir})", flush=True)
-        config = self_review.get_config(f"penalty={penalty},cat={cat},seed={args.seed}")
-        result = train.run(config, run_dir)
-        if result.status != "done":
-          raise SystemExit(f"{run_dir}: {result.status}; rerun to resume")
-      if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-        raise SystemExit(f"{run_dir}: no run there (run without --table_only to train it)")
-      summaries.append(summarise(run_dir, penalty, cat))
-  os.makedirs(os.path.dirname(args.results), exist_ok=True)
-  png = plot(summaries, args.results + ".png")
-  base = self_review.get_config(f"penalty=off,cat=1,seed={args.seed}")
+def markdown(summaries: list[dict], png: str | None) -> str:
+  """``self_review.md`` from the records (the command line from their λ_cat values and seed)."""
+  cats = ",".join(dict.fromkeys(f"{s['cat']:g}" for s in summaries))
+  seed = summaries[0].get("seed", 0) if summaries else 0  # records before issue 30: seed 0
+  base = self_review.get_config(f"penalty=off,cat=1,seed={seed}")
   options = dict(base.task_options)
   size = f"n={options.get('n')}, k <= {options.get('max_exponent')}"
-  eval_set = eval_sets.full_name(config_lib.make_task(base), base.eval.examples_per_difficulty)
+  names = sorted({s["eval_set"] for s in summaries if s.get("eval_set")})
+  eval_set = ", ".join(names) if names and all(s.get("eval_set") for s in summaries) else (
+      eval_sets.full_name(config_lib.make_task(base), base.eval.examples_per_difficulty))
   text = [
       "# Self-review of reward hacking (judge flaw, audits, overseer)\n",
-      f"Regenerate: `python -m experiments.self_review --cats={args.cats} --seed={args.seed}` "
+      f"Regenerate: `python -m experiments.self_review --cats={cats} --seed={seed}` "
       "(config `experiments/configs/self_review.py:penalty=<off|audits|review>,cat=<λ_cat>`: "
       f"pure debate on the permutation quick start, {size}; p_flaw = {base.debate.p_flaw:g}, "
       f"audit_prob = {base.safety.overseer.audit_prob:g}, "
       f"p_audit = {base.safety.overseer.p_audit:g}, λ_rl = {base.combination.weights.rl:g}; "
       f"{base.num_steps} steps of {base.batch_size} debates; "
-      f"seed {args.seed}). Metrics are "
+      f"seed {seed}). Metrics are "
       "means over the logged training steps of each window; M's accuracy is its greedy answer to "
       "the training questions against the truth (evaluation only); eval accuracy is M on the "
       f"eval split `{eval_set}` at the end ({base.eval.examples_per_difficulty} "
@@ -182,11 +161,53 @@ def main():
   if png:
     text.append(f"![hack rate, accuracy and the review's precision and recall against step]"
                 f"({os.path.basename(png)})\n")
+  return "\n".join(text)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default="workdir/self_review")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--penalties", default=",".join(overseer.PENALTIES))
+  parser.add_argument("--cats", default="1,5", help="comma-separated λ_cat values")
+  parser.add_argument("--parallel", type=int, default=1, help="runs at a time (one process each)")
+  parser.add_argument("--results", default=RESULTS, help="output path without extension")
+  parser.add_argument("--table_only", action="store_true",
+                      help="train nothing; tabulate the runs in --workdir")
+  parser.add_argument("--from_results", action="store_true",
+                      help="train nothing, read no workdir: the table and plot again from the "
+                      "records in --results.json")
+  args = parser.parse_args()
+  spec = (f"{SWEEP}:cats={args.cats.replace(',', '+')},"
+          f"penalties={args.penalties.replace(',', '+')},seed={args.seed}")
+  try:
+    plan.parse(spec.partition(":")[2])
+  except ValueError as e:
+    parser.error(f"--cats/--penalties: {e}")
+  if args.from_results:
+    with open(args.results + ".json") as f:
+      summaries = json.load(f)
+  else:
+    try:
+      runs = sweep.run_sweep(spec, None, args.workdir, train=not args.table_only,
+                             parallel=args.parallel)
+    except ValueError as e:  # a bad sweep, or a run the trainer refused
+      raise SystemExit(f"error: {e}") from None
+    for run in runs:
+      if not run.done:
+        raise SystemExit(f"{run.workdir}: not finished (rerun without --table_only to train or "
+                         "resume it)")
+    summaries = [summarise(r.workdir, r.overrides["penalty"], r.overrides["cat"], r.summary)
+                 for r in runs]
+  os.makedirs(os.path.dirname(args.results), exist_ok=True)
+  png = plot(summaries, args.results + ".png")
+  text = markdown(summaries, png)
   with open(args.results + ".md", "w") as f:
-    f.write("\n".join(text))
-  with open(args.results + ".json", "w") as f:
-    json.dump(summaries, f, indent=2)
-  print("\n".join(text))
+    f.write(text)
+  if not args.from_results:
+    with open(args.results + ".json", "w") as f:
+      json.dump(summaries, f, indent=2)
+  print(text)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,10 @@ def main():
   result = train.run(config, args.workdir)
   levels = sorted(int(k.rsplit("/d", 1)[1]) for k in result.eval
                   if k.startswith("eval/accuracy/model/d"))
-  name = result.table and _eval_name(args.workdir)
+  if result.status != "done":
+    raise SystemExit(f"{args.workdir}: {result.status}; rerun to resume")
+  with open(os.path.join(args.workdir, "summary.json")) as f:
+    name = json.load(f)["eval_set"]  # the eval set's full name, as the trainer cites it
   entry = {str(d): result.eval[f"eval/accuracy/model/d{d}"] for d in levels}
   entry["mean"] = result.eval["eval/accuracy/model/mean"]
   entry["source"] = (f"python -m experiments.supervised_reference --arg={args.arg} "
@@ -42,12 +45,6 @@ def main():
   with open(RESULTS, "w") as f:
     json.dump(stored, f, indent=2, sort_keys=True)
   print(f"stored under {name!r} in {RESULTS}: {entry}")
-
-
-def _eval_name(workdir: str) -> str:
-  """The eval set's full name, from the header of the run's results.md."""
-  header = open(os.path.join(workdir, "results.md")).readline()
-  return header.rsplit(" on ", 1)[1].strip()
 
 
 if __name__ == "__main__":

@@ -3,18 +3,20 @@ r"""Every task at its runlocal size: supervised, amplification-only and hybrid, 
   python -m experiments.task_suite --workdir=workdir/task_suite              # every run, the table
   python -m experiments.task_suite --workdir=workdir/task_suite --tasks=wildcard --modes=supervised
   python -m experiments.task_suite --workdir=workdir/task_suite --table_only # finished runs only
+  python -m experiments.task_suite --from_results    # the tables again from task_suite.json
 
-Each run is ``python -m amp_debate.main``'s training of
-``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (the task's runlocal options and
-model recipe, ``default.RUNLOCAL``), one seed (``--seed``), in ``<workdir>/<task>/<mode>_s<seed>``;
-a run whose ``summary.json`` exists is not run again, and a killed suite resumes its unfinished
-run (the trainer's resume). A run recorded in the results file (``--results``.json) with the
-recipe the config gives today (task options, batch, layers, width, steps) is not run again
-either, so the table survives a deleted workdir; ``--fresh`` ignores the results file. Per task
-and level the table gives M's held-out greedy accuracy and Amp(H, M)'s for each mode, H alone, the
-first evaluated step at which M is >= 95% at every level, human calls per training question and
-wall time. Written to ``experiments/results/task_suite.md``, ``.json`` and ``.png`` (M's worst
-level against step; matplotlib) (``--results``).
+The runs are the sweep ``experiments/sweeps/task_suite.py`` (``--tasks``, ``--modes`` and
+``--seed`` choose its runs), run by ``amp_debate.sweep`` in ``--workdir``: each
+``experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`` (the task's runlocal options
+and model recipe, ``default.RUNLOCAL``) in its own directory, finished runs skipped, a killed
+suite resumed by rerunning the command. The table holds every finished run of the suite in
+``--workdir`` and, for the task, mode and seed it lacks, the run recorded in the results file
+(``--results``.json) if that trained the recipe the config gives today (task options, batch,
+layers, width, steps); so a suite run on some tasks rewrites the results file without dropping
+the others. Per task and level the table gives M's held-out greedy accuracy and Amp(H, M)'s for
+each mode, H alone, the first evaluated step at which M is >= 95% at every level, human calls per
+training question and wall time. Written to ``experiments/results/task_suite.md``, ``.json`` (one
+record per run, ``record``) and ``.png`` (M's worst level against step; matplotlib).
 """
 
 from __future__ import annotations
@@ -23,52 +25,42 @@ import argparse
 import json
 import math
 import os
-import time
 
-import numpy as np
-
-from amp_debate import tasks, train
-from experiments import ablation, supervised_reference
-from experiments.configs import default
+from amp_debate import sweep, tasks
+from experiments.sweeps import task_suite as plan
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "task_suite")
-MODES = ("supervised", "amplification", "hybrid")
+SWEEP = "experiments/sweeps/task_suite.py"
+MODES = plan.MODES
 THRESHOLD = 0.95
 
 
-def _first_reached(workdir: str, threshold: float) -> tuple[int | None, float | None]:
-  """The first evaluated step with M >= threshold at every level, and its training seconds."""
-  seconds, reached = {}, None
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      if "perf/train_seconds" in row:
-        seconds[row["step"]] = row["perf/train_seconds"]
-      if reached is None and row.get("eval/accuracy/model/min", -1.0) >= threshold:
-        reached = row["step"]
-  return reached, seconds.get(reached) if reached is not None else None
+def first_reached(curve: list[list[float]], seconds: list[list[float]],
+                  threshold: float) -> tuple[int | None, float | None]:
+  """The first evaluated step of ``curve`` ([[step, M's worst level], ...]) at or above
+  ``threshold``, and its training seconds (``seconds``: [[step, perf/train_seconds], ...])."""
+  reached = next((step for step, value in curve if value >= threshold), None)
+  return reached, dict((s, v) for s, v in seconds).get(reached) if reached is not None else None
 
 
-def _curve(workdir: str) -> list[list[float]]:
-  """[[step, M's held-out accuracy at its worst level], ...] from a run's evaluations (a step
-  evaluated twice, by a resumed run, keeps its last value)."""
-  points = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      if "eval/accuracy/model/min" in row:
-        points[row["step"]] = row["eval/accuracy/model/min"]
-  return [[step, points[step]] for step in sorted(points)]
-
-
-def _config(task: str, mode: str, seed: int):
-  config = default.get_config(f"task={task},mode={mode},runlocal")
-  config.seed = seed
-  return config
+def record(run: sweep.Run) -> dict:
+  """A finished run's record: its recipe (task options, layers, width, batch, steps), its summary's
+  final evaluation, eval set, human calls and wall time, and from its logged evaluations the
+  curve of M's worst level and the first step at 95%."""
+  s, config = run.summary, run.config
+  curve = sweep.history(run.workdir, "eval/accuracy/model/min")
+  reached, reached_s = first_reached(curve, sweep.history(run.workdir, "perf/train_seconds"),
+                                     THRESHOLD)
+  return {"task": s["task"], "mode": s["mode"], "seed": s["seed"], "steps": s["steps"],
+          "options": dict(s["task_options"]), "num_layers": config.model.num_layers,
+          "d_model": config.model.d_model, "batch_size": config.batch_size,
+          "wall_s": s["wall_s"], "eval": s["eval"], "reached_step": reached,
+          "reached_train_s": reached_s, "curve": curve, "eval_set": s["eval_set"],
+          "human_calls_per_question": s["human_calls"].get("per_question")}
 
 
 def recorded_summaries(path: str) -> dict[tuple[str, str, int], dict]:
-  """The summaries in a results file (``{}`` if there is none), keyed by (task, mode, seed)."""
+  """The records in a results file (``{}`` if there is none), keyed by (task, mode, seed)."""
   if not os.path.exists(path):
     return {}
   with open(path) as f:
@@ -85,52 +77,23 @@ def same_recipe(summary: dict, config) -> bool:
           summary.get("steps") == config.num_steps)
 
 
-def stored_summary(task: str, mode: str, seed: int, workdir: str,
-                   recorded: dict | None = None) -> dict | None:
-  """A finished run's summary: from the run's directory, or else from ``recorded`` where that
-  holds today's recipe; None if the run has yet to be trained."""
-  run_dir = os.path.join(workdir, task, f"{mode}_s{seed}")
-  summary_path = os.path.join(run_dir, "summary.json")
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      summary = json.load(f)
-    if "d_model" not in summary:  # summaries written before the width column
-      with open(os.path.join(run_dir, "config.json")) as f:
-        summary["d_model"] = json.load(f)["model"]["d_model"]
-    if "curve" not in summary and os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-      summary["curve"] = _curve(run_dir)  # summaries written before the plot
-    return summary
-  previous = (recorded or {}).get((task, mode, seed))
-  if previous is not None and same_recipe(previous, _config(task, mode, seed)):
-    return previous
-  return None
-
-
-def run_one(task: str, mode: str, seed: int, workdir: str,
-            recorded: dict | None = None) -> dict:
-  """Trains one run (or returns its stored summary, ``stored_summary``) and returns its
-  summary."""
-  summary = stored_summary(task, mode, seed, workdir, recorded)
-  if summary is not None:
-    return summary
-  run_dir = os.path.join(workdir, task, f"{mode}_s{seed}")
-  config = _config(task, mode, seed)
-  start = time.time()
-  result = train.run(config, run_dir)
-  if result.status != "done":
-    raise SystemExit(f"{run_dir}: {result.status}; rerun to resume")
-  reached, reached_s = _first_reached(run_dir, THRESHOLD)
-  summary = {"task": task, "mode": mode, "seed": seed, "steps": result.step,
-             "options": dict(config.task_options), "num_layers": config.model.num_layers,
-             "d_model": config.model.d_model, "batch_size": config.batch_size,
-             "wall_s": time.time() - start, "eval": result.eval,
-             "reached_step": reached, "reached_train_s": reached_s, "curve": _curve(run_dir),
-             "eval_set": supervised_reference._eval_name(run_dir)}
-  if mode != "supervised":
-    summary.update(ablation._training_means(run_dir))
-  with open(os.path.join(run_dir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  return summary
+def collect(workdir: str, seed: int, recorded: dict) -> dict[str, list[dict]]:
+  """Every task's records, modes in ``MODES`` order: the suite's finished runs in ``workdir``,
+  else the ``recorded`` run where it holds today's recipe."""
+  runs = {(r.config.task, r.config.mode): r
+          for r in sweep.build_runs(f"{SWEEP}:seed={seed}", None, workdir)}
+  by_task = {}
+  for name in tasks.names():
+    found = []
+    for mode in MODES:
+      run = runs[(name, mode)]
+      if run.done:
+        found.append(record(run))
+      elif (s := recorded.get((name, mode, seed))) and same_recipe(s, run.config):
+        found.append(s)
+    if found:
+      by_task[name] = found
+  return by_task
 
 
 def _cell(value) -> str:
@@ -238,55 +201,22 @@ def plot(by_task: dict[str, list[dict]], out_png: str) -> str | None:
   return out_png
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="workdir/task_suite")
-  parser.add_argument("--tasks", default=",".join(tasks.names()),
-                      help="comma-separated task names (default: every registered task)")
-  parser.add_argument("--modes", default=",".join(MODES))
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--results", default=RESULTS, help="output path without extension")
-  parser.add_argument("--table_only", action="store_true",
-                      help="run nothing; tabulate the finished runs (in --workdir or recorded)")
-  parser.add_argument("--fresh", action="store_true",
-                      help="ignore the runs recorded in the results file (rerun them)")
-  args = parser.parse_args()
-  names = [t for t in args.tasks.split(",") if t]
-  modes = [m for m in args.modes.split(",") if m]
-  for name in names:
-    if name not in tasks.names():
-      parser.error(f"--tasks: unknown task {name!r} (known: {', '.join(tasks.names())})")
-  for mode in modes:
-    if mode not in MODES:
-      parser.error(f"--modes: {mode!r} is not one of {', '.join(MODES)}")
-  recorded = {} if args.fresh else recorded_summaries(args.results + ".json")
-  if not args.table_only:
-    # Mode-major: every task's supervised run first (the upper bound each column is read against).
-    for mode in modes:
-      for name in names:
-        done = stored_summary(name, mode, args.seed, args.workdir, recorded) is not None
-        print(f"== {name} {mode} seed={args.seed}" +
-              (": finished (in --workdir or the results file), not rerun" if done else ""),
-              flush=True)
-        run_one(name, mode, args.seed, args.workdir, recorded)
-  # The table holds every finished run of every task and mode (the requested ones just ran), so
-  # a suite run on some tasks rewrites the results file without dropping the others.
-  by_task = {name: [s for mode in MODES
-                    if (s := stored_summary(name, mode, args.seed, args.workdir, recorded))]
-             for name in tasks.names()}
-  by_task = {k: v for k, v in by_task.items() if v}
-  png = plot(by_task, args.results + ".png")
+def markdown(by_task: dict[str, list[dict]], results: str, png: str | None) -> str:
+  """``task_suite.md`` from the records (the command line from their seed and modes)."""
+  records = [s for v in by_task.values() for s in v]
   sections = [f"## Overview (M's held-out accuracy at its worst level)\n\n{overview(by_task)}"]
   if png:
     sections.append(f"![M's worst level against step, by task and mode]"
                     f"({os.path.basename(png)})")
   for name, summaries in by_task.items():
     sections.append(f"## {name}\n\n{eval_sets_line(summaries)}\n\n{task_table(summaries)}")
-  command = f"python -m experiments.task_suite --seed={args.seed}"
-  if args.modes != ",".join(MODES):
-    command += f" --modes={args.modes}"
-  if os.path.abspath(args.results) != RESULTS:
-    command += f" --results={os.path.relpath(args.results)}"
+  seed = records[0]["seed"] if records else 0
+  modes = [m for m in MODES if any(s["mode"] == m for s in records)]
+  command = f"python -m experiments.task_suite --seed={seed}"
+  if modes != list(MODES):
+    command += f" --modes={','.join(modes)}"
+  if os.path.abspath(results) != RESULTS:
+    command += f" --results={os.path.relpath(results)}"
   notes = (f"Regenerate: `{command}` (config "
            "`experiments/configs/default.py:task=<task>,mode=<mode>,runlocal`: each task's "
            "runlocal options and model recipe, `default.RUNLOCAL`). M greedy on the task's eval "
@@ -298,12 +228,54 @@ def main():
            "2.0.0 hold only questions the training sampler never draws (issue 27; versions 1.x "
            "did not, `amp_debate.data.eval_sets` release notes).")
   text = "\n\n".join(sections)
+  return f"# Every task at its runlocal size\n\n{text}\n\n{notes}\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default="workdir/task_suite")
+  parser.add_argument("--tasks", default=",".join(tasks.names()),
+                      help="comma-separated task names (default: every registered task)")
+  parser.add_argument("--modes", default=",".join(MODES))
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--parallel", type=int, default=1, help="runs at a time (one process each)")
+  parser.add_argument("--results", default=RESULTS, help="output path without extension")
+  parser.add_argument("--table_only", action="store_true",
+                      help="run nothing; tabulate the finished runs (in --workdir or recorded)")
+  parser.add_argument("--from_results", action="store_true",
+                      help="run nothing, read no workdir: the tables again from the records in "
+                      "--results.json, as they are")
+  args = parser.parse_args()
+  spec = (f"{SWEEP}:tasks={args.tasks.replace(',', '+')},modes={args.modes.replace(',', '+')},"
+          f"seed={args.seed}")
+  try:
+    plan.parse(spec.partition(":")[2])
+  except ValueError as e:
+    parser.error(f"--tasks/--modes: {e}")
+  if args.from_results:
+    by_task: dict[str, list[dict]] = {}
+    for s in json.load(open(args.results + ".json")):
+      by_task.setdefault(s["task"], []).append(s)
+  else:
+    if not args.table_only:
+      try:
+        runs = sweep.run_sweep(spec, None, args.workdir, parallel=args.parallel)
+      except ValueError as e:  # a bad sweep, or a run the trainer refused
+        raise SystemExit(f"error: {e}") from None
+      if not all(r.done for r in runs):
+        raise SystemExit("task suite not finished: rerun the same command to resume")
+    # Every finished run of every task and mode (the requested ones just ran), so a suite run on
+    # some tasks rewrites the results file without dropping the others.
+    by_task = collect(args.workdir, args.seed, recorded_summaries(args.results + ".json"))
+  png = plot(by_task, args.results + ".png")
+  text = markdown(by_task, args.results, png)
   os.makedirs(os.path.dirname(args.results), exist_ok=True)
   with open(args.results + ".md", "w") as f:
-    f.write(f"# Every task at its runlocal size\n\n{text}\n\n{notes}\n")
-  with open(args.results + ".json", "w") as f:
-    json.dump([s for v in by_task.values() for s in v], f, indent=2)
-  print(f"\n{text}\n\n{notes}\nwrote {args.results}.md and .json" +
+    f.write(text)
+  if not args.from_results:
+    with open(args.results + ".json", "w") as f:
+      json.dump([s for v in by_task.values() for s in v], f, indent=2)
+  print(f"\n{text}\nwrote {args.results}.md" + ("" if args.from_results else " and .json") +
         (f" and {png}" if png else " (no plot: matplotlib is not installed)"))
 
 

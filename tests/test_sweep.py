@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import test_studies
 from amp_debate import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,12 +86,10 @@ def test_tiny_sweep_runs_end_to_end_and_tabulates(tmp_path):
   path = _sweep_file(tmp_path, [dict(TINY, num_steps=2, seed=0),
                                 dict(TINY, num_steps=2, seed=1, **{"debate.call_prob": 0.5})])
   workdir = str(tmp_path / "sweep")
-  runs = sweep.build_runs(path, BASE, workdir)
-  assert [r.config.seed for r in runs] == [0, 1]
+  runs = sweep.run_sweep(path, BASE, workdir)  # what the CLI and the study scripts run
+  assert [r.config.seed for r in runs] == [0, 1] and all(r.done for r in runs)
   assert runs[1].config.debate.call_prob == 0.5 and runs[0].config.debate.call_prob == 1.0
-  for run in runs:
-    assert sweep.execute(run) == "done"
-  text = sweep.aggregate(runs, workdir, "tiny")
+  text = (tmp_path / "sweep" / "results.md").read_text()
   with open(os.path.join(workdir, "results.csv")) as f:
     rows = list(csv.DictReader(f))
   assert [r["seed"] for r in rows] == ["0", "1"] and [r["debate.call_prob"] for r in rows] == ["", "0.500"]
@@ -108,6 +107,8 @@ def test_tiny_sweep_runs_end_to_end_and_tabulates(tmp_path):
   assert "| run | debate.call_prob | seed |" in text and "`model.d_model=32`" in text
   assert "| 1 |" in text and os.path.isfile(os.path.join(workdir, "accuracy.png"))
   assert os.path.isfile(os.path.join(workdir, "curves.png"))
+  # What every study script reads of a run is in its summary (tests/test_studies.py).
+  test_studies.assert_studies_read(runs[0])
 
 
 def test_summary_and_table_carry_honesty_worst_seat_and_level(tmp_path):
@@ -193,11 +194,17 @@ def test_parallel_sweep_runs_each_run_in_its_own_process(tmp_path):
 def test_shipped_sweeps_build_on_every_task_at_runlocal(name, tmp_path):
   """Every shipped sweep file is runnable on every registered task's runlocal config: each run's
   config builds and passes the config's checks (nothing trains). A sweep whose runs name their
-  own task (retune.py) gets exactly those tasks whatever the base config's."""
+  own task (retune.py, task_suite.py) gets exactly those tasks whatever the base config's; one
+  whose ``CONFIG`` is another config file (self_review.py) is built on that."""
   from amp_debate import tasks
   path = os.path.join(REPO, "experiments", "sweeps", f"{name}.py")
   own_tasks = {run["task"] for run in sweep.load_sweep(path) if "task" in run}
   expected = len(sweep.load_sweep(path))
+  config = sweep.sweep_config(path)
+  if not config.startswith("experiments/configs/default.py"):  # a study's own config file
+    runs = sweep.build_runs(path, None, str(tmp_path))
+    assert len(runs) == expected and len({r.name for r in runs}) == expected
+    return
   for task in tasks.names():
     runs = sweep.build_runs(path, f"experiments/configs/default.py:task={task},runlocal",
                             str(tmp_path))
@@ -211,3 +218,49 @@ def test_plot_labels_name_only_what_varies_across_the_sweep():
   overrides = {"curriculum.kind": "fixed", "debate.distinct_claims": True, "seed": 2}
   assert sweep._label(overrides, varying, 2) == "distinct_claims=True,seed=2"  # pylint: disable=protected-access
   assert sweep._label({"curriculum.kind": "fixed"}, varying, 0) == "base,seed=0"  # pylint: disable=protected-access
+
+
+def test_sweep_arg_base_config_run_names_and_the_workdir_placeholder(tmp_path):
+  """``path.py:arg`` reaches ``get_sweep(arg)``; ``CONFIG`` is the base config when none is
+  given; a run's ``name`` names its directory; ``{workdir}`` in a value becomes the sweep's
+  workdir, while the run's overrides (its table row) keep the placeholder."""
+  path = tmp_path / "chained.py"
+  path.write_text(
+      'CONFIG = "experiments/configs/default.py:task=union_find,runlocal"\n'
+      "def get_sweep(arg=''):\n"
+      "  n = int(arg.partition('=')[2] or 1)\n"
+      "  return [{'name': 'first', 'seed': 0}] + [\n"
+      "      {'seed': s, 'init_from': '{workdir}/first'} for s in range(1, n + 1)]\n")
+  workdir = str(tmp_path / "w")
+  runs = sweep.build_runs(f"{path}:n=2", None, workdir)
+  assert [r.name for r in runs] == ["first", "seed=1,init_from=_workdir__first",
+                                    "seed=2,init_from=_workdir__first"]
+  assert {r.config.task for r in runs} == {"union_find"}
+  assert runs[0].workdir == os.path.join(workdir, "first") and "name" not in runs[0].overrides
+  assert runs[2].config.init_from == os.path.join(workdir, "first")
+  assert runs[2].overrides["init_from"] == "{workdir}/first"
+  assert len(sweep.build_runs(str(path), BASE, workdir)) == 2  # no arg; --config given
+  assert sweep.build_runs(str(path), BASE, workdir)[0].config.task == "permutation"
+  with pytest.raises(sweep.SweepError, match=r"get_sweep\('n=x'\) failed: ValueError"):
+    sweep.build_runs(f"{path}:n=x", None, workdir)
+  path.write_text("def get_sweep():\n  return [{'name': ''}]\n")
+  with pytest.raises(sweep.SweepError, match="name must be a non-empty string"):
+    sweep.load_sweep(str(path))
+
+
+def test_override_checks_like_a_sweep_and_history_reads_a_runs_log(tmp_path):
+  from experiments.configs import default  # pylint: disable=import-outside-toplevel
+  config = default.get_config("task=permutation,quickstart")
+  assert sweep.override(config, {"debate.call_prob": 0.5, "seed": 3}) is config
+  assert config.debate.call_prob == 0.5 and config.seed == 3
+  for bad, message in [({"debate.colour": 1}, "tiny: the config has no field 'debate.colour'"),
+                       ({"debate": 1}, "'debate' is a section"),
+                       ({"seed": "three"}, "'seed' must be int")]:
+    with pytest.raises(sweep.SweepError, match=message):
+      sweep.override(config, bad, "tiny")
+  rows = [{"step": 100, "eval/accuracy/model/min": 0.5}, {"step": 100, "loss": 1.0},
+          {"step": 200, "eval/accuracy/model/min": 0.9},
+          {"step": 200, "eval/accuracy/model/min": 0.97}]  # re-evaluated after a resume
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert sweep.history(str(tmp_path), "eval/accuracy/model/min") == [[100, 0.5], [200, 0.97]]
+  assert sweep.history(str(tmp_path), "nope") == [] == sweep.history(str(tmp_path / "x"), "loss")

@@ -1,11 +1,15 @@
-"""experiments/task_suite.py: the per-task table, the first step at 95%, skipping finished runs,
-bad arguments (no training runs here: the suite's runs are the trainer's, tested elsewhere)."""
+"""experiments/task_suite.py: the per-task table, the first step at 95%, which runs the table
+holds (the workdir's finished runs, else recorded ones of today's recipe), bad arguments (no
+training runs here: the suite's runs are the sweep runner's, tested in test_sweep.py and
+test_studies.py)."""
 
 import json
+import pathlib
 import sys
 
 import pytest
 
+from amp_debate import sweep
 from experiments import task_suite
 
 
@@ -28,14 +32,12 @@ def _summary(mode, model, reached=None):
           "human_calls_per_question": None if mode == "supervised" else 0.75}
 
 
-def test_first_reached(tmp_path):
-  rows = [{"step": 100, "perf/train_seconds": 10.0, "eval/accuracy/model/min": 0.5},
-          {"step": 200, "perf/train_seconds": 21.0},
-          {"step": 200, "eval/accuracy/model/min": 0.96},
-          {"step": 300, "perf/train_seconds": 30.0, "eval/accuracy/model/min": 0.99}]
-  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  assert task_suite._first_reached(str(tmp_path), 0.95) == (200, 21.0)
-  assert task_suite._first_reached(str(tmp_path), 0.995) == (None, None)
+def test_first_reached():
+  curve = [[100, 0.5], [200, 0.96], [300, 0.99]]
+  seconds = [[100, 10.0], [200, 21.0], [300, 30.0]]
+  assert task_suite.first_reached(curve, seconds, 0.95) == (200, 21.0)
+  assert task_suite.first_reached(curve, seconds, 0.995) == (None, None)
+  assert task_suite.first_reached(curve, [], 0.95) == (200, None)
 
 
 def test_tables():
@@ -54,17 +56,43 @@ def test_tables():
       "| union_find", "max_depth=2, num_vars=8", "4 × 64", "3", "0.996", "0.300", "–"]
 
 
-def test_finished_runs_are_read_not_rerun(tmp_path):
-  run_dir = tmp_path / "union_find" / "supervised_s0"
-  run_dir.mkdir(parents=True)
-  stored = _summary("supervised", [1.0, 1.0, 1.0], reached=400)
-  (run_dir / "summary.json").write_text(json.dumps(stored))
-  assert task_suite.run_one("union_find", "supervised", 0, str(tmp_path)) == stored
-  # A summary from before the width column gets it from the run's config.
-  del stored["d_model"]
-  (run_dir / "summary.json").write_text(json.dumps(stored))
-  (run_dir / "config.json").write_text(json.dumps({"model": {"d_model": 32}}))
-  assert task_suite.run_one("union_find", "supervised", 0, str(tmp_path))["d_model"] == 32
+def _finish(run, eval_min):
+  """Marks a sweep run finished as the trainer and the sweep do: summary.json, metrics.jsonl."""
+  workdir = pathlib.Path(run.workdir)
+  workdir.mkdir(parents=True)
+  e = _eval([1.0, 1.0, eval_min], [1.0, 1.0, 1.0], [1.0, 0.1, 0.1])
+  (workdir / "summary.json").write_text(json.dumps(
+      {"mode": run.config.mode, "task": run.config.task, "seed": 0, "steps": 1200,
+       "task_options": dict(run.config.task_options), "eval_set": "E:2.0.0", "eval": e,
+       "human_calls": {}, "wall_s": 12.5}))
+  rows = [{"step": 600, "perf/train_seconds": 6.0, "eval/accuracy/model/min": 0.5},
+          {"step": 1200, "perf/train_seconds": 12.0, "eval/accuracy/model/min": eval_min}]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_the_table_holds_finished_runs_then_recorded_ones_of_todays_recipe(tmp_path):
+  workdir = str(tmp_path / "work")
+  runs = {(r.config.task, r.config.mode): r
+          for r in sweep.build_runs(f"{task_suite.SWEEP}:seed=0", None, workdir)}
+  run = runs[("union_find", "supervised")]
+  _finish(run, 0.97)
+  # A recorded run of today's recipe fills in where the workdir has none; another recipe does not.
+  config = runs[("wildcard", "supervised")].config
+  recorded = dict(_summary("supervised", [1.0, 1.0, 1.0]), task="wildcard",
+                  options=dict(config.task_options), num_layers=config.model.num_layers,
+                  d_model=config.model.d_model, steps=config.num_steps)
+  stale = dict(recorded, task="permutation", steps=1)
+  recorded_path = tmp_path / "results.json"
+  recorded_path.write_text(json.dumps([recorded, stale, dict(_summary("hybrid", [0.5] * 3))]))
+  by_task = task_suite.collect(workdir, 0, task_suite.recorded_summaries(str(recorded_path)))
+  assert list(by_task) == ["union_find", "wildcard"]
+  assert by_task["wildcard"] == [recorded]
+  (made,) = by_task["union_find"]  # the recorded union_find hybrid is not today's recipe
+  assert made["reached_step"] == 1200 and made["reached_train_s"] == 12.0
+  assert made["curve"] == [[600, 0.5], [1200, 0.97]] and made["eval_set"] == "E:2.0.0"
+  assert made["num_layers"] == run.config.model.num_layers and made["wall_s"] == 12.5
+  assert made["human_calls_per_question"] is None
+  assert task_suite.recorded_summaries(str(tmp_path / "missing.json")) == {}
 
 
 @pytest.mark.parametrize("flag, message", [("--tasks=chess", "unknown task 'chess'"),
@@ -77,35 +105,7 @@ def test_bad_arguments_stop_before_any_run(tmp_path, monkeypatch, capsys, flag, 
   assert not list(tmp_path.iterdir())
 
 
-def test_recorded_runs_with_todays_recipe_are_not_rerun(tmp_path, monkeypatch):
-  config = task_suite._config("union_find", "supervised", 0)
-  stored = _summary("supervised", [1.0, 1.0, 1.0], reached=400)
-  stored.update(options=dict(config.task_options), num_layers=config.model.num_layers,
-                d_model=config.model.d_model, steps=config.num_steps)
-  results = tmp_path / "results.json"
-  results.write_text(json.dumps([stored]))
-  recorded = task_suite.recorded_summaries(str(results))
-  assert list(recorded) == [("union_find", "supervised", 0)]
-  assert task_suite.recorded_summaries(str(tmp_path / "missing.json")) == {}
-
-  def train_run(config, workdir):
-    raise RuntimeError(f"trained {workdir}")
-
-  monkeypatch.setattr(task_suite.train, "run", train_run)
-  workdir = str(tmp_path / "work")
-  assert task_suite.run_one("union_find", "supervised", 0, workdir, recorded) == stored
-  # Another recipe (here: more steps than recorded) is trained again.
-  recorded[("union_find", "supervised", 0)] = dict(stored, steps=stored["steps"] - 1)
-  with pytest.raises(RuntimeError, match="trained .*union_find/supervised_s0"):
-    task_suite.run_one("union_find", "supervised", 0, workdir, recorded)
-
-
-def test_curve_plot_and_eval_set_line(tmp_path):
-  rows = [{"step": 100, "eval/accuracy/model/min": 0.5}, {"step": 100, "loss": 1.0},
-          {"step": 200, "eval/accuracy/model/min": 0.9},
-          {"step": 200, "eval/accuracy/model/min": 0.97}]  # re-evaluated after a resume
-  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  assert task_suite._curve(str(tmp_path)) == [[100, 0.5], [200, 0.97]]
+def test_plot_and_eval_set_line(tmp_path):
   summaries = [dict(_summary("supervised", [1.0, 1.0, 1.0]), curve=[[100, 0.5], [200, 0.97]],
                     eval_set="E:1.1.0"),
                dict(_summary("hybrid", [1.0, 1.0, 1.0]), eval_set="E:1.2.0")]  # no curve

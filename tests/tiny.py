@@ -15,6 +15,7 @@ import dataclasses
 
 import ml_collections
 
+from amp_debate import sweep
 from amp_debate.procedure import curriculum
 from amp_debate.train import config_lib
 from amp_debate.train import step as step_lib
@@ -25,7 +26,8 @@ T_MAX = 4
 
 
 def config(mode: str = "hybrid", steps: int = 4, **overrides) -> ml_collections.ConfigDict:
-  """The tiny run as a trainer config; ``overrides``: ``section__field=value``."""
+  """The tiny run as a trainer config; ``overrides``: ``section__field=value`` (set as the sweep
+  runner sets a dotted field: an unknown field or a value of the wrong type is refused)."""
   c = default.get_config(f"task=permutation,mode={mode},quickstart")
   c.task_options.n, c.task_options.max_exponent = 4, 4
   c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.d_ff = 1, 32, 2, 64
@@ -35,13 +37,7 @@ def config(mode: str = "hybrid", steps: int = 4, **overrides) -> ml_collections.
   if mode in ("hybrid", "debate"):
     c.debate.learned_stop = True
   c.step.distill_subquestions = True  # the full-size default (runlocal turns it off)
-  for key, value in overrides.items():
-    *parents, leaf = key.split("__")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return sweep.override(c, {k.replace("__", "."): v for k, v in overrides.items()}, "tiny.config")
 
 
 def cli_args(c: ml_collections.ConfigDict) -> list[str]:

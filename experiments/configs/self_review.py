@@ -14,8 +14,9 @@ all three, experiments/results/self_review.md):
   ... :penalty=audits                           # the answers H's audits caught
   ... :penalty=review                           # the overseer's flags: audits + self-review
 
-``python -m experiments.self_review`` runs all three and writes experiments/results/self_review.md
-and .png. Each run: 300 steps (about 5 minutes on 2 idle CPU cores at the old quick start, n=5).
+``python -m experiments.self_review`` runs all three (the sweep experiments/sweeps/self_review.py)
+and writes experiments/results/self_review.md and .png. Each run: 300 steps (about 5 minutes on
+2 idle CPU cores at the old quick start, n=5).
 
 ``arg``: ``penalty=off|audits|review`` (default review), ``cat=λ_cat`` (default 5) and ``seed=N``.
 """
@@ -28,9 +29,12 @@ from amp_debate import options
 from amp_debate.safety import overseer
 from experiments.configs import default
 
+# The arguments a sweep may set per run (``amp_debate.sweep`` rebuilds the config with them).
+ARG_KEYS = ("penalty", "cat", "seed")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = options.parse(arg or "", keys=("penalty", "cat", "seed"), what="config arg")
+  args = options.parse(arg or "", keys=ARG_KEYS, what="config arg")
   penalty = str(args.get("penalty", "review"))
   if penalty not in overseer.PENALTIES:
     raise ValueError(f"config arg: penalty={penalty!r} is not one of "
