@@ -101,25 +101,15 @@ def clear() -> None:
   _PROGRAMS.clear()
 
 
-# Config fields that never reach a traced program (host-side schedule, paths, the seed's key is an
-# argument). Runs in one process whose configs differ only in these (a resumed run, a sweep over
-# seeds or run lengths, tests) reuse the traced and compiled programs.
-_HOST_ONLY = ("num_steps", "log_every", "seed", "checkpoint", "eval.every", "eval.data_dir",
-              "eval.examples_per_difficulty", "eval.batch_size", "resume_allow_unsafe",
-              "distributed")
 # Fields that pick among a run's programs rather than change one: ``Programs.eval_fn`` builds the
 # evaluation with or without debates on demand.
 _CHOOSES = ("eval.debates",)
 
 
-def _host_only(name: str) -> bool:
-  return any(name == f or name.startswith(f + ".") for f in _HOST_ONLY)
-
-
 def get(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Programs:
   """The run's programs, from this process's cache when an earlier run built the same ones."""
   fields = {name: value for name, value in config_lib.flatten(config).items()
-            if not _host_only(name) and name not in _CHOOSES}
+            if not config_lib.is_host_only(name) and name not in _CHOOSES}
   key = json.dumps([sorted(fields.items()), dict(mesh.shape),
                     [d.id for d in mesh.devices.flat]], default=repr)
   if key in _PROGRAMS:

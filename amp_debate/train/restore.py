@@ -29,7 +29,7 @@ def load_state(workdir: str, step: int | None = None):
     step = checkpointer.latest_step() if step is None else step
     if step is None:
       raise checkpoint_lib.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
-    config = ml_collections.ConfigDict(checkpointer.saved_config(step))
+    config = config_lib.from_saved(checkpointer.saved_config(step))
     *_, init_fn = programs.build(config)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     key = jax.random.key(0)
