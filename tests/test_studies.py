@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from amp_debate import sweep
 from experiments import ablation, drift_study, kl_budget_study, self_review, task_suite
 from experiments.sweeps import ablation as ablation_plan
 
@@ -73,3 +74,15 @@ def _task_suite(name):
 def test_committed_results_regenerate_from_their_json(name, regenerate, monkeypatch):
   monkeypatch.chdir(REPO)  # the command lines name the results path relative to the repository
   assert regenerate() == _read(f"{name}.md")
+
+
+def test_every_ablation_run_is_read_as_its_setting(tmp_path):
+  runs = sweep.build_runs(f"{ablation.SWEEP}:seeds=2,mechanism_seeds=1,steps=5", None,
+                          str(tmp_path))
+  settings = [ablation_plan.setting_of(r.overrides) for r in runs]
+  assert [s["name"] for s in settings] == (
+      [s["name"] for s in ablation_plan.SETTINGS] * 2 +
+      [s["name"] for s in ablation_plan.MECHANISMS])
+  assert [r.config.seed for r in runs] == [0] * 7 + [1] * 7 + [0] * 5
+  assert {r.config.num_steps for r in runs} == {5}
+  assert ablation_plan.setting_of({"mode": "hybrid", "debate.call_prob": 0.5}) is None
