@@ -2,9 +2,7 @@
 
 import os
 import signal
-import subprocess
-import sys
-import time
+import threading
 
 import jax
 import numpy as np
@@ -16,7 +14,6 @@ from amp_debate.train import checkpoint as checkpoint_lib
 from amp_debate.train import config_lib, evaluation, metrics_io
 from amp_debate.train import programs as programs_lib
 from amp_debate.train import step as step_lib
-from amp_debate.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, ".jax_cache", "eval_data")  # built once, reused by every test here
@@ -139,41 +136,45 @@ def test_nan_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert ckpt.all_steps() == [2]
 
 
-def _main_cmd(workdir, config):
-  """The CLI command of the run ``config`` (the tiny run's flags: tests/tiny.py)."""
-  return [sys.executable, "-m", "amp_debate.main", f"--workdir={workdir}", *tiny.cli_args(config)]
-
-
-def test_sigterm_saves_and_a_rerun_resumes_bitwise(tmp_path):
-  """N steps, SIGTERM (in a subprocess, at whatever step it reached), rerun: equals 2N straight."""
-  steps = 30
+def test_sigterm_saves_and_a_rerun_resumes_bitwise(tmp_path, monkeypatch, capsys):
+  """A real SIGTERM to this process while step 2 is logged: the trainer's handler sets its flag, the
+  run saves at the next step boundary (step 3) and returns "preempted"; a rerun resumes there and
+  ends bitwise where the run without the signal ends. In-process, so both runs reuse one compiled
+  step; SIGTERM reaching separate processes (and the CLI's exit) is
+  tests/test_multiprocess_preemption.py's."""
+  assert threading.current_thread() is threading.main_thread()  # else SIGTERM would kill pytest
+  steps = 6
   # Only the final evaluation runs; its debates (a large program) are not what this test is about.
   config = _config(steps=steps, eval__every=0, eval__debates=False, checkpoint__every=1000)
   straight = str(tmp_path / "straight")
   train.run(config, straight)
 
   workdir = str(tmp_path / "killed")
-  cmd = _main_cmd(workdir, config)
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  log = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.monotonic() + 300
-  while time.monotonic() < deadline and proc.poll() is None:  # wait for the first steps
-    if os.path.exists(log) and len(metrics_io.read_jsonl(log)) >= 2:
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-3000:]
-  assert "SIGTERM: saved step" in out, out + err[-3000:]
-  interrupted_at, _ = _restore_params(workdir)
-  assert 2 <= interrupted_at < steps
+  write = metrics_io.MetricWriter.write_scalars
+  handler_before = signal.getsignal(signal.SIGTERM)
 
-  rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f"Resumed from step {interrupted_at}" in rerun.stdout
+  def signal_at_step_2(self, step, scalars):
+    write(self, step, scalars)
+    if step == 2 and "loss/sup" in scalars:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(metrics_io.MetricWriter, "write_scalars", signal_at_step_2)
+  capsys.readouterr()
+  result = train.run(config, workdir)
+  assert result.status == "preempted" and result.step == 3
+  assert "SIGTERM: saved step 3" in capsys.readouterr().out
+  assert _restore_params(workdir)[0] == 3
+  assert signal.getsignal(signal.SIGTERM) is handler_before  # the trainer's handler is removed
+
+  monkeypatch.setattr(metrics_io.MetricWriter, "write_scalars", write)
+  rerun = train.run(config, workdir)
+  assert rerun.status == "done" and "Resumed from step 3" in capsys.readouterr().out
   final_step, params = _restore_params(workdir)
   assert final_step == steps
   _assert_trees_equal(_restore_params(straight)[1], params)
+  steps_logged = [r["step"] for r in metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+                  if "loss/sup" in r]
+  assert steps_logged == list(range(1, steps + 1))  # the replayed step logged once
 
 
 def test_config_errors_stop_before_compiling(tmp_path):
