@@ -6,10 +6,10 @@ The sweep is ``--runs`` seeds of the quick start (``experiments/configs/default.
 task=permutation,mode=<mode>,quickstart`` with ``num_steps=<steps>``), run twice by the sweep
 runner in fresh workdirs: ``--vmap=1`` (each run its own process-level trainer: its own compile,
 evaluations and checkpoints, one after another) and ``--vmap=<runs>`` (one vmapped group:
-``amp_debate.train.group``). Each is timed from the command's start to its end (process start,
+``amp_debate.train.run_group``). Each is timed from the command's start to its end (process start,
 compiles, training, evaluations, checkpoints, the table), so the ratio is what a user waits for.
 Also reported: whether both give each run the same final held-out accuracy (they should: a
-vmapped run equals the run trained alone, tests/test_group.py). ``benchmarks/seeds.py`` measures
+vmapped run equals the run trained alone, tests/test_trainer.py). ``benchmarks/seeds.py`` measures
 the step alone; here compiles and evaluations, paid once per group instead of once per run, count
 too.
 """

@@ -23,7 +23,7 @@ TINY = {"task_options.n": 4, "task_options.max_exponent": 4, "model.num_layers":
         "step.distill_subquestions": True, "eval.examples_per_difficulty": 16,
         "eval.batch_size": 16, "eval.every": 2, "eval.data_dir": DATA_DIR, "checkpoint.every": 2,
         # No debates in the evaluation: the sweep's bookkeeping does not read them, and compiling
-        # them (eleven rollouts) took most of this module's and tests/test_group.py's time.
+        # them (eleven rollouts) took most of this module's and tests/test_trainer.py's group tests' time.
         "eval.debates": False}
 
 

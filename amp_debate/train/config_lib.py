@@ -104,8 +104,12 @@ def _owned(prefix: str, cls, *set_elsewhere: str, **special: dict) -> dict[str, 
   """Entries for the fields of dataclass ``cls`` (but ``set_elsewhere``) as config fields
   ``prefix + name``, each owned by the dataclass and compiled into the programs; ``special``:
   field name -> more ``Field`` arguments."""
+  names = _fields(cls, *set_elsewhere)
+  unknown = sorted(set(special) - set(names))
+  if unknown:
+    raise ValueError(f"SCHEMA: {cls.__name__} has no config field(s) {unknown}")
   return {f"{prefix}{name}": Field(owner=f"{cls.__name__}.{name}", **special.get(name, {}))
-          for name in _fields(cls, *set_elsewhere)}
+          for name in names}
 
 
 def _zero(value) -> bool:
@@ -258,7 +262,7 @@ SAFE_TO_CHANGE = _sections(lambda field: field.safe)
 HOST_ONLY = _sections(lambda field: field.kind == HOST)
 # Fields that are data in the TrainState (``make_optimizer``), not in the traced program: runs
 # whose configs differ only in these (and the seed) share one compiled train step, and can run
-# vmapped in one process (``amp_debate.train.group``). ``hparams`` turns them into the arguments
+# vmapped in one process (``trainer.run_group``). ``hparams`` turns them into the arguments
 # of ``step.with_hparams``.
 DATA_FIELDS = _sections(lambda field: field.kind == DATA)
 

@@ -19,7 +19,7 @@ Runs in a group differ only in the seed and in the hyperparameters that are data
 limit and multiplier step, the shaped β; ``programs.check_group``); they share everything static,
 including num_steps and the eval and checkpoint schedule. One run's step is exactly the unbatched
 step (``programs.Programs.train_step``); a group's is the step vmapped, so a run's numbers in a
-group match the run alone up to float reassociation of the batched kernels (tests/test_group.py).
+group match the run alone up to float reassociation of the batched kernels (tests/test_trainer.py).
 Every run directory holds what its run alone would write, and its checkpoints are the run's own:
 ``run`` resumes or extends a run trained in a group, and ``restore.load_state`` reads it.
 
