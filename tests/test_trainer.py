@@ -114,10 +114,14 @@ def test_resume_with_a_changed_model_or_task_is_refused(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="task_options"):
     train.run(config(steps=4, task_options__n=5), workdir)
   with pytest.raises(config_lib.ConfigError, match="resume_allow_unsafe"):
-    train.run(config(steps=4, step__clip_eps=0.3), workdir)
-  result = train.run(config(steps=3, step__clip_eps=0.3, resume_allow_unsafe=True,
+    train.run(config(steps=4, optimizer__learning_rate=3e-3), workdir)
+  # Allowed, the new learning rate takes effect (it is data in the state: the step is not rebuilt).
+  result = train.run(config(steps=3, optimizer__learning_rate=3e-3, resume_allow_unsafe=True,
                             eval__every=0), workdir)
   assert result.step == 3
+  import optax  # pylint: disable=import-outside-toplevel
+  state = train.load_state(workdir)[0]
+  assert float(optax.tree_utils.tree_get(state.opt_state, "learning_rate")) == pytest.approx(3e-3)
 
 
 def test_nan_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

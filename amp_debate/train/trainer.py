@@ -303,9 +303,11 @@ def run_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[s
       abstract_sharded = jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
       states, roots = [], []
-      for checkpointer, (_, root) in zip(checkpointers, keys):
+      for checkpointer, config, (_, root) in zip(checkpointers, configs, keys):
         restored, _ = checkpointer.restore({"state": abstract_sharded, "rng": root}, latest)
-        states.append(restored["state"])
+        # The config's data hyperparameters, not the checkpoint's: the same values unless a
+        # resume changed them (``resume_allow_unsafe``), which must then take effect.
+        states.append(step_lib.with_hparams(restored["state"], **config_lib.hparams(config)))
         roots.append(restored["rng"])
       if is_main:  # the steps after the checkpoint are replayed: log them once
         for workdir in workdirs:
