@@ -308,6 +308,7 @@ def test_the_kinds_derived_from_the_schema():
   assert config_lib.is_data_field("combination.weights.rl")
   assert not config_lib.is_data_field("combination.kind")
   assert config_lib.is_safe_to_change("eval.debates") and not config_lib.is_safe_to_change("seed")
+  assert config_lib.PICKS_PROGRAM == ("eval.debates",) and config_lib.picks_program("eval.debates")
   for name, field in config_lib.SCHEMA.items():
     assert not (field.kind == config_lib.HOST and field.owner), name  # owned: in the programs
   with pytest.raises(ValueError, match="exactly one of check and owner"):

@@ -13,8 +13,9 @@ is. Checked:
     the config field.
   * every other field is checked here (``Field.check``; ``FIELDS`` lists them).
 What it is (``Field.kind`` and ``Field.safe``): a constant of the traced programs, data in the
-TrainState (``DATA_FIELDS``), or host-only, never reaching a traced program (``is_host_only``);
-and whether a resumed run may change it (``SAFE_TO_CHANGE``).
+TrainState (``DATA_FIELDS``), host-only, never reaching a traced program (``is_host_only``), or a
+choice among a run's programs (``picks_program``); and whether a resumed run may change it
+(``SAFE_TO_CHANGE``).
 
 ``validate`` rejects unknown and missing fields, runs the checks and builds the dataclasses, so a
 typo or a negative weight stops the run in milliseconds, with a one-line message such as
@@ -55,7 +56,7 @@ class ConfigError(ValueError):
 
 
 # ---- the schema: every field described once ------------------------------------------------------
-COMPILED, DATA, HOST = "compiled", "data", "host"
+COMPILED, DATA, HOST, PICKS = "compiled", "data", "host", "picks"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,9 @@ class Field:
       them again). DATA: into the TrainState, as an argument of the compiled step (runs differing
       only in these and the seed share one step: ``DATA_FIELDS``, ``hparams``). HOST: never into a
       traced program (``is_host_only``; the seed's key is an argument): runs differing only in
-      these reuse the compiled programs, so a wrong HOST entry would run a stale program.
+      these reuse the compiled programs, so a wrong HOST entry would run a stale program. PICKS:
+      chooses which of a run's programs is used, each built on demand under the same cache entry
+      (``picks_program``; ``eval.debates``: the evaluation with or without debates).
     safe: a resumed run may change it without ``resume_allow_unsafe`` (it does not change what is
       learned; ``SAFE_TO_CHANGE``).
     note: what a special value means (None of an optional field: "None: never"), recalled in the
@@ -90,9 +93,9 @@ class Field:
   def __post_init__(self):
     if (self.check is None) == (self.owner is None):
       raise ValueError(f"Field: give exactly one of check and owner, got {self}")
-    if self.kind not in (COMPILED, DATA, HOST):
-      raise ValueError(f"Field.kind must be one of {COMPILED!r}, {DATA!r}, {HOST!r}, got "
-                       f"{self.kind!r}")
+    if self.kind not in (COMPILED, DATA, HOST, PICKS):
+      raise ValueError(f"Field.kind must be one of {COMPILED!r}, {DATA!r}, {HOST!r}, {PICKS!r}, "
+                       f"got {self.kind!r}")
 
 
 def _fields(cls, *set_elsewhere: str) -> tuple[str, ...]:
@@ -206,7 +209,7 @@ SCHEMA: dict[str, Field] = {
     "eval.data_dir": Field(checks.string, **_SAFE_HOST),
     "eval.examples_per_difficulty": Field(checks.integer(1), **_SAFE_HOST),
     "eval.batch_size": Field(checks.integer(1), **_SAFE_HOST),
-    "eval.debates": Field(checks.boolean, safe=True),  # the eval program plays debates or not
+    "eval.debates": Field(checks.boolean, kind=PICKS, safe=True),  # eval with debates or not
     "checkpoint.every": Field(checks.integer(0), **_SAFE_HOST),
     "checkpoint.keep": Field(checks.integer(1), **_SAFE_HOST),
     "checkpoint.best_metric": Field(_best_metric, **_SAFE_HOST),
@@ -265,6 +268,8 @@ HOST_ONLY = _sections(lambda field: field.kind == HOST)
 # vmapped in one process (``trainer.run_group``). ``hparams`` turns them into the arguments
 # of ``step.with_hparams``.
 DATA_FIELDS = _sections(lambda field: field.kind == DATA)
+# Fields that choose among a run's programs (built on demand) rather than change one.
+PICKS_PROGRAM = _sections(lambda field: field.kind == PICKS)
 
 
 def is_host_only(name: str) -> bool:
@@ -276,6 +281,12 @@ def is_host_only(name: str) -> bool:
 def is_data_field(name: str) -> bool:
   """Whether the flattened config field ``name`` is one of DATA_FIELDS (or inside one)."""
   return _under(name, DATA_FIELDS)
+
+
+def picks_program(name: str) -> bool:
+  """Whether the flattened config field ``name`` chooses among a run's programs (PICKS_PROGRAM)
+  rather than changing one: the program cache keys a run without it."""
+  return _under(name, PICKS_PROGRAM)
 
 
 def is_safe_to_change(name: str) -> bool:
