@@ -101,15 +101,10 @@ def clear() -> None:
   _PROGRAMS.clear()
 
 
-# Fields that pick among a run's programs rather than change one: ``Programs.eval_fn`` builds the
-# evaluation with or without debates on demand.
-_CHOOSES = ("eval.debates",)
-
-
 def get(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Programs:
   """The run's programs, from this process's cache when an earlier run built the same ones."""
   fields = {name: value for name, value in config_lib.flatten(config).items()
-            if not config_lib.is_host_only(name) and name not in _CHOOSES}
+            if not config_lib.is_host_only(name) and not config_lib.picks_program(name)}
   key = json.dumps([sorted(fields.items()), dict(mesh.shape),
                     [d.id for d in mesh.devices.flat]], default=repr)
   if key in _PROGRAMS:
