@@ -30,7 +30,7 @@ TRACES = collections.Counter()  # _program's arguments -> times its step was tra
 
 @functools.cache
 def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None,
-             epochs_minibatches=None, advantage="baseline"):
+             epochs_minibatches=None, advantage="baseline", pack_groups=None):
   """(tx, config, jitted train step) of one program: the combination ``kind`` ("weighted",
   "constrained" or "shaped") with SGD; the combination's hyperparameters (λ weights, β, limit)
   are data in the state, so every setting of them shares this one compiled step. No assigned
@@ -45,6 +45,8 @@ def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None,
   extra = {} if catastrophe is None else dict(catastrophe=catastrophe)
   if pack_width is not None:
     extra["pack_width"] = pack_width
+  if pack_groups is not None:
+    extra["pack_groups"] = pack_groups
   if epochs_minibatches is not None:
     extra["update_epochs"], extra["num_minibatches"] = epochs_minibatches
   config = tiny.step_config(dict(force_stop_after=force_stop_after, assign_prob=0.0),
@@ -52,7 +54,8 @@ def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None,
   pure = step_lib.build_train_step(TASK, MODEL, tx, config, combination=kind)
 
   def counted(state, rng):
-    TRACES[kind, force_stop_after, catastrophe, pack_width, epochs_minibatches, advantage] += 1
+    TRACES[kind, force_stop_after, catastrophe, pack_width, epochs_minibatches, advantage,
+           pack_groups] += 1
     return pure(state, rng)
 
   return tx, config, jax.jit(counted, donate_argnums=0)
@@ -60,12 +63,13 @@ def _program(kind, force_stop_after=None, catastrophe=None, pack_width=None,
 
 @functools.cache
 def _steps(kind, beta=None, weights=None, force_stop_after=None, catastrophe=None, steps=2,
-           pack_width=None, epochs_minibatches=None, first_key=1, advantage="baseline"):
+           pack_width=None, epochs_minibatches=None, first_key=1, advantage="baseline",
+           pack_groups=None):
   """(final state, per-step metrics) of ``steps`` steps of ``_program(kind, ...)`` from a fixed
   init, with the shaped ``beta`` or the weighted ``weights`` ((objective, λ) pairs) set as data
   in the initial state (None: the combination's own)."""
   tx, config, train_step = _program(kind, force_stop_after, catastrophe, pack_width,
-                                    epochs_minibatches, advantage)
+                                    epochs_minibatches, advantage, pack_groups)
   hparams = {}
   if beta is not None:
     hparams["beta"] = beta
@@ -185,25 +189,38 @@ def test_updates_reuse_a_rollout_over_epochs_and_minibatches():
     tiny.step_config(num_minibatches=3)
 
 
+@functools.cache
+def _vmapped_program():
+  """(init, step) jitted for two runs of ``_program("weighted")`` stacked by jax.vmap, their λ_rl
+  and λ_sup given as data: float32[2] each. One compile serves both vmap tests."""
+  tx, config, _ = _program("weighted")
+  pure = step_lib.build_train_step(TASK, MODEL, tx, config)
+
+  def init(rl, sup):
+    return step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0),
+                               hparams={"weights": {"rl": rl, "sup": sup, "cat": 1.0}})
+
+  return jax.jit(jax.vmap(init)), jax.jit(jax.vmap(pure, in_axes=(0, None)))
+
+
+def _vmapped_runs(rls, sups):
+  """(final stacked state, last step's metrics) of two steps of the two vmapped runs."""
+  init, both = _vmapped_program()
+  states = init(jnp.asarray(rls, jnp.float32), jnp.asarray(sups, jnp.float32))
+  for i in range(2):
+    states, metrics = both(states, jax.random.key(i + 1))
+  return jax.device_get(states), jax.device_get(metrics)
+
+
 def test_vmapped_runs_equal_the_same_runs_stepped_alone():
   """Two runs (λ_sup 1 and 0.5, data in the state) stepped together by jax.vmap of the step
   reach the states and metrics each reaches alone (benchmarks/seeds.py times this)."""
-  tx, config, _ = _program("weighted")
-  pure = step_lib.build_train_step(TASK, MODEL, tx, config)
   sups = (1.0, 0.5)
-
-  def init(sup):
-    return step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0),
-                               hparams={"weights": {"rl": 1.0, "sup": sup, "cat": 1.0}})
-
-  states = jax.jit(jax.vmap(init))(jnp.asarray(sups))
-  both = jax.jit(jax.vmap(pure, in_axes=(0, None)))
-  for i in range(2):
-    states, metrics = both(states, jax.random.key(i + 1))
+  states, metrics = _vmapped_runs((1.0, 1.0), sups)
   for j, sup in enumerate(sups):
     alone, history = _run((("rl", 1.0), ("sup", sup), ("cat", 1.0)))
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x[j], y, rtol=1e-4, atol=1e-5),
-                 jax.device_get(states.params), alone.params)
+                 states.params, alone.params)
     for name in ("loss/sup", "loss/rl", "accuracy/model", "weight/sup"):
       np.testing.assert_allclose(metrics[name][j], history[-1][name], rtol=1e-4, atol=1e-6)
 
@@ -305,7 +322,7 @@ def test_a_beta_sweep_reuses_one_compiled_step():
   combination's state) and give three different updates."""
   # first_key=7: a first batch where shaping varies across rows (see the test above).
   runs = [_steps("shaped", beta=beta, first_key=7)[0] for beta in (0.0, 0.5, 2.0)]
-  assert TRACES["shaped", None, None, None, None, "baseline"] == 1
+  assert TRACES["shaped", None, None, None, None, "baseline", None] == 1
   for a, b in [(runs[0], runs[1]), (runs[1], runs[2])]:
     gap = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a.params, b.params))
     assert max(gap) > 1e-5
@@ -321,7 +338,7 @@ def test_a_lambda_sweep_compiles_the_step_once():
     state, history = _run((("rl", 1.0), ("sup", lam), ("cat", 1.0)))
     assert [float(m["weight/sup"]) for m in history] == [lam, lam]
     results[lam] = state.params
-  assert TRACES["weighted", None, None, None, None, "baseline"] == 1
+  assert TRACES["weighted", None, None, None, None, "baseline", None] == 1
   gap = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b)))
   assert gap(results[1.0], results[0.5]) > 0 and gap(results[0.5], results[0.0]) > 0
 
@@ -357,20 +374,31 @@ def test_a_learning_rate_sweep_compiles_the_step_once():
     step_lib.with_hparams(sgd_state, learning_rate=1e-3)
 
 
+@functools.cache
+def _rl_only_program(assign_prob=0.0, **options):
+  """(tx, config, jitted step) with only the RL objective weighted (SGD), H never called in Amp′
+  (call_prob 0), ``assign_prob`` and the StepConfig ``options``. The tests that compare an
+  option's update with the update without it share the programs without it."""
+  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
+                     clip_norm=1.0, optimizer=optax.sgd(0.1))
+  config = tiny.step_config(dict(call_prob=0.0, assign_prob=assign_prob), **options)
+  return tx, config, jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
+
+
+def _rl_only_step(key, assign_prob=0.0, **options):
+  """(state, metrics) of one step of ``_rl_only_program`` from the init of key(0)."""
+  tx, config, train_step = _rl_only_program(assign_prob, **options)
+  state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
+  return jax.device_get(train_step(state, jax.random.key(key)))
+
+
 def test_rl_credit_for_the_stop_reaches_the_update():
   """``stop_cost``: the learned stop's sampled decisions join the policy rows (one row each, with
   their own baseline); on the same games (the rollout does not depend on it) the update differs
   from the step without it, and the decisions are counted. tests/test_credit.py shows the direction
   (a cost teaches the stop to fire where going on changes no verdict)."""
-  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
-                     clip_norm=1.0, optimizer=optax.sgd(0.1))
-  results = {}
-  for cost in (None, 0.1):
-    config = tiny.step_config(dict(call_prob=0.0, assign_prob=0.0), stop_cost=cost)
-    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
-    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
-    results[cost] = jax.device_get(train_step(state, jax.random.key(3)))
-  (plain_state, plain), (credited_state, credited) = results[None], results[0.1]
+  plain_state, plain = _rl_only_step(3)
+  credited_state, credited = _rl_only_step(3, stop_cost=0.1)
   assert float(plain["win/even"]) == float(credited["win/even"])
   assert "stop/rl_rows" not in plain and float(credited["stop/rl_rows"]) > 0
   assert np.isfinite(float(credited["stop/rl_reward"]))
@@ -412,15 +440,8 @@ def test_the_kl_anchor_keeps_m_nearer_its_start():
 def test_crediting_assigned_claims_reaches_the_update():
   """``credit_assigned_claims`` (every game assigned): the same games, more policy rows, another
   update."""
-  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
-                     clip_norm=1.0, optimizer=optax.sgd(0.1))
-  results = {}
-  for on in (False, True):
-    config = tiny.step_config(dict(call_prob=0.0, assign_prob=1.0), credit_assigned_claims=on)
-    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
-    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
-    results[on] = jax.device_get(train_step(state, jax.random.key(4)))
-  (off_state, off), (on_state, on_metrics) = results[False], results[True]
+  off_state, off = _rl_only_step(4, assign_prob=1.0)
+  on_state, on_metrics = _rl_only_step(4, assign_prob=1.0, credit_assigned_claims=True)
   assert float(off["win/draw"]) < 1  # some game decided (all draws: zero rewards everywhere)
   assert float(off["win/even"]) == float(on_metrics["win/even"])
   assert float(on_metrics["rl/arguments"]) > float(off["rl/arguments"])
@@ -431,16 +452,10 @@ def test_crediting_assigned_claims_reaches_the_update():
 
 def test_crediting_only_tested_claims_changes_the_update():
   """``claim_credit='tested'``: the same games; where a consistency check decided a game its
-  claims get no credit, so the update differs from crediting every claim."""
-  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
-                     clip_norm=1.0, optimizer=optax.sgd(0.1))
-  results = {}
-  for kind in ("always", "tested"):
-    config = tiny.step_config(dict(call_prob=0.0, assign_prob=0.5), claim_credit=kind)
-    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
-    state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
-    results[kind] = jax.device_get(train_step(state, jax.random.key(3)))
-  (a_state, a), (t_state, t) = results["always"], results["tested"]
+  claims get no credit, so the update differs from crediting every claim. (Half the games
+  assigned: with every game assigned, key 3 gave the same update both ways.)"""
+  a_state, a = _rl_only_step(3, assign_prob=0.5)
+  t_state, t = _rl_only_step(3, assign_prob=0.5, claim_credit="tested")
   assert float(a["win/even"]) == float(t["win/even"]) and float(a["stop/inconsistent"]) > 0
   assert float(t["rl/arguments"]) < float(a["rl/arguments"])
   gap = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a_state.params,
@@ -455,21 +470,17 @@ def test_the_league_plays_snapshots_and_credits_only_m():
   steps the next slot becomes M; the league's games credit only M's side (about half the
   arguments of the same number of self-play games); M's record there is reported; bad sizes are
   refused with the field named."""
-  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
-                     clip_norm=1.0, optimizer=optax.sgd(0.1))
   played = dict(call_prob=0.0, assign_prob=0.0)
-  plain_config = tiny.step_config(played)
-  config = tiny.step_config(played, league_size=2, league_every=2, league_games=tiny.BATCH)
+  tx, config, train_step = _rl_only_program(league_size=2, league_every=2,
+                                            league_games=tiny.BATCH)
+  _, plain_config, _ = _rl_only_program()
   state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
   assert step_lib.init_state(TASK, MODEL, tx, plain_config, jax.random.key(0)).league_params is None
   for leaf, p in zip(jax.tree.leaves(state.league_params), jax.tree.leaves(state.params)):
     assert leaf.shape == (2,) + p.shape
     np.testing.assert_array_equal(leaf[0], p)
     np.testing.assert_array_equal(leaf[1], p)
-  train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
-  plain_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, plain_config))
-  _, plain = plain_step(step_lib.init_state(TASK, MODEL, tx, plain_config, jax.random.key(0)),
-                        jax.random.key(1))
+  _, plain = _rl_only_step(1)  # the same games without the league: the stop test's program
   snapshots, args = [], []
   for i in range(4):
     state, metrics = train_step(state, jax.random.key(1 + i))
@@ -502,36 +513,26 @@ def test_a_zero_rl_weight_skips_the_policy_pass_and_vmaps():
   assert max(float(m["grad_norm/rl"]) for m in on_history) > 0
   # The supervised objective is untouched by the skip (same rollout, same targets).
   np.testing.assert_allclose(off_history[0]["loss/sup"], on_history[0]["loss/sup"], rtol=1e-6)
-  tx, config, _ = _program("weighted")
-  pure = step_lib.build_train_step(TASK, MODEL, tx, config)
-  rls = (0.0, 1.0)
-  init = lambda rl: step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0), hparams={
-      "weights": {"rl": rl, "sup": 1.0, "cat": 1.0}})
-  states = jax.jit(jax.vmap(init))(jnp.asarray(rls))
-  both = jax.jit(jax.vmap(pure, in_axes=(0, None)))
-  for i in range(2):
-    states, _ = both(states, jax.random.key(i + 1))
+  states, _ = _vmapped_runs((0.0, 1.0), (1.0, 1.0))
   for j, alone in enumerate((off, on)):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x[j], y, rtol=1e-4, atol=1e-5),
-                 jax.device_get(states.params), alone.params)
+                 states.params, alone.params)
 
 
 def test_pooled_packing_matches_any_pool_count():
   """The packed passes pool rows across games (``pack_groups`` pools; the trainer uses the data
-  shards): one pool, two pools and every slot in one pass give the same update."""
-  tx, config, _ = _program("weighted", catastrophe=_starts_with_a_number)
-  results = []
-  for groups, width in ((1, 1), (2, 1), (8, 1), (1, 0)):
-    c = dataclasses.replace(config, pack_groups=groups, pack_width=width)
-    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, c))
-    state = step_lib.init_state(TASK, MODEL, tx, c, jax.random.key(0))
-    results.append(jax.device_get(train_step(state, jax.random.key(1))))
-  (first, first_metrics), *rest = results
-  for state, metrics in rest:
+  shards): one pool, two pools, one game per pool (8) and every slot in one pass give the same
+  update. The one-pool and every-slot programs are test_packed_rows_...'s."""
+  runs = [_steps("weighted", weights=ALL, catastrophe=_starts_with_a_number, steps=1, **options)
+          for options in ({}, dict(pack_groups=2), dict(pack_groups=8), dict(pack_width=0))]
+  assert TRACES["weighted", None, _starts_with_a_number, None, None, "baseline", None] == 1
+  (first, [first_metrics]), *rest = runs
+  for state, [metrics] in rest:
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
                  first.params, state.params)
     for name in ("loss/rl", "loss/sup", "loss/cat"):
       np.testing.assert_allclose(first_metrics[name], metrics[name], rtol=1e-4, atol=1e-6)
+  assert float(first_metrics["loss/cat"]) > 0  # all three objectives live
 
 
 def test_supervised_accuracy_is_the_greedy_answers_accuracy():
