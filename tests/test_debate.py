@@ -592,22 +592,26 @@ def test_scan_and_while_loop_give_identical_results():
 
 def test_a_host_loop_over_the_rollout_pieces_plays_the_same_games():
   """rollout_start, rollout_round per round (stopping when the host reads that every game is
-  done, as a Python loop over turns would) and rollout_finish: the rollout's own results."""
+  done, as a Python loop over turns would) and rollout_finish, each jitted once (the round with
+  its index traced): the rollout's own results."""
   task = tasks.get("permutation")
   oracle, liar = players.OracleDebater(task), players.LiarDebater(task, consistent=True)
   referees = dict(stopper=CoinStopper(task, p=0.2), judge=oracle)
   questions, rng = jnp.asarray(_questions(task).questions), jax.random.key(1)
-  carry = debate.rollout_start(task, oracle, liar, questions, rng, SCAN_CONFIG,
-                               assigned=jnp.asarray(_seats(BATCH, 1), jnp.int32),
-                               force_contest=False, **referees)
+  start = jax.jit(lambda q, k, a: debate.rollout_start(
+      task, oracle, liar, q, k, SCAN_CONFIG, assigned=a, force_contest=False, **referees))
+  next_round = jax.jit(lambda c, r, k: debate.rollout_round(
+      task, oracle, liar, c, r, k, SCAN_CONFIG, **referees))
+  finish = jax.jit(lambda c, k: debate.rollout_finish(task, oracle, liar, c, k, SCAN_CONFIG,
+                                                      **referees))
+  carry = start(questions, rng, jnp.asarray(_seats(BATCH, 1), jnp.int32))
   rounds = 0
   for r in range(1, SCAN_CONFIG.num_rounds):
     if bool(carry[0].done.all()):
       break
-    carry = debate.rollout_round(task, oracle, liar, carry, r, rng, SCAN_CONFIG, **referees)
+    carry = next_round(carry, jnp.int32(r), rng)
     rounds += 1
-  state, transcript = jax.tree.map(np.asarray, debate.rollout_finish(
-      task, oracle, liar, carry, rng, SCAN_CONFIG, **referees))
+  state, transcript = jax.tree.map(np.asarray, finish(carry, rng))
   loop_state, loop_transcript = _scan_and_loop()[1]
   assert 0 < rounds < SCAN_CONFIG.num_rounds - 1  # the host loop stopped early
   jax.tree.map(np.testing.assert_array_equal, state, loop_state)
@@ -650,12 +654,14 @@ def test_bad_config_raises(kwargs, field):
 
 
 def test_concat_games_joins_batches_and_sums_the_calls():
+  """Two batches (the games of test_the_support_check_is_symmetric, whose compiled rollouts this
+  reuses: the liar in either seat) joined into one."""
   task = tasks.get("permutation", n=5, max_exponent=4)
-  oracle, liar = players.OracleDebater(task), players.LiarDebater(task, consistent=True)
-  config = _full_config(task, call_prob=0.5)
-  questions = _questions(task).questions
-  first = _play(task, oracle, liar, config, questions=questions[:64], assigned=_seats(64, 1))
-  second = _play(task, liar, oracle, config, questions=questions[64:], assigned=_seats(64, 0))
+  oracle, liar = players.OracleDebater(task), players.LiarDebater(task, consistent=False)
+  config = _full_config(task, call_prob=0.0)
+  first = _play(task, oracle, liar, config, assigned=_seats(BATCH, 1), force_contest=False)
+  second = _play(task, liar, oracle, config, assigned=_seats(BATCH, 0), force_contest=False,
+                 seed=2)
   state, transcript = jax.tree.map(np.asarray, debate.concat_games([
       jax.tree.map(jnp.asarray, first), jax.tree.map(jnp.asarray, second)]))
   np.testing.assert_array_equal(state.winner, np.concatenate([first[0].winner, second[0].winner]))
