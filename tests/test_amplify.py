@@ -57,7 +57,7 @@ def test_amp_prime_mixes_amplified_and_direct_answers(task):
 
 
 def test_call_decisions_depend_on_the_key(task):
-  batch = _sample(task, 4, 512)
+  batch = _sample(task, 4, 256)  # 256: the batch of the trace tests, one compile for all three
   a = _amplify(task, oracle_fn, batch.questions, 5, 0.5).called
   b = _amplify(task, oracle_fn, batch.questions, 5, 0.5).called
   c = _amplify(task, oracle_fn, batch.questions, 6, 0.5).called
@@ -113,7 +113,7 @@ def _jitted_confidence(task, answerer):
 
 
 def test_confidence_rule_calls_exactly_the_unconfident(task):
-  batch = _sample(task, 10, 1024)
+  batch = _sample(task, 10, 4096)  # the batch of the test below: one compile for both
   confident = np.asarray(_confident(batch.questions))
   assert 0.3 < confident.mean() < 0.7
   out = _jitted_confidence(task, hand_confident_fn)(batch.questions, jax.random.key(11), 0.0, 0.5)
@@ -158,7 +158,7 @@ def test_trace_records_log_probs(task):
 
 
 def test_plain_answer_fns_have_zero_log_probs(task):
-  batch = _sample(task, 16, 64)
+  batch = _sample(task, 16, 256)
   out = _amplify(task, oracle_fn, batch.questions, 17)
   assert out.direct_log_probs.dtype == jnp.float32
   assert not np.asarray(out.direct_log_probs).any() and not np.asarray(out.sub_log_probs).any()
