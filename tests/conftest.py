@@ -14,6 +14,12 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                              " --xla_force_host_platform_device_count=8").strip()
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+# XLA:CPU's older elemental emitters instead of its fusion emitters: the tiny hybrid step compiled
+# in 6.5 s of CPU instead of 15 s (trace and lowering unchanged), and test_credit.py took 103 s of
+# CPU instead of 160 s (issue 30, measured on the shared 2-core machine). The tests' programs are
+# tiny, so their run time does not matter. Tests only, like the flag above.
+if "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 # No persistent XLA compilation cache. Reading or writing an executable for it segfaulted xdist
 # workers four times in the sessions of 2026-12-06 and -07. The cause found later
 # (``_release_compiled_programs`` below) was the workers' memory-mapping count, which those
