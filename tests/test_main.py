@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from amp_debate.train import h_baselines
+from amp_debate.tools import h_baselines
 from experiments.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

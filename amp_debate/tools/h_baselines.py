@@ -1,6 +1,6 @@
 """What H can do without a trained M, measured on the fixed eval split: the floor every run must beat.
 
-  python -m amp_debate.train.h_baselines --config=experiments/configs/default.py:task=permutation \
+  python -m amp_debate.tools.h_baselines --config=experiments/configs/default.py:task=permutation \
       --workdir=workdir/h_baselines
 
 Per difficulty level: accuracy of H alone (direct answers, exact only at leaves), of Amp(H, H alone)
