@@ -17,22 +17,29 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from amp_debate import train
+from amp_debate import cli, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and logs.")
 _DEFAULT_REFERENCE = os.path.join("experiments", "results", "supervised_reference.json")
-_REFERENCE = flags.DEFINE_string(
-    "reference", _DEFAULT_REFERENCE if os.path.isfile(_DEFAULT_REFERENCE) else None,
-    "JSON file {eval-set name: {difficulty: accuracy}} shown as the table's supervised reference "
-    f"column (default: {_DEFAULT_REFERENCE} if it exists here; empty for none).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).", flag_values=values,
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and logs.",
+                      flag_values=values)
+  flags.DEFINE_string(
+      "reference", _DEFAULT_REFERENCE if os.path.isfile(_DEFAULT_REFERENCE) else None,
+      "JSON file {eval-set name: {difficulty: accuracy}} shown as the table's supervised reference "
+      f"column (default: {_DEFAULT_REFERENCE} if it exists here; empty for none).",
+      flag_values=values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=values)
+  return values
 
 
 def load_reference(path: str) -> dict:
@@ -50,34 +57,20 @@ def load_reference(path: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # Orbax and TFDS log every file at INFO; --verbosity=0 shows it
+  """absl's main: the flags are parsed into FLAGS already (stray arguments refused)."""
+  del argv
+  values = flags.FLAGS
+  if not values["verbosity"].present:  # Orbax and TFDS log every file at INFO; --verbosity=0 shows it
     logging.set_verbosity(logging.WARNING)
   try:
-    reference = load_reference(_REFERENCE.value) if _REFERENCE.value else None
-    train.run(_CONFIG.value, _WORKDIR.value, reference=reference)
+    reference = load_reference(values.reference) if values.reference else None
+    train.run(values.config, values.workdir, reference=reference)
   except (ValueError, train.TrainingDiverged) as e:  # user-facing errors: a message, no traceback
-    sys.exit(f"error: {e}")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with user mistakes in --config reported as one line instead of a traceback."""
-  try:
-    argv = flags.FLAGS(argv)
-    _CONFIG.value.keys()  # ml_collections defers a failed load of the file to the first access
-  except flags.Error as e:  # errors raised by the config file itself (e.g. a bad task name)
-    sys.exit(f"error: {str(e).strip().splitlines()[-1]}")
-  except (AttributeError, KeyError) as e:  # --config.x.y=v naming a field that does not exist
-    sys.exit(f"error: a --config override names a field the config does not have: {e}")
-  except OSError as e:  # a missing or unreadable --config file (the last line names the file)
-    cause = re.sub(r"^\[Errno \d+\] ", "", str(e).strip().splitlines()[-1].strip())
-    sys.exit(f"error: cannot load --config: {cause}")
-  return argv
+    cli.fail(str(e))
 
 
 def run_main():
-  app.run(main, flags_parser=parse_flags)
+  cli.run(define_flags, main, config=True)
 
 
 if __name__ == "__main__":

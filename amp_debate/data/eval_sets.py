@@ -46,9 +46,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 from etils import epath
 
+from amp_debate import cli
 from amp_debate import options as options_lib
 from amp_debate import tasks as tasks_lib
 from amp_debate.tasks.base import Batch, Task, check_option, is_eval_question
@@ -471,16 +472,6 @@ def _usage_error(message: str):
   sys.exit(2)
 
 
-def _parse(values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
-  try:
-    rest = values(list(argv))
-  except flags.Error as e:
-    _usage_error(str(e).strip().splitlines()[0])
-  if len(rest) > 1:
-    _usage_error(f"unexpected arguments: {' '.join(rest[1:])}")
-  return rest
-
-
 def execute(values: flags.FlagValues) -> None:
   """Builds (or loads) the set the parsed flags ``values`` name and prints its summary."""
   try:
@@ -496,19 +487,18 @@ def command_line(argv: Sequence[str]) -> None:
   """The command line run in this process: ``argv`` are its arguments (no program name), parsed
   into flags of their own (absl's global FLAGS untouched)."""
   values = define_flags(flags.FlagValues())
-  _parse(values, ["eval_sets", *argv])
+  cli.parse(values, ["eval_sets", *argv], error=_usage_error)
   execute(values)
 
 
 def main(argv: Sequence[str]) -> None:
   """absl's main: the flags are parsed into FLAGS already."""
-  del argv  # _parse refused stray arguments
+  del argv  # cli.parse refused stray arguments
   execute(flags.FLAGS)
 
 
 def run_main() -> None:
-  define_flags()
-  app.run(main, flags_parser=lambda argv: _parse(flags.FLAGS, argv))
+  cli.run(define_flags, main, error=_usage_error)
 
 
 if __name__ == "__main__":

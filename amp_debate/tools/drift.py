@@ -25,8 +25,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
+from amp_debate import cli
 from amp_debate.safety.drift import (  # noqa: F401 (KINDS, POOLS re-exported for the studies)
     KINDS, POOLS, DriftError, check_comparable, compare)
 from amp_debate.train import checkpoint as checkpoint_lib
@@ -210,41 +211,45 @@ def analyse(spec_a: str, spec_b: str, *, out: str | None = None, examples: int =
   return report
 
 
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program: the drift study imports it). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("a", None, "Reference checkpoint: <workdir>[:step] or <workdir>/checkpoints/"
+                      "<step> (default step: the latest).", **define)
+  flags.DEFINE_string("b", None, "The checkpoint compared with it (same syntax).", **define)
+  flags.DEFINE_string("out", None, "Output directory (default: <b's workdir>/drift).", **define)
+  flags.DEFINE_integer("examples", 512, "Prompts per input kind.", lower_bound=8, **define)
+  flags.DEFINE_integer("seed", 0, "Seed of the probe questions and claims.", **define)
+  flags.DEFINE_enum("pool", "mean", POOLS, "Representation of a prompt: the mean over its real "
+                    "tokens or its last token.", **define)
+  return values
+
+
+def _error(message: str) -> None:
+  """A user's mistake: ``drift: <message>`` on stderr, exit code 1."""
+  sys.exit(f"drift: {message}")
+
+
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f"drift: unexpected arguments: {' '.join(argv[1:])}")
+  """absl's main: the flags are parsed into FLAGS already (stray arguments refused)."""
+  del argv
   values = flags.FLAGS
   if not values.a or not values.b:
-    sys.exit("drift: pass both checkpoints, --a=<workdir>[:step] --b=<workdir>[:step]")
+    _error("pass both checkpoints, --a=<workdir>[:step] --b=<workdir>[:step]")
   if not values["verbosity"].present:  # Orbax logs every file at INFO
     logging.set_verbosity(logging.WARNING)
   try:
     report = analyse(values.a, values.b, out=values.out or None, examples=values.examples,
                      seed=values.seed, pool=values.pool)
   except (DriftError, checkpoint_lib.CheckpointError) as e:
-    sys.exit(f"drift: {e}")
+    _error(str(e))
   print(describe(report))
   print("wrote " + ", ".join(report["files"]))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with a bad flag reported in one line instead of usage text."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"drift: {str(e).strip().splitlines()[0]}")
-
-
 def run_main():
-  flags.DEFINE_string("a", None, "Reference checkpoint: <workdir>[:step] or <workdir>/checkpoints/"
-                      "<step> (default step: the latest).")
-  flags.DEFINE_string("b", None, "The checkpoint compared with it (same syntax).")
-  flags.DEFINE_string("out", None, "Output directory (default: <b's workdir>/drift).")
-  flags.DEFINE_integer("examples", 512, "Prompts per input kind.", lower_bound=8)
-  flags.DEFINE_integer("seed", 0, "Seed of the probe questions and claims.")
-  flags.DEFINE_enum("pool", "mean", POOLS, "Representation of a prompt: the mean over its real "
-                    "tokens or its last token.")
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(define_flags, main, error=_error)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from absl import flags
+from ml_collections import config_flags
 
-from amp_debate import tasks
+from amp_debate import cli, tasks
 from amp_debate.data import eval_sets
 from amp_debate.procedure.amplify import amplify, human_alone_fn, oracle_fn
 
@@ -70,16 +72,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   return rows
 
 
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program). Returns ``values``."""
+  config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).", flag_values=values)
+  flags.DEFINE_string("workdir", None, "Directory for the table.", flag_values=values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=values)
+  return values
+
+
 def main(argv):
+  """absl's main: the flags are parsed into FLAGS already (stray arguments refused)."""
   del argv
-  run(_CONFIG.value, _WORKDIR.value)
+  run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).")
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the table.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(define_flags, main, config=True)

@@ -43,8 +43,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from amp_debate import cli
 from amp_debate.safety import kl_attack as attacks
 from amp_debate.safety import kl_budget
 from amp_debate.safety.catastrophe import EXPLOIT
@@ -218,18 +219,6 @@ def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
   return values
 
 
-def parse(values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
-  """absl flag parsing (argv[0] is the program) with a bad or missing flag, or a stray
-  argument, reported in one line ``error: ...``."""
-  try:
-    rest = values(list(argv))
-  except flags.Error as e:
-    sys.exit(f"error: {str(e).strip().splitlines()[0]}")
-  if len(rest) > 1:
-    sys.exit(f"error: unexpected arguments: {' '.join(rest[1:])}")
-  return rest
-
-
 def execute(values: flags.FlagValues, command: str) -> dict[str, Any]:
   """The study the parsed flags ``values`` ask for (see the module docstring); writes and returns
   the result. ``command`` is the command line recorded in the table."""
@@ -284,19 +273,18 @@ def command_line(argv: Sequence[str]) -> dict[str, Any]:
   """The command line run in this process: ``argv`` are its arguments (no program name), parsed
   into flags of their own (absl's global FLAGS untouched). Returns the result written to --out."""
   values = define_flags(flags.FlagValues())
-  parse(values, [PROGRAM, *argv])
+  cli.parse(values, [PROGRAM, *argv])
   return execute(values, " ".join([PROGRAM, *argv]))
 
 
 def main(argv: Sequence[str]) -> None:
   """absl's main: the flags are parsed into FLAGS already."""
-  del argv  # parse() refused stray arguments
+  del argv  # cli.parse refused stray arguments
   execute(flags.FLAGS, " ".join([PROGRAM, *sys.argv[1:]]))
 
 
 def run_main() -> None:
-  define_flags()
-  app.run(main, flags_parser=lambda argv: parse(flags.FLAGS, argv))
+  cli.run(define_flags, main)
 
 
 if __name__ == "__main__":

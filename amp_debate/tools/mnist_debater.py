@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import optax
 import tqdm
+from absl import flags
 
+from amp_debate import cli
 from amp_debate.data import mnist
 from amp_debate.models import partitioning
 from amp_debate.models.pixel_policy import PixelDebater
@@ -184,34 +185,41 @@ def run(*, judge_dir: str, workdir: str, steps: int, batch_size: int = 64, seed:
   return record
 
 
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program: the MNIST study imports it). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("judge_dir", None, "A tools.mnist_judge workdir.", **define)
+  flags.DEFINE_string("workdir", None, "Where debater.json and the params go.", **define)
+  flags.DEFINE_integer("steps", 600, "Training steps.", **define)
+  flags.DEFINE_integer("batch_size", 64, "Debates per step (even).", **define)
+  flags.DEFINE_integer("seed", 0, "PRNG seed.", **define)
+  flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", **define)
+  flags.DEFINE_float("entropy_coef", 0.01, "Entropy bonus coefficient.", **define)
+  flags.DEFINE_integer("eval_every", 100, "Steps between evaluations.", **define)
+  flags.DEFINE_string("mnist_dir", None, "Offline MNIST copy.", **define)
+  flags.mark_flags_as_required(["judge_dir", "workdir"], flag_values=values)
+  return values
+
+
 def main(argv):
+  """absl's main: the flags are parsed into FLAGS already (stray arguments refused)."""
   del argv
+  values = flags.FLAGS
   try:
-    record = run(judge_dir=_JUDGE_DIR.value, workdir=_WORKDIR.value, steps=_STEPS.value,
-                 batch_size=_BATCH_SIZE.value, seed=_SEED.value,
-                 learning_rate=_LEARNING_RATE.value, entropy_coef=_ENTROPY.value,
-                 eval_every=_EVAL_EVERY.value, mnist_dir=_MNIST_DIR.value)
+    record = run(judge_dir=values.judge_dir, workdir=values.workdir, steps=values.steps,
+                 batch_size=values.batch_size, seed=values.seed,
+                 learning_rate=values.learning_rate, entropy_coef=values.entropy_coef,
+                 eval_every=values.eval_every, mnist_dir=values.mnist_dir)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
-    sys.exit(f"error: {e}")
+    cli.fail(str(e))
   first, last = record["curve"][0], record["curve"][-1]
   print(f"k={record['k']}: honest win rate vs a random-reveal liar "
         f"{first['honest_win/as_honest_vs_random']:.2f} -> "
         f"{last['honest_win/as_honest_vs_random']:.2f}; as the liar vs a random honest side "
         f"{first['honest_win/as_liar_vs_random']:.2f} -> {last['honest_win/as_liar_vs_random']:.2f}"
-        f" ({record['eval_data']}). Saved to {_WORKDIR.value}")
+        f" ({record['eval_data']}). Saved to {values.workdir}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  _JUDGE_DIR = flags.DEFINE_string("judge_dir", None, "A tools.mnist_judge workdir.")
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Where debater.json and the params go.")
-  _STEPS = flags.DEFINE_integer("steps", 600, "Training steps.")
-  _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Debates per step (even).")
-  _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
-  _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-  _ENTROPY = flags.DEFINE_float("entropy_coef", 0.01, "Entropy bonus coefficient.")
-  _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between evaluations.")
-  _MNIST_DIR = flags.DEFINE_string("mnist_dir", None, "Offline MNIST copy.")
-  flags.mark_flags_as_required(["judge_dir", "workdir"])
-  app.run(main)
+  cli.run(define_flags, main)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import chex
@@ -35,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
+from absl import flags
 
+from amp_debate import cli
 from amp_debate.data import mnist
 from amp_debate.models import partitioning
 from amp_debate.models.judges import ImageJudge
@@ -228,38 +229,46 @@ def run(*, k: int, steps: int, workdir: str, batch_size: int = 128, seed: int = 
   return record
 
 
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program: the MNIST study imports it). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_integer("k", None, "Pixels revealed per image (1..784).", **define)
+  flags.DEFINE_integer("steps", 3000, "Training steps.", **define)
+  flags.DEFINE_integer("batch_size", 128, "Images per training step.", **define)
+  flags.DEFINE_integer("seed", 0, "PRNG seed (init, batches, masks, dropout, eval masks).",
+                       **define)
+  flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", **define)
+  flags.DEFINE_list("features", ["32", "64"], "Conv channels per layer.", **define)
+  flags.DEFINE_integer("hidden", 1024, "Width of the judge's dense layer.", **define)
+  flags.DEFINE_string("train_split", "judge_train", "MNIST split to train on.", **define)
+  flags.DEFINE_string("eval_split", "eval", "MNIST split for the baseline.", **define)
+  flags.DEFINE_enum("source", "auto", list(mnist.SOURCES), "Where MNIST comes from.", **define)
+  flags.DEFINE_string("mnist_dir", None, "Offline MNIST copy (default: "
+                      "$AMP_DEBATE_MNIST_DIR or ../shared/data/mnist).", **define)
+  flags.DEFINE_integer("eval_draws", 5, "Random mask draws per eval image.", **define)
+  flags.DEFINE_string("workdir", None, "Where judge.json and the params go.", **define)
+  flags.mark_flags_as_required(["k", "workdir"], flag_values=values)
+  return values
+
+
 def main(argv):
+  """absl's main: the flags are parsed into FLAGS already (stray arguments refused)."""
   del argv
+  values = flags.FLAGS
   try:
-    judge = ImageJudge(features=tuple(int(f) for f in _FEATURES.value), hidden=_HIDDEN.value)
-    record = run(k=_K.value, steps=_STEPS.value, workdir=_WORKDIR.value,
-                 batch_size=_BATCH_SIZE.value, seed=_SEED.value,
-                 learning_rate=_LEARNING_RATE.value, judge=judge, train_split=_TRAIN_SPLIT.value,
-                 eval_split=_EVAL_SPLIT.value, source=_SOURCE.value, mnist_dir=_MNIST_DIR.value,
-                 eval_draws=_EVAL_DRAWS.value)
+    judge = ImageJudge(features=tuple(int(f) for f in values.features), hidden=values.hidden)
+    record = run(k=values.k, steps=values.steps, workdir=values.workdir,
+                 batch_size=values.batch_size, seed=values.seed,
+                 learning_rate=values.learning_rate, judge=judge, train_split=values.train_split,
+                 eval_split=values.eval_split, source=values.source, mnist_dir=values.mnist_dir,
+                 eval_draws=values.eval_draws)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
-    sys.exit(f"error: {e}")
+    cli.fail(str(e))
   print(f"k={record['k']}: eval accuracy from {record['k']} random pixels "
         f"{record['eval_accuracy']:.1%} ({record['eval_data']}); trained {record['steps']} steps "
-        f"in {record['train_seconds']} s on {record['train_data']}. Saved to {_WORKDIR.value}")
+        f"in {record['train_seconds']} s on {record['train_data']}. Saved to {values.workdir}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  _K = flags.DEFINE_integer("k", None, "Pixels revealed per image (1..784).")
-  _STEPS = flags.DEFINE_integer("steps", 3000, "Training steps.")
-  _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Images per training step.")
-  _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (init, batches, masks, dropout, eval masks).")
-  _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-  _FEATURES = flags.DEFINE_list("features", ["32", "64"], "Conv channels per layer.")
-  _HIDDEN = flags.DEFINE_integer("hidden", 1024, "Width of the judge's dense layer.")
-  _TRAIN_SPLIT = flags.DEFINE_string("train_split", "judge_train", "MNIST split to train on.")
-  _EVAL_SPLIT = flags.DEFINE_string("eval_split", "eval", "MNIST split for the baseline.")
-  _SOURCE = flags.DEFINE_enum("source", "auto", list(mnist.SOURCES), "Where MNIST comes from.")
-  _MNIST_DIR = flags.DEFINE_string("mnist_dir", None, "Offline MNIST copy (default: "
-                                   "$AMP_DEBATE_MNIST_DIR or ../shared/data/mnist).")
-  _EVAL_DRAWS = flags.DEFINE_integer("eval_draws", 5, "Random mask draws per eval image.")
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Where judge.json and the params go.")
-  flags.mark_flags_as_required(["k", "workdir"])
-  app.run(main)
+  cli.run(define_flags, main)

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 
+from amp_debate import cli
 from amp_debate.procedure import debate, players
 from amp_debate.procedure import model_player
 from amp_debate.procedure.model_player import ModelDebater
@@ -246,10 +247,14 @@ def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
   return values
 
 
+def _error(message: str) -> None:
+  """A user's mistake: ``trained_liar: <message>`` on stderr, exit code 1."""
+  sys.exit(f"trained_liar: {message}")
+
+
 def main(argv) -> None:
-  """absl's main: the flags are parsed into FLAGS already."""
-  if len(argv) > 1:
-    sys.exit(f"trained_liar: unexpected arguments: {' '.join(argv[1:])}")
+  """absl's main: the flags are parsed into FLAGS already (stray arguments refused)."""
+  del argv
   values = flags.FLAGS
   run = load_run(values.workdir, values.checkpoint_step)
   options = LiarTraining(steps=values.steps, batch=values.batch,
@@ -261,8 +266,7 @@ def main(argv) -> None:
 
 
 def run_main() -> None:
-  define_flags()
-  app.run(main)
+  cli.run(define_flags, main, error=_error)
 
 
 if __name__ == "__main__":
