@@ -19,14 +19,14 @@ time; mean ± sd over seeds) to ``experiments/results/ablation.md`` and the reco
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 
 import numpy as np
+from absl import flags
 
-from amp_debate import sweep, tasks
+from amp_debate import cli, sweep, tasks
 from amp_debate.data import eval_sets
 from amp_debate.train import evaluation
 from experiments.configs import default
@@ -140,21 +140,21 @@ def markdown(records: list[dict]) -> str:
   return f"# Ablation on the quick-start task\n\n{text}\n{notes}\n"
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="workdir/ablation")
-  parser.add_argument("--seeds", type=int, default=3, help="seeds of each main setting")
-  parser.add_argument("--mechanism_seeds", type=int, default=1,
-                      help="seeds of each mechanism setting (0: skip them)")
-  parser.add_argument("--steps", type=int, default=0, help="override num_steps (0: the config's)")
-  parser.add_argument("--parallel", type=int, default=1, help="runs at a time (one process each)")
-  parser.add_argument("--results", default=RESULTS, help="output path without extension")
-  parser.add_argument("--table_only", action="store_true",
-                      help="train nothing; tabulate the runs already finished in --workdir")
-  parser.add_argument("--from_results", action="store_true",
-                      help="train nothing, read no workdir: the tables again from the records "
-                      "in --results.json")
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  cli.define_study_flags(values, workdir="workdir/ablation", results=RESULTS, parallel=True,
+                         table_only=True, from_results=True)
+  flags.DEFINE_integer("seeds", 3, "seeds of each main setting", **define)
+  flags.DEFINE_integer("mechanism_seeds", 1, "seeds of each mechanism setting (0: skip them)",
+                       **define)
+  flags.DEFINE_integer("steps", 0, "override num_steps (0: the config's)", **define)
+  return values
+
+
+def execute(args: flags.FlagValues) -> list[dict]:
+  """The ablation the parsed flags ``args`` ask for (the module docstring); returns the records."""
   if args.from_results:
     with open(args.results + ".json") as f:
       records = json.load(f)
@@ -165,7 +165,7 @@ def main():
       runs = sweep.run_sweep(spec, None, args.workdir, train=not args.table_only,
                              parallel=args.parallel)
     except ValueError as e:  # a bad sweep, or a run the trainer refused
-      raise SystemExit(f"error: {e}") from None
+      cli.fail(str(e))
     if not args.table_only and not all(r.done for r in runs):
       raise SystemExit("ablation not finished: rerun the same command to resume")
     records = [record(r.summary, plan.setting_of(r.overrides)) for r in runs if r.done]
@@ -177,7 +177,19 @@ def main():
     with open(args.results + ".json", "w") as f:
       json.dump(records, f, indent=2)
   print(f"\n{text}\nwrote {args.results}.md" + ("" if args.from_results else " and .json"))
+  return records
+
+
+def command_line(argv: list[str]) -> list[dict]:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="ablation")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

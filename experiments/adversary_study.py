@@ -20,7 +20,6 @@ tests/test_adversary.py trains its planted M with.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -30,8 +29,9 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
+from absl import flags
 
-from amp_debate import models, tasks
+from amp_debate import cli, models, tasks
 from amp_debate.models.transformer import leading_pad
 from amp_debate.procedure import model_player
 from amp_debate.safety import adversary, catastrophe
@@ -286,18 +286,31 @@ def plot(results: dict[int, dict], out_png: str) -> str | None:
   return out_png
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--seeds", default="0,1", help="comma-separated planting/fine-tuning seeds")
-  parser.add_argument("--plant_steps", type=int, default=1500)
-  parser.add_argument("--finetune_steps", type=int, default=300)
-  parser.add_argument("--eval_every", type=int, default=25)
-  parser.add_argument("--weight", type=float, default=1.0, help="the penalty's weight")
-  parser.add_argument("--num_eval", type=int, default=256, help="held-out questions")
-  parser.add_argument("--results", default=RESULTS, help="output path without extension")
-  args = parser.parse_args()
+# The flags, in the order the result's "args" record them.
+FLAG_NAMES = ("seeds", "plant_steps", "finetune_steps", "eval_every", "weight", "num_eval",
+              "results")
+
+
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  cli.define_study_flags(values, results=RESULTS)
+  flags.DEFINE_string("seeds", "0,1", "comma-separated planting/fine-tuning seeds", **define)
+  flags.DEFINE_integer("plant_steps", 1500, "steps planting the trigger", **define)
+  flags.DEFINE_integer("finetune_steps", 300, "clean fine-tuning steps of each arm", **define)
+  flags.DEFINE_integer("eval_every", 25, "fine-tuning steps between evaluations", lower_bound=1,
+                       **define)
+  flags.DEFINE_float("weight", 1.0, "the penalty's weight", **define)
+  flags.DEFINE_integer("num_eval", 256, "held-out questions", **define)
+  return values
+
+
+def execute(args: flags.FlagValues) -> dict:
+  """The study the parsed flags ``args`` ask for (the module docstring); returns the results by
+  seed."""
   if args.finetune_steps % args.eval_every:
-    parser.error("--eval_every must divide --finetune_steps")
+    cli.fail("--eval_every must divide --finetune_steps")
   setup = PlantedSetup()
   seeds = [int(s) for s in args.seeds.split(",") if s]
   start = time.time()
@@ -305,8 +318,7 @@ def main():
                             args.weight, args.num_eval) for seed in seeds}
   seconds = time.time() - start
   command = ("python -m experiments.adversary_study" + "".join(
-      f" --{k}={v}" for k, v in vars(args).items()
-      if k != "results" and v != parser.get_default(k)))
+      f" --{k}={v}" for k, v in cli.non_defaults(args, FLAG_NAMES).items() if k != "results"))
   steps = sorted({0, args.eval_every, 2 * args.eval_every, args.finetune_steps // 3,
                   args.finetune_steps})
   png = plot(results, args.results + ".png")
@@ -338,11 +350,24 @@ def main():
   with open(args.results + ".md", "w") as f:
     f.write(body)
   with open(args.results + ".json", "w") as f:
-    json.dump({"command": command, "args": vars(args) | {"results": None},
+    json.dump({"command": command,
+               "args": {name: args[name].value for name in FLAG_NAMES} | {"results": None},
                "setup": dataclasses.asdict(setup), "seconds": seconds,
                "results": {str(k): v for k, v in results.items()}}, f, indent=2)
   print(f"\n{body}\nwrote {args.results}.md, .json" + (f" and {png}" if png else ""))
+  return results
+
+
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="adversary_study")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -14,21 +14,23 @@ import collections
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from amp_debate import cli
 from amp_debate.data import eval_sets
 from amp_debate.procedure.model_player import ModelDebater
 from amp_debate.train import config_lib, restore
 
-FLAGS = flags.FLAGS
 
-
-def define_flags() -> None:
-  """The command line's flags, defined only when it runs (importing this module for
-  ``breakdown`` must not clash with another module's ``--workdir``)."""
-  flags.DEFINE_string("workdir", None, "A run's directory (with checkpoints/).")
-  flags.DEFINE_string("out", "", "Also write the table to this file.")
-  flags.DEFINE_integer("batch_size", 250, "Questions per greedy pass.")
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program: importing it for ``breakdown`` defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("workdir", None, "A run's directory (with checkpoints/).", **define)
+  flags.DEFINE_string("out", "", "Also write the table to this file.", **define)
+  flags.DEFINE_integer("batch_size", 250, "Questions per greedy pass.", **define)
+  flags.mark_flag_as_required("workdir", flag_values=values)
+  return values
 
 
 def breakdown(task, model, params, eval_set, batch_size: int) -> dict[int, dict[str, tuple]]:
@@ -58,23 +60,32 @@ def table(result: dict[int, dict[str, tuple]]) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  del argv
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required")
-  state, config, step = restore.load_state(FLAGS.workdir)
+def execute(args: flags.FlagValues) -> str:
+  """The breakdown of the run the parsed flags ``args`` name, printed and returned."""
+  state, config, step = restore.load_state(args.workdir)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
   eval_set = eval_sets.load(task, examples_per_difficulty=config.eval.examples_per_difficulty,
                             data_dir=config.eval.data_dir or None)
-  text = (f"{FLAGS.workdir}, step {step}, eval set {eval_set.name}\n\n"
-          + table(breakdown(task, model, state.params, eval_set, FLAGS.batch_size)) + "\n")
+  text = (f"{args.workdir}, step {step}, eval set {eval_set.name}\n\n"
+          + table(breakdown(task, model, state.params, eval_set, args.batch_size)) + "\n")
   print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
+  if args.out:
+    with open(args.out, "w") as f:
       f.write(text)
+  return text
+
+
+def command_line(argv: list[str]) -> str:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="answer_breakdown")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(define_flags, main)

@@ -29,12 +29,13 @@ takes 4 of them). Writes ``experiments/results/drift.md``, ``.json`` and ``.png`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 
-from amp_debate import sweep
+from absl import flags
+
+from amp_debate import cli, sweep
 from amp_debate.tools import drift
 from experiments.configs import default
 from experiments.sweeps import drift as plan
@@ -61,7 +62,7 @@ def _stage(spec: str, workdir: str, start_from: str | None = None) -> list[sweep
                         os.path.join(run.workdir, "checkpoints"))
     runs = sweep.run_sweep(spec, None, workdir, table=start_from is not None)
   except ValueError as e:  # a bad size, or a run the trainer refused
-    raise SystemExit(f"error: {e}") from None
+    cli.fail(str(e))
   if not all(r.done for r in runs):
     raise SystemExit(f"{workdir}: {spec} did not finish; rerun to resume")
   return runs
@@ -124,27 +125,32 @@ def markdown(result: dict, png: str | None) -> str:
   return "\n\n".join(sections) + "\n"
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="workdir/drift_study")
-  parser.add_argument("--steps", type=int, default=200, help="amplification steps (checkpoint a)")
-  parser.add_argument("--finetune_steps", type=int, default=200,
-                      help="steps of the hybrid fine-tune and of the amplification control")
-  parser.add_argument("--examples", type=int, default=512, help="drift prompts per input kind")
-  parser.add_argument("--seed", type=int, default=0, help="seed of the drift prompts")
-  parser.add_argument("--results", default=RESULTS, help="output path without extension")
-  parser.add_argument("--from_results", action="store_true",
-                      help="train and measure nothing: the .md again from --results.json")
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  cli.define_study_flags(
+      values, workdir="workdir/drift_study", results=RESULTS, from_results=True,
+      help={"from_results": "train and measure nothing: the .md again from --results.json"})
+  flags.DEFINE_integer("steps", 200, "amplification steps (checkpoint a)", **define)
+  flags.DEFINE_integer("finetune_steps", 200,
+                       "steps of the hybrid fine-tune and of the amplification control", **define)
+  flags.DEFINE_integer("examples", 512, "drift prompts per input kind", **define)
+  flags.DEFINE_integer("seed", 0, "seed of the drift prompts", **define)
+  return values
+
+
+def execute(args: flags.FlagValues) -> dict:
+  """The study the parsed flags ``args`` ask for (the module docstring); returns its result."""
   if args.from_results:
     with open(args.results + ".json") as f:
       result = json.load(f)
     png = args.results + ".png" if os.path.exists(args.results + ".png") else None
     with open(args.results + ".md", "w") as f:
       f.write(markdown(result, png))
-    return
+    return result
   if args.steps < 1 or args.finetune_steps < 1:
-    parser.error("--steps and --finetune_steps must be >= 1")
+    cli.fail("--steps and --finetune_steps must be >= 1")
   spec = f"{SWEEP}:steps={args.steps},finetune_steps={args.finetune_steps}"
   base = _stage(f"{spec},stage=base", args.workdir)[0]
   runs = [base] + _stage(f"{spec},stage=finetune", args.workdir, start_from=base.workdir)
@@ -166,7 +172,19 @@ def main():
   with open(args.results + ".json", "w") as f:
     json.dump(result, f, indent=2)
   print(f"\n{text}\nwrote {args.results}.md and .json" + (f" and {png}" if png else ""))
+  return result
+
+
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="drift_study")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

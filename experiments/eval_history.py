@@ -9,10 +9,12 @@ judged by H) and the share of self-play games decided (``amp_debate.train.evalua
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
+from absl import flags
+
+from amp_debate import cli
 from amp_debate.train import evaluation
 
 
@@ -44,13 +46,33 @@ def history(workdir: str, level: int) -> str:
   return "\n".join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--level", type=int, default=1, help="the level of the honesty columns")
-  args = parser.parse_args()
-  print(history(args.workdir, args.level))
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("workdir", None, "the run's directory (with metrics.jsonl)", **define)
+  flags.DEFINE_integer("level", 1, "the level of the honesty columns", **define)
+  flags.mark_flag_as_required("workdir", flag_values=values)
+  return values
+
+
+def execute(args: flags.FlagValues) -> str:
+  """Prints and returns the table of the run the parsed flags ``args`` name."""
+  text = history(args.workdir, args.level)
+  print(text)
+  return text
+
+
+def command_line(argv: list[str]) -> str:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="eval_history")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -21,20 +21,21 @@ KLs).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import jax
 import numpy as np
+from absl import flags
 
-from amp_debate import sweep, train
+from amp_debate import cli, sweep, train
 from amp_debate.safety import kl_budget
 from amp_debate.train import config_lib, metrics_io
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kl_budget")
 SWEEP = "experiments/sweeps/kl_budget.py"
+PROGRAM = "python -m experiments.kl_budget_study"
 
 
 def _stage(spec: str, stage: str, workdir: str, parallel: int = 1) -> list[sweep.Run]:
@@ -48,7 +49,7 @@ def _stage(spec: str, stage: str, workdir: str, parallel: int = 1) -> list[sweep
     runs = sweep.run_sweep(f"{spec},stage={stage}", None, workdir, parallel=parallel,
                            table=stage == "finetune")
   except ValueError as e:  # a bad size, or a run the trainer refused
-    raise SystemExit(f"error: {e}") from None
+    cli.fail(str(e))
   if not all(r.done for r in runs):
     raise SystemExit(f"{workdir}: the {stage} stage did not finish; rerun to resume")
   return runs
@@ -147,32 +148,42 @@ def markdown(result: dict, command: str) -> str:
   return "\n".join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="workdir/kl_budget_study")
-  parser.add_argument("--results", default=RESULTS, help="output path prefix (.md/.json/.png)")
-  parser.add_argument("--safe_steps", type=int, default=600)
-  parser.add_argument("--mode", default="debate", choices=("hybrid", "debate"))
-  parser.add_argument("--phases", type=int, default=4)
-  parser.add_argument("--phase_steps", type=int, default=50)
-  parser.add_argument("--epsilon0", type=float, default=0.01)
-  parser.add_argument("--growth", type=float, default=2.0)
-  parser.add_argument("--margin", type=float, default=0.1)
-  parser.add_argument("--parallel", type=int, default=1,
-                      help="fine-tunes at a time (2: both at once, one process each)")
-  parser.add_argument("--tolerance", type=float, default=1e-3,
-                      help="relative tolerance of the 'within budget' column")
-  parser.add_argument("--from_results", action="store_true",
-                      help="train and measure nothing: the table and plot again from "
-                      "--results.json")
-  args = parser.parse_args()
+# The flags, in the order the result's "settings" record them.
+FLAG_NAMES = ("workdir", "results", "safe_steps", "mode", "phases", "phase_steps", "epsilon0",
+              "growth", "margin", "parallel", "tolerance", "from_results")
+
+
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  cli.define_study_flags(
+      values, workdir="workdir/kl_budget_study", results=RESULTS, parallel=True,
+      from_results=True,
+      help={"results": "output path prefix (.md/.json/.png)",
+            "parallel": "fine-tunes at a time (2: both at once, one process each)",
+            "from_results": "train and measure nothing: the table and plot again from "
+                            "--results.json"})
+  flags.DEFINE_integer("safe_steps", 600, "π_safe's amplification steps", **define)
+  flags.DEFINE_enum("mode", "debate", ["hybrid", "debate"], "the fine-tunes' mode", **define)
+  flags.DEFINE_integer("phases", 4, "phases of the fine-tunes", **define)
+  flags.DEFINE_integer("phase_steps", 50, "updates per phase", **define)
+  flags.DEFINE_float("epsilon0", 0.01, "the budget of phase 0", **define)
+  flags.DEFINE_float("growth", 2.0, "the budget's growth per phase", **define)
+  flags.DEFINE_float("margin", 0.1, "the budget's margin", **define)
+  flags.DEFINE_float("tolerance", 1e-3, "relative tolerance of the 'within budget' column",
+                     **define)
+  return values
+
+
+def execute(args: flags.FlagValues, command: str) -> dict:
+  """The study the parsed flags ``args`` ask for (the module docstring); returns its result.
+  ``command`` is the command line the table records."""
   if args.from_results:
     with open(args.results + ".json") as f:
       result = json.load(f)
     write(result, result["settings"]["command"], args.results)
-    return
-  command = "python -m experiments.kl_budget_study " + " ".join(sys.argv[1:])
-
+    return result
   spec = (f"{SWEEP}:safe_steps={args.safe_steps},mode={args.mode},phases={args.phases},"
           f"phase_steps={args.phase_steps},epsilon0={args.epsilon0},growth={args.growth},"
           f"margin={args.margin}")
@@ -196,8 +207,8 @@ def main():
   rows = [r for r in metrics_io.read_jsonl(os.path.join(budget_dir, "metrics.jsonl"))
           if "kl/value" in r]
   result = {
-      "settings": {**vars(args), "task_options": dict(config.task_options),
-                   "num_prompts": k.num_prompts, "seed": k.seed, "command": command,
+      "settings": {**{name: args[name].value for name in FLAG_NAMES},
+                   "task_options": dict(config.task_options), "num_prompts": k.num_prompts, "seed": k.seed, "command": command,
                    "eval_set": by_name["budget"].summary["eval_set"],
                    "eval_examples": config.eval.examples_per_difficulty,
                    "run_seed": config.seed},
@@ -213,6 +224,19 @@ def main():
   with open(args.results + ".json", "w") as f:
     json.dump(result, f, indent=2)
   write(result, command, args.results)
+  return result
+
+
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, lambda values: execute(values, " ".join([PROGRAM, *argv])),
+                          argv, program=PROGRAM)
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS, " ".join([PROGRAM, *sys.argv[1:]]))
 
 
 def write(result: dict, command: str, results: str) -> None:
@@ -223,5 +247,6 @@ def write(result: dict, command: str, results: str) -> None:
   plot(result, results + ".png")
   print(text)
 
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

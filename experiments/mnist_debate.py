@@ -25,7 +25,6 @@ Also measures the search debater's simulations per second on this machine. Write
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,12 +33,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from amp_debate import cli
 from amp_debate.data import mnist
 from amp_debate.procedure import pixel_debate as pd
 from amp_debate.tools import mnist_debater, mnist_judge
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mnist_debate")
+PROGRAM = "python -m experiments.mnist_debate"
 PAIRS = (("random", "random"), ("greedy", "random"), ("mcts", "random"), ("learned", "random"),
          ("mcts+prior", "random"), ("greedy", "greedy"), ("mcts", "mcts"), ("learned", "learned"),
          ("mcts+prior", "mcts+prior"), ("mcts", "greedy"), ("learned", "greedy"),
@@ -93,20 +95,34 @@ def _trained(args, k):
           debater_record)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--judge", choices=("trained", "template"), default="trained")
-  parser.add_argument("--workdir", default="workdir/mnist_debate")
-  parser.add_argument("--num_images", type=int, default=100)
-  parser.add_argument("--template_images", type=int, default=1000)
-  parser.add_argument("--ks", default="4,6")
-  parser.add_argument("--simulations", type=int, default=16)
-  parser.add_argument("--judge_steps", type=int, default=2000)
-  parser.add_argument("--debater_steps", type=int, default=1500)
-  parser.add_argument("--debater_learning_rate", type=float, default=3e-3)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--results", default=RESULTS)
-  args = parser.parse_args(argv)
+# The flags, in the order the result's "args" record them.
+FLAG_NAMES = ("judge", "workdir", "num_images", "template_images", "ks", "simulations",
+              "judge_steps", "debater_steps", "debater_learning_rate", "seed", "results")
+
+
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_enum("judge", "trained", ["trained", "template"],
+                    "the judge: a trained ImageJudge or per-class mean images", **define)
+  cli.define_study_flags(values, workdir="workdir/mnist_debate", results=RESULTS,
+                         help={"workdir": "where the judges and debaters are read or trained"})
+  flags.DEFINE_integer("num_images", 100, "debated eval images", **define)
+  flags.DEFINE_integer("template_images", 1000, "eval images of the template judge's means",
+                       **define)
+  flags.DEFINE_string("ks", "4,6", "comma-separated pixels revealed per debate", **define)
+  flags.DEFINE_integer("simulations", 16, "MCTS simulations per move", **define)
+  flags.DEFINE_integer("judge_steps", 2000, "training steps of a missing judge", **define)
+  flags.DEFINE_integer("debater_steps", 1500, "training steps of a missing debater", **define)
+  flags.DEFINE_float("debater_learning_rate", 3e-3, "a missing debater's learning rate", **define)
+  flags.DEFINE_integer("seed", 0, "seed of the judges, debaters and debates", **define)
+  return values
+
+
+def execute(args: flags.FlagValues, command: str) -> dict:
+  """The study the parsed flags ``args`` ask for (the module docstring); returns its result.
+  ``command`` is the command line the table records."""
   trained = args.judge == "trained"
   pairs = PAIRS if trained else tuple(
       p for p in PAIRS if not {"learned", "mcts+prior"} & set(p))
@@ -153,9 +169,8 @@ def main(argv=None):
         s: _simulations_per_second(config, judge, images[:64], labels[:64], s) for s in (16, 64)}
     print(f"k={k} MCTS simulations/s:", per_k[k]["mcts_simulations_per_second"], flush=True)
 
-  command = "python -m experiments.mnist_debate " + " ".join(argv if argv is not None
-                                                             else sys.argv[1:])
-  result = dict(command=command.strip(), args=vars(args), data=data, per_k=per_k, rows=rows,
+  result = dict(command=command.strip(), args={name: args[name].value for name in FLAG_NAMES},
+                data=data, per_k=per_k, rows=rows,
                 seconds=time.time() - start, devices=str(jax.devices()))
   os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
   with open(args.results + ".json", "w") as f:
@@ -167,6 +182,19 @@ def main(argv=None):
   with open(args.results + ".md", "w") as f:
     f.write(text)
   print(text)
+  return result
+
+
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, lambda values: execute(values, " ".join([PROGRAM, *argv])),
+                          argv, program=PROGRAM)
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS, " ".join([PROGRAM, *sys.argv[1:]]))
 
 
 def plot(result, pairs, out_png: str) -> str | None:
@@ -265,4 +293,4 @@ def _markdown(result, args, pairs):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

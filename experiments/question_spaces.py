@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 
-from amp_debate import tasks
+from absl import flags
+
+from amp_debate import cli, tasks
 from amp_debate.data import eval_sets
 from amp_debate.data import question_space
 from amp_debate.tasks import base
@@ -27,7 +29,14 @@ def sizes():
   return out + [("permutation quickstart (README main job)", "permutation", default.QUICKSTART)]
 
 
-def main() -> None:
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line has no flags of its own (a stray argument is refused). Returns ``values``."""
+  return values
+
+
+def main(argv) -> None:
+  """absl's main: writes the table."""
+  del argv
   lines = [
       "# Question spaces (issue 27)", "",
       "Command: `python -m experiments.question_spaces`. Effective size of each level's question "
@@ -55,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -18,13 +18,13 @@ table and plot again from the records in the results .json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
+from absl import flags
 
-from amp_debate import sweep
+from amp_debate import cli, sweep
 from amp_debate.data import eval_sets
 from amp_debate.safety import overseer
 from amp_debate.train import config_lib, metrics_io
@@ -164,26 +164,31 @@ def markdown(summaries: list[dict], png: str | None) -> str:
   return "\n".join(text)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="workdir/self_review")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--penalties", default=",".join(overseer.PENALTIES))
-  parser.add_argument("--cats", default="1,5", help="comma-separated λ_cat values")
-  parser.add_argument("--parallel", type=int, default=1, help="runs at a time (one process each)")
-  parser.add_argument("--results", default=RESULTS, help="output path without extension")
-  parser.add_argument("--table_only", action="store_true",
-                      help="train nothing; tabulate the runs in --workdir")
-  parser.add_argument("--from_results", action="store_true",
-                      help="train nothing, read no workdir: the table and plot again from the "
-                      "records in --results.json")
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  cli.define_study_flags(
+      values, workdir="workdir/self_review", results=RESULTS, parallel=True, table_only=True,
+      from_results=True,
+      help={"table_only": "train nothing; tabulate the runs in --workdir",
+            "from_results": "train nothing, read no workdir: the table and plot again from the "
+                            "records in --results.json"})
+  flags.DEFINE_integer("seed", 0, "seed of every run", **define)
+  flags.DEFINE_string("penalties", ",".join(overseer.PENALTIES), "comma-separated penalties",
+                      **define)
+  flags.DEFINE_string("cats", "1,5", "comma-separated λ_cat values", **define)
+  return values
+
+
+def execute(args: flags.FlagValues) -> list[dict]:
+  """The study the parsed flags ``args`` ask for (the module docstring); returns the records."""
   spec = (f"{SWEEP}:cats={args.cats.replace(',', '+')},"
           f"penalties={args.penalties.replace(',', '+')},seed={args.seed}")
   try:
     plan.parse(spec.partition(":")[2])
   except ValueError as e:
-    parser.error(f"--cats/--penalties: {e}")
+    cli.fail(f"--cats/--penalties: {e}")
   if args.from_results:
     with open(args.results + ".json") as f:
       summaries = json.load(f)
@@ -192,7 +197,7 @@ def main():
       runs = sweep.run_sweep(spec, None, args.workdir, train=not args.table_only,
                              parallel=args.parallel)
     except ValueError as e:  # a bad sweep, or a run the trainer refused
-      raise SystemExit(f"error: {e}") from None
+      cli.fail(str(e))
     for run in runs:
       if not run.done:
         raise SystemExit(f"{run.workdir}: not finished (rerun without --table_only to train or "
@@ -208,7 +213,19 @@ def main():
     with open(args.results + ".json", "w") as f:
       json.dump(summaries, f, indent=2)
   print(text)
+  return summaries
+
+
+def command_line(argv: list[str]) -> list[dict]:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="self_review")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -11,22 +11,33 @@ table whenever the run evaluates on that eval set.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
-from amp_debate import train
+from absl import flags
+
+from amp_debate import cli, train
 from experiments.configs import default
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                        "supervised_reference.json")
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--arg", default="task=permutation,quickstart")
-  parser.add_argument("--workdir", default="workdir/supervised_reference")
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("arg", "task=permutation,quickstart",
+                      "the config arg of experiments/configs/default.py (mode=supervised added)",
+                      **define)
+  cli.define_study_flags(values, workdir="workdir/supervised_reference",
+                         help={"workdir": "the supervised run's directory"})
+  return values
+
+
+def execute(args: flags.FlagValues) -> dict:
+  """Trains (or resumes) the run the parsed flags ``args`` ask for and stores its accuracies;
+  returns the stored entry."""
   config = default.get_config(args.arg + ",mode=supervised")
   result = train.run(config, args.workdir)
   levels = sorted(int(k.rsplit("/d", 1)[1]) for k in result.eval
@@ -45,7 +56,19 @@ def main():
   with open(RESULTS, "w") as f:
     json.dump(stored, f, indent=2, sort_keys=True)
   print(f"stored under {name!r} in {RESULTS}: {entry}")
+  return entry
+
+
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="supervised_reference")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

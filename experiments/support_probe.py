@@ -14,14 +14,15 @@ Nothing here feeds training.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from amp_debate import cli
 from amp_debate.procedure import credit, debate
 from amp_debate.procedure.model_player import ModelDebater
 from amp_debate.train import programs, restore
@@ -87,12 +88,20 @@ def probe(workdir: str, batches: int = 8, seed: int = 123) -> dict:
   return out
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workdir", action="append", required=True)
-  parser.add_argument("--batches", type=int, default=8)
-  parser.add_argument("--out", default="")
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_multi_string("workdir", None, "a run's directory (repeatable: one probe each)",
+                            **define)
+  flags.DEFINE_integer("batches", 8, "training batches played per level", **define)
+  flags.DEFINE_string("out", "", "also write the JSON here", **define)
+  flags.mark_flag_as_required("workdir", flag_values=values)
+  return values
+
+
+def execute(args: flags.FlagValues) -> list[dict]:
+  """The probes of the runs the parsed flags ``args`` name, printed (JSON) and returned."""
   results = [probe(w, args.batches) for w in args.workdir]
   text = json.dumps(results, indent=1)
   print(text)
@@ -100,7 +109,19 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
       f.write(text + "\n")
+  return results
+
+
+def command_line(argv: list[str]) -> list[dict]:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="support_probe")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

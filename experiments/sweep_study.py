@@ -18,13 +18,16 @@ here it runs at the quick start too.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import shutil
 import subprocess
 import sys
+
+from absl import flags
+
+from amp_debate import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/configs/default.py:task=permutation,quickstart"
@@ -141,20 +144,30 @@ def write_index(entries: list[dict], out: str) -> None:
     f.write("\n".join(lines) + "\n")
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  parser.add_argument("--sweeps", default=",".join(SWEEPS))
-  parser.add_argument("--workdir", default="workdir/sweep_study")
-  parser.add_argument("--vmap", type=int, default=8)
-  parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "sweeps"))
-  parser.add_argument("--collect_only", action="store_true",
-                      help="Only copy the finished sweeps' tables and plots.")
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("sweeps", ",".join(SWEEPS), "comma-separated sweeps of experiments/sweeps/",
+                      **define)
+  cli.define_study_flags(values, workdir="workdir/sweep_study",
+                         help={"workdir": "directory of the sweeps (one subdirectory each)"})
+  flags.DEFINE_integer("vmap", 8, "the sweep runner's --vmap", **define)
+  flags.DEFINE_string("out", os.path.join(ROOT, "experiments", "results", "sweeps"),
+                      "where the tables, plots and index go", **define)
+  flags.DEFINE_bool("collect_only", False, "Only copy the finished sweeps' tables and plots.",
+                    **define)
+  return values
+
+
+def execute(args: flags.FlagValues) -> int:
+  """The sweeps the parsed flags ``args`` ask for (the module docstring); returns the exit
+  status (0, or the last failed sweep's)."""
   names = [n for n in args.sweeps.split(",") if n]
   workdir = os.path.abspath(args.workdir)
   for name in names:
     if not os.path.isfile(os.path.join(ROOT, "experiments", "sweeps", f"{name}.py")):
-      raise SystemExit(f"error: no sweep experiments/sweeps/{name}.py")
+      cli.fail(f"no sweep experiments/sweeps/{name}.py")
   os.makedirs(args.out, exist_ok=True)
   index_path = os.path.join(args.out, "index.json")
   index = {}
@@ -180,5 +193,17 @@ def main(argv=None) -> int:
   return status
 
 
+def command_line(argv: list[str]) -> int:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched); returns
+  its exit status."""
+  return cli.command_line(define_flags, execute, argv, program="sweep_study")
+
+
+def main(argv) -> int:
+  """absl's main: the flags are parsed into FLAGS already; returns the exit status."""
+  del argv
+  return execute(flags.FLAGS)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(define_flags, main)

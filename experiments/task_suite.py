@@ -21,12 +21,13 @@ record per run, ``record``) and ``.png`` (M's worst level against step; matplotl
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 
-from amp_debate import sweep, tasks
+from absl import flags
+
+from amp_debate import cli, sweep, tasks
 from experiments.sweeps import task_suite as plan
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "task_suite")
@@ -231,27 +232,32 @@ def markdown(by_task: dict[str, list[dict]], results: str, png: str | None) -> s
   return f"# Every task at its runlocal size\n\n{text}\n\n{notes}\n"
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="workdir/task_suite")
-  parser.add_argument("--tasks", default=",".join(tasks.names()),
-                      help="comma-separated task names (default: every registered task)")
-  parser.add_argument("--modes", default=",".join(MODES))
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--parallel", type=int, default=1, help="runs at a time (one process each)")
-  parser.add_argument("--results", default=RESULTS, help="output path without extension")
-  parser.add_argument("--table_only", action="store_true",
-                      help="run nothing; tabulate the finished runs (in --workdir or recorded)")
-  parser.add_argument("--from_results", action="store_true",
-                      help="run nothing, read no workdir: the tables again from the records in "
-                      "--results.json, as they are")
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  cli.define_study_flags(
+      values, workdir="workdir/task_suite", results=RESULTS, parallel=True, table_only=True,
+      from_results=True,
+      help={"table_only": "run nothing; tabulate the finished runs (in --workdir or recorded)",
+            "from_results": "run nothing, read no workdir: the tables again from the records in "
+                            "--results.json, as they are"})
+  flags.DEFINE_string("tasks", ",".join(tasks.names()),
+                      "comma-separated task names (default: every registered task)", **define)
+  flags.DEFINE_string("modes", ",".join(MODES), "comma-separated modes", **define)
+  flags.DEFINE_integer("seed", 0, "seed of every run", **define)
+  return values
+
+
+def execute(args: flags.FlagValues) -> dict[str, list[dict]]:
+  """The suite the parsed flags ``args`` ask for (the module docstring); returns the records by
+  task."""
   spec = (f"{SWEEP}:tasks={args.tasks.replace(',', '+')},modes={args.modes.replace(',', '+')},"
           f"seed={args.seed}")
   try:
     plan.parse(spec.partition(":")[2])
   except ValueError as e:
-    parser.error(f"--tasks/--modes: {e}")
+    cli.fail(f"--tasks/--modes: {e}")
   if args.from_results:
     by_task: dict[str, list[dict]] = {}
     for s in json.load(open(args.results + ".json")):
@@ -261,7 +267,7 @@ def main():
       try:
         runs = sweep.run_sweep(spec, None, args.workdir, parallel=args.parallel)
       except ValueError as e:  # a bad sweep, or a run the trainer refused
-        raise SystemExit(f"error: {e}") from None
+        cli.fail(str(e))
       if not all(r.done for r in runs):
         raise SystemExit("task suite not finished: rerun the same command to resume")
     # Every finished run of every task and mode (the requested ones just ran), so a suite run on
@@ -277,7 +283,19 @@ def main():
       json.dump([s for v in by_task.values() for s in v], f, indent=2)
   print(f"\n{text}\nwrote {args.results}.md" + ("" if args.from_results else " and .json") +
         (f" and {png}" if png else " (no plot: matplotlib is not installed)"))
+  return by_task
+
+
+def command_line(argv: list[str]) -> dict[str, list[dict]]:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="task_suite")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

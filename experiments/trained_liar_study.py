@@ -19,14 +19,14 @@ Ms:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 
 import numpy as np
+from absl import flags
 
-from amp_debate import train
+from amp_debate import cli, train
 from amp_debate.tools import trained_liar
 from experiments.configs import default
 
@@ -99,16 +99,22 @@ def table(records: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="workdir/trained_liar")
-  parser.add_argument("--steps", type=int, default=100, help="liar updates")
-  parser.add_argument("--batch", type=int, default=trained_liar.LiarTraining.batch)
-  parser.add_argument("--learning_rate", type=float,
-                      default=trained_liar.LiarTraining.learning_rate)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--results", default=RESULTS, help="output path without extension")
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  cli.define_study_flags(values, workdir="workdir/trained_liar", results=RESULTS)
+  flags.DEFINE_integer("steps", 100, "liar updates", **define)
+  flags.DEFINE_integer("batch", trained_liar.LiarTraining.batch,
+                       "debates per liar update (half in each seat)", **define)
+  flags.DEFINE_float("learning_rate", trained_liar.LiarTraining.learning_rate,
+                     "the liar's Adam learning rate", **define)
+  flags.DEFINE_integer("seed", 0, "the liar's seed", **define)
+  return values
+
+
+def execute(args: flags.FlagValues) -> dict:
+  """The study the parsed flags ``args`` ask for (the module docstring); returns the records."""
   options = trained_liar.LiarTraining(steps=args.steps, batch=args.batch,
                                       learning_rate=args.learning_rate)
   records = {}
@@ -135,7 +141,19 @@ def main():
   with open(args.results + ".json", "w") as f:
     json.dump(records, f, indent=1)
   print(text)
+  return records
+
+
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="trained_liar_study")
+
+
+def main(argv):
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -63,7 +63,7 @@ def test_no_lengths_no_plot(tmp_path):
 
 def test_unknown_sweep_is_refused(tmp_path):
   try:
-    sweep_study.main(["--sweeps=nope", f"--out={tmp_path}"])
+    sweep_study.command_line(["--sweeps=nope", f"--out={tmp_path}"])
   except SystemExit as e:
     assert "no sweep experiments/sweeps/nope.py" in str(e)
   else:

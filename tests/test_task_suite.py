@@ -97,11 +97,11 @@ def test_the_table_holds_finished_runs_then_recorded_ones_of_todays_recipe(tmp_p
 
 @pytest.mark.parametrize("flag, message", [("--tasks=chess", "unknown task 'chess'"),
                                            ("--modes=debate", "'debate' is not one of")])
-def test_bad_arguments_stop_before_any_run(tmp_path, monkeypatch, capsys, flag, message):
-  monkeypatch.setattr(sys, "argv", ["task_suite", f"--workdir={tmp_path}", flag])
+def test_bad_arguments_stop_before_any_run(tmp_path, flag, message):
   with pytest.raises(SystemExit) as exit_info:
-    task_suite.main()
-  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    task_suite.command_line([f"--workdir={tmp_path}", flag])
+  assert str(exit_info.value.code).startswith("error: --tasks/--modes: ")
+  assert message in str(exit_info.value.code)
   assert not list(tmp_path.iterdir())
 
 
