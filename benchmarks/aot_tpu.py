@@ -43,13 +43,19 @@ cost estimates. What it does not: speed, memory fragmentation at run time, or th
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import os
 import platform
 import sys
 import time
+import types
+
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from amp_debate import cli  # noqa: E402
 
 GIB = 2 ** 30
 MIB = 2 ** 20
@@ -59,6 +65,7 @@ HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6
 NO_LIBTPU_ENV = "AMP_DEBATE_AOT_NO_LIBTPU"
 # Substrings of the TPU compiler's error when a program cannot fit the chip's memory.
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Ran out of memory", "out of memory")
+PROGRAM = "python benchmarks/aot_tpu.py"
 QUICK = dict(config_arg="task=permutation,mode=hybrid,quickstart", topologies="v5e:2x2",
              fsdp="2", search=False)
 
@@ -312,27 +319,37 @@ def report(results: list[dict], meta: dict) -> str:
   return text
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="one tiny config on a 4-chip v5e:2x2, one compile (a smoke test)")
-  parser.add_argument("--task", default="permutation")
-  parser.add_argument("--mode", default="hybrid")
-  parser.add_argument("--presets", default="base,large")
-  parser.add_argument("--topologies", default="v5e:4x4,v5e:16x16",
-                      help="libtpu topology names, e.g. v5e:4x4 (16 chips), v5p:4x8x8 (256)")
-  parser.add_argument("--fsdp", default="1,16", help="fsdp sizes (data = chips / fsdp)")
-  parser.add_argument("--dtype", default="bfloat16", help="model.dtype ('' keeps the config's)")
-  parser.add_argument("--start-per-chip", type=int, default=16,
-                      help="per-chip batch of the first compile (the default config: 256 / 16)")
-  parser.add_argument("--max-compiles", type=int, default=6, help="per batch search")
-  parser.add_argument("--no-search", dest="search", action="store_false")
-  parser.add_argument("--hbm-gib", type=float, default=0.0,
-                      help="HBM per chip (0: by the chip, HBM_GIB)")
-  parser.add_argument("--out", default="", help="FILE.md; FILE.json gets every compile's numbers")
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this script
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_bool("quick", False,
+                    "one tiny config on a 4-chip v5e:2x2, one compile (a smoke test)", **define)
+  flags.DEFINE_string("task", "permutation", "the task", **define)
+  flags.DEFINE_string("mode", "hybrid", "the training mode", **define)
+  flags.DEFINE_string("presets", "base,large", "comma-separated model presets", **define)
+  flags.DEFINE_string("topologies", "v5e:4x4,v5e:16x16",
+                      "libtpu topology names, e.g. v5e:4x4 (16 chips), v5p:4x8x8 (256)", **define)
+  flags.DEFINE_string("fsdp", "1,16", "fsdp sizes (data = chips / fsdp)", **define)
+  flags.DEFINE_string("dtype", "bfloat16", "model.dtype ('' keeps the config's)", **define)
+  flags.DEFINE_integer("start-per-chip", 16,
+                       "per-chip batch of the first compile (the default config: 256 / 16)",
+                       **define)
+  flags.DEFINE_integer("max-compiles", 6, "per batch search", **define)
+  flags.DEFINE_bool("no-search", False, "no batch search: one compile at --start-per-chip",
+                    **define)
+  flags.DEFINE_float("hbm-gib", 0.0, "HBM per chip (0: by the chip, HBM_GIB)", **define)
+  flags.DEFINE_string("out", "", "FILE.md; FILE.json gets every compile's numbers", **define)
+  return values
+
+
+def arguments(values: flags.FlagValues) -> types.SimpleNamespace:
+  """The parsed flags as ``run`` reads them (``args.start_per_chip``, ``args.search``, ...);
+  exits with a one-line error on a bad value."""
+  args = cli.namespace(values)
+  args.search = not args.no_search
   if args.start_per_chip < 1 or args.max_compiles < 1:
-    parser.error("--start-per-chip and --max-compiles must be >= 1")
+    cli.fail("--start-per-chip and --max-compiles must be >= 1")
   return args
 
 
@@ -405,11 +422,10 @@ def run(args, command: str) -> tuple[str, dict]:
   return report(results, meta), {"meta": meta, "results": results}
 
 
-def main(argv=None) -> dict:
-  args = parse_args(argv)
-  command = "python benchmarks/aot_tpu.py " + " ".join(
-      sys.argv[1:] if argv is None else argv)
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def execute(values: flags.FlagValues, command: str) -> dict:
+  """The compiles the parsed flags ``values`` ask for (the module docstring); ``command`` is the
+  command line the report names. Returns the report's data."""
+  args = arguments(values)
   try:
     text, data = run(args, command.strip())
   except AotError as e:
@@ -420,5 +436,17 @@ def main(argv=None) -> dict:
   return data
 
 
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, lambda values: execute(values, " ".join([PROGRAM, *argv])),
+                          argv, program=PROGRAM)
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS, " ".join([PROGRAM, *sys.argv[1:]]))
+
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -10,13 +10,12 @@ the defaults on a 2-core CPU (mostly compilation).
 
 from __future__ import annotations
 
-import argparse
-
 import common
 import jax
 import numpy as np
+from absl import flags
 
-from amp_debate import models
+from amp_debate import cli, models
 
 
 def best_time(fn, *args, repeats: int = 3) -> float:
@@ -24,15 +23,20 @@ def best_time(fn, *args, repeats: int = 3) -> float:
   return min(common.call_times(fn, *args, repeats=repeats))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--preset", default="small", choices=sorted(models.PRESETS))
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--prompt_len", type=int, default=32)
-  parser.add_argument("--answer_len", type=int, default=16)
-  parser.add_argument("--vocab", type=int, default=64)
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this script
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_enum("preset", "small", sorted(models.PRESETS), "the model preset", **define)
+  flags.DEFINE_integer("batch", 64, "prompts decoded at once", **define)
+  flags.DEFINE_integer("prompt_len", 32, "prompt tokens", **define)
+  flags.DEFINE_integer("answer_len", 16, "answer tokens", **define)
+  flags.DEFINE_integer("vocab", 64, "vocabulary size", **define)
+  return values
 
+
+def execute(args: flags.FlagValues) -> None:
+  """The benchmark the parsed flags ``args`` ask for (the module docstring): printed."""
   seq_len = args.prompt_len + args.answer_len - 1
   config = models.preset(args.preset, args.vocab, seq_len)
   model = models.LanguageModel(config)
@@ -61,5 +65,16 @@ def main():
   print(f"speed-up of the KV cache: {t_recompute / t_cached:.2f}x")
 
 
+def command_line(argv: list[str]) -> None:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  cli.command_line(define_flags, execute, argv, program="decode.py")
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
+
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -18,17 +18,18 @@ peak.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import jax
 import numpy as np
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
+from amp_debate import cli  # noqa: E402
 from amp_debate.train import step as step_lib  # noqa: E402
 from experiments.configs import default  # noqa: E402
 
@@ -50,20 +51,27 @@ def compiled_bytes(task_name: str, mode: str, preset: str, batch: int, t_max: in
              + memory.temp_size_in_bytes)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--task", default="permutation")
-  parser.add_argument("--mode", default="hybrid")
-  parser.add_argument("--presets", default="tiny,small,base")
-  parser.add_argument("--batches", default="32,64,128")
-  parser.add_argument("--t-max", default="4,8,16")
-  parser.add_argument("--budget-gib", type=float, default=16.0)
-  parser.add_argument("--out", default="")
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this script
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("task", "permutation", "the task", **define)
+  flags.DEFINE_string("mode", "hybrid", "the training mode", **define)
+  flags.DEFINE_string("presets", "tiny,small,base", "comma-separated model presets", **define)
+  flags.DEFINE_string("batches", "32,64,128", "comma-separated batches (at least two)", **define)
+  flags.DEFINE_string("t-max", "4,8,16", "comma-separated debate lengths", **define)
+  flags.DEFINE_float("budget-gib", 16.0, "the memory budget (GiB)", **define)
+  flags.DEFINE_string("out", "", "also write the report (markdown) here", **define)
+  return values
+
+
+def execute(values: flags.FlagValues) -> dict:
+  """The benchmark the parsed flags ``values`` ask for (the module docstring)."""
+  args = cli.namespace(values)
   batches = sorted({int(b) for b in args.batches.split(",") if b})
   lengths = sorted({int(t) for t in args.t_max.split(",") if t})
   if len(batches) < 2:
-    parser.error("--batches needs at least two values to fit a line")
+    cli.fail("--batches needs at least two values to fit a line")
 
   batch_rows, length_rows, summary = [], [], {}
   for preset in [p for p in args.presets.split(",") if p]:
@@ -102,5 +110,15 @@ def main(argv=None):
   return {"presets": summary, "lengths": lengths, "report": report}
 
 
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="memory.py")
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

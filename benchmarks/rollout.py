@@ -30,7 +30,6 @@ before each round (one device-to-host sync per round), then a jitted finish.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -40,9 +39,11 @@ import sys
 import common
 import jax
 import jax.numpy as jnp
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from amp_debate import cli  # noqa: E402
 from amp_debate.procedure import debate, players  # noqa: E402
 from amp_debate.procedure.model_player import ModelDebater  # noqa: E402
 from amp_debate.train import config_lib  # noqa: E402
@@ -95,34 +96,42 @@ def host_comparison(task, model, params, played, batch: int, t_max: int, repeats
           f" | {float(game.num_args.mean()):.2f} (max {int(game.num_args.max())}) |"), times
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--task", default="permutation")
-  parser.add_argument("--t_max", default="4,8,12,32", help="comma-separated debate lengths")
-  parser.add_argument("--task-options", default="",
-                      help="comma-separated key=value task options (JSON values)")
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--host-batches", default="64,256,1024",
-                      help="comma-separated batches of the host-loop comparison ('' for none)")
-  parser.add_argument("--host-t-max", type=int, default=12)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--players", default="m", choices=("m", "oracle-liar"),
-                      help="m: self-play of an untrained M; oracle-liar: scripted games to a leaf")
-  parser.add_argument("--out", default="", help="also write the report (markdown) here")
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this script
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("task", "permutation", "the task", **define)
+  flags.DEFINE_string("t_max", "4,8,12,32", "comma-separated debate lengths", **define)
+  flags.DEFINE_string("task-options", "", "comma-separated key=value task options (JSON values)",
+                      **define)
+  flags.DEFINE_integer("batch", 64, "games per rollout", **define)
+  flags.DEFINE_string("host-batches", "64,256,1024",
+                      "comma-separated batches of the host-loop comparison ('' for none)", **define)
+  flags.DEFINE_integer("host-t-max", 12, "t_max of the host-loop comparison", **define)
+  flags.DEFINE_integer("repeats", 5, "timed calls (the median is reported)", **define)
+  flags.DEFINE_enum("players", "m", ["m", "oracle-liar"],
+                    "m: self-play of an untrained M; oracle-liar: scripted games to a leaf",
+                    **define)
+  flags.DEFINE_string("out", "", "also write the report (markdown) here", **define)
+  return values
+
+
+def execute(values: flags.FlagValues) -> dict:
+  """The benchmark the parsed flags ``values`` ask for (the module docstring)."""
+  args = cli.namespace(values)
   scripted = args.players == "oracle-liar"
   try:
     lengths = sorted({int(t) for t in args.t_max.split(",") if t})
   except ValueError:
-    parser.error(f"--t_max must be comma-separated integers, got {args.t_max!r}")
+    cli.fail(f"--t_max must be comma-separated integers, got {args.t_max!r}")
   if not lengths or lengths[0] < 1 or args.batch < 1 or args.repeats < 1:
-    parser.error("--t_max values, --batch and --repeats must be >= 1")
+    cli.fail("--t_max values, --batch and --repeats must be >= 1")
 
   config = default.get_config(default.cpu_arg(args.task, "hybrid"))
   for item in filter(None, args.task_options.split(",")):
     key, eq, value = item.partition("=")
     if not eq or key not in config.task_options:
-      parser.error(f"--task-options: {item!r} is not key=value of {sorted(config.task_options)}")
+      cli.fail(f"--task-options: {item!r} is not key=value of {sorted(config.task_options)}")
     config.task_options[key] = json.loads(value)
   task = config_lib.make_task(config)
   model = config_lib.make_model(config, task)
@@ -192,5 +201,15 @@ def main(argv=None):
   return {"medians": medians, "lengths": lengths, "host": host_times, "report": report}
 
 
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="rollout.py")
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -16,12 +16,12 @@ of every script: its figures are not the ones to quote).
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
 
 import jax
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +30,8 @@ import rollout  # noqa: E402
 import seeds  # noqa: E402
 import step  # noqa: E402
 import time_to_accuracy  # noqa: E402
+
+from amp_debate import cli  # noqa: E402
 
 SCRIPTS = ("step", "rollout", "rollout_leaf", "seeds", "memory", "time_to_accuracy")
 
@@ -120,16 +122,24 @@ def goals(results: dict) -> list[tuple[str, str, str, str]]:
   return out
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  parser.add_argument("--skip", default="", help=f"comma-separated, of {', '.join(SCRIPTS)}")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                    "results"))
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this script
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_bool("quick", False, "smaller repeats and sizes: a smoke run of every script",
+                    **define)
+  flags.DEFINE_string("skip", "", f"comma-separated, of {', '.join(SCRIPTS)}", **define)
+  flags.DEFINE_string("out", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+                      "directory of the report", **define)
+  return values
+
+
+def execute(args: flags.FlagValues) -> dict:
+  """Every benchmark (each script's ``command_line``, in this process), then the goals table;
+  returns the scripts' results by name."""
   skip = {s for s in args.skip.split(",") if s}
   if skip - set(SCRIPTS):
-    parser.error(f"--skip: unknown {sorted(skip - set(SCRIPTS))}; choose from {SCRIPTS}")
+    cli.fail(f"--skip: unknown {sorted(skip - set(SCRIPTS))}; choose from {SCRIPTS}")
   quick = args.quick
   argvs = {
       "step": ["--steps", "2" if quick else "10", "--repeats", "2" if quick else "5",
@@ -158,7 +168,7 @@ def main(argv=None):
     if name in skip:
       continue
     print(f"== {name} ==", file=sys.stderr, flush=True)
-    results[name] = modules[name].main(argvs[name])
+    results[name] = modules[name].command_line(argvs[name])
   lines = ["| goal | target | measured | verdict |", "|---|---|---|---|"]
   lines += [f"| {g} | {t} | {m} | {v} |" for g, t, m, v in goals(results)]
   device = jax.devices()[0]
@@ -176,5 +186,16 @@ def main(argv=None):
   return results
 
 
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="run.py")
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
+
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -15,7 +15,6 @@ equals the same run stepped alone (tests/test_step.py).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -23,11 +22,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
+from amp_debate import cli  # noqa: E402
 from amp_debate.train import step as step_lib  # noqa: E402
 from experiments.configs import default  # noqa: E402
 
@@ -61,17 +62,25 @@ def time_steps(step_fn, state, keys, steps: int, repeats: int) -> float:
   return statistics.median(blocks)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--task", default="permutation")
-  parser.add_argument("--mode", default="hybrid")
-  parser.add_argument("--seeds", default="1,2,4,8", help="comma-separated numbers of runs")
-  parser.add_argument("--learning-rates", default="",
-                      help="comma-separated learning rates cycled over the runs ('' : the config's)")
-  parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--out", default="")
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this script
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("task", "permutation", "the task", **define)
+  flags.DEFINE_string("mode", "hybrid", "the training mode", **define)
+  flags.DEFINE_string("seeds", "1,2,4,8", "comma-separated numbers of runs", **define)
+  flags.DEFINE_string("learning-rates", "",
+                      "comma-separated learning rates cycled over the runs ('' : the config's)",
+                      **define)
+  flags.DEFINE_integer("steps", 5, "steps per timed block", **define)
+  flags.DEFINE_integer("repeats", 3, "timed blocks", **define)
+  flags.DEFINE_string("out", "", "also write the report (markdown) here", **define)
+  return values
+
+
+def execute(values: flags.FlagValues) -> dict:
+  """The benchmark the parsed flags ``values`` ask for (the module docstring)."""
+  args = cli.namespace(values)
   counts = sorted({int(s) for s in args.seeds.split(",") if s})
   rates = [float(x) for x in args.learning_rates.split(",") if x]
   pure, init = build(args.task, args.mode)
@@ -109,5 +118,15 @@ def main(argv=None):
   return {"times": times, "report": report}
 
 
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="seeds.py")
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -30,7 +30,6 @@ between host and device (``jax.transfer_guard("disallow")``): the step keeps eve
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -39,9 +38,11 @@ import time
 import common
 import jax
 import jax.numpy as jnp
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from amp_debate import cli  # noqa: E402
 from amp_debate.train import config_lib  # noqa: E402
 from amp_debate.train import step as step_lib  # noqa: E402
 from experiments.configs import default  # noqa: E402
@@ -207,27 +208,34 @@ def parse_reuse(text: str) -> list[tuple[int, int]]:
   return out
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--task", default="permutation")
-  parser.add_argument("--modes", default="supervised,amplification,hybrid",
-                      help=f"comma-separated, of {', '.join(MODES)}")
-  parser.add_argument("--batch", type=int, default=0, help="> 0: overrides the config's batch")
-  parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
-  parser.add_argument("--repeats", type=int, default=5, help="timed blocks per mode")
-  parser.add_argument("--phases", default="hybrid",
-                      help="comma-separated modes whose phases to time alone ('' for none)")
-  parser.add_argument("--reuse", default="1x4,2x4",
-                      help="comma-separated EPOCHSxMINIBATCHES settings of each debate mode in "
-                           "--modes, timed besides its default 1x1 ('' for none)")
-  parser.add_argument("--out", default="", help="also write the report (markdown) here")
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this script
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("task", "permutation", "the task", **define)
+  flags.DEFINE_string("modes", "supervised,amplification,hybrid",
+                      f"comma-separated, of {', '.join(MODES)}", **define)
+  flags.DEFINE_integer("batch", 0, "> 0: overrides the config's batch", **define)
+  flags.DEFINE_integer("steps", 10, "steps per timed block", **define)
+  flags.DEFINE_integer("repeats", 5, "timed blocks per mode", **define)
+  flags.DEFINE_string("phases", "hybrid",
+                      "comma-separated modes whose phases to time alone ('' for none)", **define)
+  flags.DEFINE_string("reuse", "1x4,2x4",
+                      "comma-separated EPOCHSxMINIBATCHES settings of each debate mode in "
+                      "--modes, timed besides its default 1x1 ('' for none)", **define)
+  flags.DEFINE_string("out", "", "also write the report (markdown) here", **define)
+  return values
+
+
+def execute(values: flags.FlagValues) -> dict:
+  """The benchmark the parsed flags ``values`` ask for (the module docstring)."""
+  args = cli.namespace(values)
   modes = [m for m in args.modes.split(",") if m]
   bad = [m for m in modes if m not in MODES]
   if bad or not modes:
-    parser.error(f"--modes: unknown {bad or 'none given'}; choose from {', '.join(MODES)}")
+    cli.fail(f"--modes: unknown {bad or 'none given'}; choose from {', '.join(MODES)}")
   if args.steps < 1 or args.repeats < 1 or args.batch < 0:
-    parser.error("--steps and --repeats must be >= 1, --batch >= 0")
+    cli.fail("--steps and --repeats must be >= 1, --batch >= 0")
 
   peak = matmul_peak()
   rows = []
@@ -235,13 +243,13 @@ def main(argv=None):
     try:
       rows.append(measure(args.task, mode, args.batch, args.steps, args.repeats))
     except config_lib.ConfigError as e:
-      parser.error(str(e))
+      cli.fail(str(e))
     print(f"{mode}: {rows[-1]['median_s'] * 1e3:.1f} ms per step", file=sys.stderr, flush=True)
   debate_modes = [m for m in modes if m != "supervised"]
   try:
     reuse = parse_reuse(args.reuse)
   except ValueError:
-    parser.error(f"--reuse must look like 1x4,2x4, got {args.reuse!r}")
+    cli.fail(f"--reuse must look like 1x4,2x4, got {args.reuse!r}")
   for mode in debate_modes:
     for epochs, minibatches in reuse:
       rows.append(measure(args.task, mode, args.batch, args.steps, args.repeats, epochs,
@@ -251,7 +259,7 @@ def main(argv=None):
   phase_lines = []
   for mode in [m for m in args.phases.split(",") if m]:
     if mode not in MODES[1:]:
-      parser.error(f"--phases: {mode!r} has no debate phases; choose from {', '.join(MODES[1:])}")
+      cli.fail(f"--phases: {mode!r} has no debate phases; choose from {', '.join(MODES[1:])}")
     phase_lines += [f"| {mode} | {name} | {t * 1e3:.1f} ms | {gflop:.2f} |"
                     for name, (t, gflop) in phases(args.task, mode, args.batch,
                                                    args.repeats).items()]
@@ -273,5 +281,15 @@ def main(argv=None):
   return {"rows": rows, "base_s": base, "report": report}
 
 
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="step.py")
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -16,7 +16,6 @@ too.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -25,7 +24,12 @@ import sys
 import tempfile
 import time
 
+from absl import flags
+
+from amp_debate import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRAM = "python benchmarks/sweep.py"
 SWEEP = """def get_sweep():
   return [{{"seed": s, "num_steps": {steps}}} for s in range({runs})]
 """
@@ -53,13 +57,21 @@ def accuracies(workdir: str, runs: int) -> list[float]:
   return [a for _, a in sorted(out)]
 
 
-def main(argv=None) -> str:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  parser.add_argument("--runs", type=int, default=4)
-  parser.add_argument("--steps", type=int, default=100)
-  parser.add_argument("--mode", default="hybrid")
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this script
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_integer("runs", 4, "seeds in the sweep", **define)
+  flags.DEFINE_integer("steps", 100, "num_steps of each run", **define)
+  flags.DEFINE_string("mode", "hybrid", "the training mode", **define)
+  flags.DEFINE_string("out", None, "also write the report (markdown) here", **define)
+  return values
+
+
+def execute(values: flags.FlagValues, command: str) -> str:
+  """The benchmark the parsed flags ``values`` ask for (the module docstring); ``command`` is the
+  command line the report names."""
+  args = cli.namespace(values)
   with tempfile.TemporaryDirectory() as tmp:
     sweep_file = os.path.join(tmp, "seeds.py")
     with open(sweep_file, "w") as f:
@@ -71,7 +83,6 @@ def main(argv=None) -> str:
       accs[vmap] = accuracies(workdir, args.runs)
   import jax  # pylint: disable=import-outside-toplevel
   same = accs[1] == accs[args.runs]
-  command = "python benchmarks/sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
   report = "\n".join([
       f"## sweep: {args.runs} seeds vmapped in one group vs one after another",
       "",
@@ -100,5 +111,16 @@ def main(argv=None) -> str:
   return report
 
 
+def command_line(argv: list[str]) -> str:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, lambda values: execute(values, " ".join([PROGRAM, *argv])),
+                          argv, program=PROGRAM)
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS, " ".join([PROGRAM, *sys.argv[1:]]))
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)

@@ -22,7 +22,6 @@ nothing else the script runs (one run at a time, all in this process).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,12 +29,13 @@ import statistics
 import sys
 
 import jax
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
-from amp_debate import train  # noqa: E402
+from amp_debate import cli, train  # noqa: E402
 from amp_debate.train import config_lib  # noqa: E402
 from experiments.configs import default  # noqa: E402
 
@@ -132,23 +132,28 @@ def _spread(values: list[float], fmt: str) -> str:
           f"{fmt.format(max(values))})")
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--task", default="permutation")
-  parser.add_argument("--runlocal", action="store_true",
-                      help="the task's runlocal recipe even for permutation (default: the quick "
-                           "start for permutation)")
-  parser.add_argument("--steps", type=int, default=600)
-  parser.add_argument("--eval-every", type=int, default=25)
-  parser.add_argument("--runs", default=DEFAULT_RUNS,
-                      help="';'-separated mode[:field=value,...] (the first supervised run is "
-                           "the ratios' base)")
-  parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every run")
-  parser.add_argument("--first-seed", type=int, default=0)
-  parser.add_argument("--threshold", type=float, default=0.95)
-  parser.add_argument("--workdir", default="/tmp/amp_debate_tta")
-  parser.add_argument("--out", default="")
-  args = parser.parse_args(argv)
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this script
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("task", "permutation", "the task", **define)
+  flags.DEFINE_bool("runlocal", False, "the task's runlocal recipe even for permutation (default: "
+                    "the quick start for permutation)", **define)
+  flags.DEFINE_integer("steps", 600, "training steps of every run", **define)
+  flags.DEFINE_integer("eval-every", 25, "steps between evaluations", **define)
+  flags.DEFINE_string("runs", DEFAULT_RUNS, "';'-separated mode[:field=value,...] (the first "
+                      "supervised run is the ratios' base)", **define)
+  flags.DEFINE_integer("seeds", 3, "seeds 0..N-1 of every run", **define)
+  flags.DEFINE_integer("first-seed", 0, "the first seed", **define)
+  flags.DEFINE_float("threshold", 0.95, "the accuracy to reach at every level", **define)
+  flags.DEFINE_string("workdir", "/tmp/amp_debate_tta", "directory of the runs", **define)
+  flags.DEFINE_string("out", "", "also write the report (markdown) here", **define)
+  return values
+
+
+def execute(values: flags.FlagValues) -> dict:
+  """The benchmark the parsed flags ``values`` ask for (the module docstring)."""
+  args = cli.namespace(values)
   try:
     runs = [parse_run(s) for s in args.runs.split(";") if s.strip()]
     for mode, overrides in runs:  # every run's config is checked before any trains
@@ -157,7 +162,7 @@ def main(argv=None):
         _set(config, key, value)
       config_lib.validate(config)
   except (ValueError, KeyError, AttributeError, config_lib.ConfigError) as e:
-    parser.error(f"--runs: {e}")
+    cli.fail(f"--runs: {e}")
   rows = []
   for i, (mode, overrides) in enumerate(runs):
     name = mode + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items())
@@ -206,5 +211,15 @@ def main(argv=None):
   return {"rows": rows, "base_s": base_s, "base_step": base and base["step"], "report": report}
 
 
+def command_line(argv: list[str]) -> dict:
+  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
+  return cli.command_line(define_flags, execute, argv, program="time_to_accuracy.py")
+
+
+def main(argv) -> None:
+  """absl's main: the flags are parsed into FLAGS already."""
+  del argv
+  execute(flags.FLAGS)
+
 if __name__ == "__main__":
-  main()
+  cli.run(define_flags, main)
