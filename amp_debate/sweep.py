@@ -69,9 +69,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from amp_debate import options
+from amp_debate import cli, options
 
 SUMMARY = "summary.json"
 DEFAULT_CONFIG = "experiments/configs/default.py:task=permutation,quickstart"
@@ -641,30 +641,54 @@ def _plot(runs, rows, levels, workdir, varying=()) -> list[str]:
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("sweep", None, "Sweep file (a .py with get_sweep()), optionally "
+                      "with its argument: path.py:key=value,...", **define)
+  flags.DEFINE_string("config", None, "Base config file and its arg (path.py:arg); "
+                      f"default: the sweep file's CONFIG, else {DEFAULT_CONFIG}.", **define)
+  flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory a run).",
+                      **define)
+  flags.DEFINE_integer("parallel", 1, "Runs at a time (> 1: one process each).", **define)
+  flags.DEFINE_integer("vmap", 1, "Vmap up to N runs that share a compiled step (differ "
+                       "only in seed and data hyperparameters) in one program.", **define)
+  flags.DEFINE_integer("only", None, "Run only unit I (0-based: a run, or with --vmap a "
+                       "group) in this process.", **define)
+  flags.DEFINE_bool("count", False, "Print the number of units (runs, or groups with "
+                    "--vmap) and exit.", **define)
+  flags.DEFINE_bool("dry_run", False, "Check every run, list them with their state.", **define)
+  flags.DEFINE_bool("table_only", False, "Only write the table of finished runs.", **define)
+  flags.mark_flags_as_required(["sweep"], flag_values=values)
+  return values
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
+  """absl's main: the flags are parsed into FLAGS already (stray arguments refused)."""
+  del argv
+  values = flags.FLAGS
+  if not values["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    if not _WORKDIR.value and not _COUNT.value:
+    if not values.workdir and not values.count:
       raise SweepError("--workdir is required")
-    config = _CONFIG.value or sweep_config(_SWEEP.value)
-    runs = build_runs(_SWEEP.value, config, _WORKDIR.value or ".")
-    if _VMAP.value < 1:
-      raise SweepError(f"--vmap must be >= 1 (1: no vmapping), got {_VMAP.value}")
-    units = make_units(runs, _VMAP.value)
-    if _COUNT.value:
+    config = values.config or sweep_config(values.sweep)
+    runs = build_runs(values.sweep, config, values.workdir or ".")
+    if values.vmap < 1:
+      raise SweepError(f"--vmap must be >= 1 (1: no vmapping), got {values.vmap}")
+    units = make_units(runs, values.vmap)
+    if values.count:
       print(len(units))
       return
-    what = "run" if _VMAP.value <= 1 else "unit (run or vmapped group)"
-    if _ONLY.value is not None and not 0 <= _ONLY.value < len(units):
-      raise SweepError(f"--only={_ONLY.value} is not a {what} of this sweep "
+    what = "run" if values.vmap <= 1 else "unit (run or vmapped group)"
+    if values.only is not None and not 0 <= values.only < len(units):
+      raise SweepError(f"--only={values.only} is not a {what} of this sweep "
                        f"(0..{len(units) - 1})")
   except SweepError as e:
     sys.exit(f"error: {e}")
-  title = title_of(_SWEEP.value, config, _VMAP.value)
-  if _DRY_RUN.value:
+  title = title_of(values.sweep, config, values.vmap)
+  if values.dry_run:
     for index, unit in enumerate(units):
       for run in unit:
         state = "done" if run.done else "resume" if run.started else "new"
@@ -672,36 +696,21 @@ def main(argv):
         print(f"{prefix} {state:6s} {run.name}")
     return
   try:
-    if _ONLY.value is not None:
-      status = execute_unit(units[_ONLY.value], _WORKDIR.value)
+    if values.only is not None:
+      status = execute_unit(units[values.only], values.workdir)
       sys.exit(0 if status == "done" else 3)
-    if not _TABLE_ONLY.value:
-      base = [f"--sweep={_SWEEP.value}", f"--config={config}",
-              f"--workdir={_WORKDIR.value}", f"--vmap={_VMAP.value}"]
-      finished = run_all(units, _WORKDIR.value, parallel=_PARALLEL.value, argv_base=base)
+    if not values.table_only:
+      base = [f"--sweep={values.sweep}", f"--config={config}",
+              f"--workdir={values.workdir}", f"--vmap={values.vmap}"]
+      finished = run_all(units, values.workdir, parallel=values.parallel, argv_base=base)
       if not finished:
-        aggregate(runs, _WORKDIR.value, title)
+        aggregate(runs, values.workdir, title)
         print("sweep not finished: rerun the same command to resume", flush=True)
         sys.exit(3)
   except ValueError as e:  # the trainer's user-facing errors
     sys.exit(f"error: {e}")
-  print(aggregate(runs, _WORKDIR.value, title))
+  print(aggregate(runs, values.workdir, title))
 
 
 if __name__ == "__main__":
-  _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (a .py with get_sweep()), optionally "
-                               "with its argument: path.py:key=value,...")
-  _CONFIG = flags.DEFINE_string("config", None, "Base config file and its arg (path.py:arg); "
-                                f"default: the sweep file's CONFIG, else {DEFAULT_CONFIG}.")
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory a run).")
-  _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time (> 1: one process each).")
-  _VMAP = flags.DEFINE_integer("vmap", 1, "Vmap up to N runs that share a compiled step (differ "
-                                "only in seed and data hyperparameters) in one program.")
-  _ONLY = flags.DEFINE_integer("only", None, "Run only unit I (0-based: a run, or with --vmap a "
-                               "group) in this process.")
-  _COUNT = flags.DEFINE_bool("count", False, "Print the number of units (runs, or groups with "
-                             "--vmap) and exit.")
-  _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check every run, list them with their state.")
-  _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only write the table of finished runs.")
-  flags.mark_flags_as_required(["sweep"])
-  app.run(main)
+  cli.run(define_flags, main)

@@ -8,20 +8,25 @@ ground truth: this prints Amp(H, oracle)(q) next to solve(q).
 
 from __future__ import annotations
 
-import sys
-
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from amp_debate import options, tasks
+from amp_debate import cli, options, tasks
 from amp_debate.procedure.amplify import amplify, oracle_fn
 
-_TASK = flags.DEFINE_string("task", "permutation", f"One of: {', '.join(tasks.names())}.")
-_NUM = flags.DEFINE_integer("num", 3, "How many questions to show.")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
-_DIFFICULTY = flags.DEFINE_integer("difficulty", None, "Only this difficulty level (default: any).")
-_OPTIONS = flags.DEFINE_multi_string("option", [], "Task option as key=value (repeatable).")
+
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """The command line's flags, defined in ``values`` (absl's global FLAGS only when this module
+  runs as the program, so importing it for ``describe`` defines nothing). Returns ``values``."""
+  define = dict(flag_values=values)
+  flags.DEFINE_string("task", "permutation", f"One of: {', '.join(tasks.names())}.", **define)
+  flags.DEFINE_integer("num", 3, "How many questions to show.", **define)
+  flags.DEFINE_integer("seed", 0, "PRNG seed.", **define)
+  flags.DEFINE_integer("difficulty", None, "Only this difficulty level (default: any).",
+                       **define)
+  flags.DEFINE_multi_string("option", [], "Task option as key=value (repeatable).", **define)
+  return values
 
 
 def describe(task: tasks.Task, num: int, seed: int, difficulty: int | None = None) -> str:
@@ -46,16 +51,18 @@ def describe(task: tasks.Task, num: int, seed: int, difficulty: int | None = Non
 
 
 def main(argv):
+  """absl's main: the flags are parsed into FLAGS already (stray arguments refused)."""
   del argv
+  values = flags.FLAGS
   try:
-    task = tasks.get(_TASK.value, **options.parse(_OPTIONS.value))
+    task = tasks.get(values.task, **options.parse(values.option))
   except ValueError as e:
-    sys.exit(f"error: {e}")
-  print(describe(task, _NUM.value, _SEED.value, _DIFFICULTY.value))
+    cli.fail(str(e))
+  print(describe(task, values.num, values.seed, values.difficulty))
 
 
 def run_main():
-  app.run(main)
+  cli.run(define_flags, main)
 
 
 if __name__ == "__main__":
