@@ -77,9 +77,10 @@ def test_without_the_flaw_the_rollout_is_unchanged():
   questions = TASK.sample(jax.random.key(3), 64).questions
   liar, oracle = players.LiarDebater(TASK), players.OracleDebater(TASK)
   seats = debate.sample_assignments(jax.random.key(4), 64, 0.5)
-  play = lambda p: debate.rollout(TASK, oracle, liar, questions, jax.random.key(5), debate.DebateConfig(
-      t_max=6, call_prob=0.5, learned_stop=False, p_flaw=p, early_exit=False, assign_prob=0.0),
-      assigned=seats)
+  play = lambda p: jax.jit(lambda q, s: debate.rollout(
+      TASK, oracle, liar, q, jax.random.key(5), debate.DebateConfig(
+          t_max=6, call_prob=0.5, learned_stop=False, p_flaw=p, early_exit=False,
+          assign_prob=0.0), assigned=s))(questions, seats)
   (a, ta), (b, tb) = play(0.0), play(1.0)  # nobody exploits: the flaw never fires
   np.testing.assert_array_equal(a.winner, b.winner)
   assert not ta.leaf_fooled.any() and not tb.leaf_fooled.any()
