@@ -82,35 +82,6 @@ def test_cli_errors_are_one_line_and_nothing_is_written(tmp_path):
   assert count.returncode == 0 and count.stdout.strip() == "2"
 
 
-def test_tiny_sweep_runs_end_to_end_and_tabulates(tmp_path):
-  path = _sweep_file(tmp_path, [dict(TINY, num_steps=2, seed=0),
-                                dict(TINY, num_steps=2, seed=1, **{"debate.call_prob": 0.5})])
-  workdir = str(tmp_path / "sweep")
-  runs = sweep.run_sweep(path, BASE, workdir)  # what the CLI and the study scripts run
-  assert [r.config.seed for r in runs] == [0, 1] and all(r.done for r in runs)
-  assert runs[1].config.debate.call_prob == 0.5 and runs[0].config.debate.call_prob == 1.0
-  text = (tmp_path / "sweep" / "results.md").read_text()
-  with open(os.path.join(workdir, "results.csv")) as f:
-    rows = list(csv.DictReader(f))
-  assert [r["seed"] for r in rows] == ["0", "1"] and [r["debate.call_prob"] for r in rows] == ["", "0.500"]
-  for row, run in zip(rows, runs):
-    with open(os.path.join(run.workdir, "summary.json")) as f:
-      summary = json.load(f)
-    assert summary["steps"] == 2
-    assert row["dataset"].startswith("amp_debate_eval/permutation") and row["status"] == "done"
-    assert float(row["accuracy d0"]) == pytest.approx(summary["eval/accuracy/model/d0"], abs=1e-3)
-    assert 0 < float(row["human calls / question"])
-    assert float(row["wall time (s)"]) > 0
-  # p = 0.5 calls the human about half as often as p = 1.
-  calls = [float(r["human calls / question"]) for r in rows]
-  assert calls[1] < 0.8 * calls[0], calls
-  assert "| run | debate.call_prob | seed |" in text and "`model.d_model=32`" in text
-  assert "| 1 |" in text and os.path.isfile(os.path.join(workdir, "accuracy.png"))
-  assert os.path.isfile(os.path.join(workdir, "curves.png"))
-  # What every study script reads of a run is in its summary (tests/test_studies.py).
-  test_studies.assert_studies_read(runs[0])
-
-
 def test_summary_and_table_carry_honesty_worst_seat_and_level(tmp_path):
   """The honesty columns are the worst seat's final win rate (already the worst level) against each
   liar, and self-play's true-winner rate, read from the run's last evaluation."""
@@ -170,8 +141,12 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
     assert json.load(f)["steps"] == 4
 
 
-def test_parallel_sweep_runs_each_run_in_its_own_process(tmp_path):
-  path = _sweep_file(tmp_path, [dict(TINY, num_steps=2, seed=0), dict(TINY, num_steps=2, seed=1)])
+def test_tiny_sweep_runs_end_to_end_in_parallel_and_tabulates(tmp_path):
+  """The CLI with --parallel=2: each run in its own process (its progress in its own log), the
+  runs' summaries, the table, the CSV and the plots; a rerun finds everything done. (In-process
+  execution and resume: test_killed_sweep_resumes_without_redoing_finished_runs.)"""
+  path = _sweep_file(tmp_path, [dict(TINY, num_steps=2, seed=0),
+                                dict(TINY, num_steps=2, seed=1, **{"debate.call_prob": 0.5})])
   workdir = tmp_path / "sweep"
   result = _cli(f"--sweep={path}", f"--config={BASE}", f"--workdir={workdir}", "--parallel=2",
                 timeout=900)
@@ -179,11 +154,32 @@ def test_parallel_sweep_runs_each_run_in_its_own_process(tmp_path):
   pids = {line.split("(pid ")[1].rstrip(")") for line in result.stdout.splitlines()
           if "started" in line}
   assert len(pids) == 2, result.stdout
-  for run in sweep.build_runs(path, BASE, str(workdir)):
-    assert run.done
+  runs = sweep.build_runs(path, BASE, str(workdir))
+  assert [r.config.seed for r in runs] == [0, 1] and all(r.done for r in runs)
+  assert runs[1].config.debate.call_prob == 0.5 and runs[0].config.debate.call_prob == 1.0
+  for run in runs:
     with open(os.path.join(run.workdir, "sweep.log")) as f:
       assert "100%" in f.read()  # the child's own progress bar went to its log
-  assert "| run | seed |" in (workdir / "results.md").read_text()
+  text = (workdir / "results.md").read_text()
+  with open(workdir / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["seed"] for r in rows] == ["0", "1"] and [r["debate.call_prob"] for r in rows] == ["", "0.500"]
+  for row, run in zip(rows, runs):
+    with open(os.path.join(run.workdir, "summary.json")) as f:
+      summary = json.load(f)
+    assert summary["steps"] == 2
+    assert row["dataset"].startswith("amp_debate_eval/permutation") and row["status"] == "done"
+    assert float(row["accuracy d0"]) == pytest.approx(summary["eval/accuracy/model/d0"], abs=1e-3)
+    assert 0 < float(row["human calls / question"])
+    assert float(row["wall time (s)"]) > 0
+  # p = 0.5 calls the human about half as often as p = 1.
+  calls = [float(r["human calls / question"]) for r in rows]
+  assert calls[1] < 0.8 * calls[0], calls
+  assert "| run | debate.call_prob | seed |" in text and "`model.d_model=32`" in text
+  assert "| 1 |" in text and os.path.isfile(workdir / "accuracy.png")
+  assert os.path.isfile(workdir / "curves.png")
+  # What every study script reads of a run is in its summary (tests/test_studies.py).
+  test_studies.assert_studies_read(runs[0])
   again = _cli(f"--sweep={path}", f"--config={BASE}", f"--workdir={workdir}", "--parallel=2")
   assert "2 runs, 2 finished, 0 to run" in again.stdout and "started" not in again.stdout
 

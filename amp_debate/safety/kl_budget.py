@@ -80,8 +80,9 @@ def reference_prompts(task: Task, num_prompts: int, seed: int, part: str = "trai
   ``part`` of the question space ("eval": questions no training run draws)."""
   checks.check(_OWNER, "num_prompts", num_prompts, NUM_PROMPTS)
   checks.check(_OWNER, "seed", seed, SEED)
-  batch = task.sample(jax.random.key(seed), num_prompts, part=part)
-  return answer_prompts(task, batch.questions)
+  # One program (drawing op by op compiles dozens of small ones: seconds at every trainer start).
+  draw = jax.jit(lambda key: answer_prompts(task, task.sample(key, num_prompts, part=part).questions))
+  return draw(jax.random.key(seed))
 
 
 def greedy_answers(model: LanguageModel, params, prompts: jax.Array, answer_len: int) -> jax.Array:
