@@ -218,11 +218,15 @@ class Task(abc.ABC):
   def check_parts(self, draws: int = 512, seed: int = 0) -> None:
     """Raises ValueError if some level's ``draws`` questions of D (host-side check, seconds) hold
     no training question or no evaluation question: options too small to split the space."""
-    for level in range(self.max_difficulty + 1):
+    @jax.jit
+    def draw(level):  # one program for every level (op by op: dozens of small compiles)
       batch = self.sample(jax.random.fold_in(jax.random.key(seed), level), draws,
                           difficulty=level, part="any")
-      evaluation = np.asarray(is_eval_question(batch.questions))
-      distinct = len(np.unique(np.asarray(batch.questions), axis=0))
+      return batch.questions, is_eval_question(batch.questions)
+
+    for level in range(self.max_difficulty + 1):
+      questions, evaluation = (np.asarray(x) for x in draw(jnp.int32(level)))
+      distinct = len(np.unique(questions, axis=0))
       for part, found in (("evaluation", evaluation.any()), ("training", (~evaluation).any())):
         if not found:
           raise ValueError(
