@@ -65,6 +65,24 @@ def _play(debater, nodes, rng):
           for role, move in moves.items()}
 
 
+# M's teacher-forced log-probs (``ModelDebater.score``) and the policy rows of a transcript, as one
+# program each (eagerly every transformer op compiles on its own); static debater fields (task,
+# temperature, greedy) are in the cache key, parameters are traced.
+_score = jax.jit(lambda debater, prompts, tokens: debater.score(prompts, tokens))
+
+
+@jax.jit
+def _support_score(debater, nodes, claims, supports):
+  return debater.score(model_player.support_prompts(debater.task, nodes, claims), supports)
+
+
+@functools.cache
+def _policy_rows(name):
+  from amp_debate.procedure import credit  # pylint: disable=import-outside-toplevel
+  task = _task(name)
+  return jax.jit(lambda transcript: credit.policy_rows(task, transcript, drop_eval_part=False))
+
+
 def _lengths(task):
   return dict(answer=task.answer_len, support=protocol.support_len(task), stop=1)
 
@@ -93,8 +111,8 @@ def test_greedy_is_deterministic_and_scored_at_its_temperature():
     np.testing.assert_array_equal(a[role][0].tokens, b[role][0].tokens, err_msg=role)
     np.testing.assert_allclose(a[role][0].log_probs, a[role][1], atol=1e-5, err_msg=role)
   # score() is the same teacher-forced log-prob (temperature included).
-  prompts = model_player.support_prompts(debater.task, nodes, a["answer"][0].tokens)
-  np.testing.assert_allclose(debater.score(prompts, a["support"][0].tokens),
+  np.testing.assert_allclose(_support_score(debater, nodes, a["answer"][0].tokens,
+                                            a["support"][0].tokens),
                              a["support"][0].log_probs, atol=1e-5)
 
 
@@ -246,9 +264,9 @@ def test_answer_excluding_samples_the_renormalised_distribution_without_the_excl
   node = _questions("permutation", batch=1)
   n = 4000
   nodes = jnp.repeat(node, n, axis=0)
-  prompts = model_player.answer_prompts(task, nodes[:1])
-  logits = debater.model.answer_logits(debater.params, prompts, jnp.zeros((1, 1), jnp.int32))[0, 0]
-  probs = np.asarray(jax.nn.softmax(logits / 2.0))
+  probs_of = jax.jit(lambda d, q: jax.nn.softmax(d.model.answer_logits(
+      d.params, model_player.answer_prompts(task, q), jnp.zeros((1, 1), jnp.int32))[0, 0] / 2.0))
+  probs = np.asarray(probs_of(debater, nodes[:1]))
   excluded = int(np.argmax(probs))
   move = jax.jit(debater.answer_excluding)(nodes, jnp.full((n, 1), excluded, jnp.int32),
                                            jax.random.key(3))
@@ -260,12 +278,14 @@ def test_answer_excluding_samples_the_renormalised_distribution_without_the_excl
   counts = np.bincount(tokens, minlength=probs.size) / n
   stderr = np.sqrt(expected * (1 - expected) / n)
   assert (np.abs(counts - expected) <= 4 * stderr + 1e-9).all()
-  scored = np.asarray(debater.score(model_player.answer_prompts(task, nodes[:50]), move.tokens[:50]))
+  scored = np.asarray(_score(debater, model_player.answer_prompts(task, nodes[:50]),
+                             move.tokens[:50]))
   np.testing.assert_allclose(np.asarray(move.log_probs)[:50], scored, atol=1e-5)
   greedy = dataclasses.replace(debater, greedy=True)
   best_other = int(np.argsort(probs)[-2])
-  assert (np.asarray(greedy.answer_excluding(nodes[:4], jnp.full((4, 1), excluded, jnp.int32),
-                                             jax.random.key(0)).tokens) == best_other).all()
+  assert (np.asarray(jax.jit(greedy.answer_excluding)(
+      nodes[:4], jnp.full((4, 1), excluded, jnp.int32), jax.random.key(0)).tokens)
+          == best_other).all()
 
 
 def test_distinct_claims_contest_every_self_play_game():
@@ -292,13 +312,12 @@ def test_distinct_claims_contest_every_self_play_game():
   np.testing.assert_array_equal(np.asarray(tr_on.claims)[:, 0, 0], np.asarray(tr_off.claims)[:, 0, 0])
   np.testing.assert_array_equal(np.asarray(tr_on.claims)[~same_off, 0, 1],
                                 np.asarray(tr_off.claims)[~same_off, 0, 1])
-  from amp_debate.procedure import credit  # pylint: disable=import-outside-toplevel
-  rows = credit.policy_rows(task, tr_on, drop_eval_part=False)
+  rows = _policy_rows("permutation")(tr_on)
   odd_claim_rows = jax.tree.map(lambda x: np.asarray(x)[:, 0, 1, 0], rows)  # node 0, odd, direct
   assert odd_claim_rows.mask[:, 0].all()
   np.testing.assert_array_equal(odd_claim_rows.tokens[:, 0], np.asarray(tr_on.claims)[:, 0, 1, 0])
-  scored = debater.score(jnp.asarray(odd_claim_rows.prompts),
-                         jnp.asarray(odd_claim_rows.tokens[:, :task.answer_len]))
+  scored = _score(debater, jnp.asarray(odd_claim_rows.prompts),
+                  jnp.asarray(odd_claim_rows.tokens[:, :task.answer_len]))
   np.testing.assert_allclose(odd_claim_rows.log_probs[:, :task.answer_len], np.asarray(scored),
                              atol=1e-5)
 
@@ -328,12 +347,11 @@ def test_explored_claims_are_uniform_other_answers_scored_by_m():
   np.testing.assert_array_equal(claims[:, 0], np.asarray(control[1].claims)[:, 0, 0, 0])
   counts = np.bincount(np.searchsorted(vocab, claims[:, 1]), minlength=len(vocab))
   assert (counts > 0).all() and counts.max() < 256 / 2  # spread, not one answer
-  from amp_debate.procedure import credit  # pylint: disable=import-outside-toplevel
-  rows = credit.policy_rows(task, results[1.0][1], drop_eval_part=False)
+  rows = _policy_rows("permutation")(results[1.0][1])
   odd = jax.tree.map(lambda x: np.asarray(x)[:, 0, 1, 0], rows)  # node 0, odd, direct answer
   assert odd.mask[:, 0].all()
   np.testing.assert_array_equal(odd.tokens[:, 0], claims[:, 1])
-  scored = debater.score(jnp.asarray(odd.prompts), jnp.asarray(odd.tokens[:, :1]))
+  scored = _score(debater, jnp.asarray(odd.prompts), jnp.asarray(odd.tokens[:, :1]))
   np.testing.assert_allclose(odd.log_probs[:, :1], np.asarray(scored), atol=1e-5)
   from amp_debate.train import evaluation  # pylint: disable=import-outside-toplevel
   played = debate.DebateConfig(explore_prob=0.5, early_exit=False, assign_prob=0.0)

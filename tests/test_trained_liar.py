@@ -21,18 +21,26 @@ CONFIG = dataclasses.replace(evaluation.eval_debate_config(TASK, tiny.step_confi
 def test_liar_claims_are_false_and_its_loss_follows_the_outcomes():
   params = MODEL.init(jax.random.key(0))
   questions = step_lib.sample_batch(TASK, jax.random.key(1), 16, TASK.max_difficulty).questions
-  state, transcript = trained_liar.play(TASK, MODEL, params, params, questions, jax.random.key(2),
-                                        CONFIG, 1, greedy_liar=False)
+  # One jitted program each for the rollout and the gradient's norm (eagerly, the debate and the
+  # loss's transformer calls compile op by op).
+  play = jax.jit(lambda m, liar, q, key: trained_liar.play(TASK, MODEL, m, liar, q, key, CONFIG, 1,
+                                                           greedy_liar=False))
+  state, transcript = play(params, params, questions, jax.random.key(2))
   truth = np.asarray(TASK.batch_solve(questions))
   assert (np.asarray(transcript.claims[:, 0, 1]) != truth).any(-1).all()  # the liar lies
   assert np.asarray(transcript.assigned[:, 1]).all()
-  grad = lambda winner: jax.grad(trained_liar.liar_loss)(params, MODEL, TASK, transcript, winner, 1)
-  norm = lambda g: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(g)))
+
+  @jax.jit
+  def grad_norm(params, transcript, winner):
+    g = jax.grad(trained_liar.liar_loss)(params, MODEL, TASK, transcript, winner, 1)
+    return sum(jnp.abs(x).sum() for x in jax.tree.leaves(g))
+
+  norm_of_grad = lambda winner: float(grad_norm(params, transcript, winner))
   same = jnp.full((16,), debate.EVEN_WINS, jnp.int32)
-  assert norm(grad(same)) == 0.0  # no outcome differs: the baseline removes everything
+  assert norm_of_grad(same) == 0.0  # no outcome differs: the baseline removes everything
   if np.asarray(transcript.support_sampled[:, :, 1]).any():
     varied = same.at[::2].set(debate.ODD_WINS)
-    assert norm(grad(varied)) > 0.0
+    assert norm_of_grad(varied) > 0.0
 
 
 def test_train_liar_runs_and_records_its_win_rate():
