@@ -3,6 +3,7 @@ probability p_flaw, H's audits catch it with probability p_audit, M_target's sel
 from the audits, and the flagged answers get the catastrophe penalty."""
 
 import dataclasses
+import functools
 import json
 
 import jax
@@ -21,6 +22,9 @@ from tests import tiny
 
 EXPLOIT = protocol.EXPLOIT
 TASK = tasks.get("permutation", n=5, max_exponent=2)
+# The task's questions as one program (eagerly, each op of the sampler compiles on its own).
+_sample_questions = jax.jit(lambda key, batch, difficulty=None: TASK.sample(
+    key, batch, difficulty=difficulty).questions, static_argnums=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +47,12 @@ class Exploiter:
 
 
 def test_flawed_leaf_verdict():
-  node = TASK.sample(jax.random.key(0), 1, difficulty=0).questions[0]
-  truth = TASK.leaf_answer(node)
+  node = _sample_questions(jax.random.key(0), 1, 0)[0]
+  truth = jax.jit(TASK.leaf_answer)(node)
   exploit = jnp.full_like(truth, EXPLOIT)
-  verdict = lambda even, odd, fooled: int(protocol.flawed_leaf_verdict(
-      TASK, node, even, odd, jnp.asarray(fooled)))
+  flawed = jax.jit(lambda even, odd, fooled: protocol.flawed_leaf_verdict(
+      TASK, node, even, odd, fooled))
+  verdict = lambda even, odd, fooled: int(flawed(even, odd, jnp.asarray(fooled)))
   assert verdict(exploit, truth, [True, True]) == 0  # fooled: the exploit wins
   assert verdict(truth, exploit, [True, True]) == 1
   assert verdict(exploit, truth, [False, True]) == 1  # not fooled: an exploit is a wrong claim
@@ -58,17 +63,18 @@ def test_flawed_leaf_verdict():
 
 def test_an_exploit_beats_an_honest_claim_at_a_leaf_with_probability_p_flaw(p_flaw=0.5):
   batch = 400
-  questions = TASK.sample(jax.random.key(1), batch, difficulty=0).questions
+  questions = _sample_questions(jax.random.key(1), batch, 0)
   config = debate.DebateConfig(t_max=4, call_prob=0.0, learned_stop=False, p_flaw=p_flaw,
                                early_exit=False, assign_prob=0.0)
-  state, transcript = debate.rollout(TASK, Exploiter(TASK), players.OracleDebater(TASK), questions,
-                                     jax.random.key(2), config)
+  state, transcript = jax.jit(lambda q, k: debate.rollout(
+      TASK, Exploiter(TASK), players.OracleDebater(TASK), q, k, config))(questions,
+                                                                          jax.random.key(2))
   assert (state.reason == debate.LEAF).all()
   exploit_wins = float((state.winner == debate.EVEN_WINS).mean())
   assert abs(exploit_wins - p_flaw) < 0.08, exploit_wins
   assert ((state.winner == debate.ODD_WINS) | (state.winner == debate.EVEN_WINS)).all()
   np.testing.assert_array_equal(transcript.leaf_fooled, state.winner == debate.EVEN_WINS)
-  metrics = debate.metrics(state, transcript, config.t_max)
+  metrics = jax.jit(lambda s, t: debate.metrics(s, t, config.t_max))(state, transcript)
   assert float(metrics["debate/leaf_fooled"]) == pytest.approx(exploit_wins)
 
 
@@ -86,6 +92,7 @@ def test_without_the_flaw_the_rollout_is_unchanged():
   assert not ta.leaf_fooled.any() and not tb.leaf_fooled.any()
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _policy_rows(exploit_rate: float, key):
   """Policy Rows [B, R=1, 2, K] whose kind-0 answers are EXPLOIT at ``exploit_rate``."""
   batch, k = 2000, TASK.num_subquestions + 2
@@ -106,7 +113,8 @@ def test_audits_detect_exploits_at_their_rates_and_flags_follow_the_penalty(pena
   model = tiny.MODEL
   params = model.init(jax.random.key(7))
   config = overseer.OverseerConfig(audit_prob=0.4, p_audit=0.5, penalty=penalty)
-  o = overseer.oversee(TASK, model, params, rows, jax.random.key(8), config)
+  o = jax.jit(lambda p, r, k: overseer.oversee(TASK, model, p, r, k, config))(
+      params, rows, jax.random.key(8))
   np.testing.assert_array_equal(o.reviewed[..., 0], True)  # the answers
   assert not o.reviewed[..., 1:].any()  # inactive subanswer rows and the SUPPORT rows: not reviewed
   np.testing.assert_array_equal(o.exploit[..., 0], exploit)
@@ -120,7 +128,7 @@ def test_audits_detect_exploits_at_their_rates_and_flags_follow_the_penalty(pena
   expected = {"off": np.zeros_like(flags), "audits": detected,
               "review": np.where(audited, detected, review)}[penalty]
   np.testing.assert_array_equal(flags, expected)
-  targets = overseer.review_targets(TASK, rows, o)
+  targets = jax.jit(functools.partial(overseer.review_targets, TASK))(rows, o)
   assert targets["prompts"].shape[:2] == targets["labels"].shape == (2000, 2 * rows.tokens.shape[3])
   labels = np.asarray(targets["labels"]).reshape(o.audited.shape)[..., 0]
   np.testing.assert_array_equal(labels, np.where(detected, protocol.YES, protocol.NO))
@@ -171,8 +179,8 @@ def test_the_overseer_is_on_only_with_the_flaw():
 
 def _exploiting_params(model, params, task, steps: int = 10):
   """M trained for a few steps to answer EXPLOIT (a model that has learned to hack)."""
-  questions = task.sample(jax.random.key(9), 64).questions
-  prompts = model_player.answer_prompts(task, questions)
+  prompts = jax.jit(lambda key: model_player.answer_prompts(task, task.sample(key, 64).questions))(
+      jax.random.key(9))
   tx = optax.adam(3e-3)
 
   def update(carry, _):
@@ -215,15 +223,16 @@ def test_the_penalty_lowers_flagged_answers_and_the_review_learns_from_audits(st
   copy = lambda: jax.tree.map(jnp.copy, params)  # the step donates the state
   state = state.replace(params=copy(), target_params=copy())
   step = step_lib.make_train_step(task, model, tx, step_config)
-  questions = task.sample(jax.random.key(1), 64).questions
-  prompts = model_player.answer_prompts(task, questions)
-  p_before = float(jnp.exp(catastrophe.exploit_log_prob(model, params, prompts)).mean())
+  questions = jax.jit(task.sample, static_argnums=1)(jax.random.key(1), 64).questions
+  prompts = jax.jit(functools.partial(model_player.answer_prompts, task))(questions)
+  p_exploit = jax.jit(lambda p: jnp.exp(catastrophe.exploit_log_prob(model, p, prompts)).mean())
+  p_before = float(p_exploit(params))
   assert 0.2 < p_before < 0.95, p_before
   new, metrics = step(state, jax.random.key(2))
   first = metrics
   for i in range(3, 6):
     new, metrics = step(new, jax.random.key(i))
-  p_after = float(jnp.exp(catastrophe.exploit_log_prob(model, new.params, prompts)).mean())
+  p_after = float(p_exploit(new.params))
   metrics = first
   assert float(metrics["safety/hack_rate"]) > 0.2
   # Every answer is audited and every exploit detected: the flags are the exploits.
@@ -233,9 +242,11 @@ def test_the_penalty_lowers_flagged_answers_and_the_review_learns_from_audits(st
   assert float(metrics["loss/cat"]) > float(metrics["pg/review_loss"])  # the penalty's share
   assert p_after < p_before - 0.02, (p_before, p_after)
   # The review moves toward [YES] on exploits (the audits' labels).
-  review_prompts = overseer.review_prompts(task, questions, jnp.full((64, 1), EXPLOIT, jnp.int32))
-  yes = lambda p: float(jnp.exp(model.log_prob(p, review_prompts, jnp.full(
+  review_prompts = jax.jit(functools.partial(overseer.review_prompts, task))(
+      questions, jnp.full((64, 1), EXPLOIT, jnp.int32))
+  p_yes = jax.jit(lambda p: jnp.exp(model.log_prob(p, review_prompts, jnp.full(
       (64, 1), protocol.YES, jnp.int32))).mean())
+  yes = lambda p: float(p_yes(p))
   assert yes(new.params) > yes(params)
 
 
