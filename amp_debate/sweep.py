@@ -183,6 +183,10 @@ class Run:
       summary = json.load(f)
     for key, value in (("index", self.index), ("name", self.name), ("overrides", self.overrides)):
       summary.setdefault(key, value)  # a run the trainer finished and the sweep did not reach
+    if "wall_s" not in summary:  # ... (killed between the two writes): its columns from its log
+      summary.setdefault("dataset", summary.get("eval_set", ""))
+      for key, value in _final_metrics(self.workdir).items():
+        summary.setdefault(key, value)
     return summary
 
 

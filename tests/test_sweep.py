@@ -107,6 +107,25 @@ def test_summary_and_table_carry_honesty_worst_seat_and_level(tmp_path):
   assert "| 0.700 | 0.600 | 0.500 | 0.250 |" in text
 
 
+def test_a_run_killed_between_the_trainers_summary_and_the_sweeps_reads_its_columns_from_its_log(
+    tmp_path):
+  """The trainer wrote summary.json, the sweep died before merging its keys into it: the run counts
+  as finished and its table row still carries the columns its metrics.jsonl holds (no wall time)."""
+  runs = sweep.build_runs(_sweep_file(tmp_path, [dict(TINY, seed=0)]), BASE, str(tmp_path / "w"))
+  os.makedirs(runs[0].workdir)
+  record = {"step": 4, "eval/accuracy/model/mean": 0.75, "eval/accuracy/model/d0": 0.625,
+            "eval/debate/winner_true/mean": 0.25}
+  with open(os.path.join(runs[0].workdir, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps(record) + "\n")
+  with open(os.path.join(runs[0].workdir, "summary.json"), "w") as f:
+    json.dump({"mode": "hybrid", "seed": 0, "steps": 4, "eval_set": "amp_debate_eval/x:1.0.0"}, f)
+  summary = runs[0].summary
+  assert runs[0].done and "wall_s" not in summary and summary["name"] == runs[0].name
+  assert summary["dataset"] == "amp_debate_eval/x:1.0.0"
+  text = sweep.aggregate(runs, str(tmp_path / "w"), "killed")
+  assert "| 0.625 |" in text and "| done |" in text, text
+
+
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, monkeypatch, capsys):
   """The sweep dies in run 1 after its step-2 checkpoint (a crash: no summary, nothing tidied);
   the rerun skips run 0 and resumes run 1 from step 2."""
