@@ -3,6 +3,7 @@ self-play run that makes the policy beat a random-reveal debater on both sides, 
 debater's candidate cap, and the trainer's one-line errors. Synthetic 8x8 images and a template
 judge (as in test_pixel_debate.py) keep it to seconds."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -26,7 +27,14 @@ POLICY = PixelDebater(features=(16, 16), kernel_sizes=(3, 3))
 
 def _synthetic(seed, num):
   """Noisy copies of 10 binary 8x8 prototypes and the template judge that knows them."""
-  base_key, flip_key, label_key, scale_key, keep_key = jax.random.split(jax.random.key(seed), 5)
+  images, labels, protos = _synthetic_arrays(jax.random.key(seed), num)
+  return images, labels, pd.template_judge(protos * 0.75 * 0.7)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _synthetic_arrays(key, num):
+  """(images, labels, prototypes) of ``_synthetic``, as one program (eagerly, each op compiles)."""
+  base_key, flip_key, label_key, scale_key, keep_key = jax.random.split(key, 5)
   base = jax.random.bernoulli(jax.random.key(42), 0.4, SHAPE)
   protos = (base ^ jax.random.bernoulli(jax.random.key(43), 0.1, (10,) + SHAPE)).astype(
       jnp.float32)
@@ -34,7 +42,7 @@ def _synthetic(seed, num):
   scale = jax.random.uniform(scale_key, (num,) + SHAPE, minval=0.5, maxval=1.0)
   keep = jax.random.bernoulli(keep_key, 0.7, (num,) + SHAPE)
   del base_key, flip_key
-  return protos[labels] * scale * keep, labels, pd.template_judge(protos * 0.75 * 0.7)
+  return protos[labels] * scale * keep, labels, protos
 
 
 def _params(seed=0):
@@ -44,18 +52,24 @@ def _params(seed=0):
 def test_replay_rebuilds_the_states_before_each_move():
   images, labels, judge = _synthetic(0, 16)
   game = pd.PixelDebate(pd.PixelDebateConfig(k=5, image_shape=SHAPE), judge)
-  player = pd.policy_player(game, mnist_debater.apply_fn(POLICY), _params())
-  out = pd.debate(game, player, pd.random_player(game), images, labels, jax.random.key(1))
-  start = out.state.replace(revealed=jnp.zeros_like(out.state.revealed),
-                            moves=jnp.zeros_like(out.state.moves))
-  before = game_lib.replay(game, start, out.record)
+
+  @jax.jit  # the debate, its replay and the checks' game steps as one program
+  def replayed(params, images, labels, key):
+    player = pd.policy_player(game, mnist_debater.apply_fn(POLICY), params)
+    out = pd.debate(game, player, pd.random_player(game), images, labels, key)
+    start = out.state.replace(revealed=jnp.zeros_like(out.state.revealed),
+                              moves=jnp.zeros_like(out.state.moves))
+    before = game_lib.replay(game, start, out.record)
+    after = game.step(jax.tree.map(lambda x: x[-1], before), out.record.actions[-1])
+    flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), before)
+    legal = game.legal(flat)[jnp.arange(5 * 16), out.record.actions.reshape(-1)]
+    return out, before, after, legal
+
+  out, before, after, legal = replayed(_params(), images, labels, jax.random.key(1))
   np.testing.assert_array_equal(before.moves[:, 0], np.arange(5))
   np.testing.assert_array_equal(before.revealed.sum(axis=(2, 3))[:, 0], np.arange(5))
-  after = game.step(jax.tree.map(lambda x: x[-1], before), out.record.actions[-1])
   chex.assert_trees_all_equal(after, out.state)
   # Every move the policy made was legal in the state it was made in.
-  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), before)
-  legal = game.legal(flat)[jnp.arange(5 * 16), out.record.actions.reshape(-1)]
   assert legal.all()
 
 
@@ -65,12 +79,23 @@ def test_policy_gradient_raises_the_winners_moves():
   game = pd.PixelDebate(pd.PixelDebateConfig(k=4, image_shape=SHAPE), judge)
   apply = mnist_debater.apply_fn(POLICY)
   params = _params()
-  player = pd.policy_player(game, apply, params)
-  out = pd.debate(game, player, player, images, labels, jax.random.key(2))
-  grads = jax.grad(lambda p: pd.policy_loss(game, apply, p, out, entropy_coef=0.0)[0])(params)
-  stepped = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
 
-  def move_logp(p):
+  @jax.jit
+  def self_play(params, images, labels, key):
+    player = pd.policy_player(game, apply, params)
+    return pd.debate(game, player, player, images, labels, key)
+
+  out = self_play(params, images, labels, jax.random.key(2))
+
+  @jax.jit
+  def sgd_step(params, out):
+    grads = jax.grad(lambda p: pd.policy_loss(game, apply, p, out, entropy_coef=0.0)[0])(params)
+    return jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
+
+  stepped = sgd_step(params, out)
+
+  @jax.jit
+  def move_logp(p, out):
     start = out.state.replace(revealed=jnp.zeros_like(out.state.revealed),
                               moves=jnp.zeros_like(out.state.moves))
     before = game_lib.replay(game, start, out.record)
@@ -80,8 +105,8 @@ def test_policy_gradient_raises_the_winners_moves():
                                       out.record.actions.reshape(-1)]
     return logp.reshape(out.record.actions.shape)
 
-  delta = move_logp(stepped) - move_logp(params)
-  honest_won = game.margin_for(out.state, jnp.zeros(32, jnp.int32)) > 0
+  delta = move_logp(stepped, out) - move_logp(params, out)
+  honest_won = jax.jit(game.margin_for)(out.state, jnp.zeros(32, jnp.int32)) > 0
   winner_moved = (out.record.to_play == 0) == honest_won[None, :]
   assert 0.1 < float(honest_won.mean()) < 0.95
   assert float(delta[winner_moved].mean()) > 0 > float(delta[~winner_moved].mean())
@@ -111,8 +136,9 @@ def test_greedy_candidate_cap_is_exact_when_it_covers_every_legal_pixel():
   images, labels, judge = _synthetic(4, 32)
   game = pd.PixelDebate(pd.PixelDebateConfig(k=5, image_shape=SHAPE), judge)
   most = int((images != 0).sum(axis=(1, 2)).max())
-  play = lambda cap: pd.debate(game, pd.greedy_player(game, cap), pd.greedy_player(game, cap),
-                               images, labels, jax.random.key(0))
+  play = lambda cap: jax.jit(lambda i, l, k: pd.debate(
+      game, pd.greedy_player(game, cap), pd.greedy_player(game, cap), i, l, k))(
+          images, labels, jax.random.key(0))
   full, capped = play(None), play(most)
   chex.assert_trees_all_equal(full, capped)
   # A cap below the legal count changes some choices but every move stays legal.
@@ -145,8 +171,8 @@ def test_mcts_follows_a_peaked_prior():
   legal = game.legal(state)
   target = jnp.argmax(legal, axis=1)  # each image's first legal pixel
   peaked = lambda s: 50.0 * jax.nn.one_hot(target, 64)
-  with_prior = pd.mcts_player(game, 4, max_num_considered_actions=4, prior_fn=peaked)
-  uniform = pd.mcts_player(game, 4, max_num_considered_actions=4)
+  with_prior = jax.jit(pd.mcts_player(game, 4, max_num_considered_actions=4, prior_fn=peaked))
+  uniform = jax.jit(pd.mcts_player(game, 4, max_num_considered_actions=4))
   np.testing.assert_array_equal(with_prior(state, jax.random.key(0)), target)
   assert (uniform(state, jax.random.key(0)) != target).mean() > 0.5
 
