@@ -18,6 +18,8 @@ MODEL = models.LanguageModel(models.preset("tiny", TASK.vocab_size,
 CONFIG = debate.DebateConfig(t_max=6, call_prob=0.5, learned_stop=False, assign_prob=1.0,
                              early_exit=False)
 BATCH = 32
+_is_eval_question = jax.jit(base.is_eval_question)
+_sample_questions = jax.jit(lambda key: TASK.sample(key, BATCH, difficulty=2).questions)
 
 
 @functools.cache
@@ -37,6 +39,9 @@ def _played():
   return params, *jax.device_get(play(params, jax.random.key(3)))
 
 
+# The checks' teacher forcing and task functions as one program each (eagerly, every op of the
+# transformer, the tokenizer and the question hash compiles on its own).
+@jax.jit
 def _logp(params, rows):
   flat = jax.tree.map(jnp.asarray, rows.flatten())
   prompts = flat.prompts.at[:, -1].set(jnp.where((flat.prompts == 0).all(-1), protocol.SEP,
@@ -73,13 +78,13 @@ def test_no_policy_gradient_reaches_an_answer_to_an_evaluation_part_question():
   everything else M_target sampled is kept, and a partly dropped support keeps its tokens (the
   context of its later subanswers)."""
   _, _, transcript, full = _played()
-  kept = jax.device_get(credit.policy_rows(TASK, jax.tree.map(jnp.asarray, transcript)))
+  kept = jax.device_get(jax.jit(functools.partial(credit.policy_rows, TASK))(transcript))
   mask, full_mask = np.asarray(kept.mask), np.asarray(full.mask)
   # A row that keeps any token keeps all of them (only its loss mask changes).
   np.testing.assert_array_equal(np.asarray(kept.tokens)[mask.any(-1)],
                                 np.asarray(full.tokens)[mask.any(-1)])
   assert not (mask & ~full_mask).any()
-  eval_q = np.asarray(base.is_eval_question(full.questions))  # [B, R, 2, K]
+  eval_q = np.asarray(_is_eval_question(full.questions))  # [B, R, 2, K]
   # Answer rows (direct and subanswers) are kept exactly where their question is training-part.
   np.testing.assert_array_equal(mask[..., :-1, :], full_mask[..., :-1, :] & ~eval_q[..., :-1, None])
   # Supports: on training-part nodes, a subanswer is kept exactly where its subquestion (posed
@@ -87,9 +92,10 @@ def test_no_policy_gradient_reaches_an_answer_to_an_evaluation_part_question():
   la, s = TASK.answer_len, TASK.num_subquestions
   nodes = np.asarray(full.questions)[..., -1, :]
   support = np.asarray(full.tokens)[..., -1, :]
-  subs = jax.vmap(lambda n, t: protocol.subquestions_of(TASK, n, t)[0])(
-      jnp.asarray(nodes.reshape(-1, nodes.shape[-1])), jnp.asarray(support.reshape(-1, s * la)))
-  sub_eval = np.asarray(base.is_eval_question(subs)).reshape(nodes.shape[:-1] + (s,))
+  subs_eval = jax.jit(lambda n, t: base.is_eval_question(
+      jax.vmap(lambda n, t: protocol.subquestions_of(TASK, n, t)[0])(n, t)))
+  sub_eval = np.asarray(subs_eval(nodes.reshape(-1, nodes.shape[-1]),
+                                  support.reshape(-1, s * la))).reshape(nodes.shape[:-1] + (s,))
   expect = (full_mask[..., -1, :] & ~eval_q[..., -1, None]
             & ~np.repeat(sub_eval, la, axis=-1))
   np.testing.assert_array_equal(mask[..., -1, :], expect)
@@ -128,16 +134,21 @@ def test_rewards_are_zero_sum_per_game_and_per_argument():
 def test_rl_update_raises_the_winners_tokens_and_ignores_h_tokens():
   params, game, transcript, rows = _played()
   num_nodes = CONFIG.num_nodes
-  rewards, has_tokens = credit.argument_rewards(game.winner, rows, num_nodes)
-  adv = credit.row_values(rewards, num_nodes, TASK.num_subquestions)
-  weights = credit.token_weights(rows, num_nodes)
 
-  def rl_loss_of_logp(logp):
+  @jax.jit
+  def credit_of(winner, rows):
+    rewards, _ = credit.argument_rewards(winner, rows, num_nodes)
+    return (credit.row_values(rewards, num_nodes, TASK.num_subquestions),
+            credit.token_weights(rows, num_nodes))
+
+  adv, weights = credit_of(game.winner, rows)
+
+  def rl_loss_of_logp(logp, rows):
     return losses.policy_gradient_loss(logp, rows.log_probs, rows.mask, rows.active, adv, 0.2,
                                        token_weights=weights)[0]
 
   # Exactly zero gradient on every entry that is not a sampled token (H's outputs never are).
-  grad = np.asarray(jax.grad(rl_loss_of_logp)(jnp.asarray(rows.log_probs)))
+  grad = np.asarray(jax.jit(jax.grad(rl_loss_of_logp))(jnp.asarray(rows.log_probs), rows))
   assert (grad[~np.asarray(rows.mask)] == 0).all()
   side_of_row = np.broadcast_to(np.arange(2)[None, None, :, None], rows.active.shape)
   winner = np.asarray(game.winner)[:, None, None, None]
@@ -147,10 +158,15 @@ def test_rl_update_raises_the_winners_tokens_and_ignores_h_tokens():
 
   # A small SGD step on the real model raises the winners' sampled tokens relative to the
   # losers' (the policy-gradient objective Σ w·A·logp goes up).
-  loss = lambda p: rl_loss_of_logp(_logp(p, rows))
   tx = optax.sgd(0.05)
-  updates, _ = tx.update(jax.grad(loss)(params), tx.init(params))
-  after = np.asarray(_logp(optax.apply_updates(params, updates), rows))
+
+  @jax.jit
+  def sgd_step(params, rows):
+    loss = lambda p: rl_loss_of_logp(_logp(p, rows), rows)
+    updates, _ = tx.update(jax.grad(loss)(params), tx.init(params))
+    return optax.apply_updates(params, updates)
+
+  after = np.asarray(_logp(sgd_step(params, rows), rows))
   change = after - np.asarray(rows.log_probs)
   objective = np.asarray(weights) * np.asarray(adv)[..., None]
   assert (objective * change).sum() > 0
@@ -159,10 +175,10 @@ def test_rl_update_raises_the_winners_tokens_and_ignores_h_tokens():
 
 def test_distillation_targets_come_from_the_debates_own_computations():
   _, game, transcript, _ = _played()
-  rows = credit.distill_rows(TASK, transcript, CONFIG)
+  rows = jax.jit(lambda t: credit.distill_rows(TASK, t, CONFIG))(transcript)
   comps = transcript.comps
   # Nodes in the evaluation part of the space get no target (held out by construction).
-  training_node = ~np.asarray(base.is_eval_question(transcript.nodes))[:, :, None]
+  training_node = ~np.asarray(_is_eval_question(transcript.nodes))[:, :, None]
   assert (~training_node).any()  # some descended-to nodes are evaluation-part questions
   used = np.asarray(comps.active & comps.called) & training_node
   inner = used & ~np.asarray(comps.is_leaf)
@@ -171,7 +187,7 @@ def test_distillation_targets_come_from_the_debates_own_computations():
   np.testing.assert_array_equal(active[:n].reshape(used.shape), used)
   np.testing.assert_array_equal(active[n:2 * n].reshape(used.shape), inner)
   questions = np.asarray(rows.questions)[active]
-  assert not np.asarray(base.is_eval_question(questions)).any()
+  assert not np.asarray(_is_eval_question(questions)).any()
   la = TASK.answer_len
   tokens = np.asarray(rows.tokens)
   np.testing.assert_array_equal(tokens[:n].reshape(used.shape + (-1,))[..., :la][used],
@@ -180,22 +196,22 @@ def test_distillation_targets_come_from_the_debates_own_computations():
   node = np.broadcast_to(np.asarray(transcript.nodes)[:, :, None],
                          used.shape + (TASK.question_len,))
   support = tokens[n:2 * n].reshape(used.shape + (-1,))
-  check = jax.vmap(lambda q, c, s: protocol.check_support(TASK, q, c, s))
+  check = jax.jit(jax.vmap(lambda q, c, s: protocol.check_support(TASK, q, c, s)))
   ok = np.asarray(check(node[inner], np.asarray(comps.answer)[inner], support[inner]))
   assert ok.size > 0 and ok.all()
   # ... and their loss skips the subanswers to evaluation-part subquestions (tokens kept).
-  sub_eval = np.asarray(base.is_eval_question(comps.subquestions))  # [B, R, 2, S]
+  sub_eval = np.asarray(_is_eval_question(comps.subquestions))  # [B, R, 2, S]
   support_mask = np.asarray(rows.mask)[n:2 * n].reshape(used.shape + (-1,))
   np.testing.assert_array_equal(
       support_mask[inner], ~np.repeat(sub_eval, la, axis=-1)[inner])
   assert np.repeat(sub_eval, la, axis=-1)[inner].any()
   # H's answers at leaves reached by descent, once per such game (the last group of rows).
   leaf = np.asarray(transcript.leaf_reached) & ~np.asarray(
-      base.is_eval_question(transcript.final_node))
+      _is_eval_question(transcript.final_node))
   np.testing.assert_array_equal(active[-BATCH:], leaf)
   final = np.asarray(transcript.final_node)[leaf]
   np.testing.assert_array_equal(tokens[-BATCH:][leaf][:, :la],
-                                np.asarray(TASK.batch_leaf_answer(final)))
+                                np.asarray(jax.jit(TASK.batch_leaf_answer)(final)))
 
 
 def test_shaped_penalty_pushes_a_policy_toward_the_amplified_targets():
@@ -233,7 +249,7 @@ def test_the_learned_stop_is_trained_by_hindsight_and_shortens_debates():
   config = debate.DebateConfig(t_max=2 + 2 * TASK.max_difficulty, learned_stop=True,
                                early_exit=False, assign_prob=0.0)
   oracle, liar = players.OracleDebater(TASK), players.LiarDebater(TASK, consistent=True)
-  questions = TASK.sample(jax.random.key(5), BATCH, difficulty=2).questions
+  questions = _sample_questions(jax.random.key(5))
 
   @jax.jit
   def play(params):
@@ -267,9 +283,9 @@ def test_the_learned_stop_is_trained_by_hindsight_and_shortens_debates():
   for _ in range(30):
     params, opt = train(params, opt)
   trained, trained_transcript, _ = play(params)
-  assert float(loss(params)) < 0.1
+  assert float(jax.jit(loss)(params)) < 0.1
   fired = np.asarray(trained_transcript.stop_fired)[:, 0]
-  root_leaf = np.asarray(TASK.batch_is_leaf(questions))
+  root_leaf = np.asarray(jax.jit(TASK.batch_is_leaf)(questions))
   assert fired[~root_leaf].all()
   assert (np.asarray(trained.num_args)[~root_leaf] == 2).all()
   assert (np.asarray(trained.winner) == debate.EVEN_WINS).all()
@@ -303,8 +319,8 @@ def test_rl_credit_with_an_argument_cost_teaches_the_stop_to_fire_where_going_on
   config = debate.DebateConfig(t_max=2 + 2 * TASK.max_difficulty, learned_stop=True,
                                early_exit=False, assign_prob=0.0)
   oracle, liar = players.OracleDebater(TASK), players.LiarDebater(TASK, consistent=True)
-  questions = TASK.sample(jax.random.key(5), BATCH, difficulty=2).questions
-  deep = ~np.asarray(TASK.batch_is_leaf(questions))
+  questions = _sample_questions(jax.random.key(5))
+  deep = ~np.asarray(jax.jit(TASK.batch_is_leaf)(questions))
 
   @jax.jit
   def play(params, rng):
@@ -321,7 +337,7 @@ def test_rl_credit_with_an_argument_cost_teaches_the_stop_to_fire_where_going_on
 
   tx = optax.adam(1e-2)
 
-  @functools.partial(jax.jit, static_argnums=2)
+  @jax.jit  # the cost is traced: one program for both arms
   def train_step(p, opt, cost, rng):
     game, transcript = play(p, rng)
     rows = credit.stop_rows(TASK, transcript)
@@ -387,15 +403,17 @@ def test_support_truth_counts_the_rows_that_answer_their_subquestions():
   """An honest oracle's supports are all true; a consistent liar's (a false claim with supports
   that recombine to it) never are: at least one row is false."""
   config = debate.DebateConfig(t_max=6, learned_stop=False, early_exit=False, assign_prob=0.0)
-  questions = TASK.sample(jax.random.key(8), BATCH, difficulty=2).questions
+  questions = _sample_questions(jax.random.key(8))
   oracle, liar = players.OracleDebater(TASK), players.LiarDebater(TASK, consistent=True)
-  _, transcript = debate.rollout(TASK, oracle, liar, questions, jax.random.key(9), config,
-                                 assigned=jnp.ones((BATCH,), jnp.int32), force_contest=False)
+  _, transcript = jax.jit(lambda q, k: debate.rollout(
+      TASK, oracle, liar, q, k, config, assigned=jnp.ones((BATCH,), jnp.int32),
+      force_contest=False))(questions, jax.random.key(9))
   made = transcript.support_made
   assert np.asarray(made)[:, 0, 1].any()
   # Count each side alone (as if M had answered its supports directly).
-  side = lambda s: credit.support_truth(TASK, transcript.replace(
-      support_sampled=made.at[:, :, 1 - s].set(False)))
+  support_truth = jax.jit(lambda t, s: credit.support_truth(TASK, t.replace(
+      support_sampled=t.support_made.at[:, :, 1 - s].set(False))))
+  side = lambda s: support_truth(transcript, s)
   honest, lying = side(0), side(1)
   assert float(honest["debate/support_true"]) == 1.0
   assert float(honest["debate/support_rows_true"]) == 1.0
