@@ -30,7 +30,7 @@ def key(seed: int) -> jax.Array:
 @pytest.fixture(scope="module")
 def held_out():
   """(questions int32[64, Lq], answers int32[64, La])."""
-  batch = TASK.sample(key(99), 64)
+  batch = jax.jit(TASK.sample, static_argnums=1)(key(99), 64)
   return batch.questions, batch.answers
 
 
@@ -47,6 +47,7 @@ def planted():
   return params
 
 
+@jax.jit
 def _prompts_and_lengths(questions):
   prompts = model_player.answer_prompts(TASK, questions)
   return prompts, jnp.full(prompts.shape[:1], 1 + TASK.question_len, jnp.int32)
@@ -107,7 +108,8 @@ def test_the_attack_stays_in_the_ball_and_raises_the_probability(fresh, held_out
   assert norms.max() <= radius + 1e-5
   assert np.median(norms[real]) > 0.5 * radius
   assert (norms[~real] == 0).all()
-  p = lambda e: np.exp(adversary.exploit_log_prob_from_embeddings(MODEL, params, e, lengths))
+  log_p = jax.jit(lambda e: adversary.exploit_log_prob_from_embeddings(MODEL, params, e, lengths))
+  p = lambda e: np.exp(log_p(e))
   assert p(pseudo).mean() > 3 * p(clean).mean()
   eager = adversary.attack(MODEL, params, clean, lengths, key(2), config)
   np.testing.assert_allclose(eager, pseudo, atol=1e-5)

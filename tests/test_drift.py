@@ -115,7 +115,7 @@ def test_check_comparable_refuses_another_task_or_shape():
 # ---- on a tiny run's checkpoints --------------------------------------------------------------
 def test_probe_prompts_ask_the_same_questions_in_every_kind(checkpoint):
   task = checkpoint[0]
-  probes = drift.probe_prompts(task, jax.random.key(1), 8)
+  probes = jax.device_get(drift.probe_prompts(task, jax.random.key(1), 8))  # checked in numpy
   (plain, plain_headers), (proto, proto_headers) = probes["task"], probes["protocol"]
   assert plain.shape == proto.shape == (8, protocol.prompt_len(task))
   assert (plain_headers == protocol.ANSWER).all()
@@ -136,7 +136,8 @@ def test_hidden_states_are_the_models_forward_pass(checkpoint):
   assert drift.module_order(states) == ["embedder", *blocks, "final_norm"]
   # Tied embeddings: the first answer token's logits are the final norm's last-token output
   # against the token table.
-  logits = model.answer_logits(params, prompts, jnp.zeros((EXAMPLES, 1), jnp.int32))[:, 0]
+  logits = jax.jit(lambda p, q: model.answer_logits(p, q, jnp.zeros((EXAMPLES, 1), jnp.int32)))(
+      params, prompts)[:, 0]
   table = params["embedder"]["tokens"]["embedding"]
   np.testing.assert_allclose(states["final_norm"] @ table.T, logits, rtol=1e-4, atol=1e-4)
 
