@@ -12,7 +12,9 @@ from experiments import answer_breakdown
 
 def test_breakdown_counts_every_question_and_matches_the_trainers_accuracy(tmp_path):
   task, model = tiny.TASK, tiny.MODEL
-  params = model.init(jax.random.key(3))
+  # One program (eagerly, each layer's init ops compile on their own); the test compares two
+  # readings of the same parameters, whichever they are.
+  params = jax.jit(model.init)(jax.random.key(3))
   eval_set = eval_sets.load(task, examples_per_difficulty=16, data_dir=tmp_path)
   result = answer_breakdown.breakdown(task, model, params, eval_set, batch_size=16)
   eval_fn = jax.jit(evaluation.make_eval_fn(task, model, tiny.step_config(), with_debates=False))

@@ -10,6 +10,8 @@ sure of a wrong answer plain self-play's gradient all but vanishes (both sides s
 thing: a concession), while contest by construction keeps a gradient about fifty times larger,
 because odd's claim is drawn from the rest of the distribution."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,11 @@ V, Y = 8, 3  # answers; the true one
 def _expected_gradient(logits, distinct: bool) -> np.ndarray:
   """float64[V]: E[Σ_side outcome·∇log π(claim)] over even a ~ π and odd b ~ π (plain) or
   b ~ π(· | · ≠ a) (distinct)."""
+  return np.asarray(_jitted_expected_gradient(logits, distinct), np.float64)
+
+
+@functools.partial(jax.jit, static_argnums=1)  # one program per form (eagerly: ~60 op compiles)
+def _jitted_expected_gradient(logits, distinct: bool) -> jax.Array:
   pi = jax.nn.softmax(logits)
   a, b = jnp.meshgrid(jnp.arange(V), jnp.arange(V), indexing="ij")  # [V, V]
   if distinct:
@@ -38,7 +45,7 @@ def _expected_gradient(logits, distinct: bool) -> np.ndarray:
     weights = jax.lax.stop_gradient(joint[..., None] * outcomes)
     return (weights[..., 0] * logp[a]).sum() + (weights[..., 1] * logp[b]).sum()
 
-  return np.asarray(jax.grad(surrogate)(logits), np.float64)
+  return jax.grad(surrogate)(logits)
 
 
 def test_both_estimators_point_at_the_truth_from_a_uniform_policy():
