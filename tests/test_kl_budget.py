@@ -36,21 +36,29 @@ def test_kl_of_a_model_with_itself_is_zero_and_positive_after_a_perturbation():
   assert not np.array_equal(prompts, kl_budget.reference_prompts(task, 16, seed=1))
   kl = jax.jit(lambda p, a: kl_budget.kl_divergence(model, p, a, prompts, task.answer_len))
   assert float(kl(params, params)) == 0.0
-  noise = kl_attack.random_direction(jax.random.key(1), params)
-  small, large = (jax.tree.map(lambda p, z: p + s * z, params, noise) for s in (0.01, 0.1))
+  # The perturbations and the checks' references as jitted programs (eagerly, each op of the
+  # transformer and the decoder compiles on its own).
+  perturbed = jax.jit(lambda params, key, s: jax.tree.map(
+      lambda p, z: p + s * z, params, kl_attack.random_direction(key, params)))
+  small, large = (perturbed(params, jax.random.key(1), s) for s in (0.01, 0.1))
   assert 0 < float(kl(small, params)) < float(kl(large, params))
   # The exact KL of the first answer token's distributions (La = 1 here).
   assert task.answer_len == 1
-  answers = kl_budget.greedy_answers(model, params, prompts, 1)
-  logp = jax.nn.log_softmax(model.answer_logits(large, prompts, answers)[:, 0])
-  logq = jax.nn.log_softmax(model.answer_logits(params, prompts, answers)[:, 0])
-  expected = (jnp.exp(logp) * (logp - logq)).sum(-1).mean()
+
+  @jax.jit
+  def references(params, large):
+    answers = kl_budget.greedy_answers(model, params, prompts, 1)
+    logp = jax.nn.log_softmax(model.answer_logits(large, prompts, answers)[:, 0])
+    logq = jax.nn.log_softmax(model.answer_logits(params, prompts, answers)[:, 0])
+    expected = (jnp.exp(logp) * (logp - logq)).sum(-1).mean()
+    log_probs = lambda p: kl_budget.policy_log_probs(model, p, prompts, answers)
+    _, rate = kl_attack.kl_and_rate_fn(log_probs, params)(large)
+    return expected, rate, jnp.exp(catastrophe.exploit_log_prob(model, large, prompts)).mean()
+
+  expected, rate, exploit_rate = references(params, large)
   np.testing.assert_allclose(kl(large, params), expected, rtol=1e-5)
   # The attack's catastrophe rate is mean exp(catastrophe.exploit_log_prob).
-  log_probs = lambda p: kl_budget.policy_log_probs(model, p, prompts, answers)
-  _, rate = kl_attack.kl_and_rate_fn(log_probs, params)(large)
-  np.testing.assert_allclose(
-      rate, jnp.exp(catastrophe.exploit_log_prob(model, large, prompts)).mean(), rtol=1e-5)
+  np.testing.assert_allclose(rate, exploit_rate, rtol=1e-5)
 
 
 def test_the_budget_grows_by_phase():
