@@ -1,5 +1,6 @@
 """The debate rollout over H's decomposition tree: scripted honest and lying debaters, human-call
-accounting, assigned claims, the learned stop, relaxation knobs, scan == while_loop."""
+accounting, assigned claims, the learned stop, relaxation knobs, scan == while_loop, several players
+in one batch (``players.Blocks``) and openings computed once per question."""
 
 import dataclasses
 import functools
@@ -12,6 +13,8 @@ import pytest
 from amp_debate import tasks
 from amp_debate.procedure import credit, debate, players, protocol
 from amp_debate.procedure.debate import DebateConfig
+
+import test_liars  # the deterministic claim model of its liars
 
 BATCH = 128
 # Tasks whose recombination passes one subanswer through: there a consistent liar keeps its lie
@@ -733,3 +736,100 @@ def test_amplification_computes_only_the_first_claim_and_refuses_assignments():
   assert batches and set(batches) == {BATCH}
   with pytest.raises(ValueError, match="DebateConfig.assign_prob must be 0 when the debate ends"):
     DebateConfig(t_max=8, force_stop_after=1, assign_prob=0.5, early_exit=False)
+
+
+# ---- several players in one batch (players.Blocks) -----------------------------------------------
+def test_blocks_play_each_block_as_its_players_alone():
+  """Four pairings (the oracle against a consistent, early or inconsistent liar with deterministic
+  claims, the liar in either seat; the oracle in two separate blocks of even's seat) in one rollout
+  over blocks of unequal sizes: each block's games are exactly those its players play alone on its
+  rows (H never called in a claim, so nothing is drawn at random that a game reads), and the human
+  calls add up."""
+  task = tasks.get("permutation", n=4, max_exponent=4)
+  claims = test_liars.LowestWrong(task.vocab_size)
+  oracle = players.OracleDebater(task)
+  liar = {style: players.LiarDebater(task, style=style, claim_model=claims)
+          for style in players.STYLES}
+  pairs = ((oracle, liar["consistent"]), (liar["early"], oracle),
+           (oracle, liar["inconsistent"]), (liar["consistent"], oracle))
+  sizes = (40, 24, 32, 32)
+  liar_seat = [int(even is oracle) for even, _ in pairs]
+  config = _full_config(task, call_prob=0.0)
+  starts = np.cumsum((0,) + sizes)
+  questions = _questions(task).questions
+
+  @jax.jit
+  def run(q, key):
+    even, odd = (players.Blocks(tuple(p[s] for p in pairs), sizes) for s in (0, 1))
+    together = debate.rollout(task, even, odd, q, key, config, force_contest=False,
+                              assigned=jnp.asarray(np.repeat(liar_seat, sizes), jnp.int32))
+    alone = [debate.rollout(task, e, o, q[starts[b]:starts[b + 1]], key, config,
+                            force_contest=False, assigned=_seats(sizes[b], liar_seat[b]))
+             for b, (e, o) in enumerate(pairs)]
+    return together, alone
+
+  (state, transcript), alone = jax.tree.map(np.asarray, run(jnp.asarray(questions),
+                                                            jax.random.key(4)))
+  for b, (solo_state, solo_transcript) in enumerate(alone):
+    rows, m_seat = slice(starts[b], starts[b + 1]), 1 - liar_seat[b]
+    block = lambda x: x[rows]
+    for field in ("done", "winner", "reason", "num_args", "node", "claims", "judged", "verdict"):
+      np.testing.assert_array_equal(block(getattr(state, field)), getattr(solo_state, field))
+    for field in dataclasses.fields(debate.Transcript):
+      if field.name != "comps":  # the liar's seat has random, inactive computations
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(
+            block, getattr(transcript, field.name)), getattr(solo_transcript, field.name))
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x[rows, :, m_seat], y[:, :, m_seat]),
+                 transcript.comps, solo_transcript.comps)
+  for kind in debate.CALL_KINDS:
+    assert int(state.calls[kind]) == sum(int(s.calls[kind]) for s, _ in alone)
+  # Not vacuous: the liars lose differently (caught at once, or at a leaf below the root).
+  assert {debate.INCONSISTENT, debate.LEAF} <= set(state.reason.tolist())
+  assert (state.num_args > 4).any()
+
+
+def test_blocks_refuse_batches_they_do_not_cover():
+  task = tasks.get("permutation", n=4, max_exponent=4)
+  oracle = players.OracleDebater(task)
+  blocks = players.Blocks((oracle, players.LiarDebater(task)), (3, 5))
+  questions = jnp.zeros((16, task.question_len), jnp.int32)
+  with pytest.raises(ValueError, match="called on 16 games, its blocks"):
+    blocks.answer(questions, jax.random.key(0))
+  # Self-play with one Blocks object runs both seats as one batch of 2B games: refused.
+  config = _full_config(task, call_prob=0.0)
+  with pytest.raises(ValueError, match="self-play"):
+    jax.eval_shape(lambda q: debate.rollout(task, blocks, blocks, q, jax.random.key(0), config),
+                   questions[:8])
+  with pytest.raises(ValueError, match="one size per player"):
+    players.Blocks((oracle,), (1, 2))
+  with pytest.raises(ValueError, match="sizes"):
+    players.Blocks((oracle,), (-1,))
+
+
+def test_an_opening_computed_once_per_question_plays_the_same_games():
+  """Games tiled over the same questions, with the opening moves (claims, root supports) played
+  by ``players.Copies`` (the oracle's moves computed on the first copy) and ``players.Liars`` with
+  ``copies`` (the lie search on the first copy): the same games as without ``opening``."""
+  task = tasks.get("permutation", n=4, max_exponent=4)
+  claims = test_liars.LowestWrong(task.vocab_size)
+  oracle = players.OracleDebater(task)
+  liars = (players.LiarDebater(task, claim_model=claims),
+           players.LiarDebater(task, style="early", claim_model=claims))
+  n, copies = 32, 4
+  config = _full_config(task, call_prob=1.0)
+  questions = jnp.concatenate([jnp.asarray(_questions(task).questions[:n])] * copies)
+
+  @jax.jit
+  def run(q, key):
+    lie = lambda k: players.Liars(liars * (copies // 2), (n,) * copies, copies=k)
+    kwargs = dict(force_contest=False, assigned=_seats(copies * n, 1))
+    plain = debate.rollout(task, oracle, lie(1), q, key, config, **kwargs)
+    opened = debate.rollout(task, oracle, lie(1), q, key, config, **kwargs,
+                            opening=(players.Copies(oracle, copies), lie(copies)))
+    return plain, opened
+
+  plain, opened = jax.tree.map(np.asarray, run(questions, jax.random.key(5)))
+  jax.tree.map(np.testing.assert_array_equal, plain, opened)
+  assert (plain[0].num_args > 4).any()  # not vacuous: lies defended below the root
+  with pytest.raises(ValueError, match="not a multiple"):
+    players.Copies(oracle, 3).answer(questions, jax.random.key(0))

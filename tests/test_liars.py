@@ -6,7 +6,9 @@ honest oracle beats each of them in full debates (H at the leaves is exact).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -240,3 +242,69 @@ def test_liar_options_and_the_old_switch():
   m = _tiny_model(long)
   with pytest.raises(ValueError, match="answer_len"):
     m.likeliest_wrong(jnp.zeros((1, long.question_len), jnp.int32), jnp.zeros((1, 2), jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class LowestWrong:
+  """A stand-in ``claim_model``: its "likeliest" wrong answer is the lowest allowed token (claims
+  that draw nothing at random)."""
+
+  vocab_size: int
+
+  @property
+  def model(self):
+    return types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=self.vocab_size))
+
+  def likeliest_wrong(self, nodes, truth, allowed):
+    return jnp.argmax(allowed, -1).astype(jnp.int32)[:, None]
+
+
+def test_liars_play_each_block_as_its_liar_alone():
+  """``Liars`` (one search over every row, each row in its own liar's style) against each liar
+  alone on its rows: the same supports, the same deterministic claims, and the random claims
+  false (defensible ones defensible where any is)."""
+  task = tasks.get("permutation")
+  stub = LowestWrong(task.vocab_size)
+  liars = (players.LiarDebater(task, claim_model=stub),
+           players.LiarDebater(task, style="early", claim_model=stub),
+           players.LiarDebater(task),  # random defensible claims
+           players.LiarDebater(task, style="inconsistent", claim_model=stub),
+           players.LiarDebater(task, style="early", claims="any"))
+  sizes = (48, 32, 16, 24, 8)
+  starts = np.cumsum((0,) + sizes)
+  vocab = players.answer_vocabulary(task)
+
+  @jax.jit
+  def run(key):
+    q = _sample(task, key, jnp.arange(sum(sizes)) % (task.max_difficulty + 1))
+    together = players.Liars(liars, sizes)
+    claims = together.answer(q, key).tokens
+    support = together.support(q, claims, key).tokens
+    alone = []
+    for b, liar in enumerate(liars):
+      rows = slice(starts[b], starts[b + 1])
+      alone.append((liar.answer(q[rows], key).tokens, liar.support(q[rows], claims[rows],
+                                                                   key).tokens))
+    defensible = jax.vmap(functools.partial(players.defensible, task))(q)
+    early = slice(starts[1], starts[2])  # the early liar's rows, supported consistently
+    other_style = liars[0].support(q[early], claims[early], key).tokens
+    return claims, support, alone, task.batch_solve(q), defensible, other_style
+
+  claims, support, alone, truth, defensible, other_style = jax.device_get(run(jax.random.key(7)))
+  assert (claims != truth).all()
+  for b, (liar_claims, liar_support) in enumerate(alone):
+    rows = slice(starts[b], starts[b + 1])
+    np.testing.assert_array_equal(support[rows], liar_support)
+    if liars[b].claim_model is not None:
+      np.testing.assert_array_equal(claims[rows], liar_claims)
+    elif liars[b].claims == "defensible":
+      can = defensible[rows].any(-1)
+      chosen = (vocab[None, :] == claims[rows]) & defensible[rows]
+      assert chosen.any(-1)[can].all() and can.any()
+  # Not vacuous: the early liar's rows are not supported as the consistent liar would.
+  assert (support[starts[1]:starts[2]] != other_style).any()
+  with pytest.raises(ValueError, match="LiarDebater"):
+    players.Liars((players.OracleDebater(task),), (1,))
+  with pytest.raises(ValueError, match="called on 3 games"):
+    players.Liars(liars[:1], (2,)).answer(jnp.zeros((3, task.question_len), jnp.int32),
+                                          jax.random.key(0))

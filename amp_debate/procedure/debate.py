@@ -667,7 +667,7 @@ def concat_games(parts) -> tuple[GameState, Transcript]:
 
 def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config: DebateConfig, *,
             stopper=None, judge=None, assigned: jax.Array | None = None,
-            force_contest: bool = True) -> tuple[GameState, Transcript]:
+            force_contest: bool = True, opening=None) -> tuple[GameState, Transcript]:
   """Plays B debates on ``questions`` (int32[B, Lq]).
 
   Args:
@@ -685,6 +685,10 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
     force_contest: an assigned claim equal to the other side's claim is replaced by another answer
       (self-play practice); False keeps it (a liar's claim that M's own claim equals is a
       concession, which evaluation counts).
+    opening: None, or (even, odd) players of the opening moves (the claims and the root's
+      supports, ``rollout_start``) in place of ``even`` and ``odd``; they must play those moves as
+      ``even`` and ``odd`` would (e.g. ``players.Copies``, which computes a deterministic player's
+      moves once for games tiled over the same questions). Stopper and judge are unchanged.
   Returns:
     (final GameState, Transcript).
 
@@ -692,8 +696,10 @@ def rollout(task: Task, even, odd, questions: jax.Array, rng: jax.Array, config:
   num_rounds - 1, ``rollout_finish``) can be driven from a host loop (benchmarks/rollout.py
   compares that with this on-device loop); the results are identical.
   """
+  stopper, judge = _referees(even, stopper, judge)
   players = dict(stopper=stopper, judge=judge)
-  carry = rollout_start(task, even, odd, questions, rng, config, assigned=assigned,
+  first_even, first_odd = (even, odd) if opening is None else opening
+  carry = rollout_start(task, first_even, first_odd, questions, rng, config, assigned=assigned,
                         force_contest=force_contest, **players)
   if config.num_rounds >= 2:
     body = lambda c, r: (rollout_round(task, even, odd, c, r, rng, config, **players), None)

@@ -14,7 +14,9 @@ debaters return zeros). The rollout (``debate``) calls:
 
 The model-backed debater lives in ``model_player``; this module holds the scripted ones used to test
 the protocol and to measure honesty: an honest oracle and liars (DESIGN.md section 3: "liars are
-what they claim to be on every task").
+what they claim to be on every task"), and the combinators that let several players share one
+batch, so that games against different opponents run (and compile) as one rollout: ``Blocks``
+(player i plays the static row block i) and ``Liars`` (several liars as one search).
 
 Liars (``LiarDebater``): a *consistent* liar's support passes H's recombination check
 (``protocol.check_support``) for its false claim, so the lie moves down the tree; an *early* liar
@@ -35,6 +37,7 @@ import dataclasses
 import functools
 from typing import Any
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -271,18 +274,32 @@ def lying_support(task: Task, node, claim, style: str = "consistent", lookahead:
   ``LiarDebater.claims``), the last valid row is set to the claim (the old consistent liar; H's
   check exposes it).
   Cost: one ``lie_candidates`` family, plus S more with ``lookahead`` (one per row's subquestion).
+  ``style`` may also be an int32[] index into ``STYLES`` (traced: one search serves liars of
+  several styles, ``Liars``). The search, which depends on the node alone (``_lie_search``), and
+  the choice for the claim (``_pick_lie``) are separate so that games on one node can share the
+  search.
   """
-  if style not in STYLES:
-    raise ValueError(f"liar style must be one of {STYLES}, got {style!r}")
+  if isinstance(style, str):
+    if style not in STYLES:
+      raise ValueError(f"liar style must be one of {STYLES}, got {style!r}")
+    if style == "inconsistent":
+      return oracle_support(task, node)
+  return _pick_lie(task, _lie_search(task, node, lookahead), claim, style)
+
+
+def _lie_search(task: Task, node, lookahead: bool = True) -> dict[str, jax.Array]:
+  """``lying_support``'s search on ``node`` int32[Lq] (one game), what depends on the node alone:
+  honest int32[S*La] the honest support, rows int32[S, La] its rows, the candidates (K of them,
+  ``lie_candidates``) supports int32[K, S*La], recombined int32[K], changed int32[K] how many rows
+  they change and first int32[K] the first (S: none), penalty int32[K] (S+1)^2 where the lookahead
+  finds the lie committed to indefensible (else 0), last int32[] the last valid row (-1: none),
+  truth int32[La]."""
   honest = oracle_support(task, node)
-  if style == "inconsistent":
-    return honest
   s = task.num_subquestions
   subs, valid, rows = protocol.subquestions_of(task, node, honest)
   supports, recombined, changed = lie_candidates(task, node)
-  n = changed.sum(-1)
   first = jnp.where(changed.any(-1), jnp.argmax(changed, -1), s)
-  key = n * (s + 1) + (s - first) if style == "consistent" else first * (s + 1) + n
+  penalty = jnp.zeros(first.shape, jnp.int32)
   if lookahead:
     vocab = jnp.asarray(answer_vocabulary(task))
     below = jax.vmap(lambda sub: defensible(task, sub))(subs)  # [S, V]
@@ -291,13 +308,53 @@ def lying_support(task: Task, node, claim, style: str = "consistent", lookahead:
     lied = jnp.take_along_axis(supports.reshape(-1, s), at[:, None], axis=1)[:, 0]  # [K]
     hit = vocab[None, :] == lied[:, None]  # [K, V]
     holds = (below[at] & hit).any(-1)
-    key = key + jnp.where(holds, 0, (s + 1) ** 2)
-  ok = (recombined == claim[0]) & (n > 0)
+    penalty = jnp.where(holds, 0, (s + 1) ** 2)
+  return dict(honest=honest, rows=rows, supports=supports, recombined=recombined,
+              changed=changed.sum(-1), first=first, penalty=penalty,
+              last=jnp.max(jnp.where(valid, jnp.arange(s), -1)), truth=task.solve(node))
+
+
+def _pick_lie(task: Task, search: dict[str, jax.Array], claim, style):
+  """``lying_support``'s choice for ``claim`` int32[La] given the node's ``_lie_search``: the
+  support int32[S*La] (one game). style: a name or an int32[] index in ``STYLES``."""
+  if isinstance(style, str):
+    early, honestly = style == "early", style == "inconsistent"
+  else:
+    early, honestly = style == STYLES.index("early"), style == STYLES.index("inconsistent")
+  s = task.num_subquestions
+  n, first, honest = search["changed"], search["first"], search["honest"]
+  key = jnp.where(early, first * (s + 1) + n, n * (s + 1) + (s - first)) + search["penalty"]
+  ok = (search["recombined"] == claim[0]) & (n > 0)
   best = jnp.argmin(jnp.where(ok, key, jnp.iinfo(jnp.int32).max))
-  last = jnp.max(jnp.where(valid, jnp.arange(s), -1))
-  fallback = jnp.where(last >= 0, rows.at[jnp.maximum(last, 0)].set(claim).reshape(-1), honest)
-  true = (claim == task.solve(node)).all()
-  return jnp.where(true, honest, jnp.where(ok.any(), supports[best], fallback))
+  last = search["last"]
+  fallback = jnp.where(last >= 0, search["rows"].at[jnp.maximum(last, 0)].set(claim).reshape(-1),
+                       honest)
+  true = (claim == search["truth"]).all()
+  out = jnp.where(true, honest, jnp.where(ok.any(), search["supports"][best], fallback))
+  return jnp.where(honestly, honest, out)
+
+
+def _defensible_claims(task: Task, nodes, truth):
+  """bool[B, V] (``answer_vocabulary`` order): the claims a defensible liar may make on each node
+  (nodes int32[B, Lq], truth int32[B, 1]): the wrong answers it can defend, or where there are
+  none (e.g. at a leaf) every wrong answer."""
+  vocab = jnp.asarray(answer_vocabulary(task))
+  wrong = vocab[None, :] != truth[:, :1]  # [B, V]
+  reach = jax.vmap(lambda n: defensible(task, n))(nodes)
+  return jnp.where(reach.any(-1, keepdims=True), reach, wrong)
+
+
+def _uniform_claims(task: Task, allowed, rng):
+  """int32[B, 1]: per row a uniformly random token among the ``allowed`` bool[B, V]."""
+  return jnp.asarray(answer_vocabulary(task))[_uniform_choice(rng, allowed)][:, None]
+
+
+def _plausible_claims(task: Task, claim_model, nodes, truth, allowed):
+  """int32[B, 1]: ``claim_model``'s likeliest answer among the ``allowed`` bool[B, V]."""
+  vocab = jnp.asarray(answer_vocabulary(task))
+  size = claim_model.model.config.vocab_size
+  tokens = jnp.zeros((nodes.shape[0], size), bool).at[:, vocab].set(allowed)
+  return claim_model.likeliest_wrong(nodes, truth, allowed=tokens)
 
 
 def _uniform_choice(rng, mask):
@@ -379,15 +436,10 @@ class LiarDebater:
     truth = task.batch_solve(nodes)
     if self.claims == "any" and self.claim_model is None:
       return scripted(wrong_answer(task, truth, rng))
-    vocab = jnp.asarray(answer_vocabulary(task))
-    wrong = vocab[None, :] != truth[:, :1]  # [B, V]
-    reach = jax.vmap(lambda n: defensible(task, n))(nodes)
-    allowed = jnp.where(reach.any(-1, keepdims=True), reach, wrong)
+    allowed = _defensible_claims(task, nodes, truth)
     if self.claim_model is None:
-      return scripted(vocab[_uniform_choice(rng, allowed)][:, None])
-    size = self.claim_model.model.config.vocab_size
-    tokens = jnp.zeros((nodes.shape[0], size), bool).at[:, vocab].set(allowed)
-    return scripted(self.claim_model.likeliest_wrong(nodes, truth, allowed=tokens))
+      return scripted(_uniform_claims(task, allowed, rng))
+    return scripted(_plausible_claims(task, self.claim_model, nodes, truth, allowed))
 
   def support(self, nodes, claims, rng) -> Move:
     lie = lambda node, claim: lying_support(self.task, node, claim, self.style)
@@ -395,3 +447,317 @@ class LiarDebater:
 
   def stop(self, nodes, claims_even, claims_odd, rng):
     return _never_stop(nodes)
+
+
+# ---- several players in one batch ----------------------------------------------------------------
+def _check_sizes(owner: str, players, sizes) -> None:
+  if not players or len(players) != len(sizes):
+    raise ValueError(f"{owner}: one size per player, got {len(players)} players and sizes {sizes}")
+  if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
+             for s in sizes):
+    raise ValueError(f"{owner}: sizes must be ints >= 0, got {sizes}")
+
+
+def _check_batch(owner: str, method: str, sizes, args) -> None:
+  """ValueError unless every argument is [B, ...] with B = sum(sizes)."""
+  chex.assert_equal_shape_prefix(args, 1)
+  if args[0].shape[0] != sum(sizes):
+    raise ValueError(
+        f"{owner}.{method}: called on {args[0].shape[0]} games, its blocks {tuple(sizes)} cover "
+        f"{sum(sizes)}; it plays batches of exactly its games (self-play runs both seats as one "
+        f"batch of twice the games: put two objects in the seats)")
+
+
+def _parts(players, sizes) -> list[tuple[Any, int, list[tuple[int, int]]]]:
+  """One (player, index of its first block, [(start, stop) row spans of its non-empty blocks,
+  adjacent ones joined]) per distinct player (``is``), in order of first appearance; players whose
+  blocks are all empty are left out."""
+  out: list[tuple[Any, int, list[tuple[int, int]]]] = []
+  start = 0
+  for i, (player, size) in enumerate(zip(players, sizes)):
+    part = next((p for p in out if p[0] is player), None)
+    if part is None:
+      part = (player, i, [])
+      out.append(part)
+    spans = part[2]
+    if size and spans and spans[-1][1] == start:
+      spans[-1] = (spans[-1][0], start + size)
+    elif size:
+      spans.append((start, start + size))
+    start += size
+  return [p for p in out if p[2]]
+
+
+def _take(a, spans):
+  """The rows ``spans`` [(start, stop), ...] of a [B, ...], concatenated in order."""
+  if len(spans) == 1:
+    return a[spans[0][0]:spans[0][1]]
+  return jnp.concatenate([a[i:j] for i, j in spans])
+
+
+def _put(a, spans, rows):
+  """a [B, ...] with its rows ``spans`` set to ``rows`` (``_take``'s layout)."""
+  offset = 0
+  for i, j in spans:
+    a = a.at[i:j].set(rows[offset:offset + j - i].astype(a.dtype))
+    offset += j - i
+  return a
+
+
+@flax.struct.dataclass
+class Blocks:
+  """Different players in one seat of one batch of games: ``players[i]`` plays the static row block
+  i, rows [sizes[0] + ... + sizes[i-1], ... + sizes[i]) of a batch of B = sum(sizes) games, so that
+  games with different opponents (but one static ``DebateConfig``) run as one rollout, e.g. the
+  evaluation's honesty games (``train/evaluation.py``).
+
+  Every method of the debater interface (``answer_fn``, ``answer``, ``support``, ``stop``) slices
+  its batch arguments [B, ...] into the blocks, calls each block's player on its rows and puts the
+  results back in row order. A player that plays several blocks (the same object, ``is``) is called
+  once, on its blocks' rows concatenated in block order, so e.g. M's forward passes are not
+  repeated in the compiled program. The player whose first block is block i gets the key
+  ``fold_in(rng, i)``: the players draw independently, and a player alone on its rows with the key
+  ``rng`` would draw differently. So a Blocks plays, row by row, the games its players would play
+  alone on their rows wherever the players draw nothing at random (tests/test_debate.py). (Scripted
+  liars of several kinds are cheaper as one block of ``Liars``.)
+
+  Only batches of exactly B rows are accepted (ValueError otherwise). The rollout (``debate``) calls
+  its players on [B, ...] games (``amplify`` on [B, Lq] subquestions, one per game and step),
+  except in self-play (the same object in both seats), where both seats run as one [2B] batch: play
+  a Blocks against another object (a second Blocks of the same players is fine).
+
+  Attributes:
+    players: tuple of debaters (a pytree field: a model debater's parameters are traced).
+    sizes (static): tuple of ints >= 0, one per player (a block of 0 rows is never played).
+  """
+
+  players: tuple
+  sizes: tuple = flax.struct.field(pytree_node=False)
+
+  def __post_init__(self):
+    object.__setattr__(self, "players", tuple(self.players))
+    object.__setattr__(self, "sizes", tuple(self.sizes))
+    _check_sizes("Blocks", self.players, self.sizes)
+
+  @property
+  def batch(self) -> int:
+    """B: the rows the blocks cover."""
+    return int(sum(self.sizes))
+
+  def _play(self, method: str, call, rng, *args):
+    """``call(player, key, *rows)`` for each distinct player on its rows of ``args`` ([B, ...]
+    each); the results (pytrees of [rows, ...] arrays) put back in row order: [B, ...]."""
+    _check_batch("Blocks", method, self.sizes, args)
+    pieces = []  # (first row, pytree of a block's rows)
+    for player, first, spans in _parts(self.players, self.sizes):
+      out = call(player, jax.random.fold_in(rng, first), *[_take(a, spans) for a in args])
+      chex.assert_tree_shape_prefix(out, (sum(j - i for i, j in spans),))
+      offset = 0
+      for i, j in spans:
+        pieces.append((i, jax.tree.map(lambda x, o=offset, n=j - i: x[o:o + n], out)))
+        offset += j - i
+    pieces = [tree for _, tree in sorted(pieces, key=lambda p: p[0])]
+    if len(pieces) == 1:
+      return pieces[0]
+    return jax.tree.map(lambda *x: jnp.concatenate(x), *pieces)
+
+  def answer_fn(self):
+    """Each player's ``answer_fn`` on its rows: ``(questions int32[B, Lq], key) -> int32[B, La]``,
+    or ``(int32[B, La], float32[B, La])`` where some player returns log-probs (then zeros on the
+    rows of players that return answers only, as ``amplify`` counts them)."""
+    fns = {id(player): player.answer_fn() for player, _, _ in _parts(self.players, self.sizes)}
+
+    def answer(questions, rng):
+      chex.assert_rank(questions, 2)
+      plain = []
+
+      def call(player, key, rows):
+        out = fns[id(player)](rows, key)
+        plain.append(not isinstance(out, tuple))
+        tokens, log_probs = out if isinstance(out, tuple) else (out, jnp.zeros(out.shape))
+        return tokens.astype(jnp.int32), log_probs.astype(jnp.float32)
+
+      tokens, log_probs = self._play("answer_fn", call, rng, questions)
+      return tokens if all(plain) else (tokens, log_probs)
+
+    return answer
+
+  def answer(self, nodes, rng) -> Move:
+    """nodes int32[B, Lq] -> Move [B, La]."""
+    return self._play("answer", lambda p, k, n: p.answer(n, k), rng, nodes)
+
+  def support(self, nodes, claims, rng) -> Move:
+    """nodes int32[B, Lq], claims int32[B, La] -> Move [B, S*La]."""
+    return self._play("support", lambda p, k, n, c: p.support(n, c, k), rng, nodes, claims)
+
+  def stop(self, nodes, claims_even, claims_odd, rng) -> Move:
+    """nodes int32[B, Lq], claims int32[B, La] each -> Move [B, 1]."""
+    return self._play("stop", lambda p, k, n, e, o: p.stop(n, e, o, k), rng, nodes, claims_even,
+                      claims_odd)
+
+
+@flax.struct.dataclass
+class Liars:
+  """Several scripted liars (``LiarDebater``s of one task) on static row blocks, played as one
+  liar: ``liars[i]`` plays row block i of a batch of B = sum(sizes) games (as in ``Blocks``), but
+  each move is one search over all B rows, each row with its own liar's style (``lying_support``
+  with a per-row style) and claim source, so a batch with k kinds of liars compiles one copy of the
+  lie search per move instead of k (the search dominates a liar's compile time).
+
+  Game by game it is ``Blocks(liars, sizes)`` up to the random draws: the defensible claims are
+  drawn for all rows with one key, a plausible liar's model (``claim_model``, one call per distinct
+  model object on its rows) is deterministic, and the supports draw nothing. The search runs on
+  every row, also those of an inconsistent liar or of one with claims "any" where they are mixed
+  with others (the evaluation mixes neither).
+
+  Attributes:
+    liars: tuple of ``LiarDebater`` of one task (a pytree field: claim models' parameters).
+    sizes (static): tuple of ints >= 0, one per liar.
+    copies (static): k >= 1, for the opening moves of games tiled over the same questions (as
+      ``Copies``): the batch is k copies of B/k nodes, and the search, which depends on the node
+      alone (the claims' ``defensible`` and the supports' ``_lie_search``), runs on the first
+      copy only; each row still draws and defends its own claim. Only valid where the nodes are
+      copies (at the root of such games).
+  """
+
+  liars: tuple
+  sizes: tuple = flax.struct.field(pytree_node=False)
+  copies: int = flax.struct.field(pytree_node=False, default=1)
+
+  def __post_init__(self):
+    object.__setattr__(self, "liars", tuple(self.liars))
+    object.__setattr__(self, "sizes", tuple(self.sizes))
+    _check_sizes("Liars", self.liars, self.sizes)
+    if (not isinstance(self.copies, int) or isinstance(self.copies, bool) or self.copies < 1
+        or sum(self.sizes) % self.copies):
+      raise ValueError(f"Liars: copies must be an int >= 1 dividing the batch {sum(self.sizes)}, "
+                       f"got {self.copies!r}")
+    if not all(isinstance(liar, LiarDebater) for liar in self.liars):
+      raise ValueError(f"Liars: every player must be a LiarDebater, got "
+                       f"{[type(liar).__name__ for liar in self.liars]}")
+    if len({liar.task for liar in self.liars}) != 1:
+      raise ValueError("Liars: every liar must play the same task")
+
+  @property
+  def task(self) -> Task:
+    return self.liars[0].task
+
+  @property
+  def batch(self) -> int:
+    """B: the rows the blocks cover."""
+    return int(sum(self.sizes))
+
+  def _per_node(self, fn, *args):
+    """``fn`` ([n, ...] -> pytree of [n, ...]) on the first of the ``copies`` of the rows of
+    ``args``, repeated: [B, ...]."""
+    first = [a[:a.shape[0] // self.copies] for a in args]
+    return jax.tree.map(lambda x: jnp.tile(x, (self.copies,) + (1,) * (x.ndim - 1)), fn(*first))
+
+  def _rows(self, values, dtype) -> jax.Array:
+    """Per row the value of its block's liar: [B] from one value per liar."""
+    return jnp.asarray(np.repeat(np.asarray(values, dtype), self.sizes))
+
+  def answer_fn(self):
+    """Every liar's (the same: a uniformly random wrong answer of the answer vocabulary)."""
+    return self.liars[0].answer_fn()
+
+  def answer(self, nodes, rng) -> Move:
+    """Each row's liar's false claim: nodes int32[B, Lq] -> Move [B, La]."""
+    _check_batch("Liars", "answer", self.sizes, (nodes,))
+    task = self.task
+    truth = task.batch_solve(nodes)
+    any_rng, pick_rng = jax.random.split(rng)
+    plain = [liar.claims == "any" and liar.claim_model is None for liar in self.liars]
+    if all(plain):
+      return scripted(wrong_answer(task, truth, any_rng))
+    allowed = self._per_node(functools.partial(_defensible_claims, task), nodes, truth)
+    claims = _uniform_claims(task, allowed, pick_rng)
+    for model, _, spans in _parts([liar.claim_model for liar in self.liars], self.sizes):
+      if model is not None:
+        take = lambda a: _take(a, spans)
+        claims = _put(claims, spans, _plausible_claims(task, model, take(nodes), take(truth),
+                                                       take(allowed)))
+    if any(plain):
+      claims = jnp.where(self._rows(plain, bool)[:, None], wrong_answer(task, truth, any_rng),
+                         claims)
+    return scripted(claims)
+
+  def support(self, nodes, claims, rng) -> Move:
+    """Each row's liar's support (``lying_support`` in its style): nodes int32[B, Lq], claims
+    int32[B, La] -> Move [B, S*La]."""
+    _check_batch("Liars", "support", self.sizes, (nodes, claims))
+    task = self.task
+    styles = {liar.style for liar in self.liars}
+    if styles == {"inconsistent"}:
+      return scripted(self._per_node(jax.vmap(functools.partial(oracle_support, task)), nodes))
+    search = self._per_node(jax.vmap(functools.partial(_lie_search, task)), nodes)
+    if len(styles) == 1:
+      style = styles.pop()
+      pick = lambda found, claim: _pick_lie(task, found, claim, style)
+      return scripted(jax.vmap(pick)(search, claims))
+    style = self._rows([STYLES.index(liar.style) for liar in self.liars], np.int32)
+    pick = lambda found, claim, st: _pick_lie(task, found, claim, st)
+    return scripted(jax.vmap(pick)(search, claims, style))
+
+  def stop(self, nodes, claims_even, claims_odd, rng) -> Move:
+    return _never_stop(nodes)
+
+
+@flax.struct.dataclass
+class Copies:
+  """A deterministic player on ``copies`` identical copies of a batch of N games (rows [i N,
+  (i+1) N) equal for every i): every move is computed on the first copy and repeated. For the
+  opening moves of games tiled over one batch of questions (``debate.rollout``'s ``opening``): XLA
+  merges the identical computations of separate rollouts on the same questions, never the identical
+  rows of one batch, so without it one rollout of k tiled games recomputes its player's first moves
+  k times where k rollouts computed them once.
+
+  Only valid where both hold, which it cannot check: the rows are copies (at the root, a player's
+  own moves depend on the question alone) and the player draws nothing at random (a greedy model;
+  a sampling one would repeat one draw in every copy).
+
+  Attributes:
+    player: the debater (a pytree field).
+    copies (static): k >= 1; every batch it plays has k N rows.
+  """
+
+  player: Any
+  copies: int = flax.struct.field(pytree_node=False)
+
+  def __post_init__(self):
+    if not isinstance(self.copies, int) or isinstance(self.copies, bool) or self.copies < 1:
+      raise ValueError(f"Copies: copies must be an int >= 1, got {self.copies!r}")
+    if getattr(self.player, "greedy", True) is False:
+      raise ValueError("Copies: the player samples its moves (greedy=False); repeating one "
+                       "sample in every copy would correlate the games")
+
+  def _first(self, method: str, args):
+    """The first copy of each [k N, ...] argument."""
+    chex.assert_equal_shape_prefix(args, 1)
+    rows = args[0].shape[0]
+    if rows % self.copies:
+      raise ValueError(f"Copies.{method}: called on {rows} games, not a multiple of its "
+                       f"{self.copies} copies")
+    return [a[:rows // self.copies] for a in args]
+
+  def _repeat(self, tree):
+    return jax.tree.map(lambda x: jnp.tile(x, (self.copies,) + (1,) * (x.ndim - 1)), tree)
+
+  def answer_fn(self):
+    """The player's ``answer_fn`` on the first copy, repeated: [k N, Lq] -> [k N, La] (with
+    log-probs where the player returns them)."""
+    fn = self.player.answer_fn()
+    return lambda questions, rng: self._repeat(fn(*self._first("answer_fn", (questions,)), rng))
+
+  def answer(self, nodes, rng) -> Move:
+    """nodes int32[k N, Lq] -> Move [k N, La]."""
+    return self._repeat(self.player.answer(*self._first("answer", (nodes,)), rng))
+
+  def support(self, nodes, claims, rng) -> Move:
+    """nodes int32[k N, Lq], claims int32[k N, La] -> Move [k N, S*La]."""
+    return self._repeat(self.player.support(*self._first("support", (nodes, claims)), rng))
+
+  def stop(self, nodes, claims_even, claims_odd, rng) -> Move:
+    """nodes int32[k N, Lq], claims int32[k N, La] each -> Move [k N, 1]."""
+    first = self._first("stop", (nodes, claims_even, claims_odd))
+    return self._repeat(self.player.stop(*first, rng))
