@@ -183,7 +183,8 @@ class Run:
       summary = json.load(f)
     for key, value in (("index", self.index), ("name", self.name), ("overrides", self.overrides)):
       summary.setdefault(key, value)  # a run the trainer finished and the sweep did not reach
-    if "wall_s" not in summary:  # ... (killed between the two writes): its columns from its log
+    if "wall_s" not in summary and os.path.isfile(os.path.join(self.workdir, "metrics.jsonl")):
+      # ... (killed between the two writes): its columns from its log
       summary.setdefault("dataset", summary.get("eval_set", ""))
       for key, value in _final_metrics(self.workdir).items():
         summary.setdefault(key, value)
