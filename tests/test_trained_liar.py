@@ -16,6 +16,8 @@ from amp_debate.train import evaluation
 TASK, MODEL = tiny.TASK, tiny.MODEL
 CONFIG = dataclasses.replace(evaluation.eval_debate_config(TASK, tiny.step_config().debate),
                              call_prob=0.0)
+# One sampler for both training tests, so they share the liar's compiled step (keyed by identity).
+SAMPLE = lambda key, n: step_lib.sample_batch(TASK, key, n, TASK.max_difficulty).questions
 
 
 def test_liar_claims_are_false_and_its_loss_follows_the_outcomes():
@@ -45,9 +47,8 @@ def test_liar_claims_are_false_and_its_loss_follows_the_outcomes():
 
 def test_train_liar_runs_and_records_its_win_rate():
   params = MODEL.init(jax.random.key(0))
-  sample_fn = lambda key, n: step_lib.sample_batch(TASK, key, n, TASK.max_difficulty).questions
   options = trained_liar.LiarTraining(steps=2, batch=8, learning_rate=1e-3)
-  liar_params, history = trained_liar.train_liar(TASK, MODEL, params, sample_fn, CONFIG,
+  liar_params, history = trained_liar.train_liar(TASK, MODEL, params, SAMPLE, CONFIG,
                                                  jax.random.key(3), options)
   assert len(history) == 2 and all(0.0 <= h <= 1.0 for h in history)
   assert jax.tree.structure(liar_params) == jax.tree.structure(params)
@@ -57,9 +58,8 @@ def test_the_control_arm_never_updates_the_liar():
   """The study's control plays the same games at learning rate 0: the liar stays M's copy (the
   first test shows the trained arm's gradient is non-zero where outcomes differ)."""
   params = MODEL.init(jax.random.key(0))
-  sample_fn = lambda key, n: step_lib.sample_batch(TASK, key, n, TASK.max_difficulty).questions
   options = trained_liar.LiarTraining(steps=2, batch=8, learning_rate=0.0)
-  liar_params, _ = trained_liar.train_liar(TASK, MODEL, params, sample_fn, CONFIG,
+  liar_params, _ = trained_liar.train_liar(TASK, MODEL, params, SAMPLE, CONFIG,
                                            jax.random.key(3), options)
   for a, b in zip(jax.tree.leaves(liar_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

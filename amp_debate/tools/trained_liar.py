@@ -110,32 +110,57 @@ class LiarTraining:
   learning_rate: float = 1e-4
 
 
+_PROGRAMS: dict = {}  # (what, task, model, sample_fn or None, config, batch) -> jitted function
+
+
+def _program(key, build):
+  """The jitted function ``build()`` once per ``key`` (identities of its static parts), so the
+  trained and control arms, and every level's evaluation, share one compile."""
+  # Objects by identity: the cached function's closure keeps each alive, so no id is reused.
+  key = tuple(k if isinstance(k, (int, str, type(None))) else id(k) for k in key)
+  if key not in _PROGRAMS:
+    _PROGRAMS[key] = build()
+  return _PROGRAMS[key]
+
+
+def _liar_optimizer() -> optax.GradientTransformation:
+  """Adam with its learning rate as data in the state (``opt_state.hyperparams``)."""
+  return optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
+
+
 def train_liar(task, model, m_params, sample_fn, config: debate.DebateConfig, rng,
                options: LiarTraining = LiarTraining(), on_step=None):
   """Fine-tunes a copy of ``m_params`` to win the false side. ``sample_fn(key, batch)`` gives
-  training questions int32[batch, Lq]. Returns (liar params, [per-step liar win rate])."""
-  tx = optax.adam(options.learning_rate)
+  training questions int32[batch, Lq]. Returns (liar params, [per-step liar win rate]). The step
+  is compiled once per task, model, sampler, config and batch: M's parameters and the learning
+  rate are data."""
+  tx = _liar_optimizer()
   liar_params = jax.tree.map(jnp.array, m_params)
   opt_state = tx.init(liar_params)
+  opt_state.hyperparams["learning_rate"] = jnp.asarray(options.learning_rate, jnp.float32)
   half = options.batch // 2
 
-  @jax.jit
-  def step(liar_params, opt_state, key):
-    wins, grads = 0.0, None
-    for seat in (0, 1):
-      q_key, p_key = jax.random.split(jax.random.fold_in(key, seat))
-      questions = sample_fn(q_key, half)
-      state, transcript = play(task, model, m_params, liar_params, questions, p_key, config, seat,
-                               greedy_liar=False)
-      g = jax.grad(liar_loss)(liar_params, model, task, transcript, state.winner, seat)
-      grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-      wins = wins + (state.winner == seat).mean() / 2
-    updates, opt_state = tx.update(grads, opt_state, liar_params)
-    return optax.apply_updates(liar_params, updates), opt_state, wins
+  def build():
+    @jax.jit
+    def step(m_params, liar_params, opt_state, key):
+      wins, grads = 0.0, None
+      for seat in (0, 1):
+        q_key, p_key = jax.random.split(jax.random.fold_in(key, seat))
+        questions = sample_fn(q_key, half)
+        state, transcript = play(task, model, m_params, liar_params, questions, p_key, config,
+                                 seat, greedy_liar=False)
+        g = jax.grad(liar_loss)(liar_params, model, task, transcript, state.winner, seat)
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+        wins = wins + (state.winner == seat).mean() / 2
+      updates, opt_state = tx.update(grads, opt_state, liar_params)
+      return optax.apply_updates(liar_params, updates), opt_state, wins
+    return step
 
+  step = _program(("train", task, model, sample_fn, config, half), build)
   history = []
   for i in range(options.steps):
-    liar_params, opt_state, wins = step(liar_params, opt_state, jax.random.fold_in(rng, i))
+    liar_params, opt_state, wins = step(m_params, liar_params, opt_state,
+                                        jax.random.fold_in(rng, i))
     history.append(float(wins))
     if on_step is not None:
       on_step(i, history[-1])
@@ -146,10 +171,12 @@ def evaluate(task, model, m_params, liar_params, questions, rng, config) -> dict
   """M's win, loss and concession rates against the (greedy) liar in each seat, on ``questions``."""
   out = {}
   answers = task.batch_solve(questions)
+  games = _program(("evaluate", task, model, None, config, questions.shape[0]), lambda: jax.jit(
+      lambda m, liar, q, k: [play(task, model, m, liar, q, k, config, seat, greedy_liar=True)
+                             for seat in (0, 1)]))(m_params, liar_params, questions, rng)
   for liar_seat in (0, 1):
     m_seat = 1 - liar_seat
-    state, transcript = jax.jit(lambda q, k: play(task, model, m_params, liar_params, q, k, config,
-                                                  liar_seat, greedy_liar=True))(questions, rng)
+    state, transcript = games[liar_seat]
     claims = transcript.claims[:, 0]
     name = SEATS[m_seat]
     out[f"{name}/win"] = float((state.winner == m_seat).mean())
