@@ -46,6 +46,7 @@ from the checkpoint a config names (``set_anchor``). The functions here are pure
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -80,9 +81,14 @@ def reference_prompts(task: Task, num_prompts: int, seed: int, part: str = "trai
   ``part`` of the question space ("eval": questions no training run draws)."""
   checks.check(_OWNER, "num_prompts", num_prompts, NUM_PROMPTS)
   checks.check(_OWNER, "seed", seed, SEED)
-  # One program (drawing op by op compiles dozens of small ones: seconds at every trainer start).
-  draw = jax.jit(lambda key: answer_prompts(task, task.sample(key, num_prompts, part=part).questions))
-  return draw(jax.random.key(seed))
+  return _draw_prompts(task, num_prompts, part)(jax.random.key(seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _draw_prompts(task: Task, num_prompts: int, part: str):
+  """The jitted draw of ``reference_prompts``, once per task and size (op by op it compiled dozens
+  of small programs, seconds at every trainer start)."""
+  return jax.jit(lambda key: answer_prompts(task, task.sample(key, num_prompts, part=part).questions))
 
 
 def greedy_answers(model: LanguageModel, params, prompts: jax.Array, answer_len: int) -> jax.Array:
