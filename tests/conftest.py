@@ -36,7 +36,9 @@ import pytest  # noqa: E402
 # with ``--no-loadscope-reorder`` so xdist keeps this order, balances the two workers; the order
 # of tests within a module is kept (a stable sort).
 _SLOW_FIRST = ("test_trainer.py", "test_sharding.py", "test_step.py", "test_debate.py",
-               "test_credit.py", "test_model_player.py", "test_models.py")
+               "test_sweep.py", "test_multiprocess_preemption.py", "test_overseer.py",
+               "test_kl_budget.py", "test_liars.py", "test_credit.py", "test_model_player.py",
+               "test_trained_liar.py", "test_models.py")
 
 
 def pytest_collection_modifyitems(items):
