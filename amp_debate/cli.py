@@ -99,6 +99,25 @@ def command_line(define_flags: Callable[[flags.FlagValues], flags.FlagValues],
   return execute(values)
 
 
+def recorded(define_flags: Callable[[flags.FlagValues], flags.FlagValues],
+             execute: Callable[[flags.FlagValues, str], T], program: str
+             ) -> tuple[Callable[[Sequence[str]], T], Callable[[list[str]], None]]:
+  """``(command_line, main)`` of a program whose ``execute(values, command)`` records the command
+  line it ran (``program`` and its arguments) with its results: ``command_line(argv)`` runs it in
+  this process on flags of its own (``command_line`` above), ``main`` is absl's main (the flags
+  already parsed into FLAGS; ``parse`` refused stray arguments)."""
+
+  def in_process(argv: Sequence[str]) -> T:
+    return command_line(define_flags, lambda values: execute(values, " ".join([program, *argv])),
+                        argv, program=program)
+
+  def main(argv: list[str]) -> None:
+    del argv
+    execute(flags.FLAGS, " ".join([program, *sys.argv[1:]]))
+
+  return in_process, main
+
+
 def run(define_flags: Callable[..., Any], main: Callable[[list[str]], Any], *,
         error: Callable[[str], Any] = fail, config: bool = False) -> None:
   """The program (``if __name__ == "__main__"``): its flags defined in absl's FLAGS, sys.argv

@@ -111,16 +111,8 @@ def execute(values: flags.FlagValues, command: str) -> str:
   return report
 
 
-def command_line(argv: list[str]) -> str:
-  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
-  return cli.command_line(define_flags, lambda values: execute(values, " ".join([PROGRAM, *argv])),
-                          argv, program=PROGRAM)
-
-
-def main(argv) -> None:
-  """absl's main: the flags are parsed into FLAGS already."""
-  del argv
-  execute(flags.FLAGS, " ".join([PROGRAM, *sys.argv[1:]]))
+# command_line(argv) in this process, and absl's main.
+command_line, main = cli.recorded(define_flags, execute, PROGRAM)
 
 if __name__ == "__main__":
   cli.run(define_flags, main)

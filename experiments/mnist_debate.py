@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import jax
@@ -185,16 +184,8 @@ def execute(args: flags.FlagValues, command: str) -> dict:
   return result
 
 
-def command_line(argv: list[str]) -> dict:
-  """The command line run in this process on flags of its own (absl's FLAGS untouched)."""
-  return cli.command_line(define_flags, lambda values: execute(values, " ".join([PROGRAM, *argv])),
-                          argv, program=PROGRAM)
-
-
-def main(argv):
-  """absl's main: the flags are parsed into FLAGS already."""
-  del argv
-  execute(flags.FLAGS, " ".join([PROGRAM, *sys.argv[1:]]))
+# command_line(argv) in this process, and absl's main.
+command_line, main = cli.recorded(define_flags, execute, PROGRAM)
 
 
 def plot(result, pairs, out_png: str) -> str | None:

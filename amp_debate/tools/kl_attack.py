@@ -273,18 +273,9 @@ def execute(values: flags.FlagValues, command: str) -> dict[str, Any]:
   return result
 
 
-def command_line(argv: Sequence[str]) -> dict[str, Any]:
-  """The command line run in this process: ``argv`` are its arguments (no program name), parsed
-  into flags of their own (absl's global FLAGS untouched). Returns the result written to --out."""
-  values = define_flags(flags.FlagValues())
-  cli.parse(values, [PROGRAM, *argv])
-  return execute(values, " ".join([PROGRAM, *argv]))
-
-
-def main(argv: Sequence[str]) -> None:
-  """absl's main: the flags are parsed into FLAGS already."""
-  del argv  # cli.parse refused stray arguments
-  execute(flags.FLAGS, " ".join([PROGRAM, *sys.argv[1:]]))
+# command_line(argv): the study in this process (returns the result written to --out); main:
+# absl's main.
+command_line, main = cli.recorded(define_flags, execute, PROGRAM)
 
 
 def run_main() -> None:
