@@ -126,6 +126,7 @@ def test_the_adversary_finds_the_planted_weakness(planted, held_out):
   assert m["p_adversary"] >= 10 * m["p_random"], m
 
 
+@pytest.mark.study
 def test_the_penalty_removes_the_weakness_it_never_saw(planted, held_out):
   """Fine-tuning on clean questions with the adversarial penalty (the trigger never shown)
   drives p(EXPLOIT) on triggered questions far down; the same fine-tuning without it leaves the

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from amp_debate import models, tasks
 from amp_debate.procedure import credit, debate, losses, model_player, players, protocol
@@ -241,6 +242,7 @@ def test_shaped_penalty_pushes_a_policy_toward_the_amplified_targets():
     assert (float(cross_entropy(after)) < float(cross_entropy(logits)) - 1e-2) == lower
 
 
+@pytest.mark.study
 def test_the_learned_stop_is_trained_by_hindsight_and_shortens_debates():
   """Planted case: an honest oracle against a consistent liar, judged by Amp′(H, oracle). Stopping
   at any node gives the verdict the full debate reaches, so H's hindsight labels are all YES.
@@ -310,6 +312,7 @@ def test_stop_rewards_pay_verdict_changes_and_charge_arguments_after_the_decisio
   np.testing.assert_allclose(got, want)
 
 
+@pytest.mark.study
 def test_rl_credit_with_an_argument_cost_teaches_the_stop_to_fire_where_going_on_changes_nothing():
   """Planted case of the hindsight test above (honest oracle against a consistent liar, judged by
   Amp′(H, oracle): going on never changes the verdict), trained by the policy gradient on the

@@ -267,6 +267,7 @@ def _hack_rates(step_setup, penalty: str, steps: int) -> np.ndarray:
   return np.asarray(rates)
 
 
+@pytest.mark.study
 def test_the_overseer_cuts_the_hack_rate_in_a_run_where_hacking_pays():
   """Self-play with the flaw (p_flaw = 0.9, the reward pays for exploits): without the penalty the
   hack rate climbs; with the overseer's flags (audits of 30% of the answers, self-review of the

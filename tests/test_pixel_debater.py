@@ -112,6 +112,7 @@ def test_policy_gradient_raises_the_winners_moves():
   assert float(delta[winner_moved].mean()) > 0 > float(delta[~winner_moved].mean())
 
 
+@pytest.mark.study
 def test_self_play_training_beats_random_reveal_on_both_sides():
   images, labels, judge = _synthetic(2, 2048)
   eval_images, eval_labels, _ = _synthetic(3, 512)

@@ -378,7 +378,8 @@ def test_a_learning_rate_sweep_compiles_the_step_once():
 def _rl_only_program(assign_prob=0.0, **options):
   """(tx, config, jitted step) with only the RL objective weighted (SGD), H never called in Amp′
   (call_prob 0), ``assign_prob`` and the StepConfig ``options``. The tests that compare an
-  option's update with the update without it share the programs without it."""
+  option's update with the update without it share the programs without it: 6 programs for 4
+  options (the stop cost and the league at assign_prob 0, the two claim-credit options at 0.5)."""
   tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
                      clip_norm=1.0, optimizer=optax.sgd(0.1))
   config = tiny.step_config(dict(call_prob=0.0, assign_prob=assign_prob), **options)
@@ -438,10 +439,10 @@ def test_the_kl_anchor_keeps_m_nearer_its_start():
 
 
 def test_crediting_assigned_claims_reaches_the_update():
-  """``credit_assigned_claims`` (every game assigned): the same games, more policy rows, another
-  update."""
-  off_state, off = _rl_only_step(4, assign_prob=1.0)
-  on_state, on_metrics = _rl_only_step(4, assign_prob=1.0, credit_assigned_claims=True)
+  """``credit_assigned_claims`` (half the games assigned, as in the next test, whose program
+  without the option this one shares): the same games, more policy rows, another update."""
+  off_state, off = _rl_only_step(7, assign_prob=0.5)
+  on_state, on_metrics = _rl_only_step(7, assign_prob=0.5, credit_assigned_claims=True)
   assert float(off["win/draw"]) < 1  # some game decided (all draws: zero rewards everywhere)
   assert float(off["win/even"]) == float(on_metrics["win/even"])
   assert float(on_metrics["rl/arguments"]) > float(off["rl/arguments"])
