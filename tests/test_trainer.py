@@ -327,11 +327,12 @@ def test_sweep_files_group_what_shares_a_step():
 
 
 def test_vmapped_sweep_resumes_its_group_after_a_crash(tmp_path, monkeypatch, capsys):
-  """A sweep of 3 runs with --vmap: two seeds share a group, a third setting runs alone. The
+  """A sweep of 3 runs with --vmap: two seeds share a group, a third setting runs alone (another
+  logging cadence: a host-side field, so it cannot join the group but reuses the programs). The
   sweep dies inside the group after its step-2 checkpoint; the rerun resumes the group from step 2
   (not from scratch), then runs the third, and tabulates all three."""
   runs_spec = [{**_tiny_overrides(), "seed": 0}, {**_tiny_overrides(), "seed": 1},
-               {**_tiny_overrides(), "seed": 0, "debate.call_prob": 0.5}]
+               {**_tiny_overrides(), "seed": 0, "log_every": 2}]
   path = tmp_path / "s.py"
   path.write_text("def get_sweep():\n  return " + repr(runs_spec) + "\n")
   workdir = str(tmp_path / "sweep")

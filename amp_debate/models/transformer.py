@@ -30,6 +30,7 @@ in input space, ``safety.adversary``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import flax.linen as nn
@@ -84,6 +85,18 @@ class Transformer(nn.Module):
           name="head", kernel_init=nn.with_logical_partitioning(
               nn.initializers.lecun_normal(), ("embed", "vocab")))(x)
     return logits.astype(jnp.float32), tuple(kvs)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "deterministic", "logits_from"), inline=True)
+def _apply(config: ModelConfig, params, tokens, positions, mask, *, cache=None, cache_index=None,
+           embeddings=None, rngs=None, deterministic: bool = True, logits_from: int = 0):
+  """``Transformer(config).apply`` as a jitted function: within a traced program, calls with the
+  same shapes reuse one trace of the module (a train step applies M about 24 times at a few
+  shapes; flax's Python ran at every call) and lower to one shared function."""
+  return Transformer(config).apply({"params": params}, tokens, positions, mask, cache=cache,
+                                   cache_index=cache_index, deterministic=deterministic,
+                                   logits_from=logits_from, rngs=rngs or {},
+                                   embeddings=embeddings)
 
 
 @flax.struct.dataclass
@@ -246,8 +259,8 @@ class LanguageModel:
     index = jnp.arange(inputs.shape[1])
     prefix = prompt_len if self.config.mask == "prefix" else None
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
-    logits, _ = self.module.apply(
-        {"params": params}, tokens, position_ids(index, pad),
+    logits, _ = _apply(
+        self.config, params, tokens, position_ids(index, pad),
         attention_mask(index, index, pad, prefix), deterministic=dropout_rng is None,
         logits_from=prompt_len - 1, rngs=rngs, embeddings=embeddings)
     chex.assert_shape(logits, (batch, answer_len, self.config.vocab_size))
@@ -294,8 +307,8 @@ class LanguageModel:
     pad = leading_pad(prompts, prompt_lengths, pad_id=self.config.pad_id)
     index = jnp.arange(prompt_len)
     prefix = prompt_len if cfg.mask == "prefix" else None
-    logits, layers = self.module.apply(
-        {"params": params}, prompts, position_ids(index, pad),
+    logits, layers = _apply(
+        self.config, params, prompts, position_ids(index, pad),
         attention_mask(index, jnp.arange(cache_len), pad, prefix),
         cache=tuple((empty, empty) for _ in range(cfg.num_layers)),
         cache_index=jnp.asarray(0, jnp.int32), logits_from=prompt_len - 1)
@@ -316,8 +329,8 @@ class LanguageModel:
     chex.assert_type(tokens, jnp.int32)
     index = cache.index[None]
     cache_len = cache.layers[0][0].shape[1]
-    logits, layers = self.module.apply(
-        {"params": params}, tokens[:, None], position_ids(index, cache.pad),
+    logits, layers = _apply(
+        self.config, params, tokens[:, None], position_ids(index, cache.pad),
         attention_mask(index, jnp.arange(cache_len), cache.pad), cache=cache.layers,
         cache_index=cache.index)
     chex.assert_shape(logits, (tokens.shape[0], 1, self.config.vocab_size))

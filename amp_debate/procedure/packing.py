@@ -142,6 +142,8 @@ def chunked_sum(fn: Callable[[Any], Any], tree: Tree, active: jax.Array, width: 
   if pad:  # inactive padding slots (zeros: PAD tokens, masks False)
     widen = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     tree, active = jax.tree.map(widen, tree), widen(active)
+  # Traced once: the shape query and the loop body reuse one trace of fn (same input shapes).
+  fn = jax.jit(fn, inline=True)
   shape = jax.eval_shape(fn, jax.tree.map(lambda x: x[:, :width], tree))
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
 

@@ -474,6 +474,7 @@ def _gradient_fn(model: LanguageModel, config: StepConfig, anchor_params: Any = 
       grads = {"rl": jax.tree.map(jnp.zeros_like, params)}
       pg_metrics, values = {}, {"rl": jnp.zeros((), jnp.float32)}
     elif rl_live is not None and policy_pass_optional(config):
+      policy_pass = jax.jit(policy_pass, inline=True)  # one trace for the shapes and the branch
       zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                    jax.eval_shape(policy_pass))
       grads, (pg_metrics, values) = jax.lax.cond(rl_live, policy_pass, zeros)
