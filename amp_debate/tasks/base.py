@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from typing import ClassVar
 
 import chex
@@ -117,6 +118,24 @@ class Task(abc.ABC):
   """
 
   name: ClassVar[str] = "task"
+
+  # The per-question functions a debate calls many times at the same shapes (every node, claim
+  # and check): each subclass's own is a jitted function inlined into its caller, so within a
+  # traced program the calls at one set of input shapes share one trace of the task's Python (the
+  # program itself is unchanged). Their arguments are arrays (an index ``i`` may be a Python
+  # int: it is traced, as it is under the protocol's vmap).
+  _TRACED_ONCE: ClassVar[tuple[str, ...]] = ("is_leaf", "leaf_answer", "subquestion", "recombine",
+                                             "complete_support", "solve")
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    for method in Task._TRACED_ONCE:
+      fn = cls.__dict__.get(method)
+      if fn is not None and not getattr(fn, "_traced_once", False):
+        jitted = jax.jit(fn, static_argnums=0, inline=True)
+        wrapper = functools.wraps(fn)(lambda self, *args, _jitted=jitted: _jitted(self, *args))
+        wrapper._traced_once = True
+        setattr(cls, method, wrapper)
 
   # ---- static description (set by subclasses) ------------------------------------------------
   @property
