@@ -156,6 +156,8 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
   assert executed == [1] and "Resumed from step 2" in out, out
   assert runs[1].done
   assert os.path.getmtime(os.path.join(runs[0].workdir, "summary.json")) == first_summary
+  # What every study script reads of a run is in its summary (tests/test_studies.py).
+  test_studies.assert_studies_read(runs[0])
   with open(os.path.join(runs[1].workdir, "summary.json")) as f:
     assert json.load(f)["steps"] == 4
 
@@ -163,9 +165,11 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
 def test_tiny_sweep_runs_end_to_end_in_parallel_and_tabulates(tmp_path):
   """The CLI with --parallel=2: each run in its own process (its progress in its own log), the
   runs' summaries, the table, the CSV and the plots; a rerun finds everything done. (In-process
-  execution and resume: test_killed_sweep_resumes_without_redoing_finished_runs.)"""
-  path = _sweep_file(tmp_path, [dict(TINY, num_steps=2, seed=0),
-                                dict(TINY, num_steps=2, seed=1, **{"debate.call_prob": 0.5})])
+  execution and resume: test_killed_sweep_resumes_without_redoing_finished_runs.) Amplification
+  runs: each child compiles its own step, and amplification's is the quickest that calls H."""
+  path = _sweep_file(tmp_path, [dict(TINY, num_steps=2, seed=0, mode="amplification"),
+                                dict(TINY, num_steps=2, seed=1, mode="amplification",
+                                     **{"debate.call_prob": 0.5})])
   workdir = tmp_path / "sweep"
   result = _cli(f"--sweep={path}", f"--config={BASE}", f"--workdir={workdir}", "--parallel=2",
                 timeout=900)
@@ -197,8 +201,6 @@ def test_tiny_sweep_runs_end_to_end_in_parallel_and_tabulates(tmp_path):
   assert "| run | debate.call_prob | seed |" in text and "`model.d_model=32`" in text
   assert "| 1 |" in text and os.path.isfile(workdir / "accuracy.png")
   assert os.path.isfile(workdir / "curves.png")
-  # What every study script reads of a run is in its summary (tests/test_studies.py).
-  test_studies.assert_studies_read(runs[0])
   again = _cli(f"--sweep={path}", f"--config={BASE}", f"--workdir={workdir}", "--parallel=2")
   assert "2 runs, 2 finished, 0 to run" in again.stdout and "started" not in again.stdout
 

@@ -215,10 +215,10 @@ def test_evaluation_debates_use_one_protocol_in_every_mode():
 # its runs' checkpoints, and configs that cannot share a step are refused in one line. In this
 # module so that they reuse the single-run programs the tests above compiled.
 
-def _group_config(steps=4, **overrides):
-  """The tiny hybrid run without debates in its evaluation (the same compiled step as
-  ``_config``'s)."""
-  return _config("hybrid", steps, **{"eval__debates": False, **overrides})
+def _group_config(steps=4, mode="hybrid", **overrides):
+  """The tiny run (hybrid: the same compiled step as ``_config``'s) without debates in its
+  evaluation."""
+  return _config(mode, steps, **{"eval__debates": False, **overrides})
 
 
 def _max_diff(a, b) -> float:
@@ -230,9 +230,13 @@ def _max_diff(a, b) -> float:
 def test_a_group_matches_its_runs_trained_alone(tmp_path, capsys):
   """Two runs differing in seed, learning rate and λ_sup trained as one vmapped group end where
   each ends alone (parameters to float rounding, the evaluation exactly), and each run directory
-  holds what a run alone writes, including a checkpoint the trainer resumes from."""
-  configs = [_group_config(seed=0),
-             _group_config(seed=1, optimizer__learning_rate=3e-3, combination__weights__sup=0.5)]
+  holds what a run alone writes, including a checkpoint the trainer resumes from. On the
+  supervised step: the group's bookkeeping does not depend on the mode, and the vmapped hybrid
+  step is run by the vmapped sweep test below (and compared with runs stepped alone in
+  tests/test_step.py)."""
+  group = lambda **kw: _group_config(mode="supervised", **kw)
+  configs = [group(seed=0),
+             group(seed=1, optimizer__learning_rate=3e-3, combination__weights__sup=0.5)]
   workdirs = [str(tmp_path / "a"), str(tmp_path / "b")]
   results = train.run_group(configs, workdirs)
   assert [r.status for r in results] == ["done", "done"] and results[0].step == 4
@@ -267,7 +271,7 @@ def test_a_group_matches_its_runs_trained_alone(tmp_path, capsys):
   state, _, step = train.load_state(workdirs[1])
   assert step == 4 and _max_diff(state.params, before) == 0.0
   # A run of the group continues alone, from its own checkpoint.
-  longer = _group_config(steps=6, seed=0)
+  longer = group(steps=6, seed=0)
   resumed = train.run(longer, workdirs[0])
   assert resumed.status == "done" and resumed.step == 6
 
