@@ -411,14 +411,11 @@ def test_rl_credit_for_the_stop_reaches_the_update():
 def test_the_kl_anchor_keeps_m_nearer_its_start():
   """``kl_anchor``: the state keeps M at step 0 as the reference (unchanged by the steps), the
   step reports KL(M ‖ reference) on the sampled positions, and a strong anchor keeps M nearer its
-  start than the same steps without it (same games at the first step, same optimiser)."""
-  tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
-                     clip_norm=1.0, optimizer=optax.adam(3e-3))
+  start than the same steps without it (same games at the first step, same optimiser; the run
+  without it is the options tests' program)."""
   out = {}
   for weight in (0.0, 3.0):
-    config = tiny.step_config(dict(call_prob=0.0, assign_prob=0.0, distinct_claims=True),
-                              kl_anchor=weight, entropy_coef=0.0)
-    train_step = jax.jit(step_lib.build_train_step(TASK, MODEL, tx, config))
+    tx, config, train_step = _rl_only_program(**({"kl_anchor": weight} if weight else {}))
     state = step_lib.init_state(TASK, MODEL, tx, config, jax.random.key(0))
     start = jax.device_get(state.params)
     assert (state.anchor_params is None) == (weight == 0)
@@ -431,8 +428,7 @@ def test_the_kl_anchor_keeps_m_nearer_its_start():
     out[weight] = (distance, history, jax.device_get(state))
   (free, free_history, _), (anchored, history, state) = out[0.0], out[3.0]
   jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(state.anchor_params),
-               jax.tree.leaves(jax.device_get(step_lib.init_state(
-                   TASK, MODEL, tx, tiny.step_config(kl_anchor=3.0), jax.random.key(0)).params)))
+               jax.tree.leaves(jax.device_get(MODEL.init(jax.random.key(0)))))
   assert "pg/anchor_kl" not in free_history[-1]
   assert float(history[0]["pg/anchor_kl"]) < 1e-6 < float(history[-1]["pg/anchor_kl"])
   assert anchored < 0.9 * free, (anchored, free)
