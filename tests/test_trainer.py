@@ -334,7 +334,8 @@ def test_vmapped_sweep_resumes_its_group_after_a_crash(tmp_path, monkeypatch, ca
   """A sweep of 3 runs with --vmap: two seeds share a group, a third setting runs alone (another
   logging cadence: a host-side field, so it cannot join the group but reuses the programs). The
   sweep dies inside the group after its step-2 checkpoint; the rerun resumes the group from step 2
-  (not from scratch), then runs the third, and tabulates all three."""
+  (not from scratch), then runs the third, and tabulates all three. Hybrid runs: the trainer's
+  vmapped hybrid step, end to end (the group test above trains the supervised one)."""
   runs_spec = [{**_tiny_overrides(), "seed": 0}, {**_tiny_overrides(), "seed": 1},
                {**_tiny_overrides(), "seed": 0, "log_every": 2}]
   path = tmp_path / "s.py"
