@@ -378,8 +378,9 @@ def test_a_learning_rate_sweep_compiles_the_step_once():
 def _rl_only_program(assign_prob=0.0, **options):
   """(tx, config, jitted step) with only the RL objective weighted (SGD), H never called in Amp′
   (call_prob 0), ``assign_prob`` and the StepConfig ``options``. The tests that compare an
-  option's update with the update without it share the programs without it: 6 programs for 4
-  options (the stop cost and the league at assign_prob 0, the two claim-credit options at 0.5)."""
+  option's update with the update without it share the programs without it: 7 programs for 5
+  options (the stop cost, the league and the KL anchor at assign_prob 0, the two claim-credit
+  options at 0.5)."""
   tx = combine.chain(combine.make("weighted", weights={"rl": 1.0, "sup": 0.0, "cat": 0.0}),
                      clip_norm=1.0, optimizer=optax.sgd(0.1))
   config = tiny.step_config(dict(call_prob=0.0, assign_prob=assign_prob), **options)

@@ -90,9 +90,9 @@ class Transformer(nn.Module):
 @functools.partial(jax.jit, static_argnames=("config", "deterministic", "logits_from"), inline=True)
 def _apply(config: ModelConfig, params, tokens, positions, mask, *, cache=None, cache_index=None,
            embeddings=None, rngs=None, deterministic: bool = True, logits_from: int = 0):
-  """``Transformer(config).apply`` as a jitted function: within a traced program, calls with the
-  same shapes reuse one trace of the module (a train step applies M about 24 times at a few
-  shapes; flax's Python ran at every call) and lower to one shared function."""
+  """``Transformer(config).apply`` as a jitted function inlined into its caller: within a traced
+  program, calls with the same shapes reuse one trace of the module (a train step applies M about
+  24 times at a few shapes; flax's Python ran at every call); the program is unchanged."""
   return Transformer(config).apply({"params": params}, tokens, positions, mask, cache=cache,
                                    cache_index=cache_index, deterministic=deterministic,
                                    logits_from=logits_from, rngs=rngs or {},

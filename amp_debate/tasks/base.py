@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 from typing import ClassVar
 
 import chex
@@ -130,12 +129,8 @@ class Task(abc.ABC):
   def __init_subclass__(cls, **kwargs):
     super().__init_subclass__(**kwargs)
     for method in Task._TRACED_ONCE:
-      fn = cls.__dict__.get(method)
-      if fn is not None and not getattr(fn, "_traced_once", False):
-        jitted = jax.jit(fn, static_argnums=0, inline=True)
-        wrapper = functools.wraps(fn)(lambda self, *args, _jitted=jitted: _jitted(self, *args))
-        wrapper._traced_once = True
-        setattr(cls, method, wrapper)
+      if method in cls.__dict__:  # the class's own definition (a jitted function is a method too)
+        setattr(cls, method, jax.jit(cls.__dict__[method], static_argnums=0, inline=True))
 
   # ---- static description (set by subclasses) ------------------------------------------------
   @property
